@@ -1,7 +1,7 @@
 """Text grid of a schedule (ranks by steps), with cells that can be marked.
 
-Used in error messages ("fail with a picture") and by ``conveyor show``-style
-output. Wide schedules are cut to a window around the marked cells.
+Used in error messages ("fail with a picture"). Wide schedules show only the
+steps near the marked cells; tall ones only the first, last and marked ranks.
 """
 
 from __future__ import annotations
@@ -13,38 +13,48 @@ from conveyor.schedule.ir import Schedule
 __all__ = ["render_grid"]
 
 
-def render_grid(schedule: Schedule, marks: Iterable[tuple[int, int]] = (), *,
-                window: int = 8, max_ranks: int = 16) -> str:
-    """Rows are ranks, columns are steps (list positions). Each (rank, step) in
-    ``marks`` is drawn as ``>cell<`` and underlined with ``^``. When the schedule
-    is wider than 2*window+1 steps, only the steps near the marks are shown."""
-    marks = sorted(set(marks))
-    rows = schedule.text_rows()
-    width = max((len(c) for row in rows for c in row), default=2) + 2
-    n_steps = max((len(row) for row in rows), default=0)
-    if marks and n_steps > 2 * window + 1:
-        lo = max(0, min(s for _, s in marks) - window)
-        hi = min(n_steps, max(s for _, s in marks) + window + 1)
+def _shown(n: int, centres: list[int], window: int) -> list[int | None]:
+    """Indices to show, with None where a run of indices is left out."""
+    if n <= 2 * window + 1 or not centres:
+        keep = set(range(min(n, 2 * window + 1)))
     else:
-        lo, hi = 0, min(n_steps, 2 * window + 1) if n_steps > 4 * window else n_steps
+        keep = {i for c in centres for i in range(c - window, c + window + 1) if 0 <= i < n}
+    out: list[int | None] = []
+    for i in sorted(keep):
+        if out and out[-1] is not None and i != out[-1] + 1 or (not out and i > 0):
+            out.append(None)
+        out.append(i)
+    if out and out[-1] is not None and out[-1] < n - 1:
+        out.append(None)
+    return out
+
+
+def render_grid(schedule: Schedule, marks: Iterable[tuple[int, int]] = (), *,
+                window: int = 6, max_ranks: int = 16) -> str:
+    """Rows are ranks, columns are steps (list positions). Each (rank, step) in
+    ``marks`` is drawn as ``>cell<`` and underlined with ``^``."""
+    marks = set(marks)
+    rows = schedule.text_rows()
+    n_steps = max((len(row) for row in rows), default=0)
+    cols = _shown(n_steps, sorted({s for _, s in marks}), window)
     marked_ranks = {r for r, _ in marks}
-    shown = list(range(len(rows)))
-    if len(shown) > max_ranks:
-        keep = set(range(4)) | set(range(len(rows) - 4, len(rows))) | marked_ranks
-        shown = sorted(keep)
-    label = max(len(f"rank {len(rows) - 1}"), 4)
-    head = " " * (label + 1) + "".join(f"{s:<{width}}" for s in range(lo, hi))
-    out = [f"{'step':>{label}} " + head[label + 1:].rstrip()]
-    if lo > 0 or hi < n_steps:
-        out[0] += f"   (steps {lo}..{hi - 1} of 0..{n_steps - 1})"
-    prev = -1
-    for r in shown:
-        if r != prev + 1:
+    if len(rows) > max_ranks:
+        ranks = _shown(len(rows), sorted(marked_ranks | {0, len(rows) - 1}), 1)
+    else:
+        ranks = list(range(len(rows)))
+    width = max((len(c) for row in rows for c in row), default=2) + 2
+    label = len(f"rank {len(rows) - 1}")
+    head = "".join(f"{'...' if c is None else c:<{width}}" for c in cols).rstrip()
+    out = [f"{'step':>{label}}  {head}"]
+    if None in cols:
+        out[0] += f"   (of steps 0..{n_steps - 1})"
+    for r in ranks:
+        if r is None:
             out.append(f"{'...':>{label}}")
-        prev = r
+            continue
         cells, under = [], []
-        for step in range(lo, hi):
-            text = rows[r][step] if step < len(rows[r]) else ""
+        for step in cols:
+            text = "..." if step is None else (rows[r][step] if step < len(rows[r]) else "")
             if (r, step) in marks:
                 cells.append(f">{text}<".ljust(width))
                 under.append(("^" * (len(text) + 2)).ljust(width))

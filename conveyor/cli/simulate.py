@@ -1,0 +1,124 @@
+"""``conveyor simulate``: predict a schedule's timeline, bubble and memory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from conveyor.schedule.generators import build_schedule, schedule_names
+from conveyor.schedule.io import load_schedule
+from conveyor.sim.cost import CostModel
+from conveyor.sim.simulate import formula_bubble, simulate
+from conveyor.views.terminal import render_gantt, use_colour
+
+
+def costs_arg(text: str):
+    """One number, or a comma-separated list with one number per stage."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number or a comma-separated list of numbers") from None
+    if any(v < 0 or v != v or v == float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: costs must be finite numbers >= 0")
+    return values[0] if len(values) == 1 else values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small; use 1 or more")
+    return value
+
+
+def add_cost_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cost model (per micro-batch; one number, or one per stage)")
+    g.add_argument("--forward", type=costs_arg, default=1.0, metavar="T", help="F time (1)")
+    g.add_argument("--backward", type=costs_arg, default=2.0, metavar="T", help="B time (2)")
+    g.add_argument("--input-grad", type=costs_arg, default=None, metavar="T",
+                   help="I time (half of B)")
+    g.add_argument("--weight-grad", type=costs_arg, default=None, metavar="T",
+                   help="W time (B minus I)")
+    g.add_argument("--latency", type=costs_arg, default=0.0, metavar="T",
+                   help="fixed time per transfer across a cut (0)")
+    g.add_argument("--bandwidth", type=costs_arg, default=float("inf"), metavar="BYTES/T",
+                   help="link bandwidth (unlimited)")
+    g.add_argument("--activation-bytes", type=costs_arg, default=0.0, metavar="BYTES",
+                   help="bytes of one micro-batch's activation at each cut (0)")
+
+
+def cost_model(args) -> CostModel:
+    return CostModel(forward=args.forward, backward=args.backward, input_grad=args.input_grad,
+                     weight_grad=args.weight_grad, latency=args.latency,
+                     bandwidth=args.bandwidth, activation_bytes=args.activation_bytes)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("simulate", help="predict step time, bubble and memory of a schedule",
+                       description="Simulate one training step of a schedule and draw it: "
+                                   "rows are stages, columns are time slots.")
+    p.add_argument("-P", "--stages", dest="P", type=positive_int, default=4,
+                   help="pipeline stages / ranks (4)")
+    p.add_argument("-M", "--microbatches", dest="M", type=positive_int, default=8,
+                   help="micro-batches per step (8)")
+    p.add_argument("-s", "--schedule", default="1f1b",
+                   help=f"schedule name: {', '.join(schedule_names())} (1f1b)")
+    p.add_argument("--file", help="simulate a schedule file (.json or torch-style .csv) "
+                                  "instead of generating one")
+    p.add_argument("--forward-only", action="store_true",
+                   help="forward passes only, as in the seed's picture")
+    add_cost_options(p)
+    p.add_argument("--json", action="store_true", help="print the timeline and metrics as JSON")
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the chart (auto: when writing to a terminal)")
+    p.add_argument("--width", type=positive_int, default=None,
+                   help="fold the chart at this many columns (terminal width)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    if args.file:
+        schedule = load_schedule(args.file)
+    else:
+        schedule = build_schedule(args.schedule, args.P, args.M)
+    if args.forward_only:
+        schedule = schedule.without_backward()
+    timeline = simulate(schedule, cost_model(args))
+    formula = None if args.file or args.forward_only else formula_bubble(
+        schedule.name, schedule.P, schedule.M)
+    if args.json:
+        out = {"schedule": schedule.name, "P": schedule.P, "M": schedule.M, "S": schedule.S,
+               "metrics": timeline.summary(),
+               "formula_bubble": None if formula is None else float(formula),
+               "timeline": timeline.to_dict()}
+        json.dump(out, sys.stdout)
+        print()
+        return 0
+    colour = args.color == "always" or (args.color == "auto" and use_colour())
+    print(render_gantt(timeline, colour=colour, width=args.width))
+    print(report(schedule, timeline, formula))
+    return 0
+
+
+def report(schedule, timeline, formula) -> str:
+    """The summary under the chart: step time, bubble (formula vs simulated), memory."""
+    P, M = schedule.P, schedule.M
+    lines = [f"schedule {schedule.name}: P={P} ranks, S={schedule.S} stages, M={M} micro-batches"]
+    if schedule.meta.get("requested_M", M) != M:
+        lines.append(f"  note: {schedule.name} runs the whole batch as one micro-batch, so M={M}")
+    lines.append(f"step time           {timeline.step_time:g} {timeline.unit}s")
+    sim = timeline.bubble_overall
+    if formula is not None:
+        lines.append(f"bubble (formula)    {formula.numerator}/{formula.denominator} = "
+                     f"{float(formula):.1%}")
+    lines.append(f"bubble (simulated)  {sim:.1%}")
+    lines.append("bubble per rank     " + "  ".join(f"{b:.1%}" for b in timeline.bubbles()))
+    if not schedule.forward_only:
+        lines.append("peak activations    " + "  ".join(
+            f"r{r}:{n}" for r, n in enumerate(timeline.peak_activations()))
+            + "  (micro-batches held per rank)")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Views of schedules and timelines: terminal, figures, the explorer page, traces."""

@@ -1,0 +1,60 @@
+"""The core (schedules, simulator, views' text output, the CLI's parser) must
+import and run with torch, numpy and matplotlib absent. A subprocess blocks
+those imports outright, so the test cannot pass by accident on a machine that
+has them installed."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BLOCKER = r"""
+import importlib.abc, sys
+BLOCKED = {"torch", "numpy", "matplotlib", "sklearn", "tqdm"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by test)", name=name)
+sys.meta_path.insert(0, Block())
+"""
+
+PROGRAM = BLOCKER + r"""
+import io, json, contextlib
+import conveyor
+from conveyor.schedule import build_schedule, add_comms, validate
+from conveyor.sim import simulate
+from conveyor.views.terminal import render_gantt
+from conveyor.cli.main import main, build_parser
+
+t = simulate(validate(add_comms(build_schedule("1f1b", 4, 8))))
+assert render_gantt(t)
+build_parser()  # every sub-command's module imports without torch
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    rc = main(["simulate", "-P", "4", "-M", "32", "-s", "gpipe", "--json"])
+data = json.loads(out.getvalue())
+blocked_loaded = sorted(m for m in sys.modules if m.split(".")[0] in
+                        {"torch", "numpy", "matplotlib", "sklearn"})
+print(json.dumps({"rc": rc, "bubble": data["metrics"]["bubble"], "loaded": blocked_loaded}))
+"""
+
+
+def test_core_runs_without_torch():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0
+    assert abs(result["bubble"] - 3 / 35) < 1e-12
+    assert result["loaded"] == []
+
+
+def test_blocker_really_blocks():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", BLOCKER + "import torch"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode != 0 and "blocked by test" in proc.stderr
