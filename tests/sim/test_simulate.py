@@ -122,3 +122,19 @@ def test_timeline_respects_every_dependency(name, P, M, data):
     assert 0 <= t.bubble_overall < 1
     assert t.step_time >= max(t.busy(r) for r in range(P)) - 1e-9
     assert len(start) == len(s)
+
+
+def test_split_backward_and_two_chunks_per_rank_simulate():
+    # A hand-written V-shaped schedule (stages 0,3 on rank 0; 1,2 on rank 1) whose
+    # backward is split into I and W: the IR, validator and simulator take it as is.
+    from conveyor.schedule import validate
+    from conveyor.schedule.ir import v_placement
+    rows = [["0F0", "3F0", "3I0", "0I0", "3W0", "0W0"],
+            ["1F0", "2F0", "2I0", "1I0", "2W0", "1W0"]]
+    s = schedule_from_rows("v-zb", rows, placement=v_placement(2))
+    validate(add_comms(s))
+    t = simulate(s, CostModel(forward=1, backward=2))  # I = W = 1
+    # the chain F down and I back up is 8 slots; rank 0 then runs its two W (1 each)
+    assert t.step_time == 10
+    assert t.peak_activations() == [2, 2]
+    assert {e.action.kind for e in t.events} == {"F", "I", "W"}
