@@ -42,7 +42,7 @@ def render_grid(schedule: Schedule, marks: Iterable[tuple[int, int]] = (), *,
         ranks = _shown(len(rows), sorted(marked_ranks | {0, len(rows) - 1}), 1)
     else:
         ranks = list(range(len(rows)))
-    width = max((len(c) for row in rows for c in row), default=2) + 2
+    width = max((len(c) for row in rows for c in row), default=2) + 3
     label = len(f"rank {len(rows) - 1}")
     head = "".join(f"{'...' if c is None else c:<{width}}" for c in cols).rstrip()
     out = [f"{'step':>{label}}  {head}"]
