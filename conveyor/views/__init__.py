@@ -1,0 +1,1 @@
+"""Views: the explorer page, static figures and trace export (no torch needed)."""
