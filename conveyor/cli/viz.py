@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
                    help="forward-only or training-step view first (fwd, or step with a timeline)")
     p.add_argument("--ratio", type=float, default=2.0,
                    help="backward/forward cost shown first; one of --ratios (2)")
-    p.add_argument("--ratios", type=_ratios, default=None,
+    p.add_argument("--ratios", default=None,
                    help="backward/forward costs the page offers (1,1.5,2,3; served: 0.5..4)")
     p.add_argument("--max-P", type=int, default=16, help="largest P offered (16)")
     p.add_argument("--max-M", type=int, default=64, help="largest M offered (64)")
@@ -55,7 +55,7 @@ def run(args) -> int:
     from conveyor.views.page import render_page, write_page
     from conveyor.views.serve import SERVE_RATIOS, make_server
 
-    ratios = args.ratios or list(SERVE_RATIOS if args.serve else DEFAULT_RATIOS)
+    ratios = _ratios(args.ratios) if args.ratios else list(SERVE_RATIOS if args.serve else DEFAULT_RATIOS)
     if args.ratio not in ratios:
         raise ViewError(f"--ratio {args.ratio:g} is not one the page offers "
                         f"({', '.join(f'{x:g}' for x in ratios)}); pick one or add it to --ratios")

@@ -77,12 +77,17 @@ def _describe(tl: Timeline) -> str:
 def gantt_figure(timelines: Timeline | Sequence[Timeline], *, titles: Sequence[str] = ()):
     """A matplotlib Figure with one Gantt chart per timeline, stacked on one
     time scale (e.g. measured above simulated). Rows are ranks, time runs to
-    the right, idle time is faintly shaded."""
+    the right, idle time is faintly shaded. Raises ViewError when there is no
+    timeline or their time units differ."""
     from matplotlib.figure import Figure
 
     tls = [timelines] if isinstance(timelines, Timeline) else list(timelines)
     if not tls:
         raise ViewError("no timeline to draw; give at least one")
+    units = sorted({tl.unit for tl in tls})
+    if len(units) > 1:
+        raise ViewError(f"cannot stack timelines with different time units ({', '.join(units)}) "
+                        f"on one time scale; simulate with unit={tls[0].unit!r}")
     heights = [0.34 * tl.P + 0.9 for tl in tls]
     fig = Figure(figsize=(10, sum(heights) + 0.2), dpi=110, layout="constrained")
     axes = fig.subplots(len(tls), 1, squeeze=False, height_ratios=heights)[:, 0]

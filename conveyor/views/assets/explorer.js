@@ -224,8 +224,7 @@
         '"/><text class="tick" x="' + x + '" y="' + (H - 8) + '" text-anchor="middle">' +
         +(tick.toPrecision(6)) + "</text>");
     }
-    out.push('<text class="tick" x="' + (left - 6) + '" y="' + (H - 8) + '" text-anchor="end">' +
-      opts.unitLabel + "</text>");
+    out.push('<text class="tick" x="6" y="' + (H - 8) + '">time (' + opts.unitLabel + ")</text>");
     for (r = 0; r < P; r++) {
       var y = top + r * rowH + rowH / 2 + 4;
       var label = v > 1 ? "rank " + r + " (s " + byRank[r].join(",") + ")" : "stage " + byRank[r][0];
@@ -340,6 +339,7 @@
     $("check").textContent = bad ? "The drawn timeline (step " + lay.T + ") disagrees with the Python " +
       "engine (step " + py.T + "); please report this." : "";
     api.idleCells = g.idle;
+    void $("gantt").offsetHeight;  // force style and layout so the timing includes them
     api.lastRedrawMs = performance.now() - t0;
     $("redraw-ms").textContent = api.lastRedrawMs.toFixed(1) + " ms";
   }
@@ -418,7 +418,11 @@
     return redraw();
   };
   // The page's own timeline for a configuration: [rank, "2F5", start, end] per action.
+  // st.ratio is a value from DATA.ratios, as in api.set.
   api.timeline = function (st) {
+    var ri = DATA.ratios.indexOf(st.ratio);
+    if (ri < 0) throw new Error("ratio " + st.ratio + " is not one of " + DATA.ratios);
+    st = Object.assign({}, st, { ratio: ri });
     return embeddedModel(st).events.map(function (e) {
       return [e.r, e.s + KINDS[e.k] + e.mb, e.start, e.end];
     });
