@@ -1,7 +1,8 @@
 """The explorer page: one self-contained HTML file (inline CSS, JS and data).
 
-``render_page`` fills ``assets/explorer.html`` with the stylesheet, the script
-and the data; nothing is fetched from anywhere when the page opens, so it works
+``render_page`` fills ``assets/explorer.html`` with the stylesheet, the
+scripts (``replay.js``, the mirror of the engine; ``explorer.js``, drawing and
+controls) and the data; nothing is fetched from anywhere when the page opens, so it works
 from ``file://`` on a machine with no network. ``write_page`` writes it
 atomically: a failed build never leaves a partial page behind.
 """
@@ -18,7 +19,7 @@ from conveyor.views.files import atomic_write
 __all__ = ["render_page", "write_page", "asset_text"]
 
 _ASSETS = Path(__file__).resolve().parent / "assets"
-_SLOT = re.compile(r"/\*CONVEYOR_(CSS|JS|DATA)\*/")
+_SLOT = re.compile(r"/\*CONVEYOR_(CSS|REPLAY_JS|JS|DATA)\*/")
 
 
 def asset_text(name: str) -> str:
@@ -44,8 +45,8 @@ def render_page(data: dict, *, mode: str = "embedded", initial: dict | None = No
     if mode not in ("embedded", "serve"):
         raise ValueError(f"mode={mode!r}; use 'embedded' or 'serve'")
     payload = dict(data, format=FORMAT, mode=mode, initial=initial or {}, measured=measured)
-    parts = {"CSS": asset_text("explorer.css"), "JS": asset_text("explorer.js"),
-             "DATA": _script_json(payload)}
+    parts = {"CSS": asset_text("explorer.css"), "REPLAY_JS": asset_text("replay.js"),
+             "JS": asset_text("explorer.js"), "DATA": _script_json(payload)}
     # One pass, so text inside the inserted parts is never taken for a slot.
     return _SLOT.sub(lambda m: parts[m.group(1)], asset_text("explorer.html"))
 

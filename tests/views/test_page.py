@@ -45,7 +45,7 @@ def test_data_cannot_close_the_script_block():
     sec = measured_section(measured_like("gpipe", 2, 2), source="</script><b>x.json")
     html = render_page({"schedules": [], "ratios": [2]}, measured=sec,
                        initial={"schedule": "</script><script>alert(1)"})
-    assert html.count("</script>") == 2              # the data block's and the code's
+    assert html.count("</script>") == 3              # the data block and the two scripts
     data = _embedded(html)
     assert data["initial"]["schedule"] == "</script><script>alert(1)"
     assert data["measured"]["file"] == "script><b>x.json"
@@ -109,3 +109,14 @@ def test_served_bad_requests_say_why(server, query, message):
 def test_served_unknown_path_is_404(server):
     status, body = _get(server + "/favicon.ico")
     assert status == 404 and "the explorer is at /" in json.loads(body)["error"]
+
+
+def test_browser_tests_skip_outside_ci_and_fail_inside(monkeypatch):
+    import tests.views.conftest as cf
+    monkeypatch.setattr(cf, "CHROMIUM", "/nonexistent/chromium")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="/nonexistent/chromium is missing"):
+        cf._need_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="cannot run in CI"):
+        cf._need_chromium()
