@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import conveyor
+from conveyor.errors import ScheduleError, ValidationError
 from conveyor.schedule import build_schedule, get_spec, schedule_names
 from conveyor.sim import CostModel, formula_bubble, simulate
 from conveyor.sim.timeline import Timeline
@@ -55,7 +56,8 @@ def config_record(name: str, P: int, M: int, ratios: Sequence[float]) -> dict:
     always one batch); ``fb`` closed-form bubble "n/d" or None; ``fw`` and
     ``r[i]`` [step time, bubble] of the forward-only view and of the step at
     ``ratios[i]``; ``pk`` peak activations per stage and, with several stages
-    per rank, ``pr`` per rank.
+    per rank, ``pr`` per rank. (Where the generator refuses P and M, the
+    record is ``{"err": its message}`` instead; see ``_one_P``.)
     """
     sched = build_schedule(name, P, M).compute_only()
     rec: dict = {"o": encode_rows(sched.actions, sched.placement)}
@@ -87,8 +89,16 @@ def _one_P(name: str, P: int, M_max: int, ratios: tuple[float, ...]) -> list[dic
     seen: dict[tuple, dict] = {}
     out = []
     for M in range(1, M_max + 1):
+        try:
+            sched = build_schedule(name, P, M)
+        except ValidationError:
+            raise  # a generator that builds a broken schedule is a bug: say so loudly
+        except ScheduleError as e:
+            # Some schedules exist only for some P and M (e.g. M a multiple of P);
+            # the page shows the generator's reason for the others.
+            out.append({"err": str(e)})
+            continue
         # Some schedules ignore M (naive runs one batch): simulate each order once.
-        sched = build_schedule(name, P, M)
         key = (sched.M, sched.placement, sched.actions)
         if key not in seen:
             seen[key] = config_record(name, P, M, ratios)

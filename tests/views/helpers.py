@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 
+from conveyor.errors import ScheduleError
 from conveyor.schedule import Action, Schedule, build_schedule, register
 from conveyor.schedule.deps import replay
 from conveyor.schedule.generators import _REGISTRY
@@ -44,12 +45,32 @@ def vshape_split(P: int, M: int) -> Schedule:
     return Schedule("test-vshape", P, M, tuple(map(tuple, rows)), placement=placement)
 
 
-class registered_vshape:
-    """Context manager: ``test-vshape`` in the schedule registry, removed after."""
+def picky(P: int, M: int) -> Schedule:
+    """GPipe, but only where M is a multiple of P (as some interleaved schedules
+    require); elsewhere it refuses with a ScheduleError."""
+    if M % P:
+        raise ScheduleError(f"test-picky needs M to be a multiple of P (P={P}, M={M}); "
+                            f"use M={P * (M // P + 1)}")
+    return build_schedule("gpipe", P, M).replace(name="test-picky")
 
-    def __enter__(self):
-        register("test-vshape", "test only: V placement, split backward")(vshape_split)
-        return "test-vshape"
 
-    def __exit__(self, *exc):
-        _REGISTRY.pop("test-vshape", None)
+class registered:
+    """Context manager: a test-only generator in the schedule registry, removed after."""
+
+    def __init__(self, name: str, fn, summary: str):
+        self.name, self.fn, self.summary = name, fn, summary
+
+    def __enter__(self) -> str:
+        register(self.name, self.summary)(self.fn)
+        return self.name
+
+    def __exit__(self, *exc) -> None:
+        _REGISTRY.pop(self.name, None)
+
+
+def registered_vshape() -> registered:
+    return registered("test-vshape", vshape_split, "test only: V placement, split backward")
+
+
+def registered_picky() -> registered:
+    return registered("test-picky", picky, "test only: M must be a multiple of P")

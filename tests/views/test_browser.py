@@ -18,7 +18,7 @@ from conveyor.views.page import render_page, write_page
 from conveyor.views.serve import make_server
 
 from tests.views.conftest import screenshot_dir
-from tests.views.helpers import measured_like, registered_vshape
+from tests.views.helpers import measured_like, registered_picky, registered_vshape
 
 pytestmark = pytest.mark.browser
 
@@ -144,6 +144,23 @@ def test_page_is_generic_over_chunks_and_split_backward(page, tmp_path):
     assert page.locator("#gantt rect.cell.W").count() == 6 * 4
     assert page.locator("#gantt text.row").first.text_content() == "rank 0 (s 0,5)"
     _expect()(page.locator("#bubble-formula")).to_have_text("no closed form")
+
+
+def test_a_refused_configuration_shows_the_generators_reason(page, tmp_path):
+    expect = _expect()
+    with registered_picky() as name:
+        data = build_data(names=[name], P_max=4, M_max=8, ratios=(2,), jobs=1, cache=False)
+    path = write_page(tmp_path / "p.html", render_page(
+        data, initial={"schedule": name, "P": 4, "M": 8, "view": "step", "ratio": 2}))
+    _open(page, path)
+    assert page.locator("#gantt rect.cell").count() == 64
+    page.locator("#M").fill("6")
+    expect(page.locator("#gantt .refused")).to_have_text(
+        "test-picky needs M to be a multiple of P (P=4, M=6); use M=8")
+    assert page.locator("#gantt rect").count() == 0
+    expect(page.locator("#bubble-sim")).to_have_text("–")
+    check = page.evaluate("window.conveyor.selfCheck()")
+    assert check["n_bad"] == 0 and check["checked"] == 2 * sum(8 // P for P in range(1, 5))
 
 
 def test_measured_run_above_its_simulation(page, tmp_path):

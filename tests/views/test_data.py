@@ -9,7 +9,7 @@ from conveyor.views.encode import decode_rows
 from conveyor.views.errors import ViewError
 from conveyor.views.metrics import exact_bubble, fraction_text, stage_peaks
 
-from tests.views.helpers import registered_vshape
+from tests.views.helpers import registered_picky, registered_vshape
 
 
 def test_gpipe_record_holds_the_seeds_numbers():
@@ -58,6 +58,14 @@ def test_generic_schedule_with_chunks_and_split_backward():
     assert rec["pl"] == [0, 1, 2, 2, 1, 0] and rec["fb"] is None
     assert len(rec["pk"]) == 6 and len(rec["pr"]) == 3
     assert data["schedules"][0]["formula"] is None
+
+
+def test_configurations_a_generator_refuses_carry_its_reason():
+    with registered_picky() as name:
+        data = build_data(names=[name], P_max=3, M_max=4, ratios=(2,), jobs=1, cache=False)
+    row = data["schedules"][0]["configs"][1]                 # P = 2
+    assert row[0] == {"err": "test-picky needs M to be a multiple of P (P=2, M=1); use M=2"}
+    assert row[1]["o"] == ["F2B2", "F2B2"] and "err" not in row[3]
 
 
 def test_cache_is_used_and_keyed_by_options(monkeypatch, tmp_path):

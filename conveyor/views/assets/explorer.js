@@ -23,6 +23,7 @@
 
   function embeddedModel(st) {
     var rec = record(st), id = st.schedule + "|" + st.P + "|" + st.M;
+    if (rec.err) return { refused: rec.err };
     var placement = rec.pl || Array.from({ length: st.P }, function (_, r) { return r; });
     var rows = decoded.get(id);
     if (!rows) {
@@ -190,8 +191,21 @@
       view: $("view-step").checked ? "step" : "fwd", ratio: +ctl.ratio.value };
   }
 
+  function refused(message, t0) {
+    // the generator does not build this P and M: say why instead of drawing
+    ["bubble-formula", "bubble-sim", "step-time", "idle-slots", "peak"].forEach(function (k) {
+      $(k).textContent = "–";
+    });
+    $("gantt").innerHTML = '<p class="refused">' + message.replace(/&/g, "&amp;").replace(/</g, "&lt;") +
+      "</p>";
+    $("check").hidden = true;
+    api.idleCells = 0;
+    api.lastRedrawMs = performance.now() - t0;
+  }
+
   function show(model, st, t0) {
     if (!model) return;
+    if (model.refused) return refused(model.refused, t0);
     var lay = layout(model), width = Math.max(640, $("gantt").clientWidth || 1000);
     var g = gantt(model, lay, { width: width, T: lay.T, scale: 1, unitLabel: "slots", slot: model.slot });
     $("gantt").innerHTML = g.svg;
@@ -229,8 +243,7 @@
     ctl.ratio.disabled = st.view === "fwd";
     if (DATA.mode === "serve") {
       return servedModel(st).then(function (m) { show(m, st, t0); }, function (err) {
-        $("check").hidden = false;
-        $("check").textContent = "server: " + err.message;
+        refused("server: " + err.message, t0);
       });
     }
     show(embeddedModel(st), st, t0);
@@ -313,7 +326,9 @@
         for (var i = 0; i < DATA.ratios.length; i++) views.push(["step", i]);
         views.forEach(function (vw) {
           var st = { schedule: sc.name, P: P, M: M, view: vw[0], ratio: vw[1] };
-          var m = embeddedModel(st), lay = layout(m);
+          var m = embeddedModel(st);
+          if (m.refused) return;
+          var lay = layout(m);
           count++;
           if (lay.T !== m.python.T || Math.abs(lay.bubble - bubbleValue(m.python.bubble)) > 1e-9) {
             bad.push([st, lay.T, m.python.T]);
