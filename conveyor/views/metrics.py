@@ -46,6 +46,7 @@ def bubble_code(tl: Timeline) -> str | float:
 
 
 def percent_text(x: float) -> str:
+    """``0.0857...`` -> ``"8.6%"`` (one decimal, as the page shows it)."""
     return f"{100 * x:.1f}%"
 
 
