@@ -1,0 +1,101 @@
+"""``conveyor viz``: the interactive explorer page, written to a file or served."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _ratios(text: str) -> list[float]:
+    from conveyor.views.errors import ViewError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ViewError(f"--ratios {text!r} is not a list of numbers; write e.g. "
+                        f"--ratios 1,1.5,2,3") from None
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "viz", help="write the interactive explorer page (or serve it on 127.0.0.1)",
+        description="Write one self-contained HTML page (no network needed) with a Gantt "
+                    "chart of every schedule for P = 1..16 and M = 1..64, a slider for M and "
+                    "the bubble from the formula and from the simulator. With --timeline it "
+                    "also shows a measured run above its simulation.")
+    p.add_argument("-o", "--output", default="conveyor-explorer.html",
+                   help="the page to write (conveyor-explorer.html)")
+    p.add_argument("--timeline", metavar="FILE",
+                   help="a measured timeline (runtime JSON) to show above its simulation")
+    p.add_argument("--schedule", help="schedule shown first (gpipe, or the timeline's)")
+    p.add_argument("-P", type=int, help="P shown first (4, or the timeline's)")
+    p.add_argument("-M", type=int, help="M shown first (8, or the timeline's)")
+    p.add_argument("--view", choices=("fwd", "step"),
+                   help="forward-only or training-step view first (fwd, or step with a timeline)")
+    p.add_argument("--ratio", type=float, default=2.0,
+                   help="backward/forward cost shown first; one of --ratios (2)")
+    p.add_argument("--ratios", default=None,
+                   help="backward/forward costs the page offers (1,1.5,2,3; served: 0.5..4)")
+    p.add_argument("--max-P", type=int, default=16, help="largest P offered (16)")
+    p.add_argument("--max-M", type=int, default=64, help="largest M offered (64)")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the page on 127.0.0.1 with Python simulating on request")
+    p.add_argument("--port", type=int, default=8765, help="port for --serve (8765; 0: any)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="rebuild the page's data even if a cached copy matches")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes for the build")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from conveyor.schedule import get_spec
+    from conveyor.sim import load_timeline
+    from conveyor.views.data import DEFAULT_RATIOS, build_data
+    from conveyor.views.errors import ViewError
+    from conveyor.views.measured import measured_section
+    from conveyor.views.page import render_page, write_page
+    from conveyor.views.serve import SERVE_RATIOS, make_server
+
+    ratios = _ratios(args.ratios) if args.ratios else list(SERVE_RATIOS if args.serve else DEFAULT_RATIOS)
+    if args.ratio not in ratios:
+        raise ViewError(f"--ratio {args.ratio:g} is not one the page offers "
+                        f"({', '.join(f'{x:g}' for x in ratios)}); pick one or add it to --ratios")
+    measured = None
+    if args.timeline:
+        tl = load_timeline(args.timeline)
+        measured = measured_section(tl, source=args.timeline, schedule=args.schedule,
+                                    P=args.P, M=args.M)
+    initial = {"schedule": args.schedule or (measured or {}).get("schedule", "gpipe"),
+               "P": args.P or (measured or {}).get("P", 4),
+               "M": args.M or (measured or {}).get("M", 8),
+               "view": args.view or ("step" if measured and not measured["forward_only"]
+                                     else "fwd"),
+               "ratio": args.ratio}
+    get_spec(initial["schedule"])
+    for key, top in (("P", args.max_P), ("M", args.max_M)):
+        if not 1 <= initial[key] <= top and not measured:
+            raise ViewError(f"-{key} {initial[key]} is outside the page's 1..{top}; "
+                            f"choose 1..{top} or raise --max-{key}")
+    if args.serve:
+        server = make_server(port=args.port, P_max=args.max_P, M_max=args.max_M,
+                             ratios=ratios, initial=initial, measured=measured)
+        host, port = server.server_address[:2]
+        print(f"conveyor viz: serving the explorer at http://{host}:{port}/ (Ctrl-C stops)",
+              flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return 0
+
+    def note() -> None:
+        print("conveyor viz: simulating every schedule for the page (cached for next time)...",
+              file=sys.stderr, flush=True)
+
+    data = build_data(P_max=args.max_P, M_max=args.max_M, ratios=ratios, jobs=args.jobs,
+                      cache=not args.no_cache, on_build=note)
+    html = render_page(data, initial=initial, measured=measured)
+    path = write_page(args.output, html)
+    print(f"wrote {path} ({len(html.encode()) / 1e6:.2f} MB); open it in a browser")
+    return 0

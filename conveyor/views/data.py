@@ -1,0 +1,207 @@
+"""The explorer's default data: every registered schedule for P = 1..P_max and
+M = 1..M_max, as the Python engine produced and simulated it.
+
+Per (schedule, P, M) the page gets the compute-action order of every rank
+(``encode.py``), the placement where it is not one stage per rank, and the
+metrics Python computed: the closed-form bubble, and for the forward-only view
+and each offered backward/forward cost ratio the step time and the simulated
+bubble, plus the peak in-flight activations. The page replays the order under
+the chosen ratio to place the cells (see ``assets/explorer.js``) and shows the
+Python metrics; a browser test checks that the two agree.
+
+Simulating ~3,000 configurations per ratio takes seconds, so the result is
+cached on disk, keyed by the source of everything it depends on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+import conveyor
+from conveyor.errors import ScheduleError, ValidationError
+from conveyor.schedule import build_schedule, get_spec, schedule_names
+from conveyor.sim import CostModel, formula_bubble, simulate
+from conveyor.sim.timeline import Timeline
+from conveyor.views.encode import ALPHABET, encode_rows
+from conveyor.views.errors import ViewError
+from conveyor.views.metrics import bubble_code, stage_peaks
+
+__all__ = ["FORMAT", "DEFAULT_RATIOS", "build_data", "config_record", "cache_dir"]
+
+FORMAT = "conveyor.viz/1"
+DEFAULT_RATIOS = (1.0, 1.5, 2.0, 3.0)
+
+
+def _number(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
+def _metrics(tl: Timeline) -> list:
+    """[step time, bubble] for embedding; bubble is "n/d" or a float."""
+    return [_number(tl.step_time), bubble_code(tl)]
+
+
+def config_record(name: str, P: int, M: int, ratios: Sequence[float]) -> dict:
+    """Everything the page needs for one (schedule, P, M), computed in Python.
+
+    Keys: ``o`` order code per rank; ``pl`` placement (only when not one stage
+    per rank in order); ``M`` the schedule's own M where it differs (naive is
+    always one batch); ``fb`` closed-form bubble "n/d" or None; ``fw`` and
+    ``r[i]`` [step time, bubble] of the forward-only view and of the step at
+    ``ratios[i]``; ``pk`` peak activations per stage and, with several stages
+    per rank, ``pr`` per rank. (Where the generator refuses P and M, the
+    record is ``{"err": its message}`` instead; see ``_one_P``.)
+    """
+    sched = build_schedule(name, P, M).compute_only()
+    rec: dict = {"o": encode_rows(sched.actions, sched.placement)}
+    if sched.placement != tuple(range(P)):
+        rec["pl"] = list(sched.placement)
+    if sched.M != M:
+        rec["M"] = sched.M
+    fb = formula_bubble(name, P, M)
+    rec["fb"] = None if fb is None else f"{fb.numerator}/{fb.denominator}"
+    runs = []
+    first = None
+    for i, ratio in enumerate(ratios):
+        # Validate once; the other ratios replay the same order.
+        tl = simulate(sched, CostModel(forward=1.0, backward=float(ratio)), check=(i == 0))
+        runs.append(_metrics(tl))
+        first = first or tl
+    rec["r"] = runs
+    rec["fw"] = _metrics(simulate(sched.without_backward(), CostModel(forward=1.0),
+                                  check=False))
+    # Each rank runs its list in order, so what it holds at any moment depends
+    # on the order only, not on the costs: one ratio's peaks serve all.
+    rec["pk"] = stage_peaks(first)
+    if sched.S != P:
+        rec["pr"] = first.peak_activations()
+    return rec
+
+
+def _one_P(name: str, P: int, M_max: int, ratios: tuple[float, ...]) -> list[dict]:
+    seen: dict[tuple, dict] = {}
+    out = []
+    for M in range(1, M_max + 1):
+        try:
+            sched = build_schedule(name, P, M)
+        except ValidationError:
+            raise  # a generator that builds a broken schedule is a bug: say so loudly
+        except ScheduleError as e:
+            # Some schedules exist only for some P and M (e.g. M a multiple of P);
+            # the page shows the generator's reason for the others.
+            out.append({"err": str(e)})
+            continue
+        # Some schedules ignore M (naive runs one batch): simulate each order once.
+        key = (sched.M, sched.placement, sched.actions)
+        if key not in seen:
+            seen[key] = config_record(name, P, M, ratios)
+        out.append(seen[key])
+    return out
+
+
+def _check_options(P_max: int, M_max: int, ratios: Sequence[float]) -> tuple[float, ...]:
+    for letter, value, top in (("P_max", P_max, 64), ("M_max", M_max, 256)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise ViewError(f"{letter}={value!r} is out of range; use 1..{top}")
+    if not ratios:
+        raise ViewError("no backward/forward cost ratios given; offer at least one, e.g. 2")
+    out = []
+    for x in ratios:
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0 < x <= 100:
+            raise ViewError(f"backward/forward cost ratio {x!r} is not valid; "
+                               f"use a number in (0, 100], e.g. 2")
+        out.append(float(x))
+    return tuple(out)
+
+
+def cache_dir() -> Path:
+    """Where built data is cached: $CONVEYOR_CACHE_DIR, else $XDG_CACHE_HOME/conveyor,
+    else ~/.cache/conveyor."""
+    env = os.environ.get("CONVEYOR_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "conveyor"
+
+
+def _cache_key(names: list[str], P_max: int, M_max: int, ratios: tuple[float, ...]) -> str:
+    """Hash of the options and of every source file the data depends on: the
+    schedule and sim packages, this package, and each generator's module (so a
+    schedule registered from elsewhere invalidates too)."""
+    h = hashlib.sha256(json.dumps([FORMAT, conveyor.__version__, names, P_max, M_max,
+                                   ratios]).encode())
+    root = Path(__file__).resolve().parent.parent
+    files = set()
+    for pkg in ("schedule", "sim", "views"):
+        files.update((root / pkg).glob("*.py"))
+    for name in names:
+        src = inspect.getsourcefile(get_spec(name).build)
+        if src:
+            files.add(Path(src).resolve())
+    for f in sorted(files):
+        h.update(str(f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:24]
+
+
+def build_data(*, names: Sequence[str] | None = None, P_max: int = 16, M_max: int = 64,
+               ratios: Sequence[float] = DEFAULT_RATIOS, jobs: int | None = None,
+               cache: bool = True, on_build: Callable[[], None] | None = None) -> dict:
+    """Build (or load from the cache) the explorer's data for ``names`` (default:
+    every registered schedule), P = 1..P_max, M = 1..M_max and the offered
+    backward/forward ``ratios``.
+
+    ``jobs`` worker processes share the work (default: one per CPU);
+    ``on_build`` is called when the data is computed rather than read from the
+    cache (the CLI says so, as it takes seconds). Raises
+    ViewError on bad options, ScheduleError for an unknown schedule and
+    ValidationError when a generator produces a broken schedule.
+    """
+    ratios = _check_options(P_max, M_max, ratios)
+    names = list(schedule_names() if names is None else names)
+    for name in names:
+        get_spec(name)
+    path = cache_dir() / f"viz-{_cache_key(names, P_max, M_max, ratios)}.json" if cache else None
+    if path is not None and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            pass  # a broken cache entry is rebuilt below
+    if on_build is not None:
+        on_build()
+    tasks = [(name, P) for name in names for P in range(P_max, 0, -1)]
+    results: dict[tuple[str, int], list[dict]] = {}
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
+    # Workers are forked so that schedules registered at run time are known to
+    # them; where fork is unavailable the build runs in this process.
+    if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            futures = {t: pool.submit(_one_P, t[0], t[1], M_max, ratios) for t in tasks}
+            results = {t: f.result() for t, f in futures.items()}
+    else:
+        results = {t: _one_P(t[0], t[1], M_max, ratios) for t in tasks}
+    data = {
+        "format": FORMAT, "alphabet": ALPHABET, "P_max": P_max, "M_max": M_max,
+        "ratios": [_number(x) for x in ratios],
+        "schedules": [{"name": name, "summary": get_spec(name).summary,
+                       "formula": get_spec(name).formula or None,
+                       "configs": [results[(name, P)] for P in range(1, P_max + 1)]}
+                      for name in names],
+    }
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(data, separators=(",", ":")))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the cache only saves time; an unwritable one is not an error
+    return data

@@ -1,0 +1,101 @@
+"""Measured timelines beside their prediction.
+
+A measured timeline (from the runtime) names its schedule, P and M. We rebuild
+that schedule with the engine, check that the timeline really is a run of it,
+and simulate it with the per-stage costs the run measured, so that measured and
+predicted bubbles can be compared for the same work.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from conveyor.errors import ScheduleError, TimelineError
+from conveyor.schedule import B, F, I, W, Schedule, build_schedule
+from conveyor.schedule.ir import COMPUTE_KINDS
+from conveyor.sim import CostModel, simulate
+from conveyor.sim.timeline import Timeline
+from conveyor.views.metrics import bubble_code, stage_peaks
+
+__all__ = ["match_schedule", "measured_costs", "simulate_like", "measured_section"]
+
+
+def match_schedule(tl: Timeline, *, source: str = "timeline", schedule: str | None = None,
+                   P: int | None = None, M: int | None = None) -> Schedule:
+    """The engine's schedule that ``tl`` is a run of.
+
+    ``schedule``, ``P`` and ``M``, when given, are what the user asked for and
+    must agree with the timeline. Raises TimelineError naming the mismatch when
+    they do not, when the schedule is unknown, or when the timeline's events are
+    not exactly the schedule's compute actions on their ranks.
+    """
+    for what, asked, have in (("schedule", schedule, tl.schedule), ("P", P, tl.P),
+                              ("M", M, tl.M)):
+        if asked is not None and asked != have:
+            raise TimelineError(f"{source} was recorded with {what}={have!r} but {what}="
+                                f"{asked!r} was requested; drop the option or pass a timeline "
+                                f"recorded with {what}={asked!r}")
+    try:
+        sched = build_schedule(tl.schedule, tl.P, tl.M).compute_only()
+    except ScheduleError as e:
+        raise TimelineError(f"{source}: {e}") from None
+    if tl.forward_only:
+        sched = sched.without_backward()
+    where = f"schedule {tl.schedule!r} with P={tl.P}, M={tl.M}"
+    if sched.S != tl.S:
+        raise TimelineError(f"{source} has S={tl.S} stages but {where} has {sched.S}; "
+                            f"P (or the schedule) does not match the run")
+    want = Counter((r, a) for r, _, a in sched)
+    have = Counter((e.rank, e.action) for e in tl.events if e.action.kind in COMPUTE_KINDS)
+    missing, extra = want - have, have - want
+    if missing or extra:
+        bad, note = (missing, "is missing") if missing else (extra, "is not in the schedule")
+        (r, a), n = min(bad.items()), len(missing) + len(extra)
+        more = f" (and {n - 1} more difference(s))" if n > 1 else ""
+        raise TimelineError(f"{source} is not a run of {where}: {a} on rank {r} {note}{more}; "
+                            f"was it recorded with another P, M or schedule?")
+    return sched
+
+
+def measured_costs(tl: Timeline) -> CostModel:
+    """A cost model with the run's mean per-stage time of each compute kind.
+    Links are free: a measured compute time already contains what the rank did."""
+    costs = tl.stage_costs()
+    f = costs.get(F, [0.0] * tl.S)
+    i, w = costs.get(I), costs.get(W)
+    b = costs.get(B)
+    if b is None:
+        b = [x + y for x, y in zip(i, w)] if i and w else [0.0] * tl.S
+    return CostModel(forward=f, backward=b, input_grad=i, weight_grad=w)
+
+
+def simulate_like(tl: Timeline, sched: Schedule) -> Timeline:
+    """Simulate ``sched`` with the per-stage costs measured in ``tl``."""
+    return simulate(sched, measured_costs(tl), unit=tl.unit)
+
+
+def _events(tl: Timeline) -> dict:
+    t0 = tl.t0
+    return {
+        "events": [[e.rank, str(e.action), e.start - t0, e.end - t0]
+                   for r in range(tl.P) for e in tl.rank_events(r)],
+        "T": tl.step_time, "bubble": bubble_code(tl), "per_rank": tl.bubbles(),
+        "peaks": stage_peaks(tl),
+    }
+
+
+def measured_section(tl: Timeline, *, source: str | Path = "timeline",
+                     schedule: str | None = None, P: int | None = None,
+                     M: int | None = None) -> dict:
+    """Page data for a measured run: its events and bubble, and those of the
+    same schedule simulated with the measured costs. ``schedule``, ``P``, ``M``
+    are what the user asked for, as in ``match_schedule``. Raises TimelineError
+    when ``tl`` is not a run of the schedule it names or of the one asked for."""
+    name = Path(str(source)).name
+    sched = match_schedule(tl, source=repr(name), schedule=schedule, P=P, M=M)
+    sim = simulate_like(tl, sched)
+    return {"file": name, "schedule": tl.schedule, "P": tl.P, "M": tl.M, "S": tl.S,
+            "placement": list(sched.placement), "unit": tl.unit,
+            "forward_only": tl.forward_only,
+            "measured": _events(tl), "simulated": _events(sim)}
