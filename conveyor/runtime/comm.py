@@ -19,6 +19,7 @@ in order; the interpreter therefore posts in schedule order there.
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import NamedTuple, Sequence
 
@@ -246,6 +247,8 @@ class Comm:
 
     def _lost(self, peer: int, action, e: BaseException) -> PeerFailedError:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # gloo prefixes its source location: "[.../pair.cc:553] Connection closed ..."
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]
         what = f" in {action}" if action is not None else ""
         return PeerFailedError(
             f"rank {self.rank} stopped{what}: lost rank {peer} ({first[:160]}); the failing "

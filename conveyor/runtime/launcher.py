@@ -102,6 +102,9 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
         dist.gather_object(value, gathered, dst=0)
     except BaseException as e:  # noqa: BLE001 - every failure must end this rank
         _die(report_of(e, rank=rank))
+    # Leave together, then tear the group down: a rank that exits with the group
+    # alive (or while a peer still talks to it) can abort in gloo's destructor.
+    dist.barrier()
     dist.destroy_process_group()
     return gathered
 

@@ -276,7 +276,14 @@ class Pipeline:
         device = self.ctx.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        recorder = Recorder() if record else None
+        recorder = None
+        if record:
+            recorder = Recorder()
+            if self.ctx.world_size > 1:
+                # Start a recorded step together: otherwise the skew left by
+                # the previous step (rank 0 gathering its timeline, say)
+                # shows up as this step's bubble.
+                dist.barrier()
         loss, outputs = interp.run(data, recorder=recorder, memory=memory)
         stats = comm.counts()
         if memory is not None:
