@@ -181,9 +181,20 @@ def mismatch_job(ctx) -> int:
     return 0
 
 
-def too_few_layers_job(ctx) -> int:
-    """3 layers for 4 stages."""
-    layers = [torch.nn.Linear(4, 4) for _ in range(3)]
+def too_few_layers_job(ctx, n_layers: int) -> int:
+    """Fewer layers than ranks (stages)."""
+    layers = [torch.nn.Linear(4, 4) for _ in range(n_layers)]
     Pipeline(layers, loss_fn=_models.loss_fn, optimizer=None, schedule="1f1b",
              microbatches=4, ctx=ctx)
+    return 0
+
+
+def crash_job(ctx) -> int:
+    """Rank 1 vanishes (no report) while rank 0 waits for it inside a step."""
+    pipe = Pipeline(_models.mlp(2), loss_fn=_models.loss_fn, optimizer=None, schedule="1f1b",
+                    microbatches=2, ctx=ctx)
+    if ctx.rank == 1:
+        os._exit(3)
+    x, y = _models.batch(4)
+    pipe.step(x, y)
     return 0
