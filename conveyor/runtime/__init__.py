@@ -20,12 +20,13 @@ from conveyor.runtime.errors import (
 )
 from conveyor.runtime.group import RankContext, init_rank
 from conveyor.runtime.launcher import LaunchOptions, launch
+from conveyor.runtime.measure import measure
 from conveyor.runtime.pipeline import Pipeline, PipelineConfig, StepResult, microbatch_sizes
 from conveyor.runtime.stages import SequentialStage, split_model
 
 __all__ = [
     "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",
-    "launch", "LaunchOptions", "RankContext", "init_rank",
+    "launch", "LaunchOptions", "measure", "RankContext", "init_rank",
     "split_model", "SequentialStage",
     "StageError", "PeerFailedError", "RankFailedError", "FailureReport",
 ]

@@ -250,6 +250,12 @@ class Comm:
         # gloo prefixes its source location: "[.../pair.cc:553] Connection closed ..."
         first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]
         what = f" in {action}" if action is not None else ""
+        if "timed out" in first.lower():
+            return PeerFailedError(
+                f"rank {self.rank} stopped{what}: rank {peer} sent nothing for "
+                f"{self.timeout.total_seconds():g} s ({first[:120]}); it is stuck or much "
+                f"slower than that: if it is only slow, raise PipelineConfig(timeout_s=...)",
+                rank=self.rank, peer=peer, action=action)
         return PeerFailedError(
             f"rank {self.rank} stopped{what}: lost rank {peer} ({first[:160]}); the failing "
             f"rank reports the cause", rank=self.rank, peer=peer, action=action)

@@ -27,10 +27,10 @@ import torch
 import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
+from conveyor.runtime.batching import microbatch_sizes, split_batch
 from conveyor.runtime.comm import Comm
-from conveyor.runtime.errors import StageError
 from conveyor.runtime.group import RankContext
-from conveyor.runtime.interpreter import Interpreter, StepData
+from conveyor.runtime.interpreter import Interpreter
 from conveyor.runtime.recorder import (
     ActivationMemory, Recorder, estimate_clock_offset, gather_timeline,
 )
@@ -85,12 +85,6 @@ class StepResult:
     stats: dict = field(default_factory=dict)
     wall_s: float = 0.0
     output: Any = None
-
-
-def microbatch_sizes(batch: int, M: int) -> list[int]:
-    """Sizes of the M micro-batches of a batch (larger first, differing by <= 1)."""
-    k, r = divmod(batch, M)
-    return [k + 1 if i < r else k for i in range(M)]
 
 
 def _context() -> RankContext:
@@ -269,7 +263,10 @@ class Pipeline:
              record) -> StepResult:
         t_start = time.perf_counter()
         record = self.config.record if record is None else record
-        data = self._split(inputs, targets, batch_size, forward_only=interp.forward_only)
+        data = split_batch(inputs, targets, batch_size, rank=self.ctx.rank,
+                           stages=self.stages, S=self.schedule.S, M=self.schedule.M,
+                           device=self.ctx.device, forward_only=interp.forward_only,
+                           mean=self.config.loss_reduction == "mean")
         comm.reset_counts()
         track = self.config.track_memory if self.config.track_memory is not None else record
         memory = ActivationMemory(self.params) if track and not interp.forward_only else None
@@ -315,64 +312,3 @@ class Pipeline:
                else torch.zeros((), dtype=torch.float64, device=self.ctx.device))
         dist.broadcast(buf, src=self.last_rank)
         return float(buf.item())
-
-    def _split(self, inputs, targets, batch_size, *, forward_only: bool) -> StepData:
-        r = self.ctx.rank
-        here = f"rank {r} (stage {', '.join(map(str, self.stages))})"
-        if isinstance(inputs, torch.Tensor):
-            inputs = (inputs,)
-        batches = {}
-        if inputs is not None:
-            batches["inputs"] = _batch_of(inputs, "inputs", here)
-        if targets is not None and not forward_only:
-            batches["targets"] = _batch_of(targets, "targets", here)
-        if batch_size is not None:
-            batches["batch_size"] = batch_size
-        if not batches:
-            raise StageError(f"{here} cannot tell the batch size: pass the batch (inputs and "
-                             f"targets) on every rank, or batch_size=", rank=r)
-        if len(set(batches.values())) > 1:
-            raise StageError(f"{here}: the batch sizes disagree ({batches}); pass matching "
-                             f"inputs, targets and batch_size", rank=r)
-        B = next(iter(batches.values()))
-        M = self.schedule.M
-        if B < M:
-            raise StageError(
-                f"{here}: a batch of {B} sample{'s' if B != 1 else ''} cannot be cut into M={M} "
-                f"micro-batches; use microbatches <= {B} or a batch of at least {M}",
-                rank=r, same_on_every_rank=True)
-        sizes = microbatch_sizes(B, M)
-        data = StepData(sizes=sizes)
-        if 0 in self.stages:
-            if inputs is None:
-                raise StageError(f"{here} holds the first stage and needs the inputs; pass "
-                                 f"them to step()", rank=r, stage=0)
-            data.inputs = list(zip(*(_chunks(t.to(self.ctx.device), sizes) for t in inputs)))
-        if self.schedule.S - 1 in self.stages and not forward_only:
-            if targets is None:
-                raise StageError(f"{here} holds the last stage and needs the targets; pass "
-                                 f"them to step()", rank=r, stage=self.schedule.S - 1)
-            if isinstance(targets, torch.Tensor):
-                data.targets = _chunks(targets.to(self.ctx.device), sizes)
-            else:
-                data.targets = list(zip(*(_chunks(t.to(self.ctx.device), sizes)
-                                          for t in targets)))
-        mean = self.config.loss_reduction == "mean"
-        data.weights = [n / B if mean else 1.0 for n in sizes]
-        return data
-
-
-def _batch_of(obj, what: str, here: str) -> int:
-    tensors = [obj] if isinstance(obj, torch.Tensor) else list(obj)
-    if not tensors or not all(isinstance(t, torch.Tensor) and t.dim() >= 1 for t in tensors):
-        raise StageError(f"{here}: {what} must be a tensor or a tuple of tensors with the batch "
-                         f"along dim 0")
-    sizes = {t.shape[0] for t in tensors}
-    if len(sizes) > 1:
-        raise StageError(f"{here}: the {what} tensors have different batch sizes {sorted(sizes)}; "
-                         f"they must agree along dim 0")
-    return sizes.pop()
-
-
-def _chunks(t: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
-    return list(torch.split(t, sizes))

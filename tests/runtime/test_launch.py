@@ -63,3 +63,30 @@ def test_two_local_runs_at_once_do_not_collide():
     assert [r[:4] for r in a] == [("a", r, 2, "gloo") for r in range(2)]
     assert [r[:4] for r in b] == [("b", r, 2, "gloo") for r in range(2)]
     assert a[0][4] != b[0][4]
+
+
+def _model():
+    from tests.runtime import _models
+    return _models.mlp(4)
+
+
+def _batch(step):
+    from tests.runtime import _models
+    return _models.batch(12, seed=step)
+
+
+def test_measure_returns_recorded_timelines_with_bytes_and_memory():
+    from conveyor.runtime import measure
+    from tests.runtime import _models
+
+    timelines = measure(_model, _batch, P=2, M=4, schedule="gpipe", steps=2, warmup=1)
+    assert len(timelines) == 2
+    for tl in timelines:
+        assert (tl.source, tl.schedule, tl.P, tl.M) == ("measured", "gpipe", 2, 4)
+        ranks = tl.meta["ranks"]
+        # One cut of (n, WIDTH) float64 activations, both ways, over 12 samples.
+        assert sum(r["sent_bytes"] for r in ranks) == 2 * 12 * _models.WIDTH * 8
+        assert all(r["meta_bytes"] == 0 for r in ranks)  # the handshake was in warm-up
+        assert all(r["peak_activation_bytes"] > 0 for r in ranks)
+        # GPipe keeps all 4 micro-batches of rank 0 in flight.
+        assert tl.peak_activations()[0] == 4
