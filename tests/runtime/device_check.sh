@@ -10,17 +10,17 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 nproc
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.device_count())"
-$PY - <<'PY'
+# -c, not a here-document: spawned ranks re-import a main script by path, and
+# <stdin> has none.
+$PY -c '
 from conveyor.runtime import launch
 from tests.runtime import _jobs
-rows = launch(_jobs.exactness_job, nprocs=1, args=([
-    {"id": f"{s}-M{M}-{d}", "schedule": s, "M": M, "dtype": d, "batch": 13, "steps": 3,
-     "record": True} for s in ("gpipe", "1f1b") for M in (1, 4) for d in ("float64", "float32")],))[0]
-for r in rows:
+cfgs = [{"id": f"{s}-M{M}-{d}", "schedule": s, "M": M, "dtype": d, "batch": 13, "steps": 3}
+        for s in ("gpipe", "1f1b") for M in (1, 4) for d in ("float64", "float32")]
+for r in launch(_jobs.exactness_job, nprocs=1, args=(cfgs,))[0]:
     print("P=1", r["id"], r["backend"], r["device"], "loss %.1e grad %.1e param %.1e" % (
-        r["loss_err"], r["grad_err"], r["param_err"]),
-        "peak_device_bytes", r["steps"][-1].get("peak_device_bytes"))
-PY
+        r["loss_err"], r["grad_err"], r["param_err"]))
+'
 $PY -m pytest tests/runtime -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
 $PY -m conveyor demo --out "$OUT/demo" --no-progress 2>&1 | tee "$OUT/demo.log" | tail -9
 $PY -m conveyor demo --stages 1 --epochs 2 --out "$OUT/demo1" --no-progress 2>&1 | tail -6
