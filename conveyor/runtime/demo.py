@@ -157,7 +157,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
     backend = cfg.backend or default_backend(cfg.stages)
     where = "one GPU each" if backend == "nccl" else "CPU"
-    print(f"conveyor demo: a {L}-layer MLP ({cfg.blocks + 2} Linear layers) on scikit-learn's "
+    print(f"conveyor demo: an MLP of {L} layers ({cfg.blocks + 2} Linear) on scikit-learn's "
           f"digits, {cfg.stages} processes ({backend}, {where}), schedule {cfg.schedule}, "
           f"M={sched.M}, layers per stage {'/'.join(map(str, balance))}", flush=True)
     results = launch(_train_rank, nprocs=cfg.stages, args=(cfg,),
