@@ -1,0 +1,146 @@
+"""Run a benchmark grid and return its results as plain data (JSON-ready).
+
+One process group per P runs every case for that P, both frameworks taking
+turns step by step (see ``worker``). The MLP workload also times the model
+unsplit on one process, before and after the pipelined runs, for the speedup
+and for the per-stage costs the ideal step is simulated with.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+from dataclasses import asdict
+from typing import Callable
+
+from conveyor.bench.config import BenchError, EmulatedWorkload, MLPWorkload, RunSettings
+from conveyor.bench.launch import launch
+from conveyor.bench.metrics import summarize_case
+from conveyor.schedule.generators import get_spec
+from conveyor.sim.cost import CostModel
+
+__all__ = ["run_benchmark", "ideal_speedup"]
+
+
+def ideal_speedup(P: int, M: int) -> float:
+    """Speedup of P equal stages over one process with a fill-drain bubble:
+    P*M/(M+P-1), i.e. 2M/(M+1) at P = 2."""
+    return P * M / (M + P - 1)
+
+
+def _check_grid(workload, Ps, Ms, schedules) -> None:
+    for s in schedules:
+        get_spec(s)  # ScheduleError with a suggestion for a typo
+    for name, values in (("P", Ps), ("M", Ms)):
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                             for v in values):
+            raise BenchError(f"{name} values {list(values)!r} must be positive integers")
+    if any(P < 2 for P in Ps):
+        raise BenchError(f"P values {list(Ps)} include P < 2; a pipeline needs at least 2 "
+                         f"stages")
+    if isinstance(workload, MLPWorkload):
+        for P in Ps:
+            if workload.layers % P:
+                raise BenchError(f"the MLP's {workload.layers} layers do not split evenly "
+                                 f"over P={P}; pick layers divisible by every P")
+        for M in Ms:
+            workload.activation_bytes(M)  # batch divisible by M
+
+
+def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms: list[int],
+                  schedules: list[str], settings: RunSettings | None = None,
+                  device: str = "cpu", keep_timelines: bool = False,
+                  on_progress: Callable[[str], None] | None = None) -> dict:
+    """Measure every (schedule, P, M) with every framework in ``settings``.
+
+    Returns {"meta": conditions, "rows": one dict per case and framework,
+    "single": the MLP's one-process timings or None}. ``on_progress(label)``
+    is called as each case (and each one-process run) finishes.
+
+    Raises BenchError for a bad grid, or when a rank fails or hangs.
+    """
+    settings = settings or RunSettings()
+    _check_grid(workload, Ps, Ms, schedules)
+    meta = _conditions(workload, Ps, Ms, schedules, settings, device)
+
+    def progress(msg):
+        if on_progress is not None:
+            kind, s, P, M = msg
+            on_progress("one process" if kind == "single" else f"{s} P={P} M={M}")
+
+    single = None
+    payload_1 = {"workload": workload, "warmup": settings.warmup, "repeats": settings.repeats,
+                 "Ps": Ps, "Ms": Ms}
+    if isinstance(workload, MLPWorkload):
+        single = launch(_single, 1, payload_1, timeout=settings.timeout,
+                        on_progress=progress)[0]
+    rows = []
+    for P in Ps:
+        payload = {"workload": workload, "cases": [(s, M) for M in Ms for s in schedules],
+                   "repeats": settings.repeats, "warmup": settings.warmup,
+                   "frameworks": list(settings.frameworks), "device": device}
+        raw = launch(_cases, P, payload, timeout=settings.timeout, on_progress=progress)[0]
+        for case in raw:
+            costs = _costs(workload, case["P"], case["M"], single)
+            rows += summarize_case(case, workload=workload.kind, costs=costs,
+                                   activation_bytes=workload.activation_bytes(case["M"]),
+                                   keep_timelines=keep_timelines)
+    if single is not None:
+        again = launch(_single, 1, {**payload_1, "Ps": []}, timeout=settings.timeout,
+                       on_progress=progress)[0]
+        single["step_times"] += again["step_times"]
+        single["step"] = statistics.median(single["step_times"])
+        for row in rows:
+            if "step_s" in row:
+                row["speedup"] = single["step"] / row["step_s"]
+            row["speedup_ideal"] = ideal_speedup(row["P"], row["M"])
+    meta["finished"] = _now()
+    meta["load_after"] = _load()
+    return {"meta": meta, "rows": rows, "single": single}
+
+
+def _costs(workload, P: int, M: int, single: dict | None) -> CostModel | None:
+    from conveyor.bench.workloads import ideal_costs
+
+    if isinstance(workload, EmulatedWorkload):
+        return ideal_costs(workload, P, M)
+    measured = (single or {}).get("costs", {}).get(f"{P},{M}")
+    if not measured or "error" in measured:
+        return None
+    return ideal_costs(workload, P, M, measured=measured)
+
+
+def _cases(rank, P, payload, progress):
+    from conveyor.bench.worker import run_cases
+
+    return run_cases(rank, P, payload, progress)
+
+
+def _single(rank, P, payload, progress):
+    from conveyor.bench.worker import time_single_process
+
+    return time_single_process(rank, P, payload, progress)
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _conditions(workload, Ps, Ms, schedules, settings, device) -> dict:
+    import torch
+
+    return {"started": _now(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "device": device, "workload": {"kind": workload.kind, **asdict(workload)},
+            "Ps": list(Ps), "Ms": list(Ms), "schedules": list(schedules),
+            "settings": {**asdict(settings), "frameworks": list(settings.frameworks)},
+            "load_before": _load()}

@@ -1,0 +1,114 @@
+"""What each benchmark rank runs: every case, every framework, alternating.
+
+For each case (schedule, M) a rank builds one runner per framework, each on
+its own copy of the same stage (same seed), warms them up, then times them in
+turns: conveyor, torch, torch, conveyor, ... so that a noisy moment on the
+machine lands on both. Every timed step starts after a barrier. Rank 0
+gathers the ranks' raw measurements per case and returns them.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+
+import torch
+import torch.distributed as dist
+
+from conveyor.bench.frameworks import Unsupported, make_runner
+from conveyor.bench.probe import Probe, Recorder, SendCounter
+from conveyor.bench.workloads import build_stages, make_batch
+
+__all__ = ["run_cases", "time_single_process"]
+
+
+def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
+    """Run ``payload["cases"]`` (a list of (schedule, M)) on this rank.
+
+    payload: workload, cases, repeats, warmup, frameworks, device ("cpu" or
+    "cuda"). Returns, on rank 0, one raw record per case:
+    ``{"schedule", "M", "P", "unsupported": {fw: why}, "ranks": [per-rank
+    {fw: [per-step measurement]}]}``; None on the other ranks.
+    """
+    counter = SendCounter().install()  # before any runner captures dist.isend
+    workload = payload["workload"]
+    torch.set_num_threads(getattr(workload, "threads", 1))
+    device = torch.device(payload.get("device", "cpu"))
+    out = []
+    for schedule, M in payload["cases"]:
+        x, y = make_batch(workload, M)
+        x, y = x.to(device), y.to(device)
+        runners, recorders, unsupported = {}, {}, {}
+        for fw in payload["frameworks"]:
+            rec = Recorder(rank)
+            module = Probe(build_stages(workload, P)[rank], rec).to(device)
+            try:
+                runners[fw] = make_runner(fw, module, rank=rank, P=P, schedule=schedule,
+                                          M=M, device=device)
+                recorders[fw] = rec
+            except Unsupported as e:
+                unsupported[fw] = str(e)
+        for fw, runner in runners.items():
+            for _ in range(payload["warmup"]):
+                runner.step(x, y)
+        steps: dict[str, list[dict]] = {fw: [] for fw in runners}
+        names = list(runners)
+        for rep in range(payload["repeats"]):
+            for fw in (names if rep % 2 == 0 else names[::-1]):
+                steps[fw].append(_timed_step(runners[fw], recorders[fw], counter, x, y, device))
+        gathered = [None] * P if rank == 0 else None
+        dist.gather_object(steps, gathered, dst=0)
+        if rank == 0:
+            out.append({"schedule": schedule, "P": P, "M": M, "unsupported": unsupported,
+                        "ranks": gathered})
+            if progress is not None:
+                progress.put(("case", schedule, P, M))
+        del runners, recorders
+        gc.collect()
+    return out if rank == 0 else None
+
+
+def _timed_step(runner, rec: Recorder, counter: SendCounter, x, y, device) -> dict:
+    dist.barrier()
+    rec.reset()
+    with counter.counting():
+        t0 = time.perf_counter()
+        runner.step(x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
+    return {"t0": t0, "t1": t1, "events": rec.events, "rss_start": rec.rss_start,
+            "rss_peak": rec.rss_peak, "bytes": counter.bytes, "sends": counter.sends}
+
+
+def time_single_process(rank: int, P: int, payload: dict, progress) -> dict:
+    """The MLP on one process, unsplit: median step seconds, and the per-stage
+    F/B costs on one micro-batch for each M in ``payload["Ms"]`` and P in
+    ``payload["Ps"]`` (for the simulator's ideal)."""
+    from conveyor.bench.frameworks import LR
+    from conveyor.bench.workloads import full_model, loss_fn, measure_stage_costs
+
+    workload = payload["workload"]
+    torch.set_num_threads(workload.threads)
+    model = full_model(workload)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    x, y = make_batch(workload, 1)
+    times = []
+    for i in range(payload["warmup"] + payload["repeats"]):
+        t0 = time.perf_counter()
+        loss_fn(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= payload["warmup"]:
+            times.append(time.perf_counter() - t0)
+    costs = {}
+    for p in payload["Ps"]:
+        for M in payload["Ms"]:
+            try:
+                costs[f"{p},{M}"] = measure_stage_costs(workload, p, M)
+            except Exception:  # noqa: BLE001 - a case without costs just has no ideal
+                costs[f"{p},{M}"] = {"error": traceback.format_exc(limit=1)}
+    if progress is not None:
+        progress.put(("single", 1, 1, 1))
+    return {"step_times": times, "step": sorted(times)[len(times) // 2], "costs": costs}
