@@ -44,7 +44,7 @@ class EmulatedWorkload:
 
     forward: float = 0.02
     backward: float = 0.04
-    width: int = 1024
+    width: int = 4096
     mb_size: int = 8
     layers_per_stage: int = 1
     kind: str = field(default="emulated", init=False)
@@ -75,8 +75,8 @@ class MLPWorkload:
     """
 
     layers: int = 16
-    width: int = 512
-    batch: int = 512
+    width: int = 256
+    batch: int = 4096
     threads: int = 1
     kind: str = field(default="mlp", init=False)
 

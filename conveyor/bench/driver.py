@@ -21,7 +21,7 @@ from conveyor.bench.metrics import summarize_case
 from conveyor.schedule.generators import get_spec
 from conveyor.sim.cost import CostModel
 
-__all__ = ["run_benchmark", "ideal_speedup"]
+__all__ = ["run_benchmark", "ideal_speedup", "check_grid"]
 
 
 def ideal_speedup(P: int, M: int) -> float:
@@ -30,7 +30,8 @@ def ideal_speedup(P: int, M: int) -> float:
     return P * M / (M + P - 1)
 
 
-def _check_grid(workload, Ps, Ms, schedules) -> None:
+def check_grid(workload, Ps, Ms, schedules) -> None:
+    """BenchError (or ScheduleError) for a grid that cannot run; needs no torch."""
     for s in schedules:
         get_spec(s)  # ScheduleError with a suggestion for a typo
     for name, values in (("P", Ps), ("M", Ms)):
@@ -62,7 +63,7 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
     Raises BenchError for a bad grid, or when a rank fails or hangs.
     """
     settings = settings or RunSettings()
-    _check_grid(workload, Ps, Ms, schedules)
+    check_grid(workload, Ps, Ms, schedules)
     meta = _conditions(workload, Ps, Ms, schedules, settings, device)
 
     def progress(msg):
@@ -81,7 +82,8 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
         payload = {"workload": workload, "cases": [(s, M) for M in Ms for s in schedules],
                    "repeats": settings.repeats, "warmup": settings.warmup,
                    "frameworks": list(settings.frameworks), "device": device}
-        raw = launch(_cases, P, payload, timeout=settings.timeout, on_progress=progress)[0]
+        raw = launch(_cases, P, payload, timeout=settings.timeout, on_progress=progress,
+                     backend="nccl" if device == "cuda" else "gloo")[0]
         for case in raw:
             costs = _costs(workload, case["P"], case["M"], single)
             rows += summarize_case(case, workload=workload.kind, costs=costs,

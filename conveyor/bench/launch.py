@@ -34,7 +34,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(fn, rank, P, port, payload, results, progress, timeout):
+def _worker(fn, rank, P, port, payload, results, progress, timeout, backend):
     import datetime
 
     import torch.distributed as dist
@@ -42,7 +42,11 @@ def _worker(fn, rank, P, port, payload, results, progress, timeout):
     try:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                           WORLD_SIZE=str(P), LOCAL_RANK=str(rank))
-        dist.init_process_group("gloo", rank=rank, world_size=P,
+        if backend == "nccl":
+            import torch
+
+            torch.cuda.set_device(rank % torch.cuda.device_count())
+        dist.init_process_group(backend, rank=rank, world_size=P,
                                 timeout=datetime.timedelta(seconds=timeout))
         out = fn(rank, P, payload, progress)
         results.put((rank, "ok", out))
@@ -56,12 +60,13 @@ def _worker(fn, rank, P, port, payload, results, progress, timeout):
 
 
 def launch(fn: Callable[[int, int, Any, Any], Any], P: int, payload: Any, *,
-           timeout: float = 900.0,
+           timeout: float = 900.0, backend: str = "gloo",
            on_progress: Callable[[Any], None] | None = None) -> list[Any]:
     """Run ``fn`` on P local processes and return their results by rank.
 
     ``fn`` must be importable (a module-level function); ``payload`` is passed
-    to every rank. Messages that a rank puts on its ``progress`` queue are
+    to every rank. ``backend`` is "gloo" (CPU) or "nccl" (CUDA; rank r uses
+    GPU r modulo the GPUs present). Messages that a rank puts on its ``progress`` queue are
     handed to ``on_progress`` in the parent as they arrive.
 
     Raises BenchError naming the failing rank and its error when a rank
@@ -78,7 +83,8 @@ def launch(fn: Callable[[int, int, Any, Any], Any], P: int, payload: Any, *,
     try:
         for rank in range(P):
             p = ctx.Process(target=_worker, name=f"conveyor-bench-rank{rank}", daemon=True,
-                            args=(fn, rank, P, port, payload, results, progress, timeout))
+                            args=(fn, rank, P, port, payload, results, progress, timeout,
+                                  backend))
             p.start()
             procs.append(p)
     finally:

@@ -35,6 +35,8 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
     workload = payload["workload"]
     torch.set_num_threads(getattr(workload, "threads", 1))
     device = torch.device(payload.get("device", "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # set by the launcher
     out = []
     for schedule, M in payload["cases"]:
         x, y = make_batch(workload, M)

@@ -1,0 +1,149 @@
+"""conveyor vs torch.distributed.pipelining: step time, bubble, memory, bytes.
+
+    python benchmarks/bench_pipeline.py                 # the full run (about 10 min here)
+    python benchmarks/bench_pipeline.py --quick         # a 2-minute subset
+    python benchmarks/bench_pipeline.py --only mlp      # one workload
+
+Runs both frameworks on the same model, schedule, P, M and batch, in real
+processes (one per rank, gloo on CPU), taking turns step by step; medians of
+--repeats timed steps. Writes benchmarks/results.json, benchmarks/RESULTS.md
+(with each target checked) and PNG figures in benchmarks/figures/. A
+hand-written analysis in benchmarks/pipeline_notes.md, if present, is
+appended to RESULTS.md.
+
+Workloads: (a) emulated device time (layers that sleep for a set F and B,
+P in {2, 4, 8}); (b) a deep MLP doing real compute at P = 2, one thread per
+rank, against the same model on one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from conveyor.bench.config import EmulatedWorkload, MLPWorkload, RunSettings
+from conveyor.bench.driver import run_benchmark
+from conveyor.bench.figures import write_figures
+from conveyor.bench.progress import ProgressBar
+from conveyor.bench.report import (
+    RATIO_TARGET, SPEEDUP_TARGET, markdown_conditions, markdown_emulated, markdown_mlp,
+    targets_emulated, targets_mlp, text_table,
+)
+
+HERE = Path(__file__).resolve().parent
+SCHEDULES = ["gpipe", "1f1b"]
+
+
+def grids(quick: bool) -> dict:
+    if quick:
+        return {"emulated": dict(Ps=[2, 4], Ms=[4, 8]), "mlp": dict(Ps=[2], Ms=[16])}
+    return {"emulated": dict(Ps=[2, 4, 8], Ms=[4, 8, 16, 32]),
+            "mlp": dict(Ps=[2], Ms=[4, 8, 16, 32])}
+
+
+def run(name: str, workload, grid: dict, settings: RunSettings) -> dict:
+    n = len(grid["Ps"]) * len(grid["Ms"]) * len(SCHEDULES) + (2 if name == "mlp" else 0)
+    bar = ProgressBar(n, title=f"{name:8} ")
+    try:
+        return run_benchmark(workload=workload, schedules=SCHEDULES, settings=settings,
+                             on_progress=bar.advance, **grid)
+    finally:
+        bar.close()
+
+
+def targets_md(results: dict) -> list[str]:
+    lines = ["## Targets", ""]
+    if "emulated" in results:
+        t = targets_emulated(results["emulated"]["rows"])
+        for key, what in (("ratio", f"conveyor step <= {RATIO_TARGET} x simulator ideal"),
+                          ("vs_torch", "conveyor no slower than torch.distributed.pipelining")):
+            items = t[key]
+            missed = [(label, v) for label, v, ok in items if not ok]
+            worst = max(items, key=lambda x: x[1], default=None)
+            lines.append(f"- Emulated, {what}: **{len(items) - len(missed)}/{len(items)} met**"
+                         + (f"; worst {worst[0]} at {worst[1]:.3f}" if worst else "") + ".")
+            if missed:
+                lines.append("  Missed: " + ", ".join(f"{lb} ({v:.3f}, over by "
+                                                       f"{100 * (v / (RATIO_TARGET if key == 'ratio' else 1) - 1):.1f}%)"
+                                                       for lb, v in missed) + ".")
+        mem = t["memory"]
+        bad = [(lb, h, lim) for lb, h, ok, lim in mem if not ok]
+        lines.append(f"- Memory (1F1B holds <= min(P, M) on stage 0, GPipe holds M), as "
+                     f"measured: **{len(mem) - len(bad)}/{len(mem)} met**"
+                     + ("." if not bad else "; missed: " + ", ".join(
+                         f"{lb} held {h} (bound {lim})" for lb, h, lim in bad) + "."))
+    if "mlp" in results:
+        items = targets_mlp(results["mlp"]["rows"])
+        lines.append(f"- Real compute, speedup >= {SPEEDUP_TARGET} x P·M/(M+P-1): "
+                     + "; ".join(f"{lb}: {s:.2f} vs {SPEEDUP_TARGET * i:.2f} "
+                                 f"{'met' if ok else f'**missed by {100 * (1 - s / (SPEEDUP_TARGET * i)):.1f}%**'}"
+                                 for lb, s, i, ok in items) + ".")
+    return lines + [""]
+
+
+def write_markdown(results: dict, out: Path, notes: Path | None, cmd: str) -> None:
+    lines = ["# Pipeline benchmarks: conveyor vs torch.distributed.pipelining", "",
+             f"Written by `{cmd}`; raw numbers in `results.json`. Times are medians of the "
+             "timed steps; each step runs from a barrier to the last rank's optimizer update. "
+             "Bubble and activations held come from the same probe on both frameworks "
+             "(stamps at each stage's forward and backward). Bytes are counted at "
+             "`torch.distributed`'s point-to-point sends. n/s: the framework does not support "
+             "the case.", ""]
+    lines += targets_md(results)
+    if "emulated" in results:
+        r = results["emulated"]
+        lines += ["## (a) Emulated device time", "", markdown_conditions(r["meta"]), "",
+                  "Ideal: conveyor's simulator with the configured F and B per stage and free "
+                  "links.", ""]
+        lines += markdown_emulated(r["rows"]) + ["",
+                                                 "![step time](figures/emulated_step_time.png)",
+                                                 "![bubble](figures/emulated_bubble.png)",
+                                                 "![memory](figures/emulated_memory.png)", ""]
+    if "mlp" in results:
+        r = results["mlp"]
+        lines += ["## (b) Real compute: deep MLP", "", markdown_conditions(r["meta"]), "",
+                  "Ideal: conveyor's simulator with per-stage F and B measured on one "
+                  "micro-batch in one process (one thread), free links.", ""]
+        lines += markdown_mlp(r) + [""]
+    if notes is not None and notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    out.write_text("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="a small grid (about 2 minutes)")
+    ap.add_argument("--only", choices=["emulated", "mlp"], help="run one workload")
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps per framework (5)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (2)")
+    ap.add_argument("--forward", type=float, default=0.02, help="emulated F seconds (0.02)")
+    ap.add_argument("--backward", type=float, default=0.04, help="emulated B seconds (0.04)")
+    ap.add_argument("--out-dir", default=str(HERE), help="where results and figures go")
+    args = ap.parse_args(argv)
+    out = Path(args.out_dir)
+    settings = RunSettings(repeats=args.repeats, warmup=args.warmup)
+    workloads = {"emulated": EmulatedWorkload(forward=args.forward, backward=args.backward),
+                 "mlp": MLPWorkload()}
+    t0 = time.monotonic()
+    results = {}
+    for name, grid in grids(args.quick).items():
+        if args.only and name != args.only:
+            continue
+        results[name] = run(name, workloads[name], grid, settings)
+        print(text_table(results[name]["rows"]), file=sys.stderr)
+        write_figures(results[name]["rows"], out / "figures", prefix=name)
+    results["elapsed_s"] = time.monotonic() - t0
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    cmd = "python benchmarks/bench_pipeline.py " + " ".join(argv if argv is not None
+                                                           else sys.argv[1:])
+    write_markdown(results, out / "RESULTS.md", HERE / "pipeline_notes.md", cmd.strip())
+    print(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and figures in "
+          f"{out / 'figures'} ({results['elapsed_s']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
