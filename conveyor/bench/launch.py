@@ -52,6 +52,8 @@ def _worker(fn, rank, P, port, payload, results, progress, timeout, backend):
         results.put((rank, "ok", out))
     except BaseException as e:  # noqa: BLE001 - reported to the parent, then exit
         results.put((rank, "error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+        results.close()
+        results.join_thread()  # the report must be out before the process is
         os._exit(1)  # don't wait on peers that will never answer
     try:
         dist.destroy_process_group()

@@ -73,6 +73,12 @@ def summarize_case(raw: dict, *, workload: str, costs: CostModel | None,
                    for r in range(P)],
                "bytes": statistics.median(sum(m["bytes"] for m in rep) for rep in per_rep),
                "sends": statistics.median(sum(m["sends"] for m in rep) for rep in per_rep)}
+        own_bytes = [sum(m["own_bytes"] for m in rep) for rep in per_rep
+                     if all(m.get("own_bytes") is not None for m in rep)]
+        if own_bytes:
+            row["own_bytes"] = statistics.median(own_bytes)  # the framework's own counter
+        if raw.get("own", {}).get(fw):
+            row["own"] = raw["own"][fw]  # the framework's own timeline of one more step
         if ideal:
             row["ratio"] = row["step_s"] / ideal["ideal_s"]
         if keep_timelines:

@@ -59,11 +59,14 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
         for rep in range(payload["repeats"]):
             for fw in (names if rep % 2 == 0 else names[::-1]):
                 steps[fw].append(_timed_step(runners[fw], recorders[fw], counter, x, y, device))
+        # Each framework's own view of one more step, where it has one (collective).
+        own = {fw: r.recorded_step(x, y) for fw, r in runners.items()
+               if hasattr(r, "recorded_step")}
         gathered = [None] * P if rank == 0 else None
         dist.gather_object(steps, gathered, dst=0)
         if rank == 0:
             out.append({"schedule": schedule, "P": P, "M": M, "unsupported": unsupported,
-                        "ranks": gathered})
+                        "ranks": gathered, "own": own})
             if progress is not None:
                 progress.put(("case", schedule, P, M))
         del runners, recorders
@@ -80,8 +83,10 @@ def _timed_step(runner, rec: Recorder, counter: SendCounter, x, y, device) -> di
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t1 = time.perf_counter()
+    stats = getattr(runner, "stats", None) or {}
     return {"t0": t0, "t1": t1, "events": rec.events, "rss_start": rec.rss_start,
-            "rss_peak": rec.rss_peak, "bytes": counter.bytes, "sends": counter.sends}
+            "rss_peak": rec.rss_peak, "bytes": counter.bytes, "sends": counter.sends,
+            "own_bytes": stats.get("sent_bytes")}
 
 
 def time_single_process(rank: int, P: int, payload: dict, progress) -> dict:
