@@ -121,10 +121,13 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (2)")
     ap.add_argument("--forward", type=float, default=0.02, help="emulated F seconds (0.02)")
     ap.add_argument("--backward", type=float, default=0.04, help="emulated B seconds (0.04)")
+    ap.add_argument("--frameworks", default="conveyor,torch",
+                    help="comma-separated subset of conveyor,torch (both)")
     ap.add_argument("--out-dir", default=str(HERE), help="where results and figures go")
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
-    settings = RunSettings(repeats=args.repeats, warmup=args.warmup)
+    settings = RunSettings(repeats=args.repeats, warmup=args.warmup,
+                           frameworks=tuple(f for f in args.frameworks.split(",") if f))
     workloads = {"emulated": EmulatedWorkload(forward=args.forward, backward=args.backward),
                  "mlp": MLPWorkload()}
     t0 = time.monotonic()
