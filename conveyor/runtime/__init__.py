@@ -1,0 +1,32 @@
+"""The runtime: a model cut into stages, one process per pipeline rank.
+
+    from conveyor.runtime import Pipeline, launch
+
+    def main(ctx):                       # runs once per rank
+        pipe = Pipeline(model, loss_fn=..., optimizer=lambda ps: torch.optim.SGD(ps, 0.1),
+                        schedule="1f1b", microbatches=8)
+        for x, y in batches:
+            result = pipe.step(x, y)     # the same batch on every rank
+        return result.loss
+
+    if __name__ == "__main__":
+        losses = launch(main, nprocs=4)  # or: torchrun --nproc-per-node 4 script.py
+
+Needs torch. See docs/runtime.md.
+"""
+
+from conveyor.runtime.errors import (
+    FailureReport, PeerFailedError, RankFailedError, StageError,
+)
+from conveyor.runtime.group import RankContext, init_rank
+from conveyor.runtime.launcher import LaunchOptions, launch
+from conveyor.runtime.measure import measure
+from conveyor.runtime.pipeline import Pipeline, PipelineConfig, StepResult, microbatch_sizes
+from conveyor.runtime.stages import SequentialStage, split_model
+
+__all__ = [
+    "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",
+    "launch", "LaunchOptions", "measure", "RankContext", "init_rank",
+    "split_model", "SequentialStage",
+    "StageError", "PeerFailedError", "RankFailedError", "FailureReport",
+]

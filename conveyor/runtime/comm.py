@@ -1,0 +1,265 @@
+"""Point-to-point transfers across the cuts, with a shape handshake and byte counts.
+
+Only the tensors at a cut cross it: stage c's outputs go forward to stage c+1
+("act"), and their gradients come back ("grad"). Every transfer is an async
+isend/irecv into a buffer of the exact size, so the receiver must know shapes
+and dtypes before the data arrives. It learns them once, from a metadata
+message that the sender sends ahead of the first activation of each
+micro-batch size (the handshake), and caches them under (cut, micro-batch
+size). Both sides know every micro-batch's size, because every rank knows the
+batch size, so both know when a new size (the smaller last micro-batch, a
+short last batch) calls for a new handshake; nothing else is sent per
+micro-batch. Gradient buffers need no handshake: the receiver of a gradient
+is the sender of the activation and knows its shape.
+
+Messages are told apart by tag (cut, micro-batch, direction, tensor index),
+so receives may be posted in any order on gloo. NCCL ignores tags and matches
+in order; the interpreter therefore posts in schedule order there.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.distributed as dist
+
+from conveyor.runtime.errors import PeerFailedError, StageError
+
+__all__ = ["TensorMeta", "Comm", "encode_meta", "decode_meta", "nbytes"]
+
+# A fixed-size metadata message keeps the handshake to one isend/irecv pair.
+MAX_TENSORS = 16
+MAX_DIMS = 8
+_FIELDS = 3 + MAX_DIMS  # dtype code, requires_grad, ndim, dims...
+META_LEN = 1 + MAX_TENSORS * _FIELDS
+_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
+           torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
+           torch.complex64, torch.complex128]
+_CODE = {dt: i for i, dt in enumerate(_DTYPES)}
+
+# Tag layout: ((mb * cuts + cut) * 3 + direction) * MAX_TENSORS + tensor index;
+# handshake messages put the micro-batch size where the micro-batch goes.
+_ACT, _GRAD, _META = 0, 1, 2
+
+
+class TensorMeta(NamedTuple):
+    """What the receiver needs to allocate one incoming tensor."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    requires_grad: bool
+
+
+def nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def meta_of(tensors: Sequence[torch.Tensor]) -> tuple[TensorMeta, ...]:
+    return tuple(TensorMeta(tuple(t.shape), t.dtype, bool(t.requires_grad)) for t in tensors)
+
+
+def encode_meta(metas: Sequence[TensorMeta], *, stage: int) -> torch.Tensor:
+    """Pack metadata into one int64 tensor of length META_LEN.
+
+    Raises StageError when the structure is larger than the fixed message.
+    """
+    if len(metas) > MAX_TENSORS:
+        raise StageError(f"stage {stage} outputs {len(metas)} tensors; at most {MAX_TENSORS} "
+                         f"may cross a cut: pack them into fewer tensors", stage=stage)
+    out = torch.zeros(META_LEN, dtype=torch.int64)
+    out[0] = len(metas)
+    for i, m in enumerate(metas):
+        if m.dtype not in _CODE:
+            raise StageError(f"stage {stage} outputs a {m.dtype} tensor, which cannot cross a "
+                             f"cut; use one of {', '.join(map(str, _DTYPES))}", stage=stage)
+        if len(m.shape) > MAX_DIMS:
+            raise StageError(f"stage {stage} outputs a tensor with {len(m.shape)} dimensions; "
+                             f"at most {MAX_DIMS} may cross a cut: reshape it", stage=stage)
+        base = 1 + i * _FIELDS
+        out[base:base + 3] = torch.tensor([_CODE[m.dtype], int(m.requires_grad), len(m.shape)])
+        out[base + 3:base + 3 + len(m.shape)] = torch.tensor(m.shape, dtype=torch.int64)
+    return out
+
+
+def decode_meta(t: torch.Tensor) -> tuple[TensorMeta, ...]:
+    vals = t.tolist()
+    metas = []
+    for i in range(int(vals[0])):
+        base = 1 + i * _FIELDS
+        code, rg, ndim = vals[base:base + 3]
+        metas.append(TensorMeta(tuple(vals[base + 3:base + 3 + ndim]), _DTYPES[code], bool(rg)))
+    return tuple(metas)
+
+
+class Pending(NamedTuple):
+    """Posted receives: their work handles and the buffers they fill."""
+
+    works: list
+    buffers: tuple[torch.Tensor, ...]
+
+
+class Comm:
+    """One rank's transfers. ``placement[s]`` is the rank of stage s; cut c lies
+    between stage c and stage c+1.
+
+    Counters (payload bytes, this rank, since the last ``reset_counts``):
+    sent_bytes / recv_bytes for activations and gradients, meta_bytes for the
+    handshake, messages for the number of tensors sent.
+    """
+
+    def __init__(self, *, rank: int, placement: Sequence[int], device: torch.device,
+                 timeout_s: float, group=None):
+        self.rank = rank
+        self.placement = tuple(placement)
+        self.cuts = max(len(self.placement) - 1, 1)
+        self.device = device
+        self.timeout = timedelta(seconds=timeout_s)
+        self.group = group
+        self.meta_out: dict[tuple[int, int], tuple[TensorMeta, ...]] = {}
+        self.meta_in: dict[tuple[int, int], tuple[TensorMeta, ...]] = {}
+        self.reset_counts()
+
+    def reset_counts(self) -> None:
+        self.sent_bytes = self.recv_bytes = self.meta_bytes = self.messages = 0
+
+    def counts(self) -> dict[str, int]:
+        return {"sent_bytes": self.sent_bytes, "recv_bytes": self.recv_bytes,
+                "meta_bytes": self.meta_bytes, "messages": self.messages}
+
+    def _tag(self, mb: int, cut: int, direction: int, i: int = 0) -> int:
+        return ((mb * self.cuts + cut) * 3 + direction) * MAX_TENSORS + i
+
+    def _meta_tag(self, size: int, cut: int) -> int:
+        # Keyed by size, not micro-batch: the two sides may meet a new size on
+        # different micro-batches when their schedules order forwards
+        # differently. At most two sizes occur in a step, so the modulus is safe.
+        return self._tag(size % 65536, cut, _META)
+
+    # -- sending -------------------------------------------------------------------
+    def _isend(self, t: torch.Tensor, dst: int, tag: int, action):
+        try:
+            return dist.isend(t, dst, group=self.group, tag=tag)
+        except RuntimeError as e:
+            raise self._lost(dst, action, e) from e
+
+    def send_act(self, tensors: Sequence[torch.Tensor], *, cut: int, mb: int, size: int,
+                 action) -> list:
+        """Send stage ``cut``'s outputs for micro-batch ``mb`` (of ``size`` samples)
+        to stage cut+1, preceded by the handshake the first time this size
+        crosses the cut. Returns (work, tensor) pairs to keep until done."""
+        dst = self.placement[cut + 1]
+        metas = meta_of(tensors)
+        held = []
+        known = self.meta_out.get((cut, size))
+        if known is None:
+            meta = encode_meta(metas, stage=cut).to(self.device)
+            held.append((self._isend(meta, dst, self._meta_tag(size, cut), action), meta))
+            self.meta_bytes += nbytes(meta)
+            self.meta_out[(cut, size)] = metas
+        elif known != metas:
+            raise StageError(
+                f"stage {cut} output changed from {_show(known)} to {_show(metas)} for "
+                f"micro-batches of {size} samples; shapes may change only with the micro-batch "
+                f"size (the handshake is keyed by it): keep the other dimensions fixed, e.g. "
+                f"by padding", rank=self.rank, stage=cut, mb=mb, action=action)
+        for i, t in enumerate(tensors):
+            t = t.detach().contiguous()
+            held.append((self._isend(t, dst, self._tag(mb, cut, _ACT, i), action), t))
+            self.sent_bytes += nbytes(t)
+            self.messages += 1
+        return held
+
+    def send_grad(self, grads: Sequence[torch.Tensor | None], *, cut: int, mb: int,
+                  action) -> list:
+        """Send the gradients of stage cut+1's inputs back to stage ``cut``
+        (None entries, inputs that need no gradient, are skipped on both sides)."""
+        dst = self.placement[cut]
+        held = []
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            g = g.detach().contiguous()
+            held.append((self._isend(g, dst, self._tag(mb, cut, _GRAD, i), action), g))
+            self.sent_bytes += nbytes(g)
+            self.messages += 1
+        return held
+
+    # -- receiving -----------------------------------------------------------------
+    def act_meta_known(self, cut: int, size: int) -> bool:
+        return (cut, size) in self.meta_in
+
+    def recv_act_meta(self, *, cut: int, size: int, action) -> tuple[TensorMeta, ...]:
+        """Blocking: the handshake for micro-batches of this size over ``cut``."""
+        buf = torch.empty(META_LEN, dtype=torch.int64, device=self.device)
+        src = self.placement[cut]
+        try:
+            work = dist.irecv(buf, src, group=self.group, tag=self._meta_tag(size, cut))
+        except RuntimeError as e:
+            raise self._lost(src, action, e) from e
+        self.wait([work], peer=src, action=action)
+        metas = decode_meta(buf.cpu())
+        self.meta_in[(cut, size)] = metas
+        return metas
+
+    def post_act(self, *, cut: int, mb: int, size: int, action) -> Pending:
+        """Post the receives of stage ``cut``'s outputs for micro-batch ``mb``;
+        the handshake for this size must be known (see ``act_meta_known``)."""
+        metas = self.meta_in[(cut, size)]
+        bufs = tuple(torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in metas)
+        return self._post(bufs, self.placement[cut], [self._tag(mb, cut, _ACT, i)
+                                                       for i in range(len(bufs))], action)
+
+    def post_grad(self, like: Sequence[torch.Tensor | None], *, cut: int, mb: int,
+                  action) -> Pending:
+        """Post the receives of the gradients of stage ``cut``'s outputs ``like``
+        (None where an output needs no gradient)."""
+        idx = [i for i, t in enumerate(like) if t is not None]
+        bufs = tuple(torch.empty_like(like[i], memory_format=torch.contiguous_format)
+                     for i in idx)
+        pend = self._post(bufs, self.placement[cut + 1],
+                          [self._tag(mb, cut, _GRAD, i) for i in idx], action)
+        full: list = [None] * len(like)
+        for i, b in zip(idx, bufs):
+            full[i] = b
+        return Pending(pend.works, tuple(full))
+
+    def _post(self, bufs, src: int, tags: list[int], action) -> Pending:
+        works = []
+        for b, tag in zip(bufs, tags):
+            try:
+                works.append(dist.irecv(b, src, group=self.group, tag=tag))
+            except RuntimeError as e:
+                raise self._lost(src, action, e) from e
+            self.recv_bytes += nbytes(b)
+        return Pending(works, bufs)
+
+    # -- waiting -------------------------------------------------------------------
+    def wait(self, works, *, peer: int, action) -> None:
+        """Wait for transfers with ``peer``; PeerFailedError when it is gone."""
+        for w in works:
+            try:
+                w.wait(self.timeout)
+            except RuntimeError as e:
+                raise self._lost(peer, action, e) from e
+
+    def _lost(self, peer: int, action, e: BaseException) -> PeerFailedError:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        # gloo prefixes its source location: "[.../pair.cc:553] Connection closed ..."
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]
+        what = f" in {action}" if action is not None else ""
+        if "timed out" in first.lower():
+            return PeerFailedError(
+                f"rank {self.rank} stopped{what}: rank {peer} sent nothing for "
+                f"{self.timeout.total_seconds():g} s ({first[:120]}); it is stuck or much "
+                f"slower than that: if it is only slow, raise PipelineConfig(timeout_s=...)",
+                rank=self.rank, peer=peer, action=action)
+        return PeerFailedError(
+            f"rank {self.rank} stopped{what}: lost rank {peer} ({first[:160]}); the failing "
+            f"rank reports the cause", rank=self.rank, peer=peer, action=action)
+
+
+def _show(metas: Sequence[TensorMeta]) -> str:
+    return ", ".join(f"{tuple(m.shape)} {str(m.dtype).replace('torch.', '')}" for m in metas)

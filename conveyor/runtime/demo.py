@@ -1,0 +1,207 @@
+"""The demo job: a deep MLP trained on scikit-learn's digits across P processes.
+
+The data set ships with scikit-learn (1797 8x8 images of digits, 10 classes), so
+nothing is downloaded. Every rank loads it and draws the same shuffled batches
+(same seed), feeds what its stages need, and the pipeline does the rest. The
+last epoch's full-size steps are recorded; the parent picks the median one and
+puts its measured bubble next to the simulator's (same schedule, measured
+per-stage costs) and the closed-form one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["DemoConfig", "run_demo", "build_model"]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What ``conveyor demo`` runs; the defaults are the README's demo.
+
+    stages:        pipeline ranks P (one process each, one stage each).
+    microbatches:  M, micro-batches per step.
+    schedule:      a registered schedule name.
+    epochs:        passes over the 1437 training images.
+    batch_size:    images per step (the last step of an epoch is smaller).
+    blocks:        hidden residual blocks (one Linear each); the model has
+                   blocks + 2 layers: an input Linear, the blocks, a head.
+    width:         hidden features.
+    lr:            Adam learning rate.
+    seed:          seed of the weights, the split and the batch order.
+    out:           folder for timeline.json and summary.json.
+    progress:      show a progress bar (rank 0's).
+    backend:       "gloo", "nccl" or None (NCCL when CUDA is present).
+    """
+
+    stages: int = 4
+    microbatches: int = 8
+    schedule: str = "1f1b"
+    epochs: int = 8
+    batch_size: int = 64
+    blocks: int = 16
+    width: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    out: str = "runs/demo"
+    progress: bool = True
+    backend: str | None = None
+
+
+def build_model(cfg: DemoConfig):
+    """Linear(64, width), ``blocks`` residual blocks, a LayerNorm+Linear head."""
+    import torch
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self, width: int):
+            super().__init__()
+            self.norm = nn.LayerNorm(width)
+            self.fc = nn.Linear(width, width)
+
+        def forward(self, x):  # (n, width) -> (n, width)
+            return x + self.fc(torch.relu(self.norm(x)))
+
+    torch.manual_seed(cfg.seed)
+    head = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, 10))
+    return nn.Sequential(nn.Linear(64, cfg.width), *[Block(cfg.width) for _ in range(cfg.blocks)],
+                         head)
+
+
+def _data(seed: int):
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xte, ytr, yte = train_test_split(X / 16.0, y, test_size=0.2, random_state=seed,
+                                          stratify=y)
+    f = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    return f(Xtr), torch.tensor(ytr), f(Xte), torch.tensor(yte)
+
+
+def _train_rank(ctx, cfg: DemoConfig) -> dict:
+    """One rank's work; returns what the parent prints (rank 0: losses and
+    timelines, the last rank: accuracy)."""
+    import torch
+    from torch import nn
+
+    from conveyor.runtime import Pipeline
+
+    Xtr, ytr, Xte, yte = _data(cfg.seed)
+    pipe = Pipeline(build_model(cfg), loss_fn=nn.functional.cross_entropy,
+                    optimizer=lambda ps: torch.optim.Adam(ps, lr=cfg.lr),
+                    schedule=cfg.schedule, microbatches=cfg.microbatches, ctx=ctx)
+    n = len(Xtr)
+    steps_per_epoch = -(-n // cfg.batch_size)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bar = None
+    if ctx.rank == 0 and cfg.progress:
+        import threading
+
+        from tqdm import tqdm
+
+        # tqdm's default lock is a multiprocessing semaphore, which a rank
+        # process (it exits without interpreter teardown) would leak.
+        tqdm.set_lock(threading.RLock())
+        bar = tqdm(total=cfg.epochs * steps_per_epoch, unit="step", file=sys.stdout,
+                   dynamic_ncols=True, leave=False)
+    say = bar.write if bar is not None else print
+    losses, timelines = [], []
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for i in range(steps_per_epoch):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            # Record the last epoch's full-size steps for the bubble report.
+            record = epoch == cfg.epochs - 1 and len(idx) == cfg.batch_size
+            res = pipe.step(Xtr[idx], ytr[idx], record=record)
+            total += res.loss * len(idx)
+            if res.timeline is not None:
+                timelines.append(res.timeline.to_dict())
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{res.loss:.3f}")
+        losses.append(total / n)
+        if ctx.rank == 0:
+            say(f"epoch {epoch + 1:>2}/{cfg.epochs}  loss {losses[-1]:.4f}")
+    if bar is not None:
+        bar.close()
+    out = pipe.predict(Xte)
+    result = {"rank": ctx.rank, "losses": losses, "timelines": timelines}
+    if out is not None:
+        pred = out.argmax(dim=1).cpu()
+        result["correct"] = int((pred == yte).sum())
+        result["tested"] = len(yte)
+    return result
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Launch the demo on ``cfg.stages`` local processes, print the report and
+    write ``timeline.json`` and ``summary.json`` into ``cfg.out``. Returns the
+    summary."""
+    from conveyor.partition import uniform_balance
+    from conveyor.runtime import LaunchOptions, launch
+    from conveyor.schedule import build_schedule
+    from conveyor.sim import CostModel, Timeline, formula_bubble, simulate
+
+    t0 = time.perf_counter()
+    L = cfg.blocks + 2
+    balance = uniform_balance(L, cfg.stages)
+    sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
+    print(f"conveyor demo: a {L}-layer MLP ({cfg.blocks + 2} Linear layers) on scikit-learn's "
+          f"digits, {cfg.stages} processes, schedule {cfg.schedule}, M={sched.M}, "
+          f"layers per stage {'/'.join(map(str, balance))}", flush=True)
+    results = launch(_train_rank, nprocs=cfg.stages, args=(cfg,),
+                     options=LaunchOptions(backend=cfg.backend))
+    wall = time.perf_counter() - t0
+    last = results[-1]
+    acc = last["correct"] / last["tested"]
+    timelines = [Timeline.from_dict(d) for d in results[0]["timelines"]]
+    summary = {"config": asdict(cfg), "balance": balance, "epoch_loss": results[0]["losses"],
+               "accuracy": acc, "wall_s": wall}
+    print(f"test accuracy: {100 * acc:.1f}% ({last['correct']}/{last['tested']} images)")
+    cores = os.cpu_count() or 1
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if timelines:
+        measured = sorted(timelines, key=lambda t: t.step_time)[len(timelines) // 2]
+        costs = measured.stage_costs()
+        model = CostModel(forward=costs["F"], backward=costs["B"])
+        predicted = simulate(sched, model, unit="s")
+        formula = formula_bubble(cfg.schedule, cfg.stages, cfg.microbatches)
+        path = measured.save(out / "timeline.json")
+        bubbles = measured.bubbles()
+        fstr = f"{100 * float(formula):.1f}%" if formula is not None else "n/a"
+        spec_formula = _formula_text(cfg.schedule)
+        print(f"bubble: measured {100 * measured.bubble_overall:.1f}%  |  simulated "
+              f"{100 * predicted.bubble_overall:.1f}% (measured per-stage costs, free links)  |  "
+              f"formula {spec_formula} = {fstr}")
+        print("  measured per rank: " + "  ".join(f"rank {r} {100 * b:.1f}%"
+                                                  for r, b in enumerate(bubbles)))
+        print(f"  median of {len(timelines)} recorded steps: step time "
+              f"{1000 * measured.step_time:.2f} ms measured, "
+              f"{1000 * predicted.step_time:.2f} ms simulated")
+        if cores < cfg.stages:
+            print(f"  note: {cfg.stages} processes share {cores} CPU cores here, so at most "
+                  f"{cores} compute at once and the measured bubble cannot fall below "
+                  f"1 - {cores}/{cfg.stages} = {100 * (1 - cores / cfg.stages):.0f}%")
+        print(f"measured timeline: {path}")
+        summary.update(bubble_measured=measured.bubble_overall,
+                       bubble_per_rank=bubbles, bubble_simulated=predicted.bubble_overall,
+                       bubble_formula=None if formula is None else float(formula),
+                       step_time_s=measured.step_time, timeline=str(path))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"done in {wall:.1f} s")
+    return summary
+
+
+def _formula_text(name: str) -> str:
+    from conveyor.schedule import get_spec
+
+    return get_spec(name).formula or "?"

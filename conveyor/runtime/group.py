@@ -1,0 +1,114 @@
+"""Process-group set-up: one process per pipeline rank, over torch.distributed.
+
+The same function serves every way of starting the processes: the local
+launcher (``conveyor.runtime.launch``), ``torchrun`` on one node and
+``torchrun`` across nodes. All of them hand the rank its place through the
+standard environment variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT) and rendezvous through ``env://``; the local launcher hosts the
+store in the parent, as torchrun's agent does, so the port it picked stays
+bound for the whole run and two runs never collide.
+
+Backend and device: NCCL with ``cuda:LOCAL_RANK`` when CUDA is present, gloo
+with the CPU otherwise. Nothing else in the runtime branches on the backend.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from conveyor.errors import PipelineError
+
+__all__ = ["RankContext", "init_rank", "env_is_distributed", "default_backend"]
+
+
+@dataclass(frozen=True)
+class RankContext:
+    """Where this process sits in the pipeline.
+
+    rank:        this process's rank, 0 .. world_size-1 (one pipeline rank each).
+    world_size:  number of processes, the pipeline's P.
+    local_rank:  rank on this node; picks the GPU.
+    device:      where this rank's stages and tensors live.
+    backend:     "gloo" or "nccl".
+    launcher:    "local" (conveyor's launcher), "torchrun" (or any launcher
+                 that sets the environment variables), or "single" (one
+                 process, no process group).
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    launcher: str
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.world_size - 1
+
+
+def env_is_distributed() -> bool:
+    """True when a launcher (torchrun, or conveyor's own) set this process's rank."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def default_backend() -> str:
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "gloo"
+
+
+def _env_int(name: str, default: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        if default is None:
+            raise PipelineError(f"environment variable {name} is not set; start the processes "
+                                f"with conveyor.runtime.launch or torchrun")
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise PipelineError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def init_rank(*, backend: str | None = None, timeout_s: float = 300.0,
+              launcher: str = "torchrun") -> RankContext:
+    """Join the process group described by the environment and pick the device.
+
+    Reuses a process group that is already initialised. ``timeout_s`` bounds
+    every collective and every point-to-point wait, so a rank whose peer
+    vanished without closing its connections still stops.
+
+    Raises PipelineError when the environment is incomplete or the backend
+    cannot be used (e.g. "nccl" without CUDA).
+    """
+    rank = _env_int("RANK")
+    world_size = _env_int("WORLD_SIZE")
+    local_rank = _env_int("LOCAL_RANK", rank)
+    backend = backend or default_backend()
+    if backend == "nccl":
+        if not torch.cuda.is_available():
+            raise PipelineError("backend 'nccl' needs CUDA, which this machine lacks; "
+                                "use backend='gloo' (the CPU default)")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    elif backend == "gloo":
+        device = torch.device("cpu")
+    else:
+        raise PipelineError(f"unknown backend {backend!r}; use 'gloo' (CPU) or 'nccl' (CUDA)")
+    if not dist.is_initialized():
+        dist.init_process_group(backend, init_method="env://", rank=rank,
+                                world_size=world_size, timeout=timedelta(seconds=timeout_s))
+    elif dist.get_rank() != rank or dist.get_world_size() != world_size:
+        raise PipelineError(
+            f"a process group is already initialised as rank {dist.get_rank()} of "
+            f"{dist.get_world_size()}, but the environment says rank {rank} of {world_size}")
+    return RankContext(rank=rank, world_size=world_size, local_rank=local_rank,
+                       device=device, backend=backend, launcher=launcher)

@@ -1,0 +1,314 @@
+"""The training API: a model cut into stages, one rank per process, one call per step.
+
+Every rank runs the same script and calls the same methods in the same order
+(they are collective). A step:
+
+1. splits the batch into M micro-batches along dim 0, sizes differing by at
+   most one, the larger first (B=10, M=4: 3, 3, 2, 2);
+2. runs this rank's part of the schedule (forward, loss on the last stage,
+   backward), accumulating gradients; each micro-batch's loss is weighted by
+   size/B (for a mean loss), so the gradients equal one unsplit step's;
+3. takes the optimizer step on this rank's parameters;
+4. hands the step's loss to every rank.
+
+Inputs are read on the rank of the first stage, targets on the rank of the
+last; every rank must know the batch size (pass the batch everywhere, which is
+what a single script does naturally, or ``batch_size=``), because each needs
+the micro-batch sizes to size its receive buffers without extra messages.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+from conveyor.errors import ConveyorError, PipelineError
+from conveyor.runtime.batching import microbatch_sizes, split_batch
+from conveyor.runtime.comm import Comm
+from conveyor.runtime.group import RankContext
+from conveyor.runtime.interpreter import Interpreter
+from conveyor.runtime.recorder import (
+    ActivationMemory, Recorder, estimate_clock_offset, gather_timeline,
+)
+from conveyor.runtime.stages import parameters_of, split_model
+from conveyor.schedule import Schedule, add_comms, build_schedule, validate
+from conveyor.sim.timeline import Timeline
+
+__all__ = ["Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes"]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Options of a Pipeline; all have working defaults.
+
+    loss_reduction: "mean" if ``loss_fn`` averages over the micro-batch (each
+                    micro-batch's loss is then weighted by size/batch, as one
+                    unsplit step would), "sum" if it sums (weight 1).
+    record:         record a measured timeline on every step (``step`` can
+                    override per call).
+    track_memory:   count the activation bytes held for backward (peak per
+                    rank); None: only on recorded steps.
+    timeout_s:      longest wait on a peer before the rank gives up.
+    prepost:        post receives before the compute that precedes them, to
+                    overlap transfer and compute; None: on for gloo, off for
+                    NCCL (which matches messages in order, not by tag).
+    clock_rounds:   ping-pongs per rank for the clock alignment at start-up.
+    """
+
+    loss_reduction: str = "mean"
+    record: bool = False
+    track_memory: bool | None = None
+    timeout_s: float = 300.0
+    prepost: bool | None = None
+    clock_rounds: int = 8
+
+
+@dataclass
+class StepResult:
+    """What a step returns, on every rank.
+
+    loss:      the step's loss (the whole batch's, as the unsplit model's).
+    timeline:  the measured timeline, on rank 0 of a recorded step, else None.
+    stats:     this rank's counters: sent_bytes / recv_bytes (activations and
+               gradients), meta_bytes (shape handshake), messages,
+               peak_activation_bytes (if tracked), peak_device_bytes (CUDA).
+    wall_s:    this rank's wall time for the step.
+    output:    for ``predict``: the last stage's output on its rank, else None.
+    """
+
+    loss: float | None
+    timeline: Timeline | None = None
+    stats: dict = field(default_factory=dict)
+    wall_s: float = 0.0
+    output: Any = None
+
+
+def _context() -> RankContext:
+    if not dist.is_initialized():
+        return RankContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"),
+                           backend="none", launcher="single")
+    backend = dist.get_backend()
+    device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
+              else torch.device("cpu"))
+    return RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                       local_rank=dist.get_rank(), device=device, backend=backend,
+                       launcher="external")
+
+
+def _same(e: ConveyorError) -> ConveyorError:
+    e.same_on_every_rank = True  # bad arguments: every rank fails alike
+    return e
+
+
+class Pipeline:
+    """A model cut into S stages over P processes, trained one step at a time.
+
+    Build it on every rank with the same arguments, then call ``step`` with
+    the same batch on every rank.
+    """
+
+    def __init__(self, model, *, loss_fn: Callable, optimizer: Callable | None,
+                 schedule: str | Schedule = "1f1b", microbatches: int | None = None,
+                 balance: Sequence[int] | None = None, ctx: RankContext | None = None,
+                 config: PipelineConfig | None = None):
+        """``model``: an ``nn.Sequential`` or list of layers; it is cut by
+        ``balance`` (or evenly, see ``conveyor.partition``) into the schedule's
+        S stages, and this rank keeps its own. ``loss_fn(output, target)``
+        returns a scalar. ``optimizer(params)`` builds the optimizer of this
+        rank's parameters (None: no update, gradients only). ``schedule``: a
+        registered name ("naive", "gpipe", "1f1b", ...) built for P = world
+        size and M = ``microbatches``, or a Schedule (e.g. loaded from a file).
+
+        Raises PartitionError, ScheduleError/ValidationError or PipelineError
+        naming the bad value (the same on every rank).
+        """
+        ctx = ctx or _context()
+        sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
+        try:
+            stages = split_model(model, sched.S, balance=balance)
+        except ConveyorError as e:
+            raise _same(e)
+        self._setup(stages, sched, ctx, loss_fn, optimizer, config)
+
+    @classmethod
+    def from_stages(cls, stages, *, loss_fn: Callable, optimizer: Callable | None,
+                    schedule: str | Schedule = "1f1b", microbatches: int | None = None,
+                    ctx: RankContext | None = None,
+                    config: PipelineConfig | None = None) -> "Pipeline":
+        """A pipeline of stages you built: a list of S modules, or a function
+        ``stage -> module`` (called only for this rank's stages, so no rank
+        builds the whole model). Stage s is called as ``stage(*inputs)`` with
+        the tensors stage s-1 returned."""
+        self = cls.__new__(cls)
+        ctx = ctx or _context()
+        sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
+        if callable(stages) and not isinstance(stages, torch.nn.Module):
+            built = {s: stages(s) for s in sched.stages_of(ctx.rank)}
+        else:
+            stages = list(stages)
+            if len(stages) != sched.S:
+                raise _same(PipelineError(
+                    f"{len(stages)} stages given but schedule {sched.name!r} has {sched.S}; "
+                    f"give one module per stage"))
+            built = {s: stages[s] for s in sched.stages_of(ctx.rank)}
+        self._setup(built, sched, ctx, loss_fn, optimizer, config)
+        return self
+
+    @staticmethod
+    def _resolve_schedule(schedule, P: int, microbatches: int | None) -> Schedule:
+        try:
+            if isinstance(schedule, Schedule):
+                sched = schedule
+                if microbatches is not None and microbatches != sched.M:
+                    raise PipelineError(
+                        f"microbatches={microbatches} but schedule {sched.name!r} has "
+                        f"M={sched.M}; leave microbatches out when passing a Schedule")
+            else:
+                sched = build_schedule(schedule, P, 4 if microbatches is None else microbatches)
+            if sched.P != P:
+                raise PipelineError(
+                    f"schedule {sched.name!r} is for P={sched.P} ranks but {P} processes run; "
+                    f"start {sched.P} processes or build the schedule for P={P}")
+            return validate(add_comms(sched))
+        except ConveyorError as e:
+            raise _same(e)
+
+    def _setup(self, stages, sched: Schedule, ctx: RankContext, loss_fn, optimizer,
+               config) -> None:
+        self.ctx, self.schedule, self.loss_fn = ctx, sched, loss_fn
+        self.config = config = config or PipelineConfig()
+        if config.loss_reduction not in ("mean", "sum"):
+            raise _same(PipelineError(f"loss_reduction={config.loss_reduction!r}; use 'mean' or "
+                                      f"'sum' (how loss_fn reduces over a micro-batch)"))
+        # ``stages`` is a list of all S stages or a dict of this rank's.
+        self.stages = {s: stages[s].to(ctx.device) for s in sched.stages_of(ctx.rank)}
+        self.first_rank = sched.placement[0]
+        self.last_rank = sched.placement[-1]
+        self.params = parameters_of(self.stages.values())
+        self.optimizer = optimizer(self.params) if optimizer is not None and self.params else None
+        prepost = config.prepost if config.prepost is not None else ctx.backend != "nccl"
+        self.comm = self._comm()
+        self.interp = Interpreter(sched, rank=ctx.rank, stages=self.stages, comm=self.comm,
+                                  loss_fn=loss_fn, prepost=prepost)
+        # Inference gets its own comm: its outputs carry no gradient, so their
+        # handshake differs from training's.
+        self._eval_comm = self._comm()
+        self._eval_interp = Interpreter(add_comms(sched.without_backward()), rank=ctx.rank,
+                                        stages=self.stages, comm=self._eval_comm,
+                                        loss_fn=loss_fn, prepost=prepost)
+        self.clock_offset = (estimate_clock_offset(ctx.rank, ctx.world_size, device=ctx.device,
+                                                   rounds=config.clock_rounds)
+                             if ctx.world_size > 1 else 0.0)
+        self.steps = 0
+
+    def _comm(self) -> Comm:
+        return Comm(rank=self.ctx.rank, placement=self.schedule.placement,
+                    device=self.ctx.device, timeout_s=self.config.timeout_s)
+
+    # -- public -------------------------------------------------------------------
+    @property
+    def P(self) -> int:
+        return self.schedule.P
+
+    @property
+    def M(self) -> int:
+        return self.schedule.M
+
+    def step(self, inputs=None, targets=None, *, batch_size: int | None = None,
+             record: bool | None = None) -> StepResult:
+        """One training step: forward, backward and optimizer update.
+
+        Collective: every rank calls it. ``inputs`` (a tensor or tuple of
+        tensors, batch along dim 0) is needed on the first stage's rank,
+        ``targets`` on the last stage's; every rank needs the batch size.
+        Returns a StepResult; its loss is the same on every rank.
+
+        Raises StageError naming the rank, stage and micro-batch when user code
+        or input fails, PeerFailedError when another rank failed.
+        """
+        result = self.forward_backward(inputs, targets, batch_size=batch_size, record=record)
+        if self.optimizer is not None:
+            self.optimizer.step()
+        return result
+
+    def forward_backward(self, inputs=None, targets=None, *, batch_size: int | None = None,
+                         record: bool | None = None) -> StepResult:
+        """``step`` without the optimizer update: the parameters' ``.grad`` hold
+        the step's gradients afterwards (for checks, or your own update)."""
+        for p in self.params:
+            p.grad = None
+        return self._run(self.interp, self.comm, inputs, targets, batch_size, record)
+
+    def predict(self, inputs=None, *, batch_size: int | None = None):
+        """Forward only, in micro-batches, with the stages in eval mode and no
+        gradients. Collective. Returns the last stage's output for the whole
+        batch (micro-batch outputs joined along dim 0) on the last stage's
+        rank, None elsewhere."""
+        modes = {s: m.training for s, m in self.stages.items()}
+        for m in self.stages.values():
+            m.eval()
+        try:
+            res = self._run(self._eval_interp, self._eval_comm, inputs, None, batch_size, False)
+        finally:
+            for s, m in self.stages.items():
+                m.train(modes[s])
+        return res.output
+
+    # -- the step ------------------------------------------------------------------
+    def _run(self, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
+             record) -> StepResult:
+        t_start = time.perf_counter()
+        record = self.config.record if record is None else record
+        data = split_batch(inputs, targets, batch_size, rank=self.ctx.rank,
+                           stages=self.stages, S=self.schedule.S, M=self.schedule.M,
+                           device=self.ctx.device, forward_only=interp.forward_only,
+                           mean=self.config.loss_reduction == "mean")
+        comm.reset_counts()
+        track = self.config.track_memory if self.config.track_memory is not None else record
+        memory = ActivationMemory(self.params) if track and not interp.forward_only else None
+        device = self.ctx.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        recorder = None
+        if record:
+            recorder = Recorder()
+            if self.ctx.world_size > 1:
+                # Start a recorded step together: otherwise the skew left by
+                # the previous step (rank 0 gathering its timeline, say)
+                # shows up as this step's bubble.
+                dist.barrier()
+        loss, outputs = interp.run(data, recorder=recorder, memory=memory)
+        stats = comm.counts()
+        if memory is not None:
+            stats["peak_activation_bytes"] = memory.peak
+        if device.type == "cuda":
+            stats["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
+        loss_value = None if interp.forward_only else self._share_loss(loss)
+        timeline = None
+        if record:
+            timeline = gather_timeline(
+                recorder, rank=self.ctx.rank, world_size=self.ctx.world_size,
+                offset=self.clock_offset, stats=stats, device=device, schedule=self.schedule,
+                meta={"step": self.steps, "loss": loss_value, "batch": sum(data.sizes),
+                      "microbatch_sizes": data.sizes, "backend": self.ctx.backend,
+                      "launcher": self.ctx.launcher})
+        self.steps += 1
+        output = None
+        if outputs:
+            parts = [outputs[mb] for mb in range(len(data.sizes))]
+            output = (torch.cat(parts) if isinstance(parts[0], torch.Tensor)
+                      else tuple(torch.cat(p) for p in zip(*parts)))
+        return StepResult(loss=loss_value, timeline=timeline, stats=stats,
+                          wall_s=time.perf_counter() - t_start, output=output)
+
+    def _share_loss(self, loss) -> float:
+        if self.ctx.world_size == 1:
+            return float(loss)
+        buf = (loss.to(self.ctx.device) if loss is not None
+               else torch.zeros((), dtype=torch.float64, device=self.ctx.device))
+        dist.broadcast(buf, src=self.last_rank)
+        return float(buf.item())

@@ -1,0 +1,156 @@
+"""The measured timeline: per-rank event records on a clock shared by all ranks.
+
+Each rank stamps every action with ``time.perf_counter()``. Clocks of different
+processes (and machines) disagree, so at start-up each rank estimates the
+offset of its clock to rank 0's with a few ping-pongs (NTP's rule: the round
+trip with the smallest delay gives the tightest estimate) and adds it to its
+stamps. After a recorded step rank 0 gathers all events, as one float tensor
+per rank (no pickling), into the simulator's own ``Timeline`` type.
+
+When recording is off the interpreter never calls into this module, so the
+cost is one ``if`` per action.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+
+import torch
+import torch.distributed as dist
+
+from conveyor.schedule.ir import KINDS, Action
+from conveyor.sim.timeline import Event, Timeline
+
+__all__ = ["estimate_clock_offset", "Recorder", "ActivationMemory", "gather_timeline"]
+
+_CODE = {k: i for i, k in enumerate(KINDS)}
+_STATS = ("sent_bytes", "recv_bytes", "meta_bytes", "messages", "peak_activation_bytes",
+          "peak_device_bytes")
+
+
+def estimate_clock_offset(rank: int, world_size: int, *, device: torch.device,
+                          rounds: int = 8, group=None) -> float:
+    """Seconds to add to this rank's ``perf_counter`` to read rank 0's.
+
+    Collective over all ranks (rank 0 answers each other rank in turn). Rank 0
+    returns 0.0.
+    """
+    if world_size == 1:
+        return 0.0
+    buf = torch.zeros(1, dtype=torch.float64, device=device)
+    if rank == 0:
+        for r in range(1, world_size):
+            for _ in range(rounds):
+                dist.recv(buf, r, group=group)
+                buf.fill_(time.perf_counter())
+                dist.send(buf, r, group=group)
+        return 0.0
+    best_rtt, best = math.inf, 0.0
+    for _ in range(rounds):
+        t1 = time.perf_counter()
+        dist.send(buf, 0, group=group)
+        dist.recv(buf, 0, group=group)
+        t3 = time.perf_counter()
+        if t3 - t1 < best_rtt:
+            # Rank 0 stamped its reply half-way through the round trip.
+            best_rtt, best = t3 - t1, float(buf.item()) - (t1 + t3) / 2
+    return best
+
+
+class Recorder:
+    """Events of one step on one rank, in this rank's clock."""
+
+    __slots__ = ("events",)
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Action, float, float]] = []
+
+    def add(self, action: Action, start: float, end: float) -> None:
+        self.events.append((action, start, end))
+
+
+class ActivationMemory:
+    """Bytes one rank holds for backward passes: the tensors autograd saved in
+    each forward, plus the stage's kept inputs and outputs, counted once per
+    storage and without parameters. ``peak`` is the most held at once."""
+
+    def __init__(self, params) -> None:
+        self._param_storages = {p.untyped_storage().data_ptr() for p in params}
+        self.held: dict[tuple[int, int], int] = {}
+        self.current = 0
+        self.peak = 0
+
+    @contextmanager
+    def forward(self, key: tuple[int, int], seen: dict[int, int]):
+        """Count what autograd saves while the body runs; ``seen`` collects
+        storage -> bytes and may be extended by the caller before exit."""
+
+        def pack(t):
+            self._note(t, seen)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield seen
+        self.held[key] = sum(seen.values())
+        self.current += self.held[key]
+        self.peak = max(self.peak, self.current)
+
+    def _note(self, t, seen: dict[int, int]) -> None:
+        if isinstance(t, torch.Tensor):
+            st = t.untyped_storage()
+            ptr = st.data_ptr()
+            if ptr not in self._param_storages:
+                seen[ptr] = st.nbytes()
+
+    def note(self, tensors, seen: dict[int, int]) -> None:
+        for t in tensors:
+            self._note(t, seen)
+
+    def release(self, key: tuple[int, int]) -> None:
+        self.current -= self.held.pop(key, 0)
+
+    def reset(self) -> None:
+        self.held.clear()
+        self.current = self.peak = 0
+
+
+def gather_timeline(recorder: Recorder, *, rank: int, world_size: int, offset: float,
+                    stats: dict[str, float], device: torch.device, schedule, meta: dict,
+                    group=None) -> Timeline | None:
+    """Collective: send every rank's events and stats to rank 0.
+
+    Returns, on rank 0, a Timeline with ``source="measured"``, ``unit="s"``,
+    times relative to the step's first event, and ``meta["ranks"]`` holding
+    each rank's stats; None on the other ranks.
+    """
+    rows = [[a.stage, _CODE[a.kind], a.mb, s + offset, e + offset]
+            for a, s, e in recorder.events]
+    mine = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)  # (events, 5)
+    mine_stats = torch.tensor([float(stats.get(k, 0)) for k in _STATS], dtype=torch.float64)
+    if rank != 0:
+        dist.send(torch.tensor([mine.shape[0]], dtype=torch.int64, device=device), 0, group=group)
+        dist.send(mine.to(device), 0, group=group)
+        dist.send(mine_stats.to(device), 0, group=group)
+        return None
+    per_rank = [(mine, mine_stats)]
+    for r in range(1, world_size):
+        n = torch.zeros(1, dtype=torch.int64, device=device)
+        dist.recv(n, r, group=group)
+        buf = torch.zeros(int(n.item()), 5, dtype=torch.float64, device=device)
+        dist.recv(buf, r, group=group)
+        st = torch.zeros(len(_STATS), dtype=torch.float64, device=device)
+        dist.recv(st, r, group=group)
+        per_rank.append((buf.cpu(), st.cpu()))
+    events = []
+    for r, (rows_t, _) in enumerate(per_rank):
+        for stage, code, mb, s, e in rows_t.tolist():
+            events.append(Event(r, Action(int(stage), KINDS[int(code)], int(mb)), s, e))
+    t0 = min((e.start for e in events), default=0.0)
+    events = [Event(e.rank, e.action, e.start - t0, e.end - t0) for e in events]
+    meta = dict(meta)
+    meta["ranks"] = [{k: int(v) for k, v in zip(_STATS, st.tolist())} for _, st in per_rank]
+    return Timeline(P=schedule.P, M=schedule.M, S=schedule.S, schedule=schedule.name,
+                    events=events, source="measured", unit="s",
+                    forward_only=schedule.forward_only, meta=meta)

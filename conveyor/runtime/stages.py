@@ -1,0 +1,78 @@
+"""Cut a model into stages: contiguous blocks of its layers.
+
+The counting (how many layers per stage) lives in ``conveyor.partition``,
+without torch; this module applies it to modules.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from conveyor.errors import PartitionError
+from conveyor.partition import resolve_balance, stage_ranges
+
+__all__ = ["SequentialStage", "split_model", "layers_of"]
+
+
+class SequentialStage(nn.Sequential):
+    """A block of consecutive layers that behaves exactly like that slice of the
+    original ``nn.Sequential``: called with several tensors (a tuple that crossed
+    the cut), it hands the tuple to its first layer as one argument, as the
+    unsplit model would have."""
+
+    def forward(self, *args):
+        x = args[0] if len(args) == 1 else args
+        for layer in self:
+            x = layer(x)
+        return x
+
+
+def layers_of(model) -> list[nn.Module]:
+    """The layers of an ``nn.Sequential``, ``nn.ModuleList`` or list of modules.
+
+    Raises PartitionError for anything else (a model whose forward is not a
+    plain chain of its children cannot be cut by position).
+    """
+    if isinstance(model, (nn.Sequential, nn.ModuleList)):
+        layers = list(model)
+    elif isinstance(model, (list, tuple)):
+        layers = list(model)
+    else:
+        raise PartitionError(
+            f"cannot cut a {type(model).__name__} into stages by position; pass an "
+            f"nn.Sequential or a list of layers, or build the stages yourself and use "
+            f"Pipeline.from_stages")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, nn.Module):
+            raise PartitionError(f"layer {i} is a {type(layer).__name__}, not an nn.Module")
+    return layers
+
+
+def split_model(model, stages: int, *, balance: Sequence[int] | None = None
+                ) -> list[SequentialStage]:
+    """Cut ``model`` (L layers) into ``stages`` contiguous stages.
+
+    ``balance`` gives the layer count of each stage; without it the seed's
+    uniform rule applies (``conveyor.partition.uniform_balance``: k = L // S
+    each, one more on each of the first L % S stages). The stages share the
+    layer objects with ``model`` (no copy).
+
+    Raises PartitionError naming the numbers for L < stages, a balance that
+    does not sum to L or has the wrong length, or an empty stage.
+    """
+    layers = layers_of(model)
+    bal = resolve_balance(len(layers), stages, balance)
+    return [SequentialStage(*layers[r.start:r.stop]) for r in stage_ranges(bal)]
+
+
+def parameters_of(modules) -> list[torch.nn.Parameter]:
+    seen, out = set(), []
+    for m in modules:
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    return out
