@@ -60,8 +60,11 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
             for fw in (names if rep % 2 == 0 else names[::-1]):
                 steps[fw].append(_timed_step(runners[fw], recorders[fw], counter, x, y, device))
         # Each framework's own view of one more step, where it has one (collective).
-        own = {fw: r.recorded_step(x, y) for fw, r in runners.items()
-               if hasattr(r, "recorded_step")}
+        own = {}
+        for fw, r in runners.items():
+            if hasattr(r, "recorded_step"):
+                recorders[fw].reset()  # keep the probe's stamps out of the timed steps
+                own[fw] = r.recorded_step(x, y)
         gathered = [None] * P if rank == 0 else None
         dist.gather_object(steps, gathered, dst=0)
         if rank == 0:
@@ -84,7 +87,7 @@ def _timed_step(runner, rec: Recorder, counter: SendCounter, x, y, device) -> di
             torch.cuda.synchronize(device)
         t1 = time.perf_counter()
     stats = getattr(runner, "stats", None) or {}
-    return {"t0": t0, "t1": t1, "events": rec.events, "rss_start": rec.rss_start,
+    return {"t0": t0, "t1": t1, "events": list(rec.events), "rss_start": rec.rss_start,
             "rss_peak": rec.rss_peak, "bytes": counter.bytes, "sends": counter.sends,
             "own_bytes": stats.get("sent_bytes")}
 
