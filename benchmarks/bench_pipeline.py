@@ -29,8 +29,8 @@ from conveyor.bench.driver import run_benchmark
 from conveyor.bench.figures import write_figures
 from conveyor.bench.progress import ProgressBar
 from conveyor.bench.report import (
-    RATIO_TARGET, SPEEDUP_TARGET, markdown_conditions, markdown_emulated, markdown_mlp,
-    targets_emulated, targets_mlp, text_table,
+    RATIO_TARGET, SPEEDUP_TARGET, markdown_breakdown, markdown_conditions, markdown_emulated,
+    markdown_mlp, targets_emulated, targets_mlp, text_table,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -98,16 +98,25 @@ def write_markdown(results: dict, out: Path, notes: Path | None, cmd: str) -> No
         lines += ["## (a) Emulated device time", "", markdown_conditions(r["meta"]), "",
                   "Ideal: conveyor's simulator with the configured F and B per stage and free "
                   "links.", ""]
-        lines += markdown_emulated(r["rows"]) + ["",
-                                                 "![step time](figures/emulated_step_time.png)",
-                                                 "![bubble](figures/emulated_bubble.png)",
-                                                 "![memory](figures/emulated_memory.png)", ""]
+        lines += markdown_emulated(r["rows"]) + [""]
+        lines += ["### Where the time beyond the ideal went (ms)", "",
+                  "overrun: re-simulated with each stage's F and B as measured in the run; "
+                  "latency: adding the one-way link latency measured before the case; "
+                  "residual: the rest, the framework's own cost between actions.", ""]
+        lines += markdown_breakdown(r["rows"]) + [
+            "", "![step time](figures/emulated_step_time.png)",
+            "![bubble](figures/emulated_bubble.png)",
+            "![memory](figures/emulated_memory.png)", ""]
     if "mlp" in results:
         r = results["mlp"]
         lines += ["## (b) Real compute: deep MLP", "", markdown_conditions(r["meta"]), "",
                   "Ideal: conveyor's simulator with per-stage F and B measured on one "
                   "micro-batch in one process (one thread), free links.", ""]
-        lines += markdown_mlp(r) + [""]
+        lines += markdown_mlp(r) + [
+            "", "CPU share: CPU seconds the ranks used over the wall time of their compute; "
+            "near 1 when each rank had a core to itself, lower when other processes took "
+            "cores away (compare the in-run F/B simulation with the ideal).", "",
+            "![step time](figures/mlp_step_time.png)", ""]
     if notes is not None and notes.exists():
         lines += [notes.read_text().rstrip(), ""]
     out.write_text("\n".join(lines))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 
 from conveyor.schedule.generators import build_schedule
-from conveyor.schedule.ir import Action
+from conveyor.schedule.ir import B, F, Action
 from conveyor.sim.cost import CostModel
 from conveyor.sim.simulate import formula_bubble, simulate
 from conveyor.sim.timeline import Event, Timeline
@@ -81,7 +81,37 @@ def summarize_case(raw: dict, *, workload: str, costs: CostModel | None,
             row["own"] = raw["own"][fw]  # the framework's own timeline of one more step
         if ideal:
             row["ratio"] = row["step_s"] / ideal["ideal_s"]
+        row.update(_explain(schedule, P, M, rep_t, raw.get("latency"), per_rep))
         if keep_timelines:
             row["timeline"] = rep_t.shifted(0.0).to_dict()
         rows.append(row)
     return rows
+
+
+def _explain(schedule: str, P: int, M: int, t: Timeline, latency, per_rep) -> dict:
+    """Where the time beyond the ideal went, by re-simulating with what was measured.
+
+    sim_costs_s:    the simulator with each stage's F and B as measured in this
+                    run (the probe's mean durations), free links.
+    sim_measured_s: the same plus the one-way link latency measured before the
+                    case. What the step takes beyond this is the framework's
+                    own overhead between actions (dispatch, waits, wake-ups).
+    cpu_share:      CPU seconds the ranks used over the wall time of their
+                    compute actions; about 1 when compute-bound ranks each had
+                    a core, well below 1 when they waited for one.
+    """
+    costs = t.stage_costs()
+    if F not in costs or B not in costs:
+        return {}
+    lat = statistics.mean(latency) if latency else 0.0
+    out = {"latency_s": latency,
+           "sim_costs_s": simulate(build_schedule(schedule, P, M),
+                                   CostModel(forward=costs[F], backward=costs[B])).step_time,
+           "sim_measured_s": simulate(build_schedule(schedule, P, M),
+                                      CostModel(forward=costs[F], backward=costs[B],
+                                                latency=lat)).step_time}
+    cpu = [sum(m.get("cpu_s", 0.0) for m in rep) for rep in per_rep]
+    busy = sum(t.busy(r) for r in range(P))
+    if busy > 0 and any(cpu):
+        out["cpu_share"] = statistics.median(cpu) / busy
+    return out

@@ -30,7 +30,7 @@ from torch import nn
 
 from conveyor.schedule.ir import B, F
 
-__all__ = ["Recorder", "Probe", "SendCounter", "rss_bytes"]
+__all__ = ["Recorder", "Probe", "SendCounter", "rss_bytes", "link_latency"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -168,3 +168,37 @@ class SendCounter:
             yield self
         finally:
             self.active = False
+
+
+def link_latency(rank: int, P: int, *, nbytes: int, device: torch.device,
+                 trials: int = 12) -> list[float] | None:
+    """Median one-way latency of each cut in seconds (on rank 0; None elsewhere).
+
+    Collective. The receiver has its irecv posted and waits, as a stage waits
+    for its input; the sender stamps ``perf_counter`` into an activation-sized
+    message (one clock on one host). The first two trials warm the link up.
+    """
+    import statistics
+
+    import torch.distributed as dist
+
+    buf = torch.zeros(max(nbytes // 8, 1), dtype=torch.float64, device=device)
+    mine: list[float | None] = []
+    for c in range(P - 1):
+        got = []
+        for _ in range(trials):
+            work = dist.irecv(buf, c) if rank == c + 1 else None
+            dist.barrier()
+            if rank == c:
+                time.sleep(0.002)  # the receiver is now blocked in wait()
+                buf[0] = time.perf_counter()
+                dist.send(buf, c + 1)
+            elif rank == c + 1:
+                work.wait()
+                got.append(time.perf_counter() - float(buf[0]))
+        mine.append(statistics.median(got[2:]) if got else None)
+    everyone = [None] * P if rank == 0 else None
+    dist.gather_object(mine, everyone, dst=0)
+    if rank != 0:
+        return None
+    return [everyone[c + 1][c] for c in range(P - 1)]

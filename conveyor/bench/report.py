@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 
 __all__ = ["pair_rows", "targets_emulated", "targets_mlp", "markdown_emulated",
-           "markdown_mlp", "markdown_conditions", "text_table", "RATIO_TARGET",
-           "SPEEDUP_TARGET"]
+           "markdown_breakdown", "markdown_mlp", "markdown_conditions", "text_table",
+           "RATIO_TARGET", "SPEEDUP_TARGET"]
 
 RATIO_TARGET = 1.05   # conveyor step <= 1.05 x the simulator's ideal
 SPEEDUP_TARGET = 0.9  # speedup >= 0.9 x P*M/(M+P-1)
@@ -66,7 +66,7 @@ def targets_mlp(rows: list[dict]) -> list[tuple]:
 
 
 def _ms(x: float | None) -> str:
-    return "n/a" if x is None else f"{1000 * x:.1f}"
+    return "n/a" if x is None else f"{round(1000 * x, 1) + 0.0:.1f}"  # + 0.0: no "-0.0"
 
 
 def _bytes(n: float | None) -> str:
@@ -112,6 +112,39 @@ def markdown_emulated(rows: list[dict]) -> list[str]:
     return lines
 
 
+def markdown_breakdown(rows: list[dict]) -> list[str]:
+    """Where each step's time beyond the ideal went, per framework (ms).
+
+    overrun: the simulator with each stage's measured F and B, minus the ideal
+    (slower actions: emulation wake-ups, contention, the probe); latency: adding
+    the measured one-way link latency; residual: the rest, the framework's own
+    cost between actions (dispatch, synchronisation, waiting on sends).
+    """
+    lines = [
+        "| schedule | P | M | ideal ms | conv: overrun + latency + residual = over | "
+        "torch: overrun + latency + residual = over | link latency ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def parts(row):
+        if not _ok(row) or "sim_measured_s" not in row or row.get("ideal_s") is None:
+            return "n/a"
+        over = row["sim_costs_s"] - row["ideal_s"]
+        lat = row["sim_measured_s"] - row["sim_costs_s"]
+        rest = row["step_s"] - row["sim_measured_s"]
+        return (f"{_ms(over)} + {_ms(lat)} + {_ms(rest)} = "
+                f"{_ms(row['step_s'] - row['ideal_s'])}")
+
+    for p in pair_rows(rows):
+        c, conv, tor = p["case"], p.get("conveyor"), p.get("torch")
+        lat = next((r.get("latency_s") for r in (conv, tor) if _ok(r) and r.get("latency_s")),
+                   None)
+        lat_text = "n/a" if not lat else "/".join(f"{1000 * x:.2f}" for x in lat)
+        lines.append(f"| {c['schedule']} | {c['P']} | {c['M']} | {_ms(c.get('ideal_s'))} "
+                     f"| {parts(conv)} | {parts(tor)} | {lat_text} |")
+    return lines
+
+
 def markdown_mlp(result: dict) -> list[str]:
     """The real-compute table: speedup over one process against the ideal."""
     single = result.get("single") or {}
@@ -121,15 +154,15 @@ def markdown_mlp(result: dict) -> list[str]:
         f"pipelined runs).",
         "",
         "| schedule | P | M | framework | step ms | speedup | ideal P·M/(M+P-1) "
-        "| target (0.9 × ideal) | met | simulated ideal ms | step/ideal | bubble "
-        "| act. held stage 0 | bytes/step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| target (0.9 × ideal) | met | simulated ideal ms | step/ideal "
+        "| sim. with in-run F/B ms | CPU share | bubble | act. held stage 0 | bytes/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(result["rows"], key=lambda r: (r["P"], r["M"], r["schedule"],
                                                     r["framework"])):
         if not _ok(r):
             lines.append(f"| {r['schedule']} | {r['P']} | {r['M']} | {r['framework']} | "
-                         f"not supported: {r.get('unsupported', '')} ||||||||||")
+                         f"not supported: {r.get('unsupported', '')} ||||||||||||")
             continue
         ideal = r["speedup_ideal"]
         met = r["speedup"] >= SPEEDUP_TARGET * ideal
@@ -138,6 +171,7 @@ def markdown_mlp(result: dict) -> list[str]:
             f"| {r['schedule']} | {r['P']} | {r['M']} | {r['framework']} | {_ms(r['step_s'])} "
             f"| {r['speedup']:.2f} | {ideal:.2f} | {SPEEDUP_TARGET * ideal:.2f} "
             f"| {'yes' if met else '**no**'} | {_ms(r.get('ideal_s'))} | {ratio} "
+            f"| {_ms(r.get('sim_costs_s'))} | {r.get('cpu_share', float('nan')):.2f} "
             f"| {100 * r['bubble']:.1f}% | {r['peak_activations'][0]} | {_bytes(r['bytes'])} |")
     return lines
 

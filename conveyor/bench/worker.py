@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from conveyor.bench.frameworks import Unsupported, make_runner
-from conveyor.bench.probe import Probe, Recorder, SendCounter
+from conveyor.bench.probe import Probe, Recorder, SendCounter, link_latency
 from conveyor.bench.workloads import build_stages, make_batch
 
 __all__ = ["run_cases", "time_single_process"]
@@ -41,6 +41,7 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
     for schedule, M in payload["cases"]:
         x, y = make_batch(workload, M)
         x, y = x.to(device), y.to(device)
+        latency = link_latency(rank, P, nbytes=workload.activation_bytes(M), device=device)
         runners, recorders, unsupported = {}, {}, {}
         for fw in payload["frameworks"]:
             rec = Recorder(rank)
@@ -69,7 +70,7 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
         dist.gather_object(steps, gathered, dst=0)
         if rank == 0:
             out.append({"schedule": schedule, "P": P, "M": M, "unsupported": unsupported,
-                        "ranks": gathered, "own": own})
+                        "ranks": gathered, "own": own, "latency": latency})
             if progress is not None:
                 progress.put(("case", schedule, P, M))
         del runners, recorders
@@ -81,15 +82,17 @@ def _timed_step(runner, rec: Recorder, counter: SendCounter, x, y, device) -> di
     dist.barrier()
     rec.reset()
     with counter.counting():
+        c0 = time.process_time()
         t0 = time.perf_counter()
         runner.step(x, y)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t1 = time.perf_counter()
+        c1 = time.process_time()
     stats = getattr(runner, "stats", None) or {}
     return {"t0": t0, "t1": t1, "events": list(rec.events), "rss_start": rec.rss_start,
             "rss_peak": rec.rss_peak, "bytes": counter.bytes, "sends": counter.sends,
-            "own_bytes": stats.get("sent_bytes")}
+            "own_bytes": stats.get("sent_bytes"), "cpu_s": c1 - c0}
 
 
 def time_single_process(rank: int, P: int, payload: dict, progress) -> dict:

@@ -99,21 +99,27 @@ def _settings(args):
     return workload, Ps, Ms, settings
 
 
+def _device(choice: str, P: int) -> str:
+    """cpu or cuda. NCCL gives each rank its own GPU, so cuda needs P of them."""
+    if choice == "cpu":
+        return "cpu"
+    from conveyor.bench.config import BenchError
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if choice == "cuda" and gpus < P:
+        raise BenchError(f"--device cuda with P={P} needs {P} GPUs (one per rank under "
+                         f"NCCL), but torch sees {gpus}; lower -P or use --device cpu")
+    return "cuda" if gpus >= P else "cpu"
+
+
 def run(args) -> int:
     from conveyor.bench.config import BenchError
     from conveyor.bench.driver import check_grid
 
     workload, Ps, Ms, settings = _settings(args)
     check_grid(workload, Ps, Ms, args.schedules)
-    device = args.device
-    if device != "cpu":
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-        if device == "cuda" and not has_cuda:
-            raise BenchError("--device cuda, but torch sees no CUDA device here; use "
-                             "--device cpu")
-        device = "cuda" if has_cuda else "cpu"
+    device = _device(args.device, max(Ps))
 
     from conveyor.bench.driver import run_benchmark
     from conveyor.bench.progress import ProgressBar

@@ -24,3 +24,13 @@ def test_bad_arguments_fail_fast_on_one_line(capsys, args, message):
     err = capsys.readouterr().err
     assert err.startswith("conveyor: error: ") and err.count("\n") == 1, err
     assert message in err
+
+
+def test_cuda_needs_one_gpu_per_rank(capsys):
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() >= 8:
+        pytest.skip("this machine has enough GPUs to run it")
+    assert main(["bench", "--device", "cuda", "-P", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda with P=8 needs 8 GPUs" in err and err.count("\n") == 1

@@ -89,3 +89,16 @@ def test_mlp_speedup_target():
              "speedup": 1.6, "speedup_ideal": 32 / 17}]
     assert [(label, ok) for label, _, _, ok in targets_mlp(rows)] == [
         ("1f1b P=2 M=16 conveyor", True), ("1f1b P=2 M=16 torch", False)]
+
+
+def test_breakdown_splits_the_time_beyond_the_ideal():
+    from conveyor.bench.report import markdown_breakdown
+
+    # Stretched 10%: every action is slower, so it is all overrun, no residual.
+    rows = rows_for("1f1b", 4, 8, {"conveyor": 1.1, "torch": 1.0})
+    conv = next(r for r in rows if r["framework"] == "conveyor")
+    assert abs(conv["sim_costs_s"] - 1.1 * conv["ideal_s"]) < 1e-9
+    assert abs(conv["sim_measured_s"] - conv["sim_costs_s"]) < 1e-12  # no latency measured
+    lines = markdown_breakdown(rows)
+    assert lines[2].startswith("| 1f1b | 4 | 8 | 330.0 | 33.0 + 0.0 + 0.0 = 33.0 "
+                               "| 0.0 + 0.0 + 0.0 = 0.0 |")
