@@ -106,7 +106,8 @@ def write_markdown(results: dict, out: Path, notes: Path | None, cmd: str) -> No
         lines += markdown_breakdown(r["rows"]) + [
             "", "![step time](figures/emulated_step_time.png)",
             "![bubble](figures/emulated_bubble.png)",
-            "![memory](figures/emulated_memory.png)", ""]
+            "![memory](figures/emulated_memory.png)",
+            "![rss](figures/emulated_rss.png)", ""]
     if "mlp" in results:
         r = results["mlp"]
         lines += ["## (b) Real compute: deep MLP", "", markdown_conditions(r["meta"]), "",

@@ -27,8 +27,8 @@ def _series(rows, schedule, P, fw, key):
 
 
 def write_figures(rows: list[dict], out_dir: str | Path, *, prefix: str = "pipeline") -> list[Path]:
-    """Write ``{prefix}_step_time.png``, ``_bubble.png`` and ``_memory.png``
-    into ``out_dir``; return their paths."""
+    """Write ``{prefix}_step_time.png``, ``_bubble.png``, ``_memory.png`` and
+    ``_rss.png`` into ``out_dir``; return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,6 +85,18 @@ def write_figures(rows: list[dict], out_dir: str | Path, *, prefix: str = "pipel
         _axis(ax, s, "activations held (micro-batches)")
     axes[0].legend(fontsize=7)
     paths.append(_save(fig, out_dir / f"{prefix}_memory.png"))
+
+    fig, axes = _panels(plt, schedules, "RSS growth on stage 0 during a step")
+    for ax, s in zip(axes, schedules):
+        for P in Ps:
+            for fw in fws:
+                pts = sorted((r["M"], r["rss_step_mib"][0]) for r in rows
+                             if r["schedule"] == s and r["P"] == P and r["framework"] == fw)
+                ax.plot([m for m, _ in pts], [v for _, v in pts], color=colours[P],
+                        label=f"P={P} {fw}", **STYLE[fw])
+        _axis(ax, s, "MiB")
+    axes[0].legend(fontsize=7)
+    paths.append(_save(fig, out_dir / f"{prefix}_rss.png"))
     return paths
 
 
