@@ -147,6 +147,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     summary."""
     from conveyor.partition import uniform_balance
     from conveyor.runtime import LaunchOptions, launch
+    from conveyor.runtime.group import default_backend
     from conveyor.schedule import build_schedule
     from conveyor.sim import CostModel, Timeline, formula_bubble, simulate
 
@@ -154,11 +155,13 @@ def run_demo(cfg: DemoConfig) -> dict:
     L = cfg.blocks + 2
     balance = uniform_balance(L, cfg.stages)
     sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
-    print(f"conveyor demo: a {L}-layer MLP ({cfg.blocks + 2} Linear layers) on scikit-learn's "
-          f"digits, {cfg.stages} processes, schedule {cfg.schedule}, M={sched.M}, "
-          f"layers per stage {'/'.join(map(str, balance))}", flush=True)
+    backend = cfg.backend or default_backend(cfg.stages)
+    where = "one GPU each" if backend == "nccl" else "CPU"
+    print(f"conveyor demo: an MLP of {L} layers ({cfg.blocks + 2} Linear) on scikit-learn's "
+          f"digits, {cfg.stages} processes ({backend}, {where}), schedule {cfg.schedule}, "
+          f"M={sched.M}, layers per stage {'/'.join(map(str, balance))}", flush=True)
     results = launch(_train_rank, nprocs=cfg.stages, args=(cfg,),
-                     options=LaunchOptions(backend=cfg.backend))
+                     options=LaunchOptions(backend=backend))
     wall = time.perf_counter() - t0
     last = results[-1]
     acc = last["correct"] / last["tested"]

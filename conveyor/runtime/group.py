@@ -8,8 +8,10 @@ MASTER_PORT) and rendezvous through ``env://``; the local launcher hosts the
 store in the parent, as torchrun's agent does, so the port it picked stays
 bound for the whole run and two runs never collide.
 
-Backend and device: NCCL with ``cuda:LOCAL_RANK`` when CUDA is present, gloo
-with the CPU otherwise. Nothing else in the runtime branches on the backend.
+Backend and device: NCCL with ``cuda:LOCAL_RANK`` when CUDA is present (and
+every local rank can have its own GPU), gloo with the CPU otherwise. Nothing
+else in the runtime branches on the backend, except that receives are posted
+in schedule order on NCCL (see ``interpreter``).
 """
 
 from __future__ import annotations
@@ -61,8 +63,15 @@ def env_is_distributed() -> bool:
     return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
 
 
-def default_backend() -> str:
-    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "gloo"
+def default_backend(local_world_size: int = 1) -> str:
+    """NCCL when every rank on this node can have a GPU of its own, else gloo.
+
+    NCCL refuses two ranks on one GPU, so with fewer GPUs than local ranks the
+    pipeline runs on the CPU over gloo rather than failing.
+    """
+    if torch.cuda.is_available() and torch.cuda.device_count() >= max(local_world_size, 1):
+        return "nccl"
+    return "gloo"
 
 
 def _env_int(name: str, default: int | None = None) -> int:
@@ -92,7 +101,7 @@ def init_rank(*, backend: str | None = None, timeout_s: float = 300.0,
     rank = _env_int("RANK")
     world_size = _env_int("WORLD_SIZE")
     local_rank = _env_int("LOCAL_RANK", rank)
-    backend = backend or default_backend()
+    backend = backend or default_backend(_env_int("LOCAL_WORLD_SIZE", world_size))
     if backend == "nccl":
         if not torch.cuda.is_available():
             raise PipelineError("backend 'nccl' needs CUDA, which this machine lacks; "

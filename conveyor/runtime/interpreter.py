@@ -136,7 +136,8 @@ class Interpreter:
             for work, _, peer, a in self.sends:
                 self.comm.wait([work], peer=peer, action=a)
         finally:
-            self.sends = []
+            # Drop this step's tensors (the batch, unsent buffers) between steps.
+            self.sends, self.posted, self.data = [], {}, None
         return self.loss, self.outputs
 
     # -- helpers -------------------------------------------------------------------

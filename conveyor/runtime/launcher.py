@@ -98,15 +98,32 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
         ctx = init_rank(backend=options.backend, timeout_s=options.timeout_s,
                         launcher="torchrun")
         value = fn(ctx, *args, **kwargs)
+        _leave_together(rank)
         gathered = [None] * ctx.world_size if rank == 0 else None
         dist.gather_object(value, gathered, dst=0)
+        # Tear the group down only once everyone is done with it: a rank that
+        # exits with the group alive, or while a peer still talks to it, can
+        # abort in gloo's destructor.
+        _leave_together(rank)
     except BaseException as e:  # noqa: BLE001 - every failure must end this rank
         _die(report_of(e, rank=rank))
-    # Leave together, then tear the group down: a rank that exits with the group
-    # alive (or while a peer still talks to it) can abort in gloo's destructor.
-    dist.barrier()
     dist.destroy_process_group()
     return gathered
+
+
+def _leave_together(rank: int) -> None:
+    """Barrier at the end of a rank's work, so that no rank exits while a peer
+    still receives from it. A peer that failed meanwhile shows up here."""
+    import torch.distributed as dist
+
+    from conveyor.runtime.errors import PeerFailedError
+
+    try:
+        dist.barrier()
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise PeerFailedError(f"rank {rank} finished, but a peer did not ({first}); the "
+                              f"failing rank reports the cause", rank=rank) from e
 
 
 def _die(report: FailureReport) -> None:
@@ -141,6 +158,7 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
         torch.set_num_threads(options.threads or max(1, (os.cpu_count() or 1) // nprocs))
         ctx = init_rank(backend=options.backend, timeout_s=options.timeout_s, launcher="local")
         value = fn(ctx, *args, **kwargs)
+        _leave_together(rank)
         try:
             conn.send(("ok", value))
             code = 0

@@ -19,6 +19,7 @@ the micro-batch sizes to size its receive buffers without extra messages.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -95,8 +96,8 @@ def _context() -> RankContext:
     device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
               else torch.device("cpu"))
     return RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=dist.get_rank(), device=device, backend=backend,
-                       launcher="external")
+                       local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+                       device=device, backend=backend, launcher="external")
 
 
 def _same(e: ConveyorError) -> ConveyorError:
@@ -121,7 +122,10 @@ class Pipeline:
         returns a scalar. ``optimizer(params)`` builds the optimizer of this
         rank's parameters (None: no update, gradients only). ``schedule``: a
         registered name ("naive", "gpipe", "1f1b", ...) built for P = world
-        size and M = ``microbatches``, or a Schedule (e.g. loaded from a file).
+        size and M = ``microbatches`` (default 4; "naive" always uses M=1), or
+        a Schedule (e.g. loaded from a file), whose own M is used. ``ctx``
+        defaults to the initialised process group (or one process without
+        one); ``launch`` passes it to your function.
 
         Raises PartitionError, ScheduleError/ValidationError or PipelineError
         naming the bad value (the same on every rank).

@@ -101,7 +101,8 @@ def exactness_job(ctx, configs: list[dict]) -> list[dict]:
         pairs = [(name, p, q) for (name, p), (_, q) in
                  zip(model.named_parameters(), ref.named_parameters()) if id(p) in local]
         dtype = _DTYPES[cfg.get("dtype", "float64")]
-        row = {"id": cfg["id"], "rank": ctx.rank, "placement": list(pipe.schedule.placement), "loss_err": 0.0, "grad_err": 0.0,
+        row = {"id": cfg["id"], "rank": ctx.rank, "placement": list(pipe.schedule.placement),
+               "device": str(ctx.device), "backend": ctx.backend, "loss_err": 0.0, "grad_err": 0.0,
                "param_err": 0.0, "params": sorted(n for n, _, _ in pairs), "steps": [],
                "losses": []}
         steps = cfg.get("steps", 3)
@@ -116,11 +117,12 @@ def exactness_job(ctx, configs: list[dict]) -> list[dict]:
             row["loss_err"] = max(row["loss_err"], abs(res.loss - ref_loss.item())
                                   / abs(ref_loss.item()))
             row["losses"].append(res.loss)
-            for name, p, q in pairs:
-                row["grad_err"] = max(row["grad_err"], _models.rel_err(p.grad, q.grad))
+            for name, p, q in pairs:  # .cpu(): the pipeline may run on a GPU
+                row["grad_err"] = max(row["grad_err"], _models.rel_err(p.grad.cpu(), q.grad))
             ref_opt.step()
             for name, p, q in pairs:
-                row["param_err"] = max(row["param_err"], _models.rel_err(p.detach(), q.detach()))
+                row["param_err"] = max(row["param_err"],
+                                       _models.rel_err(p.detach().cpu(), q.detach()))
             sizes = _sizes(n, pipe.M)
             row["steps"].append({
                 **res.stats, **traffic, "sizes": sizes,

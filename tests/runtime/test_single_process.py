@@ -1,0 +1,69 @@
+"""The pipeline in one process (P = 1, no process group): several stages on one
+rank pass tensors in memory, through the same interpreter."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from conveyor.runtime import Pipeline, PipelineConfig, split_model
+from tests.runtime import _models
+from tests.runtime.test_errors import chunks_on_one_rank
+
+
+def reference(model, x, y, loss_fn=_models.loss_fn):
+    model.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+
+def test_from_stages_list_and_builder_match_the_unsplit_model():
+    x, y = _models.batch(10)
+    loss, grads = reference(_models.mlp(4), x, y)
+    for make in ("list", "builder"):
+        model = _models.mlp(4)
+        stages = split_model(model, 3, balance=[3, 3, 3])
+        arg = stages if make == "list" else (lambda s: stages[s])
+        pipe = Pipeline.from_stages(arg, loss_fn=_models.loss_fn, optimizer=None,
+                                    schedule=chunks_on_one_rank(3, 4))
+        res = pipe.forward_backward(x, y)
+        assert abs(res.loss - loss) < 1e-12
+        for p, g in zip(model.parameters(), grads):
+            assert _models.rel_err(p.grad, g) < 1e-12
+
+
+def test_sum_reduction_weighs_micro_batches_by_one():
+    total = lambda out, t: nn.functional.cross_entropy(out, t, reduction="sum")  # noqa: E731
+    x, y = _models.batch(11)
+    loss, grads = reference(_models.mlp(3), x, y, total)
+    model = _models.mlp(3)
+    pipe = Pipeline(model, loss_fn=total, optimizer=None, schedule=chunks_on_one_rank(2, 3),
+                    config=PipelineConfig(loss_reduction="sum"))
+    res = pipe.forward_backward(x, y)
+    assert abs(res.loss - loss) / loss < 1e-12
+    for p, g in zip(model.parameters(), grads):
+        assert _models.rel_err(p.grad, g) < 1e-12
+
+
+def test_predict_joins_micro_batches_in_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.5), nn.Linear(8, 3)).double()
+    pipe = Pipeline(model, loss_fn=_models.loss_fn, optimizer=None,
+                    schedule=chunks_on_one_rank(2, 4), balance=[2, 1])
+    x, _ = _models.batch(10)
+    out = pipe.predict(x)
+    model.eval()
+    assert torch.equal(out, model(x))  # dropout off, sizes 3,3,2,2 joined in order
+    assert all(m.training for m in pipe.stages.values())  # restored afterwards
+
+
+def test_recording_is_off_unless_asked():
+    pipe = Pipeline(_models.mlp(2), loss_fn=_models.loss_fn, optimizer=None, schedule="gpipe",
+                    microbatches=2)
+    x, y = _models.batch(4)
+    quiet = pipe.step(x, y)
+    assert quiet.timeline is None and "peak_activation_bytes" not in quiet.stats
+    loud = pipe.step(x, y, record=True)
+    assert loud.timeline is not None and loud.timeline.P == 1
+    assert [str(e.action) for e in loud.timeline.rank_events(0)] == ["0F0", "0F1", "0B0", "0B1"]
