@@ -76,7 +76,7 @@ class MLPWorkload:
 
     layers: int = 16
     width: int = 256
-    batch: int = 4096
+    batch: int = 8192
     threads: int = 1
     kind: str = field(default="mlp", init=False)
 
@@ -121,12 +121,16 @@ class RunSettings:
     warmup:     untimed steps first (shape handshakes, allocator warm-up).
     frameworks: which implementations run, alternating step by step.
     timeout:    seconds before a run of one process group is declared hung.
+    memory:     also measure RSS per step, in processes of their own (see
+                ``worker.measure_memory``); without it RSS comes from the
+                timed steps, where freed memory stays in the allocator.
     """
 
     repeats: int = 5
     warmup: int = 2
     frameworks: tuple[str, ...] = FRAMEWORKS
     timeout: float = 900.0
+    memory: bool = True
 
     def __post_init__(self) -> None:
         check_positive("repeats", self.repeats)

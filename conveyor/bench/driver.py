@@ -1,7 +1,8 @@
 """Run a benchmark grid and return its results as plain data (JSON-ready).
 
 One process group per P runs every case for that P, both frameworks taking
-turns step by step (see ``worker``). The MLP workload also times the model
+turns step by step (see ``worker``); a second one measures RSS, with the
+allocator set to return freed memory, which would slow the timing runs. The MLP workload also times the model
 unsplit on one process, before and after the pipelined runs, for the speedup
 and for the per-stage costs the ideal step is simulated with.
 """
@@ -16,7 +17,7 @@ from dataclasses import asdict
 from typing import Callable
 
 from conveyor.bench.config import BenchError, EmulatedWorkload, MLPWorkload, RunSettings
-from conveyor.bench.launch import launch
+from conveyor.bench.launch import MEMORY_ENV, launch
 from conveyor.bench.metrics import summarize_case
 from conveyor.schedule.generators import get_spec
 from conveyor.sim.cost import CostModel
@@ -82,8 +83,14 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
         payload = {"workload": workload, "cases": [(s, M) for M in Ms for s in schedules],
                    "repeats": settings.repeats, "warmup": settings.warmup,
                    "frameworks": list(settings.frameworks), "device": device}
+        backend = "nccl" if device == "cuda" else "gloo"
         raw = launch(_cases, P, payload, timeout=settings.timeout, on_progress=progress,
-                     backend="nccl" if device == "cuda" else "gloo")[0]
+                     backend=backend)[0]
+        if settings.memory:
+            memory = launch(_memory, P, payload, timeout=settings.timeout, backend=backend,
+                            env=MEMORY_ENV)[0]
+            for case, mem in zip(raw, memory):
+                case["memory"] = mem
         for case in raw:
             costs = _costs(workload, case["P"], case["M"], single)
             rows += summarize_case(case, workload=workload.kind, costs=costs,
@@ -118,6 +125,12 @@ def _cases(rank, P, payload, progress):
     from conveyor.bench.worker import run_cases
 
     return run_cases(rank, P, payload, progress)
+
+
+def _memory(rank, P, payload, progress):
+    from conveyor.bench.worker import measure_memory
+
+    return measure_memory(rank, P, payload, progress)
 
 
 def _single(rank, P, payload, progress):

@@ -20,11 +20,12 @@ from typing import Any, Callable
 
 from conveyor.bench.config import BenchError
 
-__all__ = ["free_port", "launch"]
+__all__ = ["free_port", "launch", "MEMORY_ENV"]
 
-# Large allocations go to mmap and are returned on free, so a process's RSS
-# follows the activations it holds instead of glibc's high-water mark.
-WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+WORKER_ENV = {"OMP_NUM_THREADS": "1"}
+# For memory runs: glibc serves allocations over 64 KiB by mmap and returns them
+# on free, so RSS follows what a process holds instead of its high-water mark.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def free_port() -> int:
@@ -62,13 +63,14 @@ def _worker(fn, rank, P, port, payload, results, progress, timeout, backend):
 
 
 def launch(fn: Callable[[int, int, Any, Any], Any], P: int, payload: Any, *,
-           timeout: float = 900.0, backend: str = "gloo",
+           timeout: float = 900.0, backend: str = "gloo", env: dict | None = None,
            on_progress: Callable[[Any], None] | None = None) -> list[Any]:
     """Run ``fn`` on P local processes and return their results by rank.
 
     ``fn`` must be importable (a module-level function); ``payload`` is passed
     to every rank. ``backend`` is "gloo" (CPU) or "nccl" (CUDA; rank r uses
-    GPU r modulo the GPUs present). Messages that a rank puts on its ``progress`` queue are
+    GPU r modulo the GPUs present). ``env`` adds environment variables for
+    the ranks (read at their start-up, e.g. MEMORY_ENV). Messages that a rank puts on its ``progress`` queue are
     handed to ``on_progress`` in the parent as they arrive.
 
     Raises BenchError naming the failing rank and its error when a rank
@@ -79,8 +81,9 @@ def launch(fn: Callable[[int, int, Any, Any], Any], P: int, payload: Any, *,
     ctx = mp.get_context("spawn")
     results, progress = ctx.Queue(), ctx.Queue()
     port = free_port()
-    saved = {k: os.environ.get(k) for k in WORKER_ENV}
-    os.environ.update(WORKER_ENV)  # inherited at spawn, read by glibc at start-up
+    extra = {**WORKER_ENV, **(env or {})}
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)  # inherited at spawn
     procs = []
     try:
         for rank in range(P):

@@ -66,11 +66,7 @@ def summarize_case(raw: dict, *, workload: str, costs: CostModel | None,
                    for t, s in zip(timelines, steps)),
                "peak_activations": rep_t.peak_activations(),
                "stage_costs": {k: v for k, v in rep_t.stage_costs().items()},
-               "rss_peak_mib": [max(rep[r]["rss_peak"] for rep in per_rep) / MiB
-                                for r in range(P)],
-               "rss_step_mib": [statistics.median(
-                   (rep[r]["rss_peak"] - rep[r]["rss_start"]) for rep in per_rep) / MiB
-                   for r in range(P)],
+               **_rss(raw.get("memory"), fw, per_rep, P),
                "bytes": statistics.median(sum(m["bytes"] for m in rep) for rep in per_rep),
                "sends": statistics.median(sum(m["sends"] for m in rep) for rep in per_rep)}
         own_bytes = [sum(m["own_bytes"] for m in rep) for rep in per_rep
@@ -79,7 +75,7 @@ def summarize_case(raw: dict, *, workload: str, costs: CostModel | None,
             row["own_bytes"] = statistics.median(own_bytes)  # the framework's own counter
         if raw.get("own", {}).get(fw):
             row["own"] = raw["own"][fw]  # the framework's own timeline of one more step
-        if ideal:
+        if ideal and ideal["ideal_s"] > 0:  # zero-time emulation has no ideal to divide by
             row["ratio"] = row["step_s"] / ideal["ideal_s"]
         row.update(_explain(schedule, P, M, rep_t, raw.get("latency"), per_rep))
         if keep_timelines:
@@ -115,3 +111,16 @@ def _explain(schedule: str, P: int, M: int, t: Timeline, latency, per_rep) -> di
     if busy > 0 and any(cpu):
         out["cpu_share"] = statistics.median(cpu) / busy
     return out
+
+
+def _rss(memory, fw: str, per_rep, P: int) -> dict:
+    """Peak RSS and its growth during a step, per rank, in MiB: from the memory
+    run (frees returned to the OS) when there is one, else from the timed steps."""
+    if memory and all(fw in m for m in memory):
+        return {"rss_peak_mib": [memory[r][fw]["rss_peak"] / MiB for r in range(P)],
+                "rss_step_mib": [(memory[r][fw]["rss_peak"] - memory[r][fw]["rss_start"]) / MiB
+                                 for r in range(P)]}
+    return {"rss_peak_mib": [max(rep[r]["rss_peak"] for rep in per_rep) / MiB
+                             for r in range(P)],
+            "rss_step_mib": [statistics.median(rep[r]["rss_peak"] - rep[r]["rss_start"]
+                                               for rep in per_rep) / MiB for r in range(P)]}

@@ -20,39 +20,26 @@ from conveyor.bench.frameworks import Unsupported, make_runner
 from conveyor.bench.probe import Probe, Recorder, SendCounter, link_latency
 from conveyor.bench.workloads import build_stages, make_batch
 
-__all__ = ["run_cases", "time_single_process"]
+__all__ = ["run_cases", "measure_memory", "time_single_process"]
 
 
 def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
-    """Run ``payload["cases"]`` (a list of (schedule, M)) on this rank.
+    """Time ``payload["cases"]`` (a list of (schedule, M)) on this rank.
 
     payload: workload, cases, repeats, warmup, frameworks, device ("cpu" or
-    "cuda"). Returns, on rank 0, one raw record per case:
-    ``{"schedule", "M", "P", "unsupported": {fw: why}, "ranks": [per-rank
-    {fw: [per-step measurement]}]}``; None on the other ranks.
+    "cuda"). Returns, on rank 0, one raw record per case: ``{"schedule", "M",
+    "P", "unsupported": {fw: why}, "ranks": [per-rank {fw: [per-step
+    measurement]}], "own": {fw: its own view of one more step}, "latency":
+    [per-cut seconds]}``; None on the other ranks.
     """
-    counter = SendCounter().install()  # before any runner captures dist.isend
-    workload = payload["workload"]
-    torch.set_num_threads(getattr(workload, "threads", 1))
-    device = torch.device(payload.get("device", "cpu"))
-    if device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())  # set by the launcher
+    counter, workload, device = _setup(payload)
     out = []
     for schedule, M in payload["cases"]:
-        x, y = make_batch(workload, M)
-        x, y = x.to(device), y.to(device)
+        x, y = _batch(workload, M, device)
         latency = link_latency(rank, P, nbytes=workload.activation_bytes(M), device=device)
-        runners, recorders, unsupported = {}, {}, {}
-        for fw in payload["frameworks"]:
-            rec = Recorder(rank)
-            module = Probe(build_stages(workload, P)[rank], rec).to(device)
-            try:
-                runners[fw] = make_runner(fw, module, rank=rank, P=P, schedule=schedule,
-                                          M=M, device=device)
-                recorders[fw] = rec
-            except Unsupported as e:
-                unsupported[fw] = str(e)
-        for fw, runner in runners.items():
+        runners, recorders, unsupported = _runners(payload, workload, rank, P, schedule, M,
+                                                   device)
+        for runner in runners.values():
             for _ in range(payload["warmup"]):
                 runner.step(x, y)
         steps: dict[str, list[dict]] = {fw: [] for fw in runners}
@@ -76,6 +63,64 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
         del runners, recorders
         gc.collect()
     return out if rank == 0 else None
+
+
+def measure_memory(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
+    """RSS of one step per case and framework, after one warm-up step.
+
+    Meant for processes started with ``MALLOC_MMAP_THRESHOLD_`` low (see
+    ``launch.MEMORY_ENV``), so that freed activations leave RSS; that costs
+    speed, which is why timing runs apart from this. Returns, on rank 0, per
+    case ``[per-rank {fw: measurement}]``.
+    """
+    counter, workload, device = _setup(payload)
+    out = []
+    for schedule, M in payload["cases"]:
+        x, y = _batch(workload, M, device)
+        runners, recorders, _ = _runners(payload, workload, rank, P, schedule, M, device)
+        memory = {}
+        for fw, runner in runners.items():
+            runner.step(x, y)  # buffers a framework keeps between steps are not growth
+            memory[fw] = _timed_step(runner, recorders[fw], counter, x, y, device)
+            del memory[fw]["events"]
+        gathered = [None] * P if rank == 0 else None
+        dist.gather_object(memory, gathered, dst=0)
+        if rank == 0:
+            out.append(gathered)
+        del runners, recorders
+        gc.collect()
+    return out if rank == 0 else None
+
+
+def _setup(payload):
+    counter = SendCounter().install()  # before any runner captures dist.isend
+    workload = payload["workload"]
+    torch.set_num_threads(getattr(workload, "threads", 1))
+    device = torch.device(payload.get("device", "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # set by the launcher
+    return counter, workload, device
+
+
+def _batch(workload, M: int, device):
+    x, y = make_batch(workload, M)
+    return x.to(device), y.to(device)
+
+
+def _runners(payload, workload, rank, P, schedule, M, device):
+    """One runner per framework on its own copy of this rank's stage, each
+    wrapped in a probe; frameworks that cannot run the case say why."""
+    runners, recorders, unsupported = {}, {}, {}
+    for fw in payload["frameworks"]:
+        rec = Recorder(rank)
+        module = Probe(build_stages(workload, P)[rank], rec).to(device)
+        try:
+            runners[fw] = make_runner(fw, module, rank=rank, P=P, schedule=schedule, M=M,
+                                      device=device)
+            recorders[fw] = rec
+        except Unsupported as e:
+            unsupported[fw] = str(e)
+    return runners, recorders, unsupported
 
 
 def _timed_step(runner, rec: Recorder, counter: SendCounter, x, y, device) -> dict:

@@ -94,8 +94,9 @@ def _settings(args):
         workload = EmulatedWorkload(forward=args.forward_ms / 1000,
                                     backward=args.backward_ms / 1000)
         Ps, Ms = args.Ps or [2, 4], args.Ms or [4, 8, 16]
+    # No separate RSS run: the table shows activations held, and time matters here.
     settings = RunSettings(repeats=args.repeats, warmup=args.warmup,
-                           frameworks=tuple(args.frameworks))
+                           frameworks=tuple(args.frameworks), memory=False)
     return workload, Ps, Ms, settings
 
 
