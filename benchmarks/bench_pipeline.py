@@ -45,7 +45,7 @@ def grids(quick: bool) -> dict:
 
 
 def run(name: str, workload, grid: dict, settings: RunSettings) -> dict:
-    n = len(grid["Ps"]) * len(grid["Ms"]) * len(SCHEDULES) + (2 if name == "mlp" else 0)
+    n = len(grid["Ps"]) * len(grid["Ms"]) * len(SCHEDULES)
     bar = ProgressBar(n, title=f"{name:8} ")
     try:
         return run_benchmark(workload=workload, schedules=SCHEDULES, settings=settings,
@@ -112,7 +112,10 @@ def write_markdown(results: dict, out: Path, notes: Path | None, cmd: str) -> No
         r = results["mlp"]
         lines += ["## (b) Real compute: deep MLP", "", markdown_conditions(r["meta"]), "",
                   "Ideal: conveyor's simulator with per-stage F and B measured on one "
-                  "micro-batch in one process (one thread), free links.", ""]
+                  "micro-batch, each stage alone on rank 0 (one thread) right after the "
+                  "case's timed steps, free links. One process: the unsplit model on rank 0 "
+                  "(one thread, whole batch), timed in turns with the two pipelines while "
+                  "the other rank waits.", ""]
         lines += markdown_mlp(r) + [
             "", "CPU share: CPU seconds the ranks used over the wall time of their compute; "
             "near 1 when each rank had a core to itself, lower when other processes took "

@@ -75,8 +75,8 @@ class MLPWorkload:
     """
 
     layers: int = 16
-    width: int = 256
-    batch: int = 8192
+    width: int = 384
+    batch: int = 4096
     threads: int = 1
     kind: str = field(default="mlp", init=False)
 

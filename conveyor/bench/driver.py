@@ -2,9 +2,9 @@
 
 One process group per P runs every case for that P, both frameworks taking
 turns step by step (see ``worker``); a second one measures RSS, with the
-allocator set to return freed memory, which would slow the timing runs. The MLP workload also times the model
-unsplit on one process, before and after the pipelined runs, for the speedup
-and for the per-stage costs the ideal step is simulated with.
+allocator set to return freed memory, which would slow the timing runs. For the MLP workload, rank 0 also trains the
+unsplit model in every round (the other ranks wait), for the speedup, and
+measures each stage's cost alone, for the ideal step.
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
                   on_progress: Callable[[str], None] | None = None) -> dict:
     """Measure every (schedule, P, M) with every framework in ``settings``.
 
-    Returns {"meta": conditions, "rows": one dict per case and framework,
-    "single": the MLP's one-process timings or None}. ``on_progress(label)``
-    is called as each case (and each one-process run) finishes.
+    Returns {"meta": conditions, "rows": one dict per case and framework}.
+    For the MLP each row also has ``one_process_s`` (the unsplit model on one
+    process, timed in turns with the pipelines), ``speedup`` and
+    ``speedup_ideal``. ``on_progress(label)`` is called as each case finishes.
 
     Raises BenchError for a bad grid, or when a rank fails or hangs.
     """
@@ -69,20 +70,15 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
 
     def progress(msg):
         if on_progress is not None:
-            kind, s, P, M = msg
-            on_progress("one process" if kind == "single" else f"{s} P={P} M={M}")
+            _, s, P, M = msg
+            on_progress(f"{s} P={P} M={M}")
 
-    single = None
-    payload_1 = {"workload": workload, "warmup": settings.warmup, "repeats": settings.repeats,
-                 "Ps": Ps, "Ms": Ms}
-    if isinstance(workload, MLPWorkload):
-        single = launch(_single, 1, payload_1, timeout=settings.timeout,
-                        on_progress=progress)[0]
     rows = []
     for P in Ps:
         payload = {"workload": workload, "cases": [(s, M) for M in Ms for s in schedules],
                    "repeats": settings.repeats, "warmup": settings.warmup,
-                   "frameworks": list(settings.frameworks), "device": device}
+                   "frameworks": list(settings.frameworks), "device": device,
+                   "baseline": isinstance(workload, MLPWorkload)}
         backend = "nccl" if device == "cuda" else "gloo"
         raw = launch(_cases, P, payload, timeout=settings.timeout, on_progress=progress,
                      backend=backend)[0]
@@ -92,33 +88,33 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
             for case, mem in zip(raw, memory):
                 case["memory"] = mem
         for case in raw:
-            costs = _costs(workload, case["P"], case["M"], single)
-            rows += summarize_case(case, workload=workload.kind, costs=costs,
-                                   activation_bytes=workload.activation_bytes(case["M"]),
-                                   keep_timelines=keep_timelines)
-    if single is not None:
-        again = launch(_single, 1, {**payload_1, "Ps": []}, timeout=settings.timeout,
-                       on_progress=progress)[0]
-        single["step_times"] += again["step_times"]
-        single["step"] = statistics.median(single["step_times"])
-        for row in rows:
-            if "step_s" in row:
-                row["speedup"] = single["step"] / row["step_s"]
-            row["speedup_ideal"] = ideal_speedup(row["P"], row["M"])
+            case_rows = summarize_case(case, workload=workload.kind,
+                                       costs=_costs(workload, case),
+                                       activation_bytes=workload.activation_bytes(case["M"]),
+                                       keep_timelines=keep_timelines)
+            if case.get("one_process_s"):
+                one = statistics.median(case["one_process_s"])
+                for row in case_rows:
+                    row["one_process_s"] = one
+                    row["one_process_steps_s"] = case["one_process_s"]
+                    row["one_process_mb_s"] = statistics.median(case["one_process_mb_s"])
+                    row["speedup_ideal"] = ideal_speedup(row["P"], row["M"])
+                    if "step_s" in row:
+                        row["speedup"] = one / row["step_s"]
+            rows += case_rows
     meta["finished"] = _now()
     meta["load_after"] = _load()
-    return {"meta": meta, "rows": rows, "single": single}
+    return {"meta": meta, "rows": rows}
 
 
-def _costs(workload, P: int, M: int, single: dict | None) -> CostModel | None:
+def _costs(workload, case: dict) -> CostModel | None:
     from conveyor.bench.workloads import ideal_costs
 
     if isinstance(workload, EmulatedWorkload):
-        return ideal_costs(workload, P, M)
-    measured = (single or {}).get("costs", {}).get(f"{P},{M}")
-    if not measured or "error" in measured:
+        return ideal_costs(workload, case["P"], case["M"])
+    if not case.get("costs"):
         return None
-    return ideal_costs(workload, P, M, measured=measured)
+    return ideal_costs(workload, case["P"], case["M"], measured=case["costs"])
 
 
 def _cases(rank, P, payload, progress):
@@ -131,12 +127,6 @@ def _memory(rank, P, payload, progress):
     from conveyor.bench.worker import measure_memory
 
     return measure_memory(rank, P, payload, progress)
-
-
-def _single(rank, P, payload, progress):
-    from conveyor.bench.worker import time_single_process
-
-    return time_single_process(rank, P, payload, progress)
 
 
 def _now() -> str:

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import gc
 import time
-import traceback
 
 import torch
 import torch.distributed as dist
 
 from conveyor.bench.frameworks import Unsupported, make_runner
 from conveyor.bench.probe import Probe, Recorder, SendCounter, link_latency
-from conveyor.bench.workloads import build_stages, make_batch
+from conveyor.bench.workloads import build_stages, loss_fn, make_batch, measure_stage_costs
 
-__all__ = ["run_cases", "measure_memory", "time_single_process"]
+ONE = "one process"  # the baselines' names among the frameworks
+ONE_MB = "one process, micro-batches"
+
+__all__ = ["run_cases", "measure_memory", "OneProcess", "ONE", "ONE_MB"]
 
 
 def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
@@ -30,7 +32,10 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
     "cuda"). Returns, on rank 0, one raw record per case: ``{"schedule", "M",
     "P", "unsupported": {fw: why}, "ranks": [per-rank {fw: [per-step
     measurement]}], "own": {fw: its own view of one more step}, "latency":
-    [per-cut seconds]}``; None on the other ranks.
+    [per-cut seconds], "one_process_s", "costs"}``; None on the other ranks.
+    With ``payload["baseline"]`` the unsplit model on one process takes its
+    turn in every round (``one_process_s``: its step times on rank 0), and
+    ``costs`` holds each stage's F and B measured alone, for the ideal.
     """
     counter, workload, device = _setup(payload)
     out = []
@@ -39,14 +44,23 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
         latency = link_latency(rank, P, nbytes=workload.activation_bytes(M), device=device)
         runners, recorders, unsupported = _runners(payload, workload, rank, P, schedule, M,
                                                    device)
+        if payload.get("baseline"):
+            runners[ONE], recorders[ONE] = OneProcess(workload, rank), Recorder(rank)
+            runners[ONE_MB], recorders[ONE_MB] = OneProcess(workload, rank, M), Recorder(rank)
         for runner in runners.values():
             for _ in range(payload["warmup"]):
                 runner.step(x, y)
         steps: dict[str, list[dict]] = {fw: [] for fw in runners}
         names = list(runners)
         for rep in range(payload["repeats"]):
-            for fw in (names if rep % 2 == 0 else names[::-1]):
+            k = rep % len(names)  # rotate who goes first, so no one always follows the same
+            for fw in names[k:] + names[:k]:
                 steps[fw].append(_timed_step(runners[fw], recorders[fw], counter, x, y, device))
+        costs = None
+        if payload.get("baseline"):
+            # The ideal's stage costs, measured alone on rank 0 in the same minute.
+            costs = measure_stage_costs(workload, P, M) if rank == 0 else None
+            dist.barrier()
         # Each framework's own view of one more step, where it has one (collective).
         own = {}
         for fw, r in runners.items():
@@ -56,8 +70,15 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
         gathered = [None] * P if rank == 0 else None
         dist.gather_object(steps, gathered, dst=0)
         if rank == 0:
+            one = [m["t1"] - m["t0"] for m in gathered[0].pop(ONE, [])]
+            one_mb = [m["t1"] - m["t0"] for m in gathered[0].pop(ONE_MB, [])]
+            for g in gathered[1:]:
+                g.pop(ONE, None)
+                g.pop(ONE_MB, None)
             out.append({"schedule": schedule, "P": P, "M": M, "unsupported": unsupported,
-                        "ranks": gathered, "own": own, "latency": latency})
+                        "ranks": gathered, "own": own, "latency": latency,
+                        "one_process_s": one, "one_process_mb_s": one_mb,
+                        "costs": costs})
             if progress is not None:
                 progress.put(("case", schedule, P, M))
         del runners, recorders
@@ -140,33 +161,30 @@ def _timed_step(runner, rec: Recorder, counter: SendCounter, x, y, device) -> di
             "own_bytes": stats.get("sent_bytes"), "cpu_s": c1 - c0}
 
 
-def time_single_process(rank: int, P: int, payload: dict, progress) -> dict:
-    """The MLP on one process, unsplit: median step seconds, and the per-stage
-    F/B costs on one micro-batch for each M in ``payload["Ms"]`` and P in
-    ``payload["Ps"]`` (for the simulator's ideal)."""
-    from conveyor.bench.frameworks import LR
-    from conveyor.bench.workloads import full_model, loss_fn, measure_stage_costs
+class OneProcess:
+    """The unsplit model trained on rank 0 alone (one thread), the baseline of
+    the speedup; the other ranks wait at the barrier of each timed step, so
+    it takes turns with the pipelines like another framework. With ``M`` it
+    accumulates gradients over the same M micro-batches as the pipelines
+    (weighted by size, as one unsplit step), separating what pipelining gains
+    from what cutting the batch costs or saves on this CPU."""
 
-    workload = payload["workload"]
-    torch.set_num_threads(workload.threads)
-    model = full_model(workload)
-    opt = torch.optim.SGD(model.parameters(), lr=LR)
-    x, y = make_batch(workload, 1)
-    times = []
-    for i in range(payload["warmup"] + payload["repeats"]):
-        t0 = time.perf_counter()
-        loss_fn(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= payload["warmup"]:
-            times.append(time.perf_counter() - t0)
-    costs = {}
-    for p in payload["Ps"]:
-        for M in payload["Ms"]:
-            try:
-                costs[f"{p},{M}"] = measure_stage_costs(workload, p, M)
-            except Exception:  # noqa: BLE001 - a case without costs just has no ideal
-                costs[f"{p},{M}"] = {"error": traceback.format_exc(limit=1)}
-    if progress is not None:
-        progress.put(("single", 1, 1, 1))
-    return {"step_times": times, "step": sorted(times)[len(times) // 2], "costs": costs}
+    def __init__(self, workload, rank: int, M: int | None = None):
+        from conveyor.bench.frameworks import LR
+        from conveyor.bench.workloads import full_model
+
+        self.rank, self.M = rank, M
+        if rank == 0:
+            self.model = full_model(workload)
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=LR)
+
+    def step(self, x, y) -> None:
+        if self.rank != 0:
+            return
+        if self.M is None:
+            loss_fn(self.model(x), y).backward()
+        else:
+            for xs, ys in zip(x.tensor_split(self.M), y.tensor_split(self.M)):
+                (loss_fn(self.model(xs), ys) * (len(xs) / len(x))).backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)

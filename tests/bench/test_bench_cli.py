@@ -16,7 +16,7 @@ from conveyor.cli.main import main
     (["--repeats", "0"], "repeats=0 is not valid"),
     (["--forward-ms", "-5"], "'-5' ms: give 0 to 60000 milliseconds"),
     (["--workload", "mlp", "-P", "3"], "16 layers do not split evenly over P=3"),
-    (["--workload", "mlp", "-M", "3"], "batch 8192 does not split into M=3"),
+    (["--workload", "mlp", "-M", "3"], "batch 4096 does not split into M=3"),
     (["--workload", "gpt"], "invalid choice: 'gpt'"),
 ])
 def test_bad_arguments_fail_fast_on_one_line(capsys, args, message):
