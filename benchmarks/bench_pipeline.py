@@ -19,6 +19,7 @@ rank, against the same model on one process.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -130,7 +131,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a small grid (about 2 minutes)")
     ap.add_argument("--only", choices=["emulated", "mlp"], help="run one workload")
-    ap.add_argument("--repeats", type=int, default=5, help="timed steps per framework (5)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed steps per framework, emulated workload (5)")
+    ap.add_argument("--mlp-repeats", type=int, default=9,
+                    help="timed steps per framework, real compute, whose step times "
+                         "vary more on a shared machine (9)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (2)")
     ap.add_argument("--forward", type=float, default=0.02, help="emulated F seconds (0.02)")
     ap.add_argument("--backward", type=float, default=0.04, help="emulated B seconds (0.04)")
@@ -153,6 +158,8 @@ def main(argv=None) -> int:
     for name, grid in grids(args.quick).items():
         if args.only and name != args.only:
             continue
+        if name == "mlp":
+            settings = dataclasses.replace(settings, repeats=args.mlp_repeats)
         results[name] = run(name, workloads[name], grid, settings)
         print(text_table(results[name]["rows"]), file=sys.stderr)
         write_figures(results[name]["rows"], out / "figures", prefix=name)
