@@ -3,6 +3,7 @@
     python benchmarks/bench_pipeline.py                 # the full run (about 10 min here)
     python benchmarks/bench_pipeline.py --quick         # a 2-minute subset
     python benchmarks/bench_pipeline.py --only mlp      # rerun one workload, keep the other
+    python benchmarks/bench_pipeline.py --report-only   # RESULTS.md and figures from results.json
 
 Runs both frameworks on the same model, schedule, P, M and batch, in real
 processes (one per rank, gloo on CPU), taking turns step by step; medians of
@@ -142,8 +143,18 @@ def main(argv=None) -> int:
     ap.add_argument("--frameworks", default="conveyor,torch",
                     help="comma-separated subset of conveyor,torch (both)")
     ap.add_argument("--out-dir", default=str(HERE), help="where results and figures go")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite RESULTS.md and the figures from results.json, run nothing")
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+        for name in ("emulated", "mlp"):
+            if name in results:
+                write_figures(results[name]["rows"], out / "figures", prefix=name)
+        write_markdown(results, out / "RESULTS.md", HERE / "pipeline_notes.md",
+                       results.get("command", "python benchmarks/bench_pipeline.py"))
+        return 0
     settings = RunSettings(repeats=args.repeats, warmup=args.warmup,
                            frameworks=tuple(f for f in args.frameworks.split(",") if f))
     workloads = {"emulated": EmulatedWorkload(forward=args.forward, backward=args.backward),
@@ -164,9 +175,10 @@ def main(argv=None) -> int:
         print(text_table(results[name]["rows"]), file=sys.stderr)
         write_figures(results[name]["rows"], out / "figures", prefix=name)
     results["elapsed_s"] = time.monotonic() - t0  # of this invocation
-    (out / "results.json").write_text(json.dumps(results, indent=1))
     cmd = "python benchmarks/bench_pipeline.py " + " ".join(argv if argv is not None
                                                            else sys.argv[1:])
+    results["command"] = cmd.strip()
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     write_markdown(results, out / "RESULTS.md", HERE / "pipeline_notes.md", cmd.strip())
     print(f"wrote {out / 'RESULTS.md'}, {out / 'results.json'} and figures in "
           f"{out / 'figures'} ({results['elapsed_s']:.0f} s)", file=sys.stderr)
