@@ -1,0 +1,142 @@
+"""Benchmark configuration: workloads, cases and run settings (no torch here).
+
+The CLI builds these from its arguments before torch is imported, so a bad
+value fails fast with a one-line error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from conveyor.errors import ConveyorError
+
+__all__ = ["BenchError", "EmulatedWorkload", "MLPWorkload", "Case", "RunSettings",
+           "FRAMEWORKS", "check_positive"]
+
+FRAMEWORKS = ("conveyor", "torch")
+
+
+class BenchError(ConveyorError, ValueError):
+    """A benchmark is configured with values it cannot run, or a run failed."""
+
+
+def check_positive(name: str, value, *, integer: bool = True, zero_ok: bool = False) -> None:
+    """Raise BenchError naming ``name`` unless ``value`` is a positive number."""
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and (
+        value >= 0 if zero_ok else value > 0)
+    if not ok:
+        want = "an integer" if integer else "a number"
+        raise BenchError(f"{name}={value!r} is not valid; give {want} "
+                         f"{'>= 0' if zero_ok else '> 0'}")
+
+
+@dataclass(frozen=True)
+class EmulatedWorkload:
+    """Stages of emulated device time: fixed wall times, almost no CPU.
+
+    forward:          seconds of one stage's forward, per micro-batch.
+    backward:         seconds of one stage's full backward, per micro-batch.
+    width:            features per sample; an activation is (mb_size, width) float32.
+    mb_size:          samples per micro-batch (the batch is M * mb_size).
+    layers_per_stage: emulated layers per stage; the stage's time is split evenly.
+    """
+
+    forward: float = 0.02
+    backward: float = 0.04
+    width: int = 4096
+    mb_size: int = 8
+    layers_per_stage: int = 1
+    kind: str = field(default="emulated", init=False)
+
+    def __post_init__(self) -> None:
+        check_positive("forward", self.forward, integer=False, zero_ok=True)
+        check_positive("backward", self.backward, integer=False, zero_ok=True)
+        for name in ("width", "mb_size", "layers_per_stage"):
+            check_positive(name, getattr(self, name))
+
+    def batch_size(self, M: int) -> int:
+        """Samples per step: M micro-batches of ``mb_size``."""
+        return M * self.mb_size
+
+    def activation_bytes(self, M: int) -> int:
+        """Bytes of one micro-batch's activation at a cut (float32)."""
+        return self.mb_size * self.width * 4
+
+
+@dataclass(frozen=True)
+class MLPWorkload:
+    """A deep MLP doing real compute, one thread per rank.
+
+    layers:  Linear+ReLU blocks (L); split evenly over the P stages.
+    width:   features of every hidden layer.
+    batch:   samples per step, split into M micro-batches.
+    threads: torch intra-op threads per rank (1: one core per stage).
+    """
+
+    layers: int = 16
+    width: int = 384
+    batch: int = 4096
+    threads: int = 1
+    kind: str = field(default="mlp", init=False)
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "width", "batch", "threads"):
+            check_positive(name, getattr(self, name))
+
+    def batch_size(self, M: int) -> int:
+        """Samples per step, whatever M."""
+        return self.batch
+
+    def activation_bytes(self, M: int) -> int:
+        """Bytes of one micro-batch's activation at a cut (float32)."""
+        if self.batch % M:
+            raise BenchError(f"batch {self.batch} does not split into M={M} equal "
+                             f"micro-batches; pick a batch divisible by M")
+        return self.batch // M * self.width * 4
+
+
+@dataclass(frozen=True)
+class Case:
+    """One point of the benchmark grid.
+
+    schedule: schedule name (gpipe, 1f1b).
+    P:        pipeline stages, one process each.
+    M:        micro-batches per step.
+    """
+
+    schedule: str
+    P: int
+    M: int
+
+    def __str__(self) -> str:
+        return f"{self.schedule} P={self.P} M={self.M}"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How each case is measured.
+
+    repeats:    timed steps per framework; medians are reported.
+    warmup:     untimed steps first (shape handshakes, allocator warm-up).
+    frameworks: which implementations run, alternating step by step.
+    timeout:    seconds before a run of one process group is declared hung.
+    memory:     also measure RSS per step, in processes of their own (see
+                ``worker.measure_memory``); without it RSS comes from the
+                timed steps, where freed memory stays in the allocator.
+    """
+
+    repeats: int = 5
+    warmup: int = 2
+    frameworks: tuple[str, ...] = FRAMEWORKS
+    timeout: float = 900.0
+    memory: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive("repeats", self.repeats)
+        check_positive("warmup", self.warmup, zero_ok=True)
+        check_positive("timeout", self.timeout, integer=False)
+        bad = [f for f in self.frameworks if f not in FRAMEWORKS]
+        if bad or not self.frameworks:
+            raise BenchError(f"unknown framework(s) {bad or self.frameworks!r}; "
+                             f"choose from {', '.join(FRAMEWORKS)}")

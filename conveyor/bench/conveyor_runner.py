@@ -1,0 +1,58 @@
+"""conveyor's runtime behind the benchmark's runner interface."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from conveyor.bench.frameworks import LR, Unsupported
+from conveyor.bench.workloads import loss_fn
+
+__all__ = ["ConveyorRunner"]
+
+
+class ConveyorRunner:
+    """``conveyor.runtime.Pipeline`` built from this rank's (probed) stage.
+
+    Timed steps run with recording off, as a user's training loop would;
+    ``recorded_step`` runs one more step with conveyor's own timeline and
+    activation-memory counter on, to cross-check the probe.
+    """
+
+    def __init__(self, module: nn.Module, *, rank: int, P: int, schedule: str, M: int,
+                 device: torch.device):
+        try:
+            from conveyor.runtime import Pipeline, PipelineConfig
+        except ImportError as e:
+            raise Unsupported(f"conveyor's runtime is not available here ({e})") from None
+        self.rank = rank
+        self.pipe = Pipeline.from_stages(
+            lambda s: module,  # called for this rank's stage only
+            loss_fn=loss_fn, optimizer=lambda params: torch.optim.SGD(params, lr=LR),
+            schedule=schedule, microbatches=M, config=PipelineConfig(record=False))
+        self.stats: dict = {}
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        # Every rank passes the batch: the runtime reads inputs on the first
+        # stage, targets on the last, and the batch size everywhere.
+        self.stats = self.pipe.step(x, y).stats
+
+    def recorded_step(self, x: torch.Tensor, y: torch.Tensor) -> dict | None:
+        """One step with conveyor's own recorder and memory counter; on rank 0
+        its timeline's metrics, elsewhere None."""
+        config = self.pipe.config
+        self.pipe.config = dataclasses.replace(config, track_memory=True)
+        try:
+            result = self.pipe.step(x, y, record=True)
+        finally:
+            self.pipe.config = config
+        t = result.timeline
+        if t is None:
+            return None
+        ranks = t.meta.get("ranks", [])
+        return {"bubble": t.bubble_overall, "peak_activations": t.peak_activations(),
+                "step_s": t.step_time,
+                "peak_activation_bytes": [r.get("peak_activation_bytes", 0) for r in ranks],
+                "sent_bytes": sum(r.get("sent_bytes", 0) for r in ranks)}

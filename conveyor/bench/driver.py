@@ -1,0 +1,151 @@
+"""Run a benchmark grid and return its results as plain data (JSON-ready).
+
+One process group per P runs every case for that P, both frameworks taking
+turns step by step (see ``worker``); a second one measures RSS, with the
+allocator set to return freed memory, which would slow the timing runs. For the MLP workload, rank 0 also trains the
+unsplit model in every round (the other ranks wait), for the speedup, and
+measures each stage's cost alone, for the ideal step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+from dataclasses import asdict
+from typing import Callable
+
+from conveyor.bench.config import BenchError, EmulatedWorkload, MLPWorkload, RunSettings
+from conveyor.bench.launch import MEMORY_ENV, launch
+from conveyor.bench.metrics import summarize_case
+from conveyor.schedule.generators import get_spec
+from conveyor.sim.cost import CostModel
+
+__all__ = ["run_benchmark", "ideal_speedup", "check_grid"]
+
+
+def ideal_speedup(P: int, M: int) -> float:
+    """Speedup of P equal stages over one process with a fill-drain bubble:
+    P*M/(M+P-1), i.e. 2M/(M+1) at P = 2."""
+    return P * M / (M + P - 1)
+
+
+def check_grid(workload, Ps, Ms, schedules) -> None:
+    """BenchError (or ScheduleError) for a grid that cannot run; needs no torch."""
+    for s in schedules:
+        get_spec(s)  # ScheduleError with a suggestion for a typo
+    for name, values in (("P", Ps), ("M", Ms)):
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                             for v in values):
+            raise BenchError(f"{name} values {list(values)!r} must be positive integers")
+    if any(P < 2 for P in Ps):
+        raise BenchError(f"P values {list(Ps)} include P < 2; a pipeline needs at least 2 "
+                         f"stages")
+    if isinstance(workload, MLPWorkload):
+        for P in Ps:
+            if workload.layers % P:
+                raise BenchError(f"the MLP's {workload.layers} layers do not split evenly "
+                                 f"over P={P}; pick layers divisible by every P")
+        for M in Ms:
+            workload.activation_bytes(M)  # batch divisible by M
+
+
+def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms: list[int],
+                  schedules: list[str], settings: RunSettings | None = None,
+                  device: str = "cpu", keep_timelines: bool = False,
+                  on_progress: Callable[[str], None] | None = None) -> dict:
+    """Measure every (schedule, P, M) with every framework in ``settings``.
+
+    Returns {"meta": conditions, "rows": one dict per case and framework}.
+    For the MLP each row also has ``one_process_s`` (the unsplit model on one
+    process, timed in turns with the pipelines), ``speedup`` and
+    ``speedup_ideal``. ``on_progress(label)`` is called as each case finishes.
+
+    Raises BenchError for a bad grid, or when a rank fails or hangs.
+    """
+    settings = settings or RunSettings()
+    check_grid(workload, Ps, Ms, schedules)
+    meta = _conditions(workload, Ps, Ms, schedules, settings, device)
+
+    def progress(msg):
+        if on_progress is not None:
+            _, s, P, M = msg
+            on_progress(f"{s} P={P} M={M}")
+
+    rows = []
+    for P in Ps:
+        payload = {"workload": workload, "cases": [(s, M) for M in Ms for s in schedules],
+                   "repeats": settings.repeats, "warmup": settings.warmup,
+                   "frameworks": list(settings.frameworks), "device": device,
+                   "baseline": isinstance(workload, MLPWorkload)}
+        backend = "nccl" if device == "cuda" else "gloo"
+        raw = launch(_cases, P, payload, timeout=settings.timeout, on_progress=progress,
+                     backend=backend)[0]
+        if settings.memory:
+            memory = launch(_memory, P, payload, timeout=settings.timeout, backend=backend,
+                            env=MEMORY_ENV)[0]
+            for case, mem in zip(raw, memory):
+                case["memory"] = mem
+        for case in raw:
+            case_rows = summarize_case(case, workload=workload.kind,
+                                       costs=_costs(workload, case),
+                                       activation_bytes=workload.activation_bytes(case["M"]),
+                                       keep_timelines=keep_timelines)
+            if case.get("one_process_s"):
+                one = statistics.median(case["one_process_s"])
+                for row in case_rows:
+                    row["one_process_s"] = one
+                    row["one_process_steps_s"] = case["one_process_s"]
+                    row["one_process_mb_s"] = statistics.median(case["one_process_mb_s"])
+                    row["speedup_ideal"] = ideal_speedup(row["P"], row["M"])
+                    if "step_s" in row:
+                        row["speedup"] = one / row["step_s"]
+            rows += case_rows
+    meta["finished"] = _now()
+    meta["load_after"] = _load()
+    return {"meta": meta, "rows": rows}
+
+
+def _costs(workload, case: dict) -> CostModel | None:
+    from conveyor.bench.workloads import ideal_costs
+
+    if isinstance(workload, EmulatedWorkload):
+        return ideal_costs(workload, case["P"], case["M"])
+    if not case.get("costs"):
+        return None
+    return ideal_costs(workload, case["P"], case["M"], measured=case["costs"])
+
+
+def _cases(rank, P, payload, progress):
+    from conveyor.bench.worker import run_cases
+
+    return run_cases(rank, P, payload, progress)
+
+
+def _memory(rank, P, payload, progress):
+    from conveyor.bench.worker import measure_memory
+
+    return measure_memory(rank, P, payload, progress)
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _load() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _conditions(workload, Ps, Ms, schedules, settings, device) -> dict:
+    import torch
+
+    return {"started": _now(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "device": device, "workload": {"kind": workload.kind, **asdict(workload)},
+            "Ps": list(Ps), "Ms": list(Ms), "schedules": list(schedules),
+            "settings": {**asdict(settings), "frameworks": list(settings.frameworks)},
+            "load_before": _load()}
