@@ -295,12 +295,20 @@ class Interpreter:
         s, mb = a.stage, a.mb
         ys = self.out.pop((s, mb)) if self.forward_only else self.out[(s, mb)]
         held = self.comm.send_act(ys, cut=s, mb=mb, size=self.data.sizes[mb], action=a)
-        self.sends += [(w, t, self.place[s + 1], a) for w, t in held]
+        self._hold_sends(held, self.place[s + 1], a)
 
     def _send_b(self, a: Action) -> None:
         held = self.comm.send_grad(self.gin.pop((a.stage, a.mb)), cut=a.stage - 1, mb=a.mb,
                                    action=a)
-        self.sends += [(w, t, self.place[a.stage - 1], a) for w, t in held]
+        self._hold_sends(held, self.place[a.stage - 1], a)
+
+    def _hold_sends(self, held, peer: int, a: Action) -> None:
+        """Keep a posted send's buffer alive until the transfer is done. Finished
+        sends are let go here rather than at the end of the step: holding all of
+        them would keep every micro-batch's activation alive, and 1F1B's memory
+        bound (min(P-s, M) micro-batches) would grow to GPipe's M."""
+        self.sends = [entry for entry in self.sends if not entry[0].is_completed()]
+        self.sends += [(w, t, peer, a) for w, t in held]
 
     def _post(self, a: Action) -> bool:
         """Post the receive ``a`` if its buffer size is known; True if posted."""

@@ -100,9 +100,12 @@ class ActivationMemory:
     def _note(self, t, seen: dict[int, int]) -> None:
         if isinstance(t, torch.Tensor):
             st = t.untyped_storage()
-            ptr = st.data_ptr()
-            if ptr not in self._param_storages:
-                seen[ptr] = st.nbytes()
+            if st.data_ptr() in self._param_storages:
+                return
+            # Count the view, not its storage: a micro-batch of the input is a
+            # slice of the whole batch's storage, which the step holds anyway.
+            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0),
+                                     min(st.nbytes(), t.numel() * t.element_size()))
 
     def note(self, tensors, seen: dict[int, int]) -> None:
         for t in tensors:

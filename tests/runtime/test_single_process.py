@@ -67,3 +67,19 @@ def test_recording_is_off_unless_asked():
     loud = pipe.step(x, y, record=True)
     assert loud.timeline is not None and loud.timeline.P == 1
     assert [str(e.action) for e in loud.timeline.rank_events(0)] == ["0F0", "0F1", "0B0", "0B1"]
+
+
+def test_activation_memory_counts_a_micro_batch_not_the_whole_batch():
+    # One rank, 1F1B: one micro-batch is held at a time, so with M=8 the peak is an
+    # eighth of the whole batch's. A micro-batch of the input is a view into the
+    # whole batch's storage; counting that storage would make the ratio about 4.
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(64, 64) for _ in range(4)])
+    x, y = torch.randn(64, 64), torch.randn(64, 64)
+    peaks = {}
+    for M in (1, 8):
+        pipe = Pipeline(model, loss_fn=nn.functional.mse_loss, optimizer=None,
+                        schedule="1f1b", microbatches=M)
+        peaks[M] = pipe.forward_backward(x, y, record=True).stats["peak_activation_bytes"]
+    assert peaks[8] > 0
+    assert abs(peaks[1] / peaks[8] - 8) < 0.5, peaks
