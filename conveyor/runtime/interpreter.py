@@ -303,10 +303,13 @@ class Interpreter:
         self._hold_sends(held, self.place[a.stage - 1], a)
 
     def _hold_sends(self, held, peer: int, a: Action) -> None:
-        """Keep a posted send's buffer alive until the transfer is done. Finished
-        sends are let go here rather than at the end of the step: holding all of
-        them would keep every micro-batch's activation alive, and 1F1B's memory
-        bound (min(P-s, M) micro-batches) would grow to GPipe's M."""
+        """Keep a posted send's buffer alive until the transfer is done, and let
+        go of sends known to be finished: holding them all to the end of the step
+        keeps every micro-batch's activation alive, so 1F1B's memory bound
+        (min(P-s, M) micro-batches) grows towards GPipe's M. NCCL reports
+        completion as it happens; gloo only once a send is waited on, so on gloo
+        the buffers still live until the step's end (see benchmarks/pipeline_notes.md:
+        waiting on old sends early must not break the schedule's deadlock freedom)."""
         self.sends = [entry for entry in self.sends if not entry[0].is_completed()]
         self.sends += [(w, t, peer, a) for w, t in held]
 
