@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from conveyor.cli.argtypes import int_at_least
+
 __all__ = ["add_parser", "run"]
 
 
@@ -45,14 +47,7 @@ def milliseconds(text: str) -> float:
     return value
 
 
-def count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; use 0 or more")
-    return value
+count = int_at_least(0)
 
 
 def add_parser(sub) -> None:

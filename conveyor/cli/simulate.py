@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from conveyor.cli.argtypes import int_at_least
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.io import load_schedule
 from conveyor.sim.cost import CostModel
@@ -25,14 +26,7 @@ def costs_arg(text: str):
     return values[0] if len(values) == 1 else values
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is too small; use 1 or more")
-    return value
+positive_int = int_at_least(1)
 
 
 def add_cost_options(p: argparse.ArgumentParser) -> None:
