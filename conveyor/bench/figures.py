@@ -71,12 +71,15 @@ def write_figures(rows: list[dict], out_dir: str | Path, *, prefix: str = "pipel
     axes[0].legend(fontsize=6, ncol=2)
     paths.append(_save(fig, out_dir / f"{prefix}_bubble.png"))
 
+    def stage0(key: str, s: str, P: int, fw: str) -> list[tuple[int, float]]:
+        return sorted((r["M"], r[key][0]) for r in rows
+                      if r["schedule"] == s and r["P"] == P and r["framework"] == fw)
+
     fig, axes = _panels(plt, schedules, "Micro-batches held on stage 0 (dotted: schedule's bound)")
     for ax, s in zip(axes, schedules):
         for P in Ps:
             for fw in fws:
-                pts = sorted((r["M"], r["peak_activations"][0]) for r in rows
-                             if r["schedule"] == s and r["P"] == P and r["framework"] == fw)
+                pts = stage0("peak_activations", s, P, fw)
                 ax.plot([m for m, _ in pts], [h for _, h in pts], color=colours[P],
                         label=f"P={P} {fw}", **STYLE[fw])
                 bound = [(m, m if s == "gpipe" else min(P, m)) for m, _ in pts]
@@ -90,8 +93,7 @@ def write_figures(rows: list[dict], out_dir: str | Path, *, prefix: str = "pipel
     for ax, s in zip(axes, schedules):
         for P in Ps:
             for fw in fws:
-                pts = sorted((r["M"], r["rss_step_mib"][0]) for r in rows
-                             if r["schedule"] == s and r["P"] == P and r["framework"] == fw)
+                pts = stage0("rss_step_mib", s, P, fw)
                 ax.plot([m for m, _ in pts], [v for _, v in pts], color=colours[P],
                         label=f"P={P} {fw}", **STYLE[fw])
         _axis(ax, s, "MiB")
