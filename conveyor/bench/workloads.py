@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from conveyor.bench.config import BenchError, EmulatedWorkload, MLPWorkload
-from conveyor.bench.emulated import EmulatedTimes, emulated_stages
+from conveyor.runtime.emulated import EmulatedTimes, emulated_stages
 from conveyor.sim.cost import CostModel
 
 __all__ = ["build_stages", "full_model", "make_batch", "loss_fn", "ideal_costs",

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from conveyor.bench.config import BenchError
+from conveyor.errors import PipelineError
 
 __all__ = ["EmulatedTimes", "EmulatedLayer", "emulated_stages"]
 
@@ -90,7 +90,7 @@ class EmulatedTimes:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
                     or not 0 <= value < 3600:
-                raise BenchError(f"emulated {name} time {value!r} s is not valid; "
+                raise PipelineError(f"emulated {name} time {value!r} s is not valid; "
                                  f"give seconds >= 0 and under an hour, e.g. {name}=0.02")
 
     @property
@@ -99,7 +99,7 @@ class EmulatedTimes:
         i = self.backward / 2 if self.input_grad is None else self.input_grad
         w = self.backward - i if self.weight_grad is None else self.weight_grad
         if w < 0:
-            raise BenchError(f"input_grad {i} s exceeds backward {self.backward} s; "
+            raise PipelineError(f"input_grad {i} s exceeds backward {self.backward} s; "
                              f"set weight_grad explicitly or lower input_grad")
         return i, w
 
@@ -188,7 +188,7 @@ class EmulatedLayer(nn.Module):
     def __init__(self, width: int, times: EmulatedTimes, *, split_backward: bool = False):
         super().__init__()
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise BenchError(f"emulated layer width {width!r} must be a positive integer")
+            raise PipelineError(f"emulated layer width {width!r} must be a positive integer")
         self.times = times
         self.split_backward = split_backward
         # Weights near one keep activations from growing or vanishing over many layers.
@@ -219,13 +219,13 @@ def emulated_stages(P: int, *, width: int, times: EmulatedTimes | list[EmulatedT
     The same seed gives the same weights, so two frameworks train the same model.
     """
     if isinstance(P, bool) or not isinstance(P, int) or P < 1:
-        raise BenchError(f"P={P!r} must be a positive integer (pipeline stages)")
+        raise PipelineError(f"P={P!r} must be a positive integer (pipeline stages)")
     per = list(times) if isinstance(times, (list, tuple)) else [times] * P
     if len(per) != P:
-        raise BenchError(f"{len(per)} stage times given for P={P} stages; give one per stage "
+        raise PipelineError(f"{len(per)} stage times given for P={P} stages; give one per stage "
                          f"or a single EmulatedTimes for all")
     if layers_per_stage < 1:
-        raise BenchError(f"layers_per_stage={layers_per_stage} must be at least 1")
+        raise PipelineError(f"layers_per_stage={layers_per_stage} must be at least 1")
     torch.manual_seed(seed)
     k = layers_per_stage
     stages = []

@@ -7,8 +7,8 @@ tests run in milliseconds.
 import pytest
 import torch
 
-from conveyor.bench.config import BenchError
-from conveyor.bench.emulated import (
+from conveyor.errors import PipelineError
+from conveyor.runtime.emulated import (
     EmulatedLayer, EmulatedTimes, _TimedAffine, _TimedInputBranch, _TimedWeightBranch,
     emulated_stages,
 )
@@ -101,14 +101,14 @@ def test_stage_time_is_divided_over_its_layers():
     (dict(backward=1.0, input_grad=2.0), "input_grad 2.0 s exceeds backward"),
 ])
 def test_bad_times_are_named(kwargs, message):
-    with pytest.raises(BenchError, match=message):
+    with pytest.raises(PipelineError, match=message):
         EmulatedTimes(**kwargs).split
 
 
 def test_bad_stage_arguments_are_named():
-    with pytest.raises(BenchError, match="2 stage times given for P=3"):
+    with pytest.raises(PipelineError, match="2 stage times given for P=3"):
         emulated_stages(3, width=4, times=[ZERO, ZERO])
-    with pytest.raises(BenchError, match="width 0"):
+    with pytest.raises(PipelineError, match="width 0"):
         EmulatedLayer(0, ZERO)
-    with pytest.raises(BenchError, match="P=0"):
+    with pytest.raises(PipelineError, match="P=0"):
         emulated_stages(0, width=4, times=ZERO)
