@@ -17,14 +17,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from conveyor.checks import check_int
 from conveyor.errors import PartitionError
 
 __all__ = ["uniform_balance", "check_balance", "stage_ranges", "resolve_balance"]
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise PartitionError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def uniform_balance(L: int, S: int) -> list[int]:
@@ -35,8 +31,8 @@ def uniform_balance(L: int, S: int) -> list[int]:
 
     Raises PartitionError when L < S (some stage would be empty).
     """
-    _check_int("number of stages", S, 1)
-    _check_int("number of layers", L, 0)
+    check_int(S, "number of stages", error=PartitionError)
+    check_int(L, "number of layers", at_least=0, error=PartitionError)
     if L < S:
         raise PartitionError(
             f"cannot split {L} layer{'s' if L != 1 else ''} into {S} stages: every stage needs "

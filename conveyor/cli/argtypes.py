@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
+from conveyor.checks import check_int
+
 __all__ = ["int_at_least"]
 
 
@@ -17,8 +19,6 @@ def int_at_least(lo: int) -> Callable[[str], int]:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"{value} is too small; use {lo} or more")
-        return value
+        return check_int(value, "the value", at_least=lo, error=argparse.ArgumentTypeError)
 
     return parse

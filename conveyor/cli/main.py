@@ -21,7 +21,7 @@ from conveyor.errors import ConveyorError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # Order is the order of `conveyor --help`.
-COMMANDS = ["demo", "train", "simulate", "schedules", "viz", "plot", "trace", "bench"]
+COMMANDS = ["demo", "simulate", "schedules", "viz", "plot", "trace", "bench"]
 
 
 class UsageError(ConveyorError):
@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return int(args.func(args) or 0)
     except ConveyorError as e:
-        first = str(e) if isinstance(e, UsageError) else str(e)
-        print(f"conveyor: error: {first}", file=sys.stderr)
+        print(f"conveyor: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("conveyor: interrupted", file=sys.stderr)

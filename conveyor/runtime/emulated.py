@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from conveyor.checks import check_int
 from conveyor.errors import PipelineError
 
 __all__ = ["EmulatedTimes", "EmulatedLayer", "emulated_stages"]
@@ -187,8 +188,7 @@ class EmulatedLayer(nn.Module):
 
     def __init__(self, width: int, times: EmulatedTimes, *, split_backward: bool = False):
         super().__init__()
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise PipelineError(f"emulated layer width {width!r} must be a positive integer")
+        check_int(width, "emulated layer width", error=PipelineError)
         self.times = times
         self.split_backward = split_backward
         # Weights near one keep activations from growing or vanishing over many layers.
@@ -218,14 +218,12 @@ def emulated_stages(P: int, *, width: int, times: EmulatedTimes | list[EmulatedT
     A stage's time is divided evenly over its ``layers_per_stage`` layers.
     The same seed gives the same weights, so two frameworks train the same model.
     """
-    if isinstance(P, bool) or not isinstance(P, int) or P < 1:
-        raise PipelineError(f"P={P!r} must be a positive integer (pipeline stages)")
+    check_int(P, "P", what="pipeline stages", error=PipelineError)
     per = list(times) if isinstance(times, (list, tuple)) else [times] * P
     if len(per) != P:
         raise PipelineError(f"{len(per)} stage times given for P={P} stages; give one per stage "
                          f"or a single EmulatedTimes for all")
-    if layers_per_stage < 1:
-        raise PipelineError(f"layers_per_stage={layers_per_stage} must be at least 1")
+    check_int(layers_per_stage, "layers_per_stage", error=PipelineError)
     torch.manual_seed(seed)
     k = layers_per_stage
     stages = []

@@ -49,14 +49,6 @@ class RankContext:
     backend: str
     launcher: str
 
-    @property
-    def is_first(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def is_last(self) -> bool:
-        return self.rank == self.world_size - 1
-
 
 def env_is_distributed() -> bool:
     """True when a launcher (torchrun, or conveyor's own) set this process's rank."""

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple, Sequence
 
+from conveyor.checks import check_int
 from conveyor.errors import ScheduleError
 
 __all__ = [
@@ -65,10 +66,6 @@ class Action(NamedTuple):
     def is_compute(self) -> bool:
         return self.kind in COMPUTE_KINDS
 
-    @property
-    def is_comm(self) -> bool:
-        return self.kind in COMM_KINDS
-
     @classmethod
     def parse(cls, text: str) -> "Action":
         """Read the text form, e.g. ``"2F5"`` or ``"0SEND_B3"``.
@@ -85,11 +82,8 @@ class Action(NamedTuple):
 
 def check_counts(P: int, M: int) -> None:
     """Raise ScheduleError unless P and M are positive integers."""
-    for letter, value, what in (("P", P, "pipeline ranks"), ("M", M, "micro-batches")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ScheduleError(
-                f"{letter} must be a positive integer (number of {what}), got {value!r}; "
-                f"use {letter} >= 1")
+    check_int(P, "P", what="number of pipeline ranks", error=ScheduleError)
+    check_int(M, "M", what="number of micro-batches", error=ScheduleError)
 
 
 def loop_placement(P: int, v: int = 1) -> tuple[int, ...]:
@@ -156,10 +150,6 @@ class Schedule:
     @property
     def has_comms(self) -> bool:
         return any(a.kind in COMM_KINDS for row in self.actions for a in row)
-
-    @property
-    def splits_backward(self) -> bool:
-        return any(a.kind in (I, W) for row in self.actions for a in row)
 
     def __iter__(self) -> Iterator[tuple[int, int, Action]]:
         """Yield (rank, step, action) over every action."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from functools import cached_property
 from typing import NamedTuple
 
+from conveyor.checks import check_int
 from conveyor.errors import TimelineError
 from conveyor.schedule.ir import B, COMPUTE_KINDS, F, I, W, Action
 
@@ -174,8 +175,7 @@ class Timeline:
                                 f"{', '.join(missing)}; write it with Timeline.save or "
                                 f"the runtime's timeline option")
         for k in ("P", "M", "S"):
-            if isinstance(d[k], bool) or not isinstance(d[k], int) or d[k] < 1:
-                raise TimelineError(f"{source}: {k}={d[k]!r} must be a positive integer")
+            check_int(d[k], f"{source}: {k}", error=TimelineError)
         events = []
         for i, row in enumerate(d["events"] if isinstance(d["events"], list) else [None]):
             try:

@@ -70,8 +70,8 @@ def test_schedules_lists_each_with_one_line():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["-P", "0"], "-P/--stages: 0 is too small"),
-    (["-M", "0"], "-M/--microbatches: 0 is too small"),
+    (["-P", "0"], "-P/--stages: the value must be a positive integer, got 0"),
+    (["-M", "0"], "-M/--microbatches: the value must be a positive integer, got 0"),
     (["-M", "two"], "'two' is not an integer"),
     (["--schedule", "zigzag"], "unknown schedule 'zigzag'"),
     (["--forward", "fast"], "'fast' is not a number"),

@@ -108,7 +108,7 @@ def test_bad_times_are_named(kwargs, message):
 def test_bad_stage_arguments_are_named():
     with pytest.raises(PipelineError, match="2 stage times given for P=3"):
         emulated_stages(3, width=4, times=[ZERO, ZERO])
-    with pytest.raises(PipelineError, match="width 0"):
+    with pytest.raises(PipelineError, match="width must be a positive integer, got 0"):
         EmulatedLayer(0, ZERO)
-    with pytest.raises(PipelineError, match="P=0"):
+    with pytest.raises(PipelineError, match=r"P must be a positive integer \(pipeline stages\), got 0"):
         emulated_stages(0, width=4, times=ZERO)

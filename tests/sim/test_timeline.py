@@ -35,7 +35,7 @@ def test_waits_are_not_busy():
 @pytest.mark.parametrize("text,pattern", [
     ("{broken", "broken JSON"),
     ('{"P": 2}', "missing field"),
-    ('{"P": 0, "M": 1, "S": 1, "schedule": "x", "events": []}', "P=0 must be a positive"),
+    ('{"P": 0, "M": 1, "S": 1, "schedule": "x", "events": []}', "P must be a positive integer, got 0"),
     ('{"P": 1, "M": 1, "S": 1, "schedule": "x", "events": [[0, "0Q0", 0, 1]]}', "event 0"),
     ('{"P": 1, "M": 1, "S": 1, "schedule": "x", "events": [[3, "0F0", 0, 1]]}', "rank 3"),
     ('{"P": 1, "M": 1, "S": 1, "schedule": "x", "events": [[0, "0F0", 2, 1]]}', "end >= start"),
