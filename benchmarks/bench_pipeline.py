@@ -26,16 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-from conveyor.bench.config import EmulatedWorkload, MLPWorkload, RunSettings
-from conveyor.bench.driver import run_benchmark
-from conveyor.bench.figures import write_figures
-from conveyor.bench.progress import ProgressBar
-from conveyor.bench.report import (
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the harness lives beside this script, not in the package
+
+from harness.config import EmulatedWorkload, MLPWorkload, RunSettings  # noqa: E402
+from harness.driver import run_benchmark  # noqa: E402
+from harness.figures import write_figures  # noqa: E402
+from harness.report import (  # noqa: E402
     RATIO_TARGET, SPEEDUP_TARGET, markdown_breakdown, markdown_conditions, markdown_emulated,
     markdown_mlp, targets_emulated, targets_mlp, text_table,
 )
 
-HERE = Path(__file__).resolve().parent
+from conveyor.progress import ProgressBar  # noqa: E402
 SCHEDULES = ["gpipe", "1f1b"]
 
 
@@ -46,12 +48,12 @@ def grids(quick: bool) -> dict:
             "mlp": dict(Ps=[2], Ms=[4, 8, 16, 32])}
 
 
-def run(name: str, workload, grid: dict, settings: RunSettings) -> dict:
+def run(name: str, workload, grid: dict, settings: RunSettings, device: str) -> dict:
     n = len(grid["Ps"]) * len(grid["Ms"]) * len(SCHEDULES)
     bar = ProgressBar(n, title=f"{name:8} ")
     try:
         return run_benchmark(workload=workload, schedules=SCHEDULES, settings=settings,
-                             on_progress=bar.advance, **grid)
+                             device=device, on_progress=bar.advance, **grid)
     finally:
         bar.close()
 
@@ -142,6 +144,12 @@ def main(argv=None) -> int:
     ap.add_argument("--backward", type=float, default=0.04, help="emulated B seconds (0.04)")
     ap.add_argument("--frameworks", default="conveyor,torch",
                     help="comma-separated subset of conveyor,torch (both)")
+    ap.add_argument("--Ps", help="stage counts of the emulated grid, comma-separated "
+                                 "(default 2,4,8; --quick 2,4)")
+    ap.add_argument("--Ms", help="micro-batch counts of both grids, comma-separated "
+                                 "(default 4,8,16,32)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: NCCL, one GPU per rank (cpu)")
     ap.add_argument("--out-dir", default=str(HERE), help="where results and figures go")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite RESULTS.md and the figures from results.json, run nothing")
@@ -169,10 +177,14 @@ def main(argv=None) -> int:
     for name, grid in grids(args.quick).items():
         if args.only and name != args.only:
             continue
+        if args.Ps and name == "emulated":
+            grid["Ps"] = [int(x) for x in args.Ps.split(",")]
+        if args.Ms:
+            grid["Ms"] = [int(x) for x in args.Ms.split(",")]
         if name == "mlp":
             # The memory targets concern the emulated grid; skip the MLP's RSS run.
             settings = dataclasses.replace(settings, repeats=args.mlp_repeats, memory=False)
-        results[name] = run(name, workloads[name], grid, settings)
+        results[name] = run(name, workloads[name], grid, settings, args.device)
         print(text_table(results[name]["rows"]), file=sys.stderr)
         write_figures(results[name]["rows"], out / "figures", prefix=name)
     results["elapsed_s"] = time.monotonic() - t0  # of this invocation

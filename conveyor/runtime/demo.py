@@ -101,16 +101,10 @@ def _train_rank(ctx, cfg: DemoConfig) -> dict:
     steps_per_epoch = -(-n // cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = None
-    if ctx.rank == 0 and cfg.progress:
-        import threading
+    if ctx.rank == 0 and cfg.progress and sys.stdout.isatty():
+        from conveyor.progress import ProgressBar
 
-        from tqdm import tqdm
-
-        # tqdm's default lock is a multiprocessing semaphore, which a rank
-        # process (it exits without interpreter teardown) would leak.
-        tqdm.set_lock(threading.RLock())
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, unit="step", file=sys.stdout,
-                   dynamic_ncols=True, leave=False)
+        bar = ProgressBar(cfg.epochs * steps_per_epoch, stream=sys.stdout)
     say = bar.write if bar is not None else print
     losses, timelines = [], []
     for epoch in range(cfg.epochs):
@@ -125,8 +119,7 @@ def _train_rank(ctx, cfg: DemoConfig) -> dict:
             if res.timeline is not None:
                 timelines.append(res.timeline.to_dict())
             if bar is not None:
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{res.loss:.3f}")
+                bar.advance(f"epoch {epoch + 1} loss {res.loss:.3f}")
         losses.append(total / n)
         if ctx.rank == 0:
             say(f"epoch {epoch + 1:>2}/{cfg.epochs}  loss {losses[-1]:.4f}")

@@ -14,11 +14,14 @@ from typing import Callable
 
 from conveyor.runtime.launcher import LaunchOptions, launch
 
-__all__ = ["measure"]
+__all__ = ["measure", "measure_rank"]
 
 
-def _measure_rank(ctx, make_model, make_batch, loss_fn, optimizer, schedule, M, balance,
-                  steps, warmup):
+def measure_rank(ctx, make_model, make_batch, loss_fn, optimizer, schedule, M, balance,
+                 steps, warmup) -> list[dict]:
+    """One rank's part of ``measure``, for a rank function that runs several
+    cases in one launch: builds the pipeline, runs the steps, and returns the
+    recorded timelines as dicts on rank 0 (an empty list elsewhere)."""
     from conveyor.runtime.pipeline import Pipeline
 
     pipe = Pipeline(make_model(), loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
@@ -53,7 +56,7 @@ def measure(make_model: Callable, make_batch: Callable, *, P: int, M: int | None
 
     from conveyor.sim.timeline import Timeline
 
-    per_rank = launch(_measure_rank, nprocs=P, options=options,
+    per_rank = launch(measure_rank, nprocs=P, options=options,
                       args=(make_model, make_batch, loss_fn or cross_entropy, optimizer,
                             schedule, M, balance, steps, warmup))
     return [Timeline.from_dict(d) for d in per_rank[0]]

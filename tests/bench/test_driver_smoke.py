@@ -1,44 +1,32 @@
-"""End to end: real processes over gloo, one tiny case.
+"""The harness end to end: real processes over gloo, one tiny case.
 
 Asserts content, not speed: each framework produces a row with a positive step
 time, the bytes that crossed the cut are exactly 2 * M * activation bytes
-(forward plus backward, nothing else), and GPipe held all M micro-batches.
+(forward plus backward, nothing else), GPipe held all M micro-batches, and the
+separate RSS run reported for both.
 """
 
 import pytest
 
-from conveyor.bench.config import EmulatedWorkload, RunSettings
-from conveyor.bench.driver import run_benchmark
+from benchmarks.harness.config import EmulatedWorkload, RunSettings
+from benchmarks.harness.driver import run_benchmark
 
 WORKLOAD = EmulatedWorkload(forward=0.002, backward=0.004, width=64, mb_size=2)
 ACT = 2 * 64 * 4  # one micro-batch's activation at the cut, float32
 
 
-def measure(frameworks):
-    result = run_benchmark(workload=WORKLOAD, Ps=[2], Ms=[3], schedules=["gpipe"],
-                           settings=RunSettings(repeats=1, warmup=1, timeout=120,
-                                                frameworks=frameworks))
-    return {r["framework"]: r for r in result["rows"]}
-
-
-def check(row):
-    assert row["step_s"] > 0 and row["ideal_s"] > 0
-    assert row["bytes"] == row["bytes_expected"] == 2 * 3 * ACT
-    assert row["peak_activations"] == [3, 3]
-
-
-@pytest.mark.runtime
-def test_torch_pipelining_measured_with_exact_bytes():
-    rows = measure(("torch",))
-    assert set(rows) == {"torch"}
-    check(rows["torch"])
-
-
 @pytest.mark.runtime
 def test_both_frameworks_measured_with_exact_bytes():
-    pytest.importorskip("conveyor.runtime")
-    rows = measure(("conveyor", "torch"))
+    seen = []
+    result = run_benchmark(workload=WORKLOAD, Ps=[2], Ms=[3], schedules=["gpipe"],
+                           settings=RunSettings(repeats=1, warmup=1, timeout=120),
+                           on_progress=seen.append)
+    rows = {r["framework"]: r for r in result["rows"]}
     assert set(rows) == {"conveyor", "torch"}
     for row in rows.values():
-        check(row)
+        assert row["step_s"] > 0 and row["ideal_s"] > 0
+        assert row["bytes"] == row["bytes_expected"] == 2 * 3 * ACT
+        assert row["peak_activations"] == [3, 3]
+        assert len(row["rss_peak_mib"]) == 2 and min(row["rss_peak_mib"]) > 0
     assert rows["conveyor"]["own_bytes"] == rows["conveyor"]["bytes"]
+    assert seen == ["gpipe P=2 M=3"]

@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from conveyor.bench.metrics import build_timeline
-from conveyor.bench.probe import Probe, Recorder, rss_bytes
+from benchmarks.harness.metrics import build_timeline
+from benchmarks.harness.probe import Probe, StageStamps, rss_bytes
 
 
 def stage(seed=0):
@@ -28,7 +28,7 @@ ONE_F_ONE_B = [("F", 0), ("B", 0), ("F", 1), ("B", 1), ("F", 2), ("B", 2)]
 
 def test_values_and_gradients_are_unchanged():
     xs = [torch.randn(2, 4) for _ in range(3)]
-    plain, probed = stage(), Probe(stage(), Recorder(0))
+    plain, probed = stage(), Probe(stage(), StageStamps(0))
     run(plain, xs, GPIPE)
     run(probed, xs, GPIPE)
     for a, b in zip(plain.parameters(), probed.inner.parameters()):
@@ -37,7 +37,7 @@ def test_values_and_gradients_are_unchanged():
 
 
 def test_first_stage_backward_is_stamped_although_its_input_needs_no_grad():
-    rec = Recorder(0)
+    rec = StageStamps(0)
     xs = [torch.randn(2, 4) for _ in range(3)]  # requires_grad False, as on stage 0
     run(Probe(stage(), rec), xs, GPIPE)
     assert [(k, mb) for k, mb, _, _ in rec.events] == GPIPE
@@ -51,7 +51,7 @@ def test_timeline_counts_micro_batches_held():
     xs = [torch.randn(2, 4, requires_grad=True) for _ in range(3)]
     peaks = {}
     for name, order in (("gpipe", GPIPE), ("1f1b", ONE_F_ONE_B)):
-        rec = Recorder(0)
+        rec = StageStamps(0)
         run(Probe(stage(), rec), xs, order)
         t = build_timeline([rec.events], P=1, M=3, schedule=name)
         assert t.source == "measured" and t.unit == "s" and len(t.events) == 6
@@ -60,7 +60,7 @@ def test_timeline_counts_micro_batches_held():
 
 
 def test_reset_starts_a_new_step_and_rss_is_read():
-    rec = Recorder(0)
+    rec = StageStamps(0)
     run(Probe(stage(), rec), [torch.randn(2, 4)], [("F", 0), ("B", 0)])
     assert len(rec.events) == 2
     rec.reset()

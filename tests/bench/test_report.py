@@ -1,7 +1,7 @@
 """Rows from raw measurements, targets checked as measured, tables rendered."""
 
-from conveyor.bench.metrics import ideal_step, summarize_case
-from conveyor.bench.report import (
+from benchmarks.harness.metrics import ideal_step, summarize_case
+from benchmarks.harness.report import (
     markdown_emulated, pair_rows, targets_emulated, targets_mlp, text_table,
 )
 from conveyor.schedule import build_schedule
@@ -92,7 +92,7 @@ def test_mlp_speedup_target():
 
 
 def test_breakdown_splits_the_time_beyond_the_ideal():
-    from conveyor.bench.report import markdown_breakdown
+    from benchmarks.harness.report import markdown_breakdown
 
     # Stretched 10%: every action is slower, so it is all overrun, no residual.
     rows = rows_for("1f1b", 4, 8, {"conveyor": 1.1, "torch": 1.0})

@@ -8,26 +8,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from conveyor.checks import check_int
 from conveyor.errors import ConveyorError
 
-__all__ = ["BenchError", "EmulatedWorkload", "MLPWorkload", "Case", "RunSettings",
-           "FRAMEWORKS", "check_positive"]
+__all__ = ["BenchError", "Unsupported", "EmulatedWorkload", "MLPWorkload", "Case",
+           "RunSettings", "FRAMEWORKS", "LR"]
 
 FRAMEWORKS = ("conveyor", "torch")
+LR = 1e-3  # small: the benchmark trains, but only to exercise the optimizer
 
 
 class BenchError(ConveyorError, ValueError):
     """A benchmark is configured with values it cannot run, or a run failed."""
 
 
-def check_positive(name: str, value, *, integer: bool = True, zero_ok: bool = False) -> None:
-    """Raise BenchError naming ``name`` unless ``value`` is a positive number."""
-    kinds = (int,) if integer else (int, float)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and (
+class Unsupported(BenchError):
+    """The framework cannot run this case (e.g. torch's 1F1B with M < P)."""
+
+
+def _count(name: str, value, at_least: int = 1) -> None:
+    check_int(value, name, at_least=at_least, error=BenchError)
+
+
+def _seconds(name: str, value, *, zero_ok: bool) -> None:
+    """BenchError unless ``value`` is a number of seconds > 0 (or >= 0)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
         value >= 0 if zero_ok else value > 0)
     if not ok:
-        want = "an integer" if integer else "a number"
-        raise BenchError(f"{name}={value!r} is not valid; give {want} "
+        raise BenchError(f"{name}={value!r} is not valid; give seconds "
                          f"{'>= 0' if zero_ok else '> 0'}")
 
 
@@ -50,10 +58,10 @@ class EmulatedWorkload:
     kind: str = field(default="emulated", init=False)
 
     def __post_init__(self) -> None:
-        check_positive("forward", self.forward, integer=False, zero_ok=True)
-        check_positive("backward", self.backward, integer=False, zero_ok=True)
+        _seconds("forward", self.forward, zero_ok=True)
+        _seconds("backward", self.backward, zero_ok=True)
         for name in ("width", "mb_size", "layers_per_stage"):
-            check_positive(name, getattr(self, name))
+            _count(name, getattr(self, name))
 
     def batch_size(self, M: int) -> int:
         """Samples per step: M micro-batches of ``mb_size``."""
@@ -82,7 +90,7 @@ class MLPWorkload:
 
     def __post_init__(self) -> None:
         for name in ("layers", "width", "batch", "threads"):
-            check_positive(name, getattr(self, name))
+            _count(name, getattr(self, name))
 
     def batch_size(self, M: int) -> int:
         """Samples per step, whatever M."""
@@ -133,9 +141,9 @@ class RunSettings:
     memory: bool = True
 
     def __post_init__(self) -> None:
-        check_positive("repeats", self.repeats)
-        check_positive("warmup", self.warmup, zero_ok=True)
-        check_positive("timeout", self.timeout, integer=False)
+        _count("repeats", self.repeats)
+        _count("warmup", self.warmup, at_least=0)
+        _seconds("timeout", self.timeout, zero_ok=False)
         bad = [f for f in self.frameworks if f not in FRAMEWORKS]
         if bad or not self.frameworks:
             raise BenchError(f"unknown framework(s) {bad or self.frameworks!r}; "

@@ -11,16 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from conveyor.bench.config import BenchError
-from conveyor.bench.workloads import loss_fn
+from .config import LR, BenchError, Unsupported
+from .conveyor_runner import ConveyorRunner
+from .workloads import loss_fn
 
-__all__ = ["Unsupported", "make_runner", "TorchRunner"]
-
-LR = 1e-3  # small: the benchmark trains, but only to exercise the optimizer
-
-
-class Unsupported(BenchError):
-    """The framework cannot run this case (e.g. torch's 1F1B with M < P)."""
+__all__ = ["make_runner", "TorchRunner"]
 
 
 class TorchRunner:
@@ -56,7 +51,5 @@ def make_runner(framework: str, module: nn.Module, *, rank: int, P: int, schedul
     if framework == "torch":
         return TorchRunner(module, rank=rank, P=P, schedule=schedule, M=M, device=device)
     if framework == "conveyor":
-        from conveyor.bench.conveyor_runner import ConveyorRunner
-
         return ConveyorRunner(module, rank=rank, P=P, schedule=schedule, M=M, device=device)
     raise BenchError(f"unknown framework {framework!r}; choose conveyor or torch")

@@ -15,9 +15,10 @@ import time
 import torch
 import torch.distributed as dist
 
-from conveyor.bench.frameworks import Unsupported, make_runner
-from conveyor.bench.probe import Probe, Recorder, SendCounter, link_latency
-from conveyor.bench.workloads import build_stages, loss_fn, make_batch, measure_stage_costs
+from .config import Unsupported
+from .frameworks import make_runner
+from .probe import Probe, StageStamps, SendCounter, link_latency
+from .workloads import build_stages, loss_fn, make_batch, measure_stage_costs
 
 ONE = "one process"  # the baselines' names among the frameworks
 ONE_MB = "one process, micro-batches"
@@ -45,8 +46,8 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
         runners, recorders, unsupported = _runners(payload, workload, rank, P, schedule, M,
                                                    device)
         if payload.get("baseline"):
-            runners[ONE], recorders[ONE] = OneProcess(workload, rank), Recorder(rank)
-            runners[ONE_MB], recorders[ONE_MB] = OneProcess(workload, rank, M), Recorder(rank)
+            runners[ONE], recorders[ONE] = OneProcess(workload, rank), StageStamps(rank)
+            runners[ONE_MB], recorders[ONE_MB] = OneProcess(workload, rank, M), StageStamps(rank)
         for runner in runners.values():
             for _ in range(payload["warmup"]):
                 runner.step(x, y)
@@ -86,14 +87,15 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
     return out if rank == 0 else None
 
 
-def measure_memory(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
+def measure_memory(rank: int, P: int, payload: dict) -> list[dict] | None:
     """RSS of one step per case and framework, after one warm-up step.
 
-    Meant for processes started with ``MALLOC_MMAP_THRESHOLD_`` low (see
-    ``launch.MEMORY_ENV``), so that freed activations leave RSS; that costs
-    speed, which is why timing runs apart from this. Returns, on rank 0, per
-    case ``[per-rank {fw: measurement}]``.
+    First sets glibc's mmap threshold low, so that freed activations leave
+    RSS (RSS then follows what the process holds, not its high-water mark);
+    that costs speed, which is why timing runs in other processes. Returns,
+    on rank 0, per case ``[per-rank {fw: measurement}]``.
     """
+    _return_freed_memory()
     counter, workload, device = _setup(payload)
     out = []
     for schedule, M in payload["cases"]:
@@ -111,6 +113,17 @@ def measure_memory(rank: int, P: int, payload: dict, progress) -> list[dict] | N
         del runners, recorders
         gc.collect()
     return out if rank == 0 else None
+
+
+def _return_freed_memory() -> None:
+    """Serve allocations over 64 KiB by mmap, which returns them to the OS on
+    free (glibc's MALLOC_MMAP_THRESHOLD_=65536, set from inside the process)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: RSS keeps the allocator's high-water mark
 
 
 def _setup(payload):
@@ -133,7 +146,7 @@ def _runners(payload, workload, rank, P, schedule, M, device):
     wrapped in a probe; frameworks that cannot run the case say why."""
     runners, recorders, unsupported = {}, {}, {}
     for fw in payload["frameworks"]:
-        rec = Recorder(rank)
+        rec = StageStamps(rank)
         module = Probe(build_stages(workload, P)[rank], rec).to(device)
         try:
             runners[fw] = make_runner(fw, module, rank=rank, P=P, schedule=schedule, M=M,
@@ -144,7 +157,7 @@ def _runners(payload, workload, rank, P, schedule, M, device):
     return runners, recorders, unsupported
 
 
-def _timed_step(runner, rec: Recorder, counter: SendCounter, x, y, device) -> dict:
+def _timed_step(runner, rec: StageStamps, counter: SendCounter, x, y, device) -> dict:
     dist.barrier()
     rec.reset()
     with counter.counting():
@@ -170,8 +183,8 @@ class OneProcess:
     from what cutting the batch costs or saves on this CPU."""
 
     def __init__(self, workload, rank: int, M: int | None = None):
-        from conveyor.bench.frameworks import LR
-        from conveyor.bench.workloads import full_model
+        from .config import LR
+        from .workloads import full_model
 
         self.rank, self.M = rank, M
         if rank == 0:

@@ -7,8 +7,10 @@ import dataclasses
 import torch
 from torch import nn
 
-from conveyor.bench.frameworks import LR, Unsupported
-from conveyor.bench.workloads import loss_fn
+from conveyor.runtime import Pipeline, PipelineConfig
+
+from .config import LR
+from .workloads import loss_fn
 
 __all__ = ["ConveyorRunner"]
 
@@ -23,10 +25,6 @@ class ConveyorRunner:
 
     def __init__(self, module: nn.Module, *, rank: int, P: int, schedule: str, M: int,
                  device: torch.device):
-        try:
-            from conveyor.runtime import Pipeline, PipelineConfig
-        except ImportError as e:
-            raise Unsupported(f"conveyor's runtime is not available here ({e})") from None
         self.rank = rank
         self.pipe = Pipeline.from_stages(
             lambda s: module,  # called for this rank's stage only

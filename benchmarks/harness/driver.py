@@ -1,8 +1,9 @@
 """Run a benchmark grid and return its results as plain data (JSON-ready).
 
-One process group per P runs every case for that P, both frameworks taking
-turns step by step (see ``worker``); a second one measures RSS, with the
-allocator set to return freed memory, which would slow the timing runs. For the MLP workload, rank 0 also trains the
+One process group per P (started by conveyor's own launcher) runs every case
+for that P, both frameworks taking turns step by step (see ``worker``); a
+second one measures RSS, with the allocator set to return freed memory, which
+would slow the timing runs. For the MLP workload, rank 0 also trains the
 unsplit model in every round (the other ranks wait), for the speedup, and
 measures each stage's cost alone, for the ideal step.
 """
@@ -16,11 +17,13 @@ import statistics
 from dataclasses import asdict
 from typing import Callable
 
-from conveyor.bench.config import BenchError, EmulatedWorkload, MLPWorkload, RunSettings
-from conveyor.bench.launch import MEMORY_ENV, launch
-from conveyor.bench.metrics import summarize_case
+from conveyor.progress import progress_channel
+from conveyor.runtime.launcher import LaunchOptions, launch
 from conveyor.schedule.generators import get_spec
 from conveyor.sim.cost import CostModel
+
+from .config import BenchError, EmulatedWorkload, MLPWorkload, RunSettings
+from .metrics import summarize_case
 
 __all__ = ["run_benchmark", "ideal_speedup", "check_grid"]
 
@@ -62,16 +65,16 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
     process, timed in turns with the pipelines), ``speedup`` and
     ``speedup_ideal``. ``on_progress(label)`` is called as each case finishes.
 
-    Raises BenchError for a bad grid, or when a rank fails or hangs.
+    Raises BenchError for a bad grid, RankFailedError when a rank fails or
+    the run outlasts ``settings.timeout``.
     """
     settings = settings or RunSettings()
     check_grid(workload, Ps, Ms, schedules)
     meta = _conditions(workload, Ps, Ms, schedules, settings, device)
 
     def progress(msg):
-        if on_progress is not None:
-            _, s, P, M = msg
-            on_progress(f"{s} P={P} M={M}")
+        _, s, P, M = msg
+        on_progress(f"{s} P={P} M={M}")
 
     rows = []
     for P in Ps:
@@ -79,12 +82,15 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
                    "repeats": settings.repeats, "warmup": settings.warmup,
                    "frameworks": list(settings.frameworks), "device": device,
                    "baseline": isinstance(workload, MLPWorkload)}
-        backend = "nccl" if device == "cuda" else "gloo"
-        raw = launch(_cases, P, payload, timeout=settings.timeout, on_progress=progress,
-                     backend=backend)[0]
+        # One thread per rank; the settings' timeout bounds both a wait on a
+        # peer and the whole run, so a hung case fails instead of blocking.
+        options = LaunchOptions(backend="nccl" if device == "cuda" else "gloo",
+                                timeout_s=settings.timeout, threads=1,
+                                deadline_s=settings.timeout)
+        with progress_channel(progress if on_progress else None) as channel:
+            raw = launch(_cases, nprocs=P, args=(payload, channel), options=options)[0]
         if settings.memory:
-            memory = launch(_memory, P, payload, timeout=settings.timeout, backend=backend,
-                            env=MEMORY_ENV)[0]
+            memory = launch(_memory, nprocs=P, args=(payload,), options=options)[0]
             for case, mem in zip(raw, memory):
                 case["memory"] = mem
         for case in raw:
@@ -108,7 +114,7 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
 
 
 def _costs(workload, case: dict) -> CostModel | None:
-    from conveyor.bench.workloads import ideal_costs
+    from .workloads import ideal_costs
 
     if isinstance(workload, EmulatedWorkload):
         return ideal_costs(workload, case["P"], case["M"])
@@ -117,16 +123,16 @@ def _costs(workload, case: dict) -> CostModel | None:
     return ideal_costs(workload, case["P"], case["M"], measured=case["costs"])
 
 
-def _cases(rank, P, payload, progress):
-    from conveyor.bench.worker import run_cases
+def _cases(ctx, payload, progress):
+    from .worker import run_cases
 
-    return run_cases(rank, P, payload, progress)
+    return run_cases(ctx.rank, ctx.world_size, payload, progress)
 
 
-def _memory(rank, P, payload, progress):
-    from conveyor.bench.worker import measure_memory
+def _memory(ctx, payload):
+    from .worker import measure_memory
 
-    return measure_memory(rank, P, payload, progress)
+    return measure_memory(ctx.rank, ctx.world_size, payload)
 
 
 def _now() -> str:

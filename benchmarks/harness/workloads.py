@@ -11,7 +11,7 @@ import time
 import torch
 from torch import nn
 
-from conveyor.bench.config import BenchError, EmulatedWorkload, MLPWorkload
+from .config import BenchError, EmulatedWorkload, MLPWorkload
 from conveyor.runtime.emulated import EmulatedTimes, emulated_stages
 from conveyor.sim.cost import CostModel
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from conveyor.schedule.ir import B, F
 
-__all__ = ["Recorder", "Probe", "SendCounter", "rss_bytes", "link_latency"]
+__all__ = ["StageStamps", "Probe", "SendCounter", "rss_bytes", "link_latency"]
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -47,7 +47,7 @@ def rss_bytes(_fd=[None]) -> int:  # noqa: B006 - the list caches the open file
     return int(os.pread(_fd[0], 128, 0).split()[1]) * _PAGE
 
 
-class Recorder:
+class StageStamps:
     """Stamps of one stage on one rank for the current step, plus peak RSS."""
 
     def __init__(self, stage: int):
@@ -104,7 +104,7 @@ class _Stamp(torch.autograd.Function):
 class Probe(nn.Module):
     """Wrap a stage module so that every forward and backward is stamped."""
 
-    def __init__(self, inner: nn.Module, recorder: Recorder):
+    def __init__(self, inner: nn.Module, recorder: StageStamps):
         super().__init__()
         self.inner = inner
         self.recorder = recorder
