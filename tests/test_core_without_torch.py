@@ -1,7 +1,8 @@
 """The core (schedules, simulator, views' text output, the CLI's parser) must
 import and run with torch, numpy and matplotlib absent. A subprocess blocks
 those imports outright, so the test cannot pass by accident on a machine that
-has them installed."""
+has them installed. With them installed, importing the core must not load
+them either; and a command whose extra is missing names the pip install."""
 
 import json
 import os
@@ -36,9 +37,26 @@ out = io.StringIO()
 with contextlib.redirect_stdout(out):
     rc = main(["simulate", "-P", "4", "-M", "32", "-s", "gpipe", "--json"])
 data = json.loads(out.getvalue())
+import conveyor.views
+errors = {}
+for argv in (["plot", "bubble", "-o", "never-written.png"], ["demo"], ["bench"]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        errors[argv[0]] = [main(argv), err.getvalue()]
 blocked_loaded = sorted(m for m in sys.modules if m.split(".")[0] in
                         {"torch", "numpy", "matplotlib", "sklearn"})
-print(json.dumps({"rc": rc, "bubble": data["metrics"]["bubble"], "loaded": blocked_loaded}))
+print(json.dumps({"rc": rc, "bubble": data["metrics"]["bubble"], "loaded": blocked_loaded,
+                  "errors": errors}))
+"""
+
+# Nothing blocked: importing the core must still load none of the heavy packages.
+IMPORTS = r"""
+import json, sys
+import conveyor, conveyor.schedule, conveyor.sim, conveyor.views
+from conveyor.cli.main import build_parser
+build_parser()
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "matplotlib", "sklearn",
+                                                                  "numpy", "tqdm"})))
 """
 
 
@@ -51,6 +69,32 @@ def test_core_runs_without_torch():
     assert result["rc"] == 0
     assert abs(result["bubble"] - 3 / 35) < 1e-12
     assert result["loaded"] == []
+    assert result["errors"] == {
+        "plot": [2, "conveyor: error: conveyor plot needs matplotlib: "
+                    "pip install 'conveyor[viz]'\n"],
+        "demo": [2, "conveyor: error: conveyor demo needs torch: pip install conveyor\n"],
+        "bench": [2, "conveyor: error: conveyor bench needs torch: pip install conveyor\n"]}
+    assert not (ROOT / "never-written.png").exists()
+
+
+def test_importing_the_core_loads_no_heavy_package():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", IMPORTS], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+
+
+def test_demo_names_its_extra_when_only_scikit_learn_is_missing():
+    program = BLOCKER.replace('{"torch", "numpy", "matplotlib", "sklearn", "tqdm"}',
+                              '{"sklearn"}') + (
+        "from conveyor.cli.main import main\n"
+        "raise SystemExit(main(['demo', '--epochs', '1']))\n")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT, timeout=60)
+    assert (proc.returncode, proc.stderr) == (
+        2, "conveyor: error: conveyor demo needs scikit-learn: pip install 'conveyor[demo]'\n")
+    assert proc.stdout == ""  # refused before any process started
 
 
 def test_blocker_really_blocks():

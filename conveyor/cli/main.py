@@ -6,7 +6,9 @@ matplotlib and the like inside ``run`` only, so ``conveyor --help`` and the
 torch-free commands start fast and work without them.
 
 Any ConveyorError becomes one line on stderr and exit code 2; so does bad
-usage. Other exceptions are bugs and keep their traceback.
+usage, and a missing optional dependency (it names the ``pip install`` to run:
+NEEDS lists each sub-command's, checked before it runs). Other exceptions are
+bugs and keep their traceback.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import sys
 
 from conveyor import __version__
 from conveyor.errors import ConveyorError
+from conveyor.extras import EXTRAS, missing_extra, require
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # Order is the order of `conveyor --help`.
 COMMANDS = ["demo", "simulate", "schedules", "viz", "plot", "trace", "bench"]
+# What each sub-command imports beyond the core (import names; see conveyor.extras).
+NEEDS = {"demo": ("torch", "sklearn"), "plot": ("matplotlib",), "bench": ("torch",)}
 
 
 class UsageError(ConveyorError):
@@ -58,7 +63,13 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        return int(args.func(args) or 0)
+        require(NEEDS.get(args.command, ()), f"conveyor {args.command}")
+        try:
+            return int(args.func(args) or 0)
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in EXTRAS:
+                raise
+            raise missing_extra(e.name.split(".")[0], f"conveyor {args.command}") from None
     except ConveyorError as e:
         print(f"conveyor: error: {e}", file=sys.stderr)
         return 2
