@@ -48,6 +48,14 @@ class EmulatedWorkload:
     width:            features per sample; an activation is (mb_size, width) float32.
     mb_size:          samples per micro-batch (the batch is M * mb_size).
     layers_per_stage: emulated layers per stage; the stage's time is split evenly.
+    split_backward:   the backward sleeps in two parts, I (input gradient,
+                      ``input_grad`` seconds) and W (weight gradient, the rest
+                      of ``backward``), so zero-bubble schedules can defer W
+                      as they would on a GPU.
+    input_grad:       seconds of I when split; None: half of ``backward``.
+
+    Times are a rank's per micro-batch: a schedule with v stages per rank
+    gives each stage 1/v of them, so every schedule does the same work.
     """
 
     forward: float = 0.02
@@ -55,11 +63,18 @@ class EmulatedWorkload:
     width: int = 4096
     mb_size: int = 8
     layers_per_stage: int = 1
+    split_backward: bool = False
+    input_grad: float | None = None
     kind: str = field(default="emulated", init=False)
 
     def __post_init__(self) -> None:
         _seconds("forward", self.forward, zero_ok=True)
         _seconds("backward", self.backward, zero_ok=True)
+        if self.input_grad is not None:
+            _seconds("input_grad", self.input_grad, zero_ok=True)
+            if self.input_grad > self.backward:
+                raise BenchError(f"input_grad={self.input_grad} s exceeds backward="
+                                 f"{self.backward} s; I is part of the backward")
         for name in ("width", "mb_size", "layers_per_stage"):
             _count(name, getattr(self, name))
 

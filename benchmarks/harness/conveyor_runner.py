@@ -16,18 +16,18 @@ __all__ = ["ConveyorRunner"]
 
 
 class ConveyorRunner:
-    """``conveyor.runtime.Pipeline`` built from this rank's (probed) stage.
+    """``conveyor.runtime.Pipeline`` built from this rank's (probed) stages.
 
     Timed steps run with recording off, as a user's training loop would;
     ``recorded_step`` runs one more step with conveyor's own timeline and
     activation-memory counter on, to cross-check the probe.
     """
 
-    def __init__(self, module: nn.Module, *, rank: int, P: int, schedule: str, M: int,
-                 device: torch.device):
+    def __init__(self, modules: dict[int, nn.Module], *, rank: int, P: int, schedule: str,
+                 M: int, device: torch.device):
         self.rank = rank
         self.pipe = Pipeline.from_stages(
-            lambda s: module,  # called for this rank's stage only
+            modules.__getitem__,  # called for this rank's stages only
             loss_fn=loss_fn, optimizer=lambda params: torch.optim.SGD(params, lr=LR),
             schedule=schedule, microbatches=M, config=PipelineConfig(record=False))
         self.stats: dict = {}

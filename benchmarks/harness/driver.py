@@ -36,8 +36,11 @@ def ideal_speedup(P: int, M: int) -> float:
 
 def check_grid(workload, Ps, Ms, schedules) -> None:
     """BenchError (or ScheduleError) for a grid that cannot run; needs no torch."""
+    from .frameworks import TORCH_SCHEDULES
+
     for s in schedules:
-        get_spec(s)  # ScheduleError with a suggestion for a typo
+        if s not in TORCH_SCHEDULES:
+            get_spec(s)  # ScheduleError with a suggestion for a typo
     for name, values in (("P", Ps), ("M", Ms)):
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                              for v in values):
@@ -114,13 +117,23 @@ def run_benchmark(*, workload: EmulatedWorkload | MLPWorkload, Ps: list[int], Ms
 
 
 def _costs(workload, case: dict) -> CostModel | None:
+    """The ideal's costs, or None where there is no ideal: a schedule conveyor
+    does not generate (so cannot simulate), or an MLP case without measured
+    stage costs."""
+    from conveyor.errors import ScheduleError
+    from conveyor.schedule import build_schedule
+
     from .workloads import ideal_costs
 
+    try:
+        S = build_schedule(case["schedule"], case["P"], case["M"]).S
+    except ScheduleError:
+        return None
     if isinstance(workload, EmulatedWorkload):
-        return ideal_costs(workload, case["P"], case["M"])
+        return ideal_costs(workload, case["P"], case["M"], S=S)
     if not case.get("costs"):
         return None
-    return ideal_costs(workload, case["P"], case["M"], measured=case["costs"])
+    return ideal_costs(workload, case["P"], case["M"], S=S, measured=case["costs"])
 
 
 def _cases(ctx, payload, progress):

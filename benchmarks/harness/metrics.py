@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 
+from conveyor.errors import ScheduleError
 from conveyor.schedule.generators import build_schedule
 from conveyor.schedule.ir import B, F, Action
 from conveyor.sim.cost import CostModel
@@ -28,13 +29,15 @@ def ideal_step(schedule: str, P: int, M: int, costs: CostModel) -> dict:
             "ideal_peak_activations": t.peak_activations()}
 
 
-def build_timeline(per_rank: list[list[tuple[str, int, float, float]]], *, P: int, M: int,
-                   schedule: str, meta: dict | None = None) -> Timeline:
-    """A measured Timeline (seconds) from each rank's probe events (stage r on rank r)."""
-    events = [Event(r, Action(r, kind, mb), start, end)
-              for r, evs in enumerate(per_rank) for kind, mb, start, end in evs]
-    return Timeline(P=P, M=M, S=P, schedule=schedule, events=events, source="measured",
-                    unit="s", meta=dict(meta or {}))
+def build_timeline(per_rank: list[list[tuple[int, str, int, float, float]]], *, P: int,
+                   M: int, schedule: str, meta: dict | None = None) -> Timeline:
+    """A measured Timeline (seconds) from each rank's probe events
+    ``(stage, kind, mb, start, end)``."""
+    events = [Event(r, Action(s, kind, mb), start, end)
+              for r, evs in enumerate(per_rank) for s, kind, mb, start, end in evs]
+    S = 1 + max((e.action.stage for e in events), default=P - 1)
+    return Timeline(P=P, M=M, S=max(S, P), schedule=schedule, events=events,
+                    source="measured", unit="s", meta=dict(meta or {}))
 
 
 def summarize_case(raw: dict, *, workload: str, costs: CostModel | None,
@@ -43,7 +46,10 @@ def summarize_case(raw: dict, *, workload: str, costs: CostModel | None,
     framework that could not. ``costs`` None: no ideal (the row says so)."""
     schedule, P, M = raw["schedule"], raw["P"], raw["M"]
     ideal = ideal_step(schedule, P, M, costs) if costs is not None else {}
-    formula = formula_bubble(schedule, P, M)
+    try:
+        formula = formula_bubble(schedule, P, M)
+    except ScheduleError:  # a torch schedule conveyor does not generate
+        formula = None
     base = {"workload": workload, "schedule": schedule, "P": P, "M": M,
             "bubble_formula": float(formula) if formula is not None else None,
             "bytes_expected": 2 * M * activation_bytes * (P - 1), **ideal}
@@ -97,8 +103,8 @@ def _explain(schedule: str, P: int, M: int, t: Timeline, latency, per_rep) -> di
                     a core, well below 1 when they waited for one.
     """
     costs = t.stage_costs()
-    if F not in costs or B not in costs:
-        return {}
+    if F not in costs or B not in costs or t.S != P:
+        return {}  # several stages per rank: the plain F/B re-simulation does not apply
     lat = statistics.mean(latency) if latency else 0.0
     out = {"latency_s": latency,
            "sim_costs_s": simulate(build_schedule(schedule, P, M),

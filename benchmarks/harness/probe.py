@@ -48,16 +48,19 @@ def rss_bytes(_fd=[None]) -> int:  # noqa: B006 - the list caches the open file
 
 
 class StageStamps:
-    """Stamps of one stage on one rank for the current step, plus peak RSS."""
+    """Stamps of this rank's stages for the current step, plus peak RSS.
 
-    def __init__(self, stage: int):
-        self.stage = stage
+    ``events`` holds ``(stage, kind, mb, start, end)``; micro-batches are
+    numbered per stage and kind in call order.
+    """
+
+    def __init__(self):
         self.reset()
 
     def reset(self) -> None:
-        self.events: list[tuple[str, int, float, float]] = []
-        self._f = self._b = 0
-        self._open: dict[tuple[str, int], float] = {}
+        self.events: list[tuple[int, str, int, float, float]] = []
+        self._count: dict[tuple[int, str], int] = {}
+        self._open: dict[tuple[int, str], float] = {}
         self.rss_start = rss_bytes()
         self.rss_peak = self.rss_start
 
@@ -66,60 +69,63 @@ class StageStamps:
         if r > self.rss_peak:
             self.rss_peak = r
 
-    def f_start(self) -> None:
-        self._open[(F, self._f)] = time.perf_counter()
+    def start(self, stage: int, kind: str) -> None:
+        self._open[(stage, kind)] = time.perf_counter()
+        if kind == B:
+            self._rss()  # before the backward frees anything
 
-    def f_end(self) -> None:
+    def end(self, stage: int, kind: str) -> None:
         t = time.perf_counter()
-        self.events.append((F, self._f, self._open.pop((F, self._f)), t))
-        self._f += 1
-        self._rss()  # activations of this micro-batch are now held
-
-    def b_start(self) -> None:
-        self._open[(B, self._b)] = time.perf_counter()
-        self._rss()
-
-    def b_end(self) -> None:
-        t = time.perf_counter()
-        self.events.append((B, self._b, self._open.pop((B, self._b)), t))
-        self._b += 1
+        mb = self._count.get((stage, kind), 0)
+        self.events.append((stage, kind, mb, self._open.pop((stage, kind)), t))
+        self._count[(stage, kind)] = mb + 1
+        if kind == F:
+            self._rss()  # activations of this micro-batch are now held
 
 
 class _Stamp(torch.autograd.Function):
     """Identity whose backward calls ``hook`` (B start at a stage's output, B end
     at its input). ``anchor`` requires grad so the node runs even on stage 0,
-    whose input does not."""
+    whose input does not. ``copy``: return a copy, not a view; at a stage's
+    output, because torch's split backward detaches the output in place,
+    which a view refuses."""
 
     @staticmethod
-    def forward(ctx, x, anchor, hook):
+    def forward(ctx, x, anchor, hook, copy):
         ctx.hook = hook
-        return x.view_as(x)
+        return x.clone() if copy else x.view_as(x)
 
     @staticmethod
     def backward(ctx, g):
         ctx.hook()
-        return g, None, None
+        return g, None, None, None
 
 
 class Probe(nn.Module):
-    """Wrap a stage module so that every forward and backward is stamped."""
+    """Wrap stage ``stage``'s module so that every forward and backward is stamped.
 
-    def __init__(self, inner: nn.Module, recorder: StageStamps):
+    Backward stamps run from the output's gradient arriving to the input's
+    gradient being made: a full B, or the I part of a split backward (a W
+    that runs later is not stamped).
+    """
+
+    def __init__(self, inner: nn.Module, stamps: StageStamps, stage: int):
         super().__init__()
         self.inner = inner
-        self.recorder = recorder
+        self.stamps = stamps
+        self.stage = stage
         # A plain tensor, not a Parameter: optimizers and frameworks never see it.
         self._anchor = torch.zeros((), requires_grad=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rec = self.recorder
-        rec.f_start()
+        st, s = self.stamps, self.stage
+        st.start(s, F)
         if torch.is_grad_enabled():
-            x = _Stamp.apply(x, self._anchor, rec.b_end)
+            x = _Stamp.apply(x, self._anchor, lambda: st.end(s, B), False)
         y = self.inner(x)
         if torch.is_grad_enabled():
-            y = _Stamp.apply(y, None, rec.b_start)
-        rec.f_end()
+            y = _Stamp.apply(y, None, lambda: st.start(s, B), True)
+        st.end(s, F)
         return y
 
 

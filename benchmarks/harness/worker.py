@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from .config import Unsupported
-from .frameworks import make_runner
+from .frameworks import make_runner, stage_plan
 from .probe import Probe, StageStamps, SendCounter, link_latency
 from .workloads import build_stages, loss_fn, make_batch, measure_stage_costs
 
@@ -46,8 +46,8 @@ def run_cases(rank: int, P: int, payload: dict, progress) -> list[dict] | None:
         runners, recorders, unsupported = _runners(payload, workload, rank, P, schedule, M,
                                                    device)
         if payload.get("baseline"):
-            runners[ONE], recorders[ONE] = OneProcess(workload, rank), StageStamps(rank)
-            runners[ONE_MB], recorders[ONE_MB] = OneProcess(workload, rank, M), StageStamps(rank)
+            runners[ONE], recorders[ONE] = OneProcess(workload, rank), StageStamps()
+            runners[ONE_MB], recorders[ONE_MB] = OneProcess(workload, rank, M), StageStamps()
         for runner in runners.values():
             for _ in range(payload["warmup"]):
                 runner.step(x, y)
@@ -142,14 +142,20 @@ def _batch(workload, M: int, device):
 
 
 def _runners(payload, workload, rank, P, schedule, M, device):
-    """One runner per framework on its own copy of this rank's stage, each
-    wrapped in a probe; frameworks that cannot run the case say why."""
+    """One runner per framework on its own copy of this rank's stages, each
+    wrapped in a probe; frameworks that cannot run the case say why.
+
+    Whether a framework runs the case is decided the same way on every rank,
+    so either all ranks build its runner or none does.
+    """
     runners, recorders, unsupported = {}, {}, {}
     for fw in payload["frameworks"]:
-        rec = StageStamps(rank)
-        module = Probe(build_stages(workload, P)[rank], rec).to(device)
+        rec = StageStamps()
         try:
-            runners[fw] = make_runner(fw, module, rank=rank, P=P, schedule=schedule, M=M,
+            S, placement = stage_plan(fw, schedule, P, M)
+            stages = build_stages(workload, P, S=S)
+            modules = {s: Probe(stages[s], rec, s).to(device) for s in placement[rank]}
+            runners[fw] = make_runner(fw, modules, rank=rank, P=P, schedule=schedule, M=M,
                                       device=device)
             recorders[fw] = rec
         except Unsupported as e:

@@ -15,7 +15,7 @@ from .config import BenchError, EmulatedWorkload, MLPWorkload
 from conveyor.runtime.emulated import EmulatedTimes, emulated_stages
 from conveyor.sim.cost import CostModel
 
-__all__ = ["build_stages", "full_model", "make_batch", "loss_fn", "ideal_costs",
+__all__ = ["build_stages", "emulated_times", "full_model", "make_batch", "loss_fn", "ideal_costs",
            "measure_stage_costs", "Workload"]
 
 Workload = EmulatedWorkload | MLPWorkload
@@ -31,21 +31,31 @@ def _mlp_blocks(w: MLPWorkload, seed: int) -> list[nn.Module]:
     return [nn.Sequential(nn.Linear(w.width, w.width), nn.ReLU()) for _ in range(w.layers)]
 
 
-def build_stages(workload: Workload, P: int, *, seed: int = 0) -> list[nn.Module]:
-    """P stage modules of ``workload``, stage s first-to-last.
+def emulated_times(workload: EmulatedWorkload, P: int, S: int) -> EmulatedTimes:
+    """One stage's times when P ranks hold S stages: the rank's times over S/P."""
+    f = P / S
+    i = workload.backward / 2 if workload.input_grad is None else workload.input_grad
+    return EmulatedTimes(workload.forward * f, workload.backward * f, i * f,
+                         (workload.backward - i) * f)
 
-    The MLP's L layers are split as the seed prescribes, k = L / P contiguous
-    layers per stage; BenchError when P does not divide L.
+
+def build_stages(workload: Workload, P: int, *, S: int | None = None,
+                 seed: int = 0) -> list[nn.Module]:
+    """S (default P) stage modules of ``workload`` for P ranks, first to last.
+
+    The MLP's L layers are split as the seed prescribes, k = L / S contiguous
+    layers per stage; BenchError when S does not divide L.
     """
+    S = S or P
     if isinstance(workload, EmulatedWorkload):
-        times = EmulatedTimes(workload.forward, workload.backward)
-        return emulated_stages(P, width=workload.width, times=times,
-                               layers_per_stage=workload.layers_per_stage, seed=seed)
-    if workload.layers % P:
+        return emulated_stages(S, width=workload.width, times=emulated_times(workload, P, S),
+                               layers_per_stage=workload.layers_per_stage,
+                               split_backward=workload.split_backward, seed=seed)
+    if workload.layers % S:
         raise BenchError(f"the MLP's {workload.layers} layers do not split evenly over "
-                         f"P={P} stages; pick layers divisible by P")
-    blocks, k = _mlp_blocks(workload, seed), workload.layers // P
-    return [nn.Sequential(*blocks[s * k:(s + 1) * k]) for s in range(P)]
+                         f"{S} stages; pick layers divisible by {S}")
+    blocks, k = _mlp_blocks(workload, seed), workload.layers // S
+    return [nn.Sequential(*blocks[s * k:(s + 1) * k]) for s in range(S)]
 
 
 def full_model(workload: MLPWorkload, *, seed: int = 0) -> nn.Module:
@@ -65,14 +75,17 @@ def make_batch(workload: Workload, M: int, *, seed: int = 1) -> tuple[torch.Tens
     return x, y
 
 
-def ideal_costs(workload: Workload, P: int, M: int, *,
+def ideal_costs(workload: Workload, P: int, M: int, *, S: int | None = None,
                 measured: dict | None = None) -> CostModel:
-    """The cost model of the ideal step: configured times for the emulated
-    workload, measured per-stage times (``measure_stage_costs``) for the MLP.
-    Links are free: the ideal is the schedule's own limit."""
+    """The cost model of the ideal step on S (default P) stages: configured
+    times for the emulated workload, measured per-stage times
+    (``measure_stage_costs``) for the MLP. Links are free: the ideal is the
+    schedule's own limit."""
     act = workload.activation_bytes(M)
     if isinstance(workload, EmulatedWorkload):
-        return CostModel(forward=workload.forward, backward=workload.backward,
+        t = emulated_times(workload, P, S or P)
+        i, w = t.split
+        return CostModel(forward=t.forward, backward=t.backward, input_grad=i, weight_grad=w,
                          activation_bytes=act)
     if measured is None:
         raise BenchError("the MLP's ideal needs measured stage costs; call "

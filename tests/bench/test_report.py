@@ -15,7 +15,7 @@ def perfect_rank_events(schedule, P, M, t0, stretch=1.0):
     t = simulate(build_schedule(schedule, P, M), CostModel(forward=F_S, backward=B_S))
     per = [[] for _ in range(P)]
     for e in t.events:
-        per[e.rank].append((e.action.kind, e.action.mb, t0 + stretch * e.start,
+        per[e.rank].append((e.action.stage, e.action.kind, e.action.mb, t0 + stretch * e.start,
                             t0 + stretch * e.end))
     return per, t.step_time
 

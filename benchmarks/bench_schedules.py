@@ -1,0 +1,164 @@
+"""Every schedule of conveyor and of torch.distributed.pipelining, in turns.
+
+    python benchmarks/bench_schedules.py            # the full grid (see README for its time)
+    python benchmarks/bench_schedules.py --quick    # P in {2, 4}, M in {4, 8}
+    python benchmarks/bench_schedules.py --smoke --out-dir /tmp/s   # a tiny grid, seconds
+    python benchmarks/bench_schedules.py --report-only              # SCHEDULES.md from JSON
+
+The emulated workload with its backward split into I and W sleeps (I = W =
+B / 2 by default), so zero-bubble schedules gain what they would on a GPU. The
+schedules are every name in conveyor's registry (read at run time, so new
+generators join without an edit here) and every torch.distributed.pipelining
+schedule (``harness.frameworks.TORCH_SCHEDULES``); where both have a name,
+both run it, in turns, on the same model copies. Writes ``schedules.json`` and
+``SCHEDULES.md`` (targets, then a table per P and M) into --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # the harness lives beside this script, not in the package
+
+from harness.config import EmulatedWorkload, RunSettings  # noqa: E402
+from harness.driver import run_benchmark  # noqa: E402
+from harness.frameworks import TORCH_SCHEDULES  # noqa: E402
+from harness.report import RATIO_TARGET, markdown_conditions  # noqa: E402
+from harness.schedules_report import (  # noqa: E402
+    HEADLINE_TARGET, VS_TORCH_MEDIAN_P8, VS_TORCH_TARGET, headline, markdown_schedules,
+    targets_schedules,
+)
+
+from conveyor.progress import ProgressBar  # noqa: E402
+from conveyor.schedule import schedule_names  # noqa: E402
+
+
+def all_schedules() -> list[str]:
+    """conveyor's registry, then torch's schedules that conveyor lacks."""
+    ours = schedule_names()
+    return ours + [s for s in TORCH_SCHEDULES if s not in ours]
+
+
+def grid(args) -> tuple[list[int], list[int]]:
+    if args.smoke:
+        return [2], [4]
+    Ps, Ms = ([2, 4], [4, 8]) if args.quick else ([2, 4, 8], [4, 8, 16, 32])
+    if args.Ps:
+        Ps = [int(x) for x in args.Ps.split(",")]
+    if args.Ms:
+        Ms = [int(x) for x in args.Ms.split(",")]
+    return Ps, Ms
+
+
+def targets_md(rows: list[dict]) -> list[str]:
+    t = targets_schedules(rows)
+    lines = ["## Targets", ""]
+    for key, what in (("ratio", f"conveyor step <= {RATIO_TARGET} x simulator ideal"),
+                      ("vs_torch", f"conveyor / torch <= {VS_TORCH_TARGET} per shared "
+                                   f"schedule")):
+        items = t[key]
+        missed = [(lb, v) for lb, v, ok in items if not ok]
+        lines.append(f"- {what}: **{len(items) - len(missed)}/{len(items)} met**"
+                     + (": missed " + ", ".join(f"{lb} ({v:.3f})" for lb, v in missed)
+                        if missed else "") + ".")
+    if t["median_p8"] is not None:
+        lines.append(f"- conveyor / torch median at P = 8: {t['median_p8']:.3f} (target <= "
+                     f"{VS_TORCH_MEDIAN_P8}): **{'met' if t['median_p8_met'] else 'missed'}**.")
+    mem = t["memory"]
+    bad = [(lb, h, b) for lb, h, ok, b in mem if not ok]
+    lines.append(f"- conveyor's stage-0 activations within the schedule's bound (its own "
+                 f"simulated count): **{len(mem) - len(bad)}/{len(mem)} met**"
+                 + ("" if not bad else ": missed " + ", ".join(
+                     f"{lb} held {h} (bound {b})" for lb, h, b in bad)) + ".")
+    h = headline(rows)
+    if h is None:
+        lines.append("- Headline (P = 4, M = 8): not in this grid.")
+    else:
+        cb, tb = h["conveyor_best"], h["torch_best"]
+        parts = [f"best conveyor schedule {cb[1]} at {1000 * cb[0]:.1f} ms" if cb else
+                 "no conveyor schedule ran"]
+        if "vs_1f1b" in h:
+            met = "met" if h["vs_1f1b"] <= HEADLINE_TARGET else "missed"
+            parts.append(f"{h['vs_1f1b']:.3f} x conveyor's 1F1B (target <= "
+                         f"{HEADLINE_TARGET}: **{met}**)")
+        if "vs_torch_best" in h:
+            parts.append(f"{h['vs_torch_best']:.3f} x torch's best ({tb[1]} at "
+                         f"{1000 * tb[0]:.1f} ms)")
+        lines.append("- Headline (P = 4, M = 8): " + "; ".join(parts) + ".")
+    return lines + [""]
+
+
+def write_markdown(result: dict, out: Path) -> None:
+    rows = result["rows"]
+    lines = ["# Every schedule: conveyor and torch.distributed.pipelining", "",
+             f"Written by `{result['command']}` in {result['elapsed_s']:.0f} s; raw numbers in "
+             "`schedules.json`. " + markdown_conditions(result["meta"]), "",
+             "Times are medians of the timed steps, each from a barrier to the last rank's "
+             "optimizer update. Ideal: conveyor's simulator on conveyor's schedule of that "
+             "name with the configured F, I and W and free links (torch's rows use the same "
+             "ideal where conveyor has the name; n/a where it does not). Held s0: "
+             "micro-batches held at once on stage 0's rank, conveyor's own recorder (to the "
+             "W of a split backward) against its simulated schedule; torch's from the probe "
+             "(to the input gradient). RSS growth: one step in processes whose allocator "
+             "returns freed memory. n/s: the framework does not run that case (it has no such "
+             "schedule, or refuses this P and M); -: not measured.", ""]
+    lines += targets_md(rows)
+    lines += markdown_schedules(rows)
+    out.write_text("\n".join(lines))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="P in {2, 4}, M in {4, 8}")
+    ap.add_argument("--smoke", action="store_true",
+                    help="P = 2, M = 4, one timed step, small activations (seconds)")
+    ap.add_argument("--Ps", help="stage counts, comma-separated (2,4,8)")
+    ap.add_argument("--Ms", help="micro-batch counts, comma-separated (4,8,16,32)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed steps per framework (5)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (2)")
+    ap.add_argument("--forward", type=float, default=0.02, help="emulated F seconds (0.02)")
+    ap.add_argument("--backward", type=float, default=0.04,
+                    help="emulated B = I + W seconds (0.04)")
+    ap.add_argument("--input-grad", type=float, default=None,
+                    help="emulated I seconds (default B / 2)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--out-dir", default=str(HERE), help="where the results go")
+    ap.add_argument("--report-only", action="store_true",
+                    help="rewrite SCHEDULES.md from schedules.json, run nothing")
+    args = ap.parse_args(argv)
+    out = Path(args.out_dir)
+    if args.report_only:
+        write_markdown(json.loads((out / "schedules.json").read_text()), out / "SCHEDULES.md")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    workload = EmulatedWorkload(forward=args.forward, backward=args.backward,
+                                input_grad=args.input_grad, split_backward=True,
+                                **({"width": 64, "mb_size": 2} if args.smoke else {}))
+    settings = RunSettings(repeats=1 if args.smoke else args.repeats,
+                           warmup=1 if args.smoke else args.warmup)
+    Ps, Ms = grid(args)
+    schedules = all_schedules()
+    t0 = time.monotonic()
+    bar = ProgressBar(len(Ps) * len(Ms) * len(schedules), title="schedules ")
+    try:
+        result = run_benchmark(workload=workload, Ps=Ps, Ms=Ms, schedules=schedules,
+                               settings=settings, device=args.device, on_progress=bar.advance)
+    finally:
+        bar.close()
+    result["elapsed_s"] = time.monotonic() - t0
+    result["command"] = ("python benchmarks/bench_schedules.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])).strip()
+    (out / "schedules.json").write_text(json.dumps(result, indent=1))
+    write_markdown(result, out / "SCHEDULES.md")
+    print(f"wrote {out / 'SCHEDULES.md'} and {out / 'schedules.json'} "
+          f"({result['elapsed_s']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
