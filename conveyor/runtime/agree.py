@@ -4,11 +4,12 @@ Every rank runs the same script, but nothing stops one rank from calling
 ``step`` once more, building its model with another layer, or cutting its
 batch differently. Without a check such a run hangs until the process-group
 timeout, and then each rank blames its peer. So each step opens with one
-all-gather of a fixed record of 9 integers (72 bytes per rank):
+all-gather of a fixed record of 10 integers (80 bytes per rank):
 
     kind    what the rank is doing: a training step, a predict, or leaving
             (its function returned; the launcher sends this record)
-    step    how many steps/predicts this rank's pipeline ran before
+    started how many steps/predicts this process started before (any pipeline)
+    step    how many steps/predicts this pipeline ran before
     P, M, batch
     schedule, model, weights
             63-bit digests of the schedule (every rank's actions), of the
@@ -40,7 +41,7 @@ __all__ = ["Agreement", "finish", "fingerprint", "weights_digest"]
 
 STEP, PREDICT, LEAVING = 1, 2, 3
 _KINDS = {STEP: "starts step", PREDICT: "starts predict", LEAVING: "finished its function"}
-_FIELDS = ("kind", "step", "P", "M", "batch", "schedule", "model", "weights")
+_FIELDS = ("kind", "started", "step", "P", "M", "batch", "schedule", "model", "weights")
 _LEN = 1 + len(_FIELDS)  # a magic number first: a record from another collective shows
 _MAGIC = 0x636F6E76  # "conv"
 
@@ -61,7 +62,7 @@ def _layers(stage: torch.nn.Module) -> list[torch.nn.Module]:
 def fingerprint(stages: Sequence[torch.nn.Module]) -> list[str]:
     """One line per layer, ``"stage s layer i: Type (shape, shape, ...)"``:
     the cut and the parameter shapes that every rank must build alike."""
-    lines = []
+    lines = ["layers per stage: " + str([len(_layers(st)) for st in stages])]
     for s, stage in enumerate(stages):
         for i, layer in enumerate(_layers(stage)):
             shapes = ", ".join(str(tuple(p.shape)) for p in layer.parameters())
@@ -104,11 +105,12 @@ class Agreement:
 
     def check(self, *, kind: int, step: int, batch: int) -> None:
         """Gather every rank's record and raise AgreementError on any difference."""
+        started = _started["n"]
         _started["n"] += 1
         if self.world_size == 1:
             return
         weights = self.digests["weights"] if step == 0 else 0
-        record = [kind, step, self.P, self.M, batch, self.digests["schedule"],
+        record = [kind, started, step, self.P, self.M, batch, self.digests["schedule"],
                   self.digests["model"], weights]
         rows = _gather(record, self.device, self.world_size)
         _compare(rows, self.rank, describe=self._describe)
@@ -124,7 +126,7 @@ def finish(ctx) -> None:
     still starting a step instead."""
     if ctx.world_size == 1:
         return
-    rows = _gather([LEAVING, _started["n"], 0, 0, 0, 0, 0, 0], ctx.device, ctx.world_size)
+    rows = _gather([LEAVING, _started["n"], 0, 0, 0, 0, 0, 0, 0], ctx.device, ctx.world_size)
     _compare(rows, ctx.rank, describe=None)
 
 
@@ -175,10 +177,10 @@ def _kind_error(recs: list[dict]) -> AgreementError:
     busy = [r for r, rec in enumerate(recs) if rec["kind"] != LEAVING]
     if leaving and busy:
         r, b = leaving[0], busy[0]
-        n = recs[r]["step"]
+        n = recs[r]["started"]
         return AgreementError(
             f"rank {r} finished its function after {n} step{'s' if n != 1 else ''} while rank "
-            f"{b} {values[b]} {recs[b]['step'] + 1}; every rank must call step (and predict) "
+            f"{b} {values[b]} {recs[b]['started'] + 1}; every rank must call step (and predict) "
             f"the same number of times", field="kind", values=values)
     return AgreementError(f"the ranks disagree on what to run: {_show(values)}; every rank "
                           f"must call step and predict in the same order",
