@@ -9,19 +9,24 @@ under 1 % at P = 8, M = 1024).
 
     P (ranks / stages)           <= MAX_P = 1024
     M (micro-batches)            <= MAX_M = 65536
-    P x M (compute cells)        <= MAX_CELLS = 2**20 (about 4 million actions
-                                    once backward and transfers are added)
+    schedule / timeline file     <= MAX_FILE_BYTES = 256 MiB
+    P x M (compute cells)        <= MAX_CELLS = 2**18 = 262144 (about a
+                                    million actions once backward and transfers
+                                    are added; the simulator takes seconds)
 
 No torch: the core uses it.
 """
 
 from __future__ import annotations
 
-__all__ = ["MAX_P", "MAX_M", "MAX_CELLS", "check_size"]
+__all__ = ["MAX_P", "MAX_M", "MAX_CELLS", "MAX_FILE_BYTES", "check_size", "check_file"]
 
 MAX_P = 1024
 MAX_M = 65536
-MAX_CELLS = 2 ** 20
+MAX_CELLS = 2 ** 18
+# Schedule and timeline files are read whole; at the cell bound they stay
+# under a few tens of MiB.
+MAX_FILE_BYTES = 256 * 2 ** 20
 
 
 def check_size(P: int, M: int, *, what: str = "schedule", error=None) -> None:
@@ -38,3 +43,19 @@ def check_size(P: int, M: int, *, what: str = "schedule", error=None) -> None:
         raise error(f"a {what} of P={P} x M={M} has {P * M} (stage, micro-batch) cells, "
                     f"beyond the bound of {MAX_CELLS} (about {4 * P * M / 1e6:.0f} million "
                     f"actions); use fewer ranks or micro-batches")
+
+
+def check_file(path, *, what: str, error=None) -> None:
+    """Raise ``error`` when the file at ``path`` is larger than MAX_FILE_BYTES
+    (a missing file is left to the reader, which names it)."""
+    import os
+
+    if error is None:
+        from conveyor.errors import ScheduleError as error
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        return
+    if size > MAX_FILE_BYTES:
+        raise error(f"{what} {str(path)!r} is {size / 2 ** 20:.0f} MiB, beyond the bound of "
+                    f"{MAX_FILE_BYTES // 2 ** 20} MiB; conveyor reads such files whole")

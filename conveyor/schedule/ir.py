@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple, Sequence
 
 from conveyor.errors import ScheduleError
+from conveyor.limits import check_size
 
 __all__ = [
     "F", "B", "I", "W", "SEND_F", "RECV_F", "SEND_B", "RECV_B",
@@ -84,12 +85,14 @@ class Action(NamedTuple):
 
 
 def check_counts(P: int, M: int) -> None:
-    """Raise ScheduleError unless P and M are positive integers."""
+    """Raise ScheduleError unless P and M are positive integers within
+    ``conveyor.limits`` (checked before anything is allocated by them)."""
     for letter, value, what in (("P", P, "pipeline ranks"), ("M", M, "micro-batches")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ScheduleError(
                 f"{letter} must be a positive integer (number of {what}), got {value!r}; "
                 f"use {letter} >= 1")
+    check_size(P, M)
 
 
 def loop_placement(P: int, v: int = 1) -> tuple[int, ...]:
