@@ -21,7 +21,7 @@ Nothing outlives the caller, and nothing listens beyond loopback:
 
 * each local rank asks the kernel for SIGKILL when its parent dies
   (PR_SET_PDEATHSIG on Linux), so a SIGKILL of the script leaves no rank
-  behind; SIGTERM and SIGHUP sent to the script are forwarded: the parent stops
+  behind (under torchrun the same holds for its agent); SIGTERM and SIGHUP sent to the script are forwarded: the parent stops
   and reaps its ranks, then dies of the same signal;
 * the rendezvous store is served from a socket bound to 127.0.0.1, and the
   ranks' gloo listeners bind the loopback interface.
@@ -117,6 +117,10 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
     from conveyor.runtime.group import init_rank
 
     rank = int(os.environ["RANK"])
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # Started by torchrun's agent: it stops the ranks on SIGTERM/SIGHUP
+        # itself, but a SIGKILLed agent would leave them running.
+        _die_with_parent(os.getppid())
     if options.threads:
         torch.set_num_threads(options.threads)
     try:

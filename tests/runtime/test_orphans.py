@@ -48,19 +48,23 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def kill_mid_step(tmp_path: Path, sig: int) -> tuple[float, int | None]:
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", "2"]
+
+
+def kill_mid_step(tmp_path: Path, sig: int, launcher: list[str]) -> tuple[float, int | None]:
     """Start the script, wait until it steps, send ``sig`` to it; returns the
     seconds until no rank is alive (or +inf after 10 s) and the script's status."""
     script = tmp_path / "forever.py"
     script.write_text(SCRIPT)
     pids = tmp_path / "pids"
     pids.mkdir()
-    proc = subprocess.Popen([sys.executable, str(script), str(pids)], cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(launcher + [str(script), str(pids)], cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
         while not (pids / "stepping").exists():
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the ranks never stepped"
             time.sleep(0.05)
         ranks = [int(p.read_text()) for p in sorted(pids.glob("rank*.pid"))]
@@ -82,13 +86,16 @@ def kill_mid_step(tmp_path: Path, sig: int) -> tuple[float, int | None]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_killing_the_script_mid_step_leaves_no_rank(tmp_path, sig):
-    gone, code = kill_mid_step(tmp_path, sig)
-    print(f"\n{signal.Signals(sig).name} to the launching script: every rank gone after "
-          f"{gone:.2f} s")
+@pytest.mark.parametrize("launcher", ["local", "torchrun"])
+def test_killing_the_script_mid_step_leaves_no_rank(tmp_path, sig, launcher):
+    gone, code = kill_mid_step(tmp_path, sig, [sys.executable] if launcher == "local"
+                               else TORCHRUN)
+    print(f"\n{launcher}: {signal.Signals(sig).name} to the launching process: every rank "
+          f"gone after {gone:.2f} s")
     assert gone <= 10.0
-    # The script dies of the signal itself (SIGTERM: after stopping its ranks).
-    assert code == -sig
+    if launcher == "local":
+        # The script dies of the signal itself (SIGTERM: after stopping its ranks).
+        assert code == -sig
 
 
 def test_every_listener_of_a_live_local_run_binds_loopback():
