@@ -78,7 +78,7 @@ def listeners_job(ctx) -> dict:
     x = torch.randn(8, 4)
     pipe.step(x, x)
     return {"rank": sockets_of(os.getpid()), "parent": sockets_of(os.getppid()),
-            "master_port": int(os.environ["MASTER_PORT"])}
+            "master_port": int(os.environ["MASTER_PORT"]), "tensors": tensor_job(ctx)}
 
 
 def tensor_job(ctx) -> dict:

@@ -85,8 +85,11 @@ def kill_mid_step(tmp_path: Path, sig: int, launcher: list[str]) -> tuple[float,
             proc.wait()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-@pytest.mark.parametrize("launcher", ["local", "torchrun"])
+# torchrun's agent itself stops its ranks on SIGTERM (docs/runtime.md); a
+# SIGKILLed agent relies on conveyor's parent-death signal, so that is tested.
+@pytest.mark.parametrize("launcher, sig", [("local", signal.SIGTERM), ("local", signal.SIGKILL),
+                                           ("torchrun", signal.SIGKILL)],
+                         ids=["local-SIGTERM", "local-SIGKILL", "torchrun-SIGKILL"])
 def test_killing_the_script_mid_step_leaves_no_rank(tmp_path, sig, launcher):
     gone, code = kill_mid_step(tmp_path, sig, [sys.executable] if launcher == "local"
                                else TORCHRUN)
@@ -98,8 +101,14 @@ def test_killing_the_script_mid_step_leaves_no_rank(tmp_path, sig, launcher):
         assert code == -sig
 
 
-def test_every_listener_of_a_live_local_run_binds_loopback():
-    got = launch(jobs.listeners_job, nprocs=2)
+@pytest.fixture(scope="module")
+def live_run():
+    """One local run: its listeners (read while it runs) and returned tensors."""
+    return launch(jobs.listeners_job, nprocs=2)
+
+
+def test_every_listener_of_a_live_local_run_binds_loopback(live_run):
+    got = live_run
     port = got[0]["master_port"]
     parent = got[0]["parent"]
     assert parent == [f"127.0.0.1:{port}"]  # the rendezvous store, loopback only
@@ -112,11 +121,10 @@ def test_every_listener_of_a_live_local_run_binds_loopback():
     assert not [a for a in every if a.startswith(("0.0.0.0:", ":::"))]
 
 
-def test_tensors_come_back_from_a_local_run_as_cpu_tensors():
+def test_tensors_come_back_from_a_local_run_as_cpu_tensors(live_run):
     import torch
 
-    got = launch(jobs.tensor_job, nprocs=2)
-    for r, row in enumerate(got):
+    for r, row in enumerate(row["tensors"] for row in live_run):
         assert row["rank"] == r
         assert torch.equal(row["t"], torch.arange(4) + r)
         assert torch.equal(row["nested"][0][0], torch.full((3,), 2.0 * r))
