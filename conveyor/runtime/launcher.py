@@ -281,12 +281,13 @@ def _loopback_store(nprocs: int):
     return store
 
 
-class _Signalled(BaseException):
-    """SIGTERM or SIGHUP reached the launching process."""
+class _Signalled(SystemExit):
+    """SIGTERM or SIGHUP reached the launching process: leave quietly, with the
+    shell's code for death by that signal, once the ranks are stopped."""
 
     def __init__(self, signum: int):
         self.signum = signum
-        super().__init__(signum)
+        super().__init__(128 + signum)
 
 
 def _forward_signals():
@@ -343,7 +344,6 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[An
             # The ranks are gone; now end as the signal asked, through the
             # caller's own handler if it had one.
             os.kill(os.getpid(), caught.signum)
-            time.sleep(1.0)  # the handler runs here; a default one never returns
 
 
 def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
