@@ -41,7 +41,8 @@ def int_at_least(lo: int, hi: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _port(text: str) -> int:
+def port(text: str) -> int:
+    """An argparse type: a TCP port, 0..65535 (0: any free port)."""
     try:
         value = int(text)
     except ValueError:
@@ -50,8 +51,6 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"port {value} is outside 0..65535 (0: any free port)")
     return value
 
-
-port = _port
 
 
 def positive_float(text: str) -> float:

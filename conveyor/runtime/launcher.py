@@ -29,14 +29,11 @@ Nothing outlives the caller, and nothing listens beyond loopback:
 
 from __future__ import annotations
 
-import ctypes
 import multiprocessing as mp
 import os
 import pickle
 import signal
-import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
@@ -44,6 +41,9 @@ from typing import Any, Callable
 
 from conveyor.errors import PipelineError
 from conveyor.runtime.errors import FailureReport, RankFailedError, report_of
+from conveyor.runtime.lifetime import (
+    Signalled, die_with_parent, forward_signals, loopback_interface, loopback_store,
+)
 
 __all__ = ["launch", "LaunchOptions"]
 
@@ -120,7 +120,7 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
     if "TORCHELASTIC_RUN_ID" in os.environ:
         # Started by torchrun's agent: it stops the ranks on SIGTERM/SIGHUP
         # itself, but a SIGKILLed agent would leave them running.
-        _die_with_parent(os.getppid())
+        die_with_parent(os.getppid())
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
@@ -183,27 +183,9 @@ def _die(report: FailureReport) -> None:
 
 # -- local ------------------------------------------------------------------------
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux).
-
-    The request is made after the process started, so the parent may already
-    be gone; then this process was re-parented and must leave at once."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass  # no prctl: the parent's signal forwarding still applies
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
 def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
                 options: LaunchOptions, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     os.environ.update({
         "RANK": str(rank), "WORLD_SIZE": str(nprocs), "LOCAL_RANK": str(rank),
         "LOCAL_WORLD_SIZE": str(nprocs), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
@@ -212,8 +194,8 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
     })
     # Every rank is on this machine: gloo (and NCCL's bootstrap) listen on
     # loopback only, never on the address the host name resolves to.
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", _loopback_interface())
-    os.environ.setdefault("NCCL_SOCKET_IFNAME", _loopback_interface())
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_interface())
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback_interface())
     code = 1
     try:
         import torch
@@ -248,77 +230,12 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
     os._exit(code)
 
 
-def _loopback_interface() -> str:
-    """The name of the loopback interface ("lo" on Linux, "lo0" on macOS)."""
-    try:
-        for _, name in socket.if_nameindex():
-            if name.startswith("lo"):
-                return name
-    except OSError:
-        pass
-    return "lo"
-
-
-def _loopback_store(nprocs: int):
-    """The rendezvous store, served from a socket bound to 127.0.0.1 only.
-
-    TCPStore's own server listens on every interface; handing it a socket we
-    bound ourselves keeps it on loopback. Port 0: the OS picks a free port,
-    and the store keeps it bound until the run ends, so runs cannot collide."""
-    from torch.distributed import TCPStore
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(max(128, 2 * nprocs))
-        store = TCPStore("127.0.0.1", sock.getsockname()[1], world_size=nprocs,
-                         is_master=True, wait_for_workers=False,
-                         master_listen_fd=sock.fileno())
-    except BaseException:
-        sock.close()
-        raise
-    sock.detach()  # the store owns the descriptor now, and closes it
-    return store
-
-
-class _Signalled(SystemExit):
-    """SIGTERM or SIGHUP reached the launching process: leave quietly, with the
-    shell's code for death by that signal, once the ranks are stopped."""
-
-    def __init__(self, signum: int):
-        self.signum = signum
-        super().__init__(128 + signum)
-
-
-def _forward_signals():
-    """Install handlers that turn SIGTERM and SIGHUP into ``_Signalled`` (so
-    the ranks are stopped and reaped on the way out); returns the handlers to
-    restore. Only the main thread may install handlers, and a signal the
-    caller ignores (SIGHUP under nohup) stays ignored."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    saved = {}
-
-    def handler(signum, frame):
-        raise _Signalled(signum)
-
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        if sig is None:
-            continue
-        old = signal.getsignal(sig)
-        if old is signal.SIG_IGN or old is None:
-            continue
-        saved[sig] = old
-        signal.signal(sig, handler)
-    return saved
-
-
 def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[Any]:
-    store = _loopback_store(nprocs)
+    store = loopback_store(nprocs)
     spawn = mp.get_context("spawn")
     procs, conns = [], []
-    saved = _forward_signals()
-    caught: _Signalled | None = None
+    saved = forward_signals()
+    caught: Signalled | None = None
     try:
         for r in range(nprocs):
             recv_end, send_end = spawn.Pipe(duplex=False)
@@ -330,7 +247,7 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[An
             procs.append(p)
             conns.append(recv_end)
         return _collect(procs, conns, options)
-    except _Signalled as e:
+    except Signalled as e:
         caught = e
         raise
     finally:
