@@ -1,7 +1,8 @@
 """Nothing outlives the script that called ``launch``, and nothing listens beyond loopback.
 
 A script that launched two ranks is killed mid-step, by SIGTERM (what `kill`,
-job schedulers and systemd send) and by SIGKILL (nothing can be caught): no
+job schedulers and systemd send), SIGHUP (a closed terminal) and by SIGKILL
+(nothing can be caught): no
 rank may be alive 10 s later. The measured exit times are printed (run with
 -s to see them); they are not asserted beyond the 10 s bound.
 """
@@ -87,9 +88,11 @@ def kill_mid_step(tmp_path: Path, sig: int, launcher: list[str]) -> tuple[float,
 
 # torchrun's agent itself stops its ranks on SIGTERM (docs/runtime.md); a
 # SIGKILLed agent relies on conveyor's parent-death signal, so that is tested.
-@pytest.mark.parametrize("launcher, sig", [("local", signal.SIGTERM), ("local", signal.SIGKILL),
+@pytest.mark.parametrize("launcher, sig", [("local", signal.SIGTERM), ("local", signal.SIGHUP),
+                                           ("local", signal.SIGKILL),
                                            ("torchrun", signal.SIGKILL)],
-                         ids=["local-SIGTERM", "local-SIGKILL", "torchrun-SIGKILL"])
+                         ids=["local-SIGTERM", "local-SIGHUP", "local-SIGKILL",
+                              "torchrun-SIGKILL"])
 def test_killing_the_script_mid_step_leaves_no_rank(tmp_path, sig, launcher):
     gone, code = kill_mid_step(tmp_path, sig, [sys.executable] if launcher == "local"
                                else TORCHRUN)
