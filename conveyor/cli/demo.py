@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from conveyor.cli.argtypes import check_output_dir, int_at_least, positive_float
 from conveyor.errors import ConveyorError
 
 __all__ = ["add_parser", "run"]
+
+
+TRAIN_IMAGES = 1437  # scikit-learn's digits, less the 20 % held out for testing
 
 
 def add_parser(subparsers) -> None:
@@ -13,15 +17,15 @@ def add_parser(subparsers) -> None:
         description="Train a deep MLP (16 residual blocks) on scikit-learn's digits, one "
                     "process per pipeline stage, and report the test accuracy and the "
                     "measured, simulated and closed-form pipeline bubble.")
-    p.add_argument("--stages", "-P", type=int, default=4, help="processes / stages (default 4)")
-    p.add_argument("--microbatches", "-M", type=int, default=8,
+    p.add_argument("--stages", "-P", type=int_at_least(1, 64), default=4, help="processes / stages (default 4)")
+    p.add_argument("--microbatches", "-M", type=int_at_least(1, 1437), default=8,
                    help="micro-batches per step (default 8)")
     p.add_argument("--schedule", default="1f1b", help="schedule name (default 1f1b)")
-    p.add_argument("--epochs", type=int, default=8, help="passes over the data (default 8)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
-    p.add_argument("--blocks", type=int, default=16, help="hidden residual blocks (default 16)")
-    p.add_argument("--width", type=int, default=128, help="hidden features (default 128)")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    p.add_argument("--epochs", type=int_at_least(1, 10000), default=8, help="passes over the data (default 8)")
+    p.add_argument("--batch-size", type=int_at_least(1, 1437), default=64, help="images per step (default 64)")
+    p.add_argument("--blocks", type=int_at_least(1, 1024), default=16, help="hidden residual blocks (default 16)")
+    p.add_argument("--width", type=int_at_least(1, 65536), default=128, help="hidden features (default 128)")
+    p.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (default 2e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["gloo", "nccl"], default=None,
                    help="default: nccl when CUDA is present, else gloo")
@@ -34,10 +38,21 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from conveyor.runtime.demo import DemoConfig, run_demo
 
-    for name in ("stages", "microbatches", "epochs", "batch_size", "blocks", "width"):
-        if getattr(args, name) < 1:
-            raise ConveyorError(f"--{name.replace('_', '-')} must be at least 1, got "
-                                f"{getattr(args, name)}")
+    from conveyor.schedule import get_spec
+
+    get_spec(args.schedule)
+    if args.stages > args.blocks + 2:
+        raise ConveyorError(f"--stages {args.stages} exceeds the model's {args.blocks + 2} "
+                            f"layers (--blocks {args.blocks} + 2); use fewer stages or more "
+                            f"blocks")
+    # The 1437 training images are cut into batches; the last one is the smallest.
+    last = TRAIN_IMAGES % args.batch_size or args.batch_size
+    if min(args.batch_size, last) < args.microbatches:
+        raise ConveyorError(f"--batch-size {args.batch_size} leaves batches of "
+                            f"{min(args.batch_size, last)} images, fewer than -M "
+                            f"{args.microbatches} micro-batches; raise the batch size or "
+                            f"lower -M")
+    check_output_dir(args.out)
     cfg = DemoConfig(stages=args.stages, microbatches=args.microbatches, schedule=args.schedule,
                      epochs=args.epochs, batch_size=args.batch_size, blocks=args.blocks,
                      width=args.width, lr=args.lr, seed=args.seed, out=args.out,

@@ -6,9 +6,10 @@ matplotlib and the like inside ``run`` only, so ``conveyor --help`` and the
 torch-free commands start fast and work without them.
 
 Any ConveyorError becomes one line on stderr and exit code 2; so does bad
-usage, and a missing optional dependency (it names the ``pip install`` to run:
-NEEDS lists each sub-command's, checked before it runs). Other exceptions are
-bugs and keep their traceback.
+usage, a missing optional dependency (it names the ``pip install`` to run:
+NEEDS lists each sub-command's, checked before it runs), an operating-system
+error on a file (a last resort: outputs are checked before work starts) and
+running out of memory. Other exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
@@ -71,8 +72,22 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             raise missing_extra(e.name.split(".")[0], f"conveyor {args.command}") from None
     except ConveyorError as e:
-        print(f"conveyor: error: {e}", file=sys.stderr)
+        print(f"conveyor: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f" {e.filename!r}" if e.filename else ""
+        print(f"conveyor: error: cannot use{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("conveyor: error: out of memory; use a smaller P, M or file", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("conveyor: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    """The error's first line; a validation grid that follows it goes to
+    --help-level detail (the one-line contract of the CLI)."""
+    lines = text.strip().splitlines()
+    return lines[0] if lines else text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conveyor.cli.argtypes import check_outputs, int_at_least, positive_float
 from conveyor.cli.viewargs import add_timeline_args, timeline_from_args
 
 
@@ -23,9 +24,11 @@ def add_parser(sub) -> None:
                         description="The closed-form bubble against M, simulated points and "
                                     "a point per measured timeline.")
     b.add_argument("--schedule", help="schedule name (default: the timelines', else gpipe)")
-    b.add_argument("-P", type=int, help="pipeline ranks (default: the timelines', else 4)")
-    b.add_argument("--max-M", type=int, default=64, help="largest M on the axis (64)")
-    b.add_argument("--ratio", type=float, default=2.0,
+    b.add_argument("-P", type=int_at_least(1),
+                   help="pipeline ranks (default: the timelines', else 4)")
+    b.add_argument("--max-M", type=int_at_least(1), default=64,
+                   help="largest M on the axis (64)")
+    b.add_argument("--ratio", type=positive_float, default=2.0,
                    help="backward/forward cost for the simulated points (2)")
     b.add_argument("--timeline", action="append", default=[], metavar="FILE",
                    help="a measured timeline; repeat for several M")
@@ -41,6 +44,7 @@ def run_gantt(args) -> int:
     outputs = args.output or ["gantt.png"]
     for out in outputs:  # refuse a bad name before any file is written
         figure_format(out)
+    check_outputs(outputs)
     tl, sched = timeline_from_args(args)
     tls = [tl, simulate_like(tl, sched)] if args.compare and sched is not None else [tl]
     fig = gantt_figure(tls)
@@ -57,6 +61,7 @@ def run_bubble(args) -> int:
     outputs = args.output or ["bubble.png"]
     for out in outputs:
         figure_format(out)
+    check_outputs(outputs)
     tls = [load_timeline(path) for path in args.timeline]
     name = args.schedule or (tls[0].schedule if tls else "gpipe")
     P = args.P or (tls[0].P if tls else 4)

@@ -7,6 +7,7 @@ import json
 import sys
 
 from conveyor.cli.argtypes import int_at_least
+from conveyor.errors import ScheduleError
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.io import load_schedule
 from conveyor.sim.cost import CostModel
@@ -55,11 +56,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("simulate", help="predict step time, bubble and memory of a schedule",
                        description="Simulate one training step of a schedule and draw it: "
                                    "rows are stages, columns are time slots.")
-    p.add_argument("-P", "--stages", dest="P", type=positive_int, default=4,
+    p.add_argument("-P", "--stages", dest="P", type=positive_int, default=None,
                    help="pipeline stages / ranks (4)")
-    p.add_argument("-M", "--microbatches", dest="M", type=positive_int, default=8,
+    p.add_argument("-M", "--microbatches", dest="M", type=positive_int, default=None,
                    help="micro-batches per step (8)")
-    p.add_argument("-s", "--schedule", default="1f1b",
+    p.add_argument("-s", "--schedule", default=None,
                    help=f"schedule name: {', '.join(schedule_names())} (1f1b)")
     p.add_argument("--file", help="simulate a schedule file (.json or torch-style .csv) "
                                   "instead of generating one")
@@ -76,9 +77,14 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     if args.file:
+        given = [opt for opt, v in (("-P", args.P), ("-M", args.M), ("--schedule", args.schedule))
+                 if v is not None]
+        if given:
+            raise ScheduleError(f"--file {args.file!r} sets the schedule, P and M; drop "
+                                f"{', '.join(given)} (or drop --file)")
         schedule = load_schedule(args.file)
     else:
-        schedule = build_schedule(args.schedule, args.P, args.M)
+        schedule = build_schedule(args.schedule or "1f1b", args.P or 4, args.M or 8)
     if args.forward_only:
         schedule = schedule.without_backward()
     timeline = simulate(schedule, cost_model(args))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conveyor.cli.argtypes import check_outputs
 from conveyor.cli.viewargs import add_timeline_args, timeline_from_args
 
 
@@ -19,6 +20,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from conveyor.views.trace import save_trace
 
+    check_outputs([args.output])
     tl, _ = timeline_from_args(args)
     path = save_trace(tl, args.output)
     print(f"wrote {path}: {len(tl.events)} slices on {tl.P} rank track(s); open it in "

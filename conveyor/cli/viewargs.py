@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from conveyor.cli.argtypes import int_at_least, positive_float
+
 __all__ = ["add_timeline_args", "timeline_from_args", "simulated"]
 
 
@@ -18,9 +20,11 @@ def add_timeline_args(p: argparse.ArgumentParser, *, timeline: bool = True) -> N
                        help="a timeline JSON file (measured by the runtime, or saved); "
                             "without it the schedule below is simulated")
     p.add_argument("--schedule", help="schedule name (default gpipe, or the timeline's)")
-    p.add_argument("-P", type=int, help="pipeline ranks (default 4, or the timeline's)")
-    p.add_argument("-M", type=int, help="micro-batches (default 8, or the timeline's)")
-    p.add_argument("--ratio", type=float, default=2.0,
+    p.add_argument("-P", type=int_at_least(1), help="pipeline ranks (default 4, or the "
+                                                    "timeline's)")
+    p.add_argument("-M", type=int_at_least(1), help="micro-batches (default 8, or the "
+                                                    "timeline's)")
+    p.add_argument("--ratio", type=positive_float, default=2.0,
                    help="backward/forward cost when simulating; F takes one slot (default 2)")
     p.add_argument("--forward-only", action="store_true",
                    help="simulate the forward pass only (inference, as in the seed's picture)")
@@ -45,6 +49,11 @@ def timeline_from_args(args) -> tuple:
 
     path = getattr(args, "timeline", None)
     if path:
+        if getattr(args, "forward_only", False):
+            from conveyor.errors import TimelineError
+
+            raise TimelineError(f"--forward-only applies to a simulated schedule, not to "
+                                f"--timeline {str(path)!r}; drop one of them")
         tl = load_timeline(path)
         sched = match_schedule(tl, source=repr(str(path)), schedule=args.schedule,
                                P=args.P, M=args.M)

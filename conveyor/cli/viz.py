@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from conveyor.cli.argtypes import check_outputs, int_at_least, port, positive_float
+
 
 def _ratios(text: str) -> list[float]:
     from conveyor.views.errors import ViewError
@@ -27,22 +29,22 @@ def add_parser(sub) -> None:
     p.add_argument("--timeline", metavar="FILE",
                    help="a measured timeline (runtime JSON) to show above its simulation")
     p.add_argument("--schedule", help="schedule shown first (gpipe, or the timeline's)")
-    p.add_argument("-P", type=int, help="P shown first (4, or the timeline's)")
-    p.add_argument("-M", type=int, help="M shown first (8, or the timeline's)")
+    p.add_argument("-P", type=int_at_least(1), help="P shown first (4, or the timeline's)")
+    p.add_argument("-M", type=int_at_least(1), help="M shown first (8, or the timeline's)")
     p.add_argument("--view", choices=("fwd", "step"),
                    help="forward-only or training-step view first (fwd, or step with a timeline)")
-    p.add_argument("--ratio", type=float, default=2.0,
+    p.add_argument("--ratio", type=positive_float, default=2.0,
                    help="backward/forward cost shown first; one of --ratios (2)")
     p.add_argument("--ratios", default=None,
                    help="backward/forward costs the page offers (1,1.5,2,3; served: 0.5..4)")
-    p.add_argument("--max-P", type=int, default=16, help="largest P offered (16)")
-    p.add_argument("--max-M", type=int, default=64, help="largest M offered (64)")
+    p.add_argument("--max-P", type=int_at_least(1), default=16, help="largest P offered (16)")
+    p.add_argument("--max-M", type=int_at_least(1), default=64, help="largest M offered (64)")
     p.add_argument("--serve", action="store_true",
                    help="serve the page on 127.0.0.1 with Python simulating on request")
-    p.add_argument("--port", type=int, default=8765, help="port for --serve (8765; 0: any)")
+    p.add_argument("--port", type=port, default=8765, help="port for --serve (8765; 0: any)")
     p.add_argument("--no-cache", action="store_true",
                    help="rebuild the page's data even if a cached copy matches")
-    p.add_argument("--jobs", type=int, default=None, help="worker processes for the build")
+    p.add_argument("--jobs", type=int_at_least(1, 256), default=None, help="worker processes for the build")
     p.set_defaults(func=run)
 
 
@@ -55,6 +57,8 @@ def run(args) -> int:
     from conveyor.views.page import render_page, write_page
     from conveyor.views.serve import SERVE_RATIOS, make_server
 
+    if not args.serve:
+        check_outputs([args.output])
     ratios = _ratios(args.ratios) if args.ratios else list(SERVE_RATIOS if args.serve else DEFAULT_RATIOS)
     if args.ratio not in ratios:
         raise ViewError(f"--ratio {args.ratio:g} is not one the page offers "

@@ -16,7 +16,7 @@ Needs torch. See docs/runtime.md.
 """
 
 from conveyor.runtime.errors import (
-    FailureReport, PeerFailedError, RankFailedError, StageError,
+    AgreementError, FailureReport, PeerFailedError, RankFailedError, StageError,
 )
 from conveyor.runtime.group import RankContext, init_rank
 from conveyor.runtime.launcher import LaunchOptions, launch
@@ -28,5 +28,5 @@ __all__ = [
     "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",
     "launch", "LaunchOptions", "measure", "RankContext", "init_rank",
     "split_model", "SequentialStage",
-    "StageError", "PeerFailedError", "RankFailedError", "FailureReport",
+    "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport",
 ]

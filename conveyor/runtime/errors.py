@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from conveyor.errors import PipelineError
 
-__all__ = ["StageError", "PeerFailedError", "RankFailedError", "FailureReport", "report_of"]
+__all__ = ["StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport", "report_of"]
 
 _NAMES = {"F": "forward", "B": "backward", "I": "input-gradient backward",
           "W": "weight-gradient backward", "SEND_F": "send of the output",
@@ -57,6 +57,20 @@ class StageError(PipelineError):
         self.grid = grid
         self.same_on_every_rank = same_on_every_rank
         super().__init__(message)
+
+
+class AgreementError(StageError):
+    """The ranks disagree on something every rank must hold alike (the
+    schedule, M, the batch size, the model, how many steps they run).
+
+    Every rank sees the same disagreement and raises it at once, so it is
+    reported by one rank. field: what differs ("M", "batch", "model", ...);
+    values: rank -> that rank's value.
+    """
+
+    def __init__(self, message: str, *, field: str, values: dict):
+        self.field, self.values = field, dict(values)
+        super().__init__(message, same_on_every_rank=True)
 
 
 class PeerFailedError(PipelineError):

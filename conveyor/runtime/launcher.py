@@ -16,12 +16,23 @@ A failing rank never leaves the others hanging:
   tearing down the process group, which closes its connections: peers blocked
   on it get "connection closed" immediately, and torchrun's agent stops the
   rest. The process-group timeout bounds anything else.
+
+Nothing outlives the caller, and nothing listens beyond loopback:
+
+* each local rank asks the kernel for SIGKILL when its parent dies
+  (PR_SET_PDEATHSIG on Linux), so a SIGKILL of the script leaves no rank
+  behind (under torchrun the same holds for its agent); SIGTERM and SIGHUP sent to the script are forwarded: the parent stops
+  and reaps its ranks, then dies of the same signal;
+* the rendezvous store is served from a socket bound to 127.0.0.1, and the
+  ranks' gloo listeners bind the loopback interface.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +41,9 @@ from typing import Any, Callable
 
 from conveyor.errors import PipelineError
 from conveyor.runtime.errors import FailureReport, RankFailedError, report_of
+from conveyor.runtime.lifetime import (
+    Signalled, die_with_parent, forward_signals, loopback_interface, loopback_store,
+)
 
 __all__ = ["launch", "LaunchOptions"]
 
@@ -53,6 +67,11 @@ class LaunchOptions:
     grace_s: float = 1.0
     deadline_s: float | None = None
 
+    def __post_init__(self) -> None:
+        from conveyor.runtime.checks import check_launch_options
+
+        check_launch_options(self)
+
 
 def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dict | None = None,
            options: LaunchOptions | None = None) -> list[Any] | None:
@@ -73,13 +92,19 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     """
     from conveyor.runtime.group import env_is_distributed
 
+    from conveyor.limits import MAX_P
+
     options = options or LaunchOptions()
     kwargs = kwargs or {}
+    if not callable(fn):
+        raise PipelineError(f"launch needs a function ctx -> result, got {fn!r}")
+    if not isinstance(options, LaunchOptions):
+        raise PipelineError(f"options={options!r}; pass LaunchOptions(...)")
     if os.environ.get("CONVEYOR_LOCAL_CHILD") != "1" and env_is_distributed():
         return _run_under_torchrun(fn, args, kwargs, options)
-    if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
-        raise PipelineError(f"nprocs must be a positive integer (one process per pipeline "
-                            f"rank), got {nprocs!r}")
+    if isinstance(nprocs, bool) or not isinstance(nprocs, int) or not 1 <= nprocs <= MAX_P:
+        raise PipelineError(f"nprocs must be an integer in 1..{MAX_P} (one process per "
+                            f"pipeline rank), got {nprocs!r}")
     return _run_local(fn, nprocs, args, kwargs, options)
 
 
@@ -92,38 +117,55 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
     from conveyor.runtime.group import init_rank
 
     rank = int(os.environ["RANK"])
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # Started by torchrun's agent: it stops the ranks on SIGTERM/SIGHUP
+        # itself, but a SIGKILLed agent would leave them running.
+        die_with_parent(os.getppid())
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
         ctx = init_rank(backend=options.backend, timeout_s=options.timeout_s,
                         launcher="torchrun")
-        value = fn(ctx, *args, **kwargs)
-        _leave_together(rank)
+        value = to_cpu(fn(ctx, *args, **kwargs))
+        _leave_together(ctx)
         gathered = [None] * ctx.world_size if rank == 0 else None
         dist.gather_object(value, gathered, dst=0)
         # Tear the group down only once everyone is done with it: a rank that
         # exits with the group alive, or while a peer still talks to it, can
         # abort in gloo's destructor.
-        _leave_together(rank)
+        dist.barrier()
     except BaseException as e:  # noqa: BLE001 - every failure must end this rank
         _die(report_of(e, rank=rank))
     dist.destroy_process_group()
     return gathered
 
 
-def _leave_together(rank: int) -> None:
-    """Barrier at the end of a rank's work, so that no rank exits while a peer
-    still receives from it. A peer that failed meanwhile shows up here."""
-    import torch.distributed as dist
+def _leave_together(ctx) -> None:
+    """Wait at the end of a rank's function until every rank has finished its
+    own, so that no rank exits while a peer still receives from it. A peer that
+    is still inside a step, or that failed meanwhile, shows up here at once
+    (see ``conveyor.runtime.agree``)."""
+    from conveyor.runtime.agree import finish
 
-    from conveyor.runtime.errors import PeerFailedError
+    finish(ctx)
 
-    try:
-        dist.barrier()
-    except RuntimeError as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise PeerFailedError(f"rank {rank} finished, but a peer did not ({first}); the "
-                              f"failing rank reports the cause", rank=rank) from e
+
+def to_cpu(value):
+    """``value`` with every tensor in it (through lists, tuples and dicts)
+    detached and moved to the CPU, so that it pickles by value: a CUDA tensor
+    or one sent through multiprocessing's shared memory would not outlive the
+    rank that made it."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a NamedTuple
+        return type(value)(*(to_cpu(v) for v in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value
 
 
 def _die(report: FailureReport) -> None:
@@ -142,13 +184,18 @@ def _die(report: FailureReport) -> None:
 # -- local ------------------------------------------------------------------------
 
 def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
-                options: LaunchOptions) -> None:
+                options: LaunchOptions, parent_pid: int) -> None:
+    die_with_parent(parent_pid)
     os.environ.update({
         "RANK": str(rank), "WORLD_SIZE": str(nprocs), "LOCAL_RANK": str(rank),
         "LOCAL_WORLD_SIZE": str(nprocs), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
         # The parent hosts the store (as torchrun's agent does): connect as clients.
         "TORCHELASTIC_USE_AGENT_STORE": "True", "CONVEYOR_LOCAL_CHILD": "1",
     })
+    # Every rank is on this machine: gloo (and NCCL's bootstrap) listen on
+    # loopback only, never on the address the host name resolves to.
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback_interface())
+    os.environ.setdefault("NCCL_SOCKET_IFNAME", loopback_interface())
     code = 1
     try:
         import torch
@@ -157,20 +204,23 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
 
         torch.set_num_threads(options.threads or max(1, (os.cpu_count() or 1) // nprocs))
         ctx = init_rank(backend=options.backend, timeout_s=options.timeout_s, launcher="local")
-        value = fn(ctx, *args, **kwargs)
-        _leave_together(rank)
+        value = to_cpu(fn(ctx, *args, **kwargs))
+        _leave_together(ctx)
         try:
-            conn.send(("ok", value))
-            code = 0
+            # Pickled here, by value: the connection's own pickler would pass
+            # tensors as shared-memory handles that die with this process.
+            payload = pickle.dumps(("ok", value), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as e:  # an unpicklable return value
-            conn.send(("fail", FailureReport(
+            payload = pickle.dumps(("fail", FailureReport(
                 rank=rank, kind="cause", error_type=type(e).__name__,
                 summary=f"rank {rank} returned a value the launcher cannot receive "
                         f"({type(e).__name__}: {e}); return plain data (numbers, lists, "
                         f"dicts, tensors)").to_dict()))
+        conn.send_bytes(payload)
+        code = 0
     except BaseException as e:  # noqa: BLE001 - report every failure to the parent
         try:
-            conn.send(("fail", report_of(e, rank=rank).to_dict()))
+            conn.send_bytes(pickle.dumps(("fail", report_of(e, rank=rank).to_dict())))
         except Exception:
             pass
     sys.stdout.flush()
@@ -181,29 +231,36 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
 
 
 def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[Any]:
-    from torch.distributed import TCPStore
-
-    # Port 0: the OS picks a free port, and the store keeps it bound until the
-    # run ends, so concurrent runs cannot collide.
-    store = TCPStore("127.0.0.1", 0, world_size=nprocs, is_master=True,
-                     wait_for_workers=False)
+    store = loopback_store(nprocs)
     spawn = mp.get_context("spawn")
     procs, conns = [], []
+    saved = forward_signals()
+    caught: Signalled | None = None
     try:
         for r in range(nprocs):
             recv_end, send_end = spawn.Pipe(duplex=False)
             p = spawn.Process(target=_child_main, name=f"conveyor-rank{r}",
-                              args=(r, nprocs, store.port, fn, args, kwargs, send_end, options))
+                              args=(r, nprocs, store.port, fn, args, kwargs, send_end, options,
+                                    os.getpid()))
             p.start()
             send_end.close()
             procs.append(p)
             conns.append(recv_end)
         return _collect(procs, conns, options)
+    except Signalled as e:
+        caught = e
+        raise
     finally:
         _stop(procs)
         for c in conns:
             c.close()
         del store
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+        if caught is not None:
+            # The ranks are gone; now end as the signal asked, through the
+            # caller's own handler if it had one.
+            os.kill(os.getpid(), caught.signum)
 
 
 def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
@@ -220,10 +277,15 @@ def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
     def read(r: int) -> bool:
         nonlocal failed_at
         try:
-            status, payload = conns[r].recv()
+            status, payload = pickle.loads(conns[r].recv_bytes())
         except (EOFError, OSError):
             closed[r] = True
             return False  # closed without a message: the sentinel tells how it ended
+        except Exception as e:  # a value that pickles but does not load here
+            status, payload = "fail", FailureReport(
+                rank=r, kind="cause", error_type=type(e).__name__,
+                summary=f"rank {r} returned a value the launcher cannot load ({type(e).__name__}: "
+                        f"{e}); return plain data (numbers, lists, dicts, tensors)").to_dict()
         messaged[r] = True
         if status == "ok":
             results[r], finished[r] = payload, True

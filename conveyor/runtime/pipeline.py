@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
+from conveyor.runtime import agree
+from conveyor.runtime.checks import check_callables, check_config
 from conveyor.runtime.batching import microbatch_sizes, split_batch
 from conveyor.runtime.comm import Comm
 from conveyor.runtime.group import RankContext
@@ -58,6 +60,9 @@ class PipelineConfig:
                     overlap transfer and compute; None: on for gloo, off for
                     NCCL (which matches messages in order, not by tag).
     clock_rounds:   ping-pongs per rank for the clock alignment at start-up.
+    check_weights:  on the first step, also check that every rank built the
+                    same initial weights (a digest of the unsplit parameters;
+                    for scripts that build the whole model on every rank).
     """
 
     loss_reduction: str = "mean"
@@ -66,6 +71,10 @@ class PipelineConfig:
     timeout_s: float = 300.0
     prepost: bool | None = None
     clock_rounds: int = 8
+    check_weights: bool = False
+
+    def __post_init__(self) -> None:
+        check_config(self)
 
 
 @dataclass
@@ -185,9 +194,20 @@ class Pipeline:
                config) -> None:
         self.ctx, self.schedule, self.loss_fn = ctx, sched, loss_fn
         self.config = config = config or PipelineConfig()
-        if config.loss_reduction not in ("mean", "sum"):
-            raise _same(PipelineError(f"loss_reduction={config.loss_reduction!r}; use 'mean' or "
-                                      f"'sum' (how loss_fn reduces over a micro-batch)"))
+        try:
+            check_config(config)
+            check_callables(loss_fn=loss_fn, optimizer=optimizer)
+        except ConveyorError as e:
+            raise _same(e)
+        if config.check_weights and not isinstance(stages, list):
+            raise _same(PipelineError(
+                "check_weights=True compares the unsplit model, but from_stages was given a "
+                "function that builds only this rank's stages; pass the list of all stages, "
+                "or leave check_weights off"))
+        # Ranks must agree on schedule, model and batch: checked at each step.
+        self._agreement = agree.Agreement(
+            sched, stages if isinstance(stages, list) else None, rank=ctx.rank,
+            world_size=ctx.world_size, device=ctx.device, check_weights=config.check_weights)
         # ``stages`` is a list of all S stages or a dict of this rank's.
         self.stages = {s: stages[s].to(ctx.device) for s in sched.stages_of(ctx.rank)}
         self.first_rank = sched.placement[0]
@@ -271,6 +291,8 @@ class Pipeline:
                            stages=self.stages, S=self.schedule.S, M=self.schedule.M,
                            device=self.ctx.device, forward_only=interp.forward_only,
                            mean=self.config.loss_reduction == "mean")
+        self._agreement.check(kind=agree.PREDICT if interp.forward_only else agree.STEP,
+                              step=self.steps, batch=sum(data.sizes))
         comm.reset_counts()
         track = self.config.track_memory if self.config.track_memory is not None else record
         memory = ActivationMemory(self.params) if track and not interp.forward_only else None

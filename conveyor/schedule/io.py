@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from conveyor.errors import ScheduleError
+from conveyor.limits import check_file
 from conveyor.schedule.ir import Schedule, schedule_from_rows
 
 __all__ = ["schedule_to_dict", "schedule_from_dict", "dumps_json", "loads_json",
@@ -41,12 +42,30 @@ def schedule_from_dict(data: dict, *, source: str = "schedule") -> Schedule:
     rows = data["actions"]
     if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
         raise ScheduleError(f"{source}: 'actions' must be a list of lists of strings like '0F0'")
+    _check_fields(data, source)
     sched = schedule_from_rows(str(data.get("name", source)), rows, M=data.get("M"),
                                placement=data.get("placement"),
                                forward_only=bool(data.get("forward_only", False)))
     if "P" in data and data["P"] != sched.P:
         raise ScheduleError(f"{source}: P={data['P']} but 'actions' has {sched.P} rank rows")
     return sched
+
+
+def _check_fields(data: dict, source: str) -> None:
+    """The optional fields' types, so a wrong one is named rather than crashing later."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    pl = data.get("placement")
+    if pl is not None and not (isinstance(pl, list) and all(count(r) for r in pl)):
+        raise ScheduleError(f"{source}: 'placement' is {pl!r}; give a list with the rank of "
+                            f"each stage, e.g. [0, 1, 2, 3]")
+    for key in ("P", "M"):
+        if key in data and data[key] is not None and not count(data[key]):
+            raise ScheduleError(f"{source}: {key!r} is {data[key]!r}; give a positive integer")
+    if not isinstance(data.get("forward_only", False), bool):
+        raise ScheduleError(f"{source}: 'forward_only' is {data['forward_only']!r}; give true "
+                            f"or false")
 
 
 def dumps_json(schedule: Schedule) -> str:
@@ -100,6 +119,7 @@ def save_schedule(schedule: Schedule, path: str | Path) -> Path:
 def load_schedule(path: str | Path) -> Schedule:
     """Read a schedule file: .json (conveyor) or .csv (conveyor or torch layout)."""
     path = Path(path)
+    check_file(path, what="schedule file")
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:

@@ -23,6 +23,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 from conveyor.checks import check_int
 from conveyor.errors import ScheduleError
+from conveyor.limits import check_size
 
 __all__ = [
     "F", "B", "I", "W", "SEND_F", "RECV_F", "SEND_B", "RECV_B",
@@ -81,9 +82,11 @@ class Action(NamedTuple):
 
 
 def check_counts(P: int, M: int) -> None:
-    """Raise ScheduleError unless P and M are positive integers."""
+    """Raise ScheduleError unless P and M are positive integers within
+    ``conveyor.limits`` (checked before anything is allocated by them)."""
     check_int(P, "P", what="number of pipeline ranks", error=ScheduleError)
     check_int(M, "M", what="number of micro-batches", error=ScheduleError)
+    check_size(P, M)
 
 
 def loop_placement(P: int, v: int = 1) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from conveyor.checks import check_int
 from conveyor.errors import TimelineError
+from conveyor.limits import check_file, check_size
 from conveyor.schedule.ir import B, COMPUTE_KINDS, F, I, W, Action
 
 __all__ = ["Event", "Timeline", "load_timeline"]
@@ -176,6 +177,8 @@ class Timeline:
                                 f"the runtime's timeline option")
         for k in ("P", "M", "S"):
             check_int(d[k], f"{source}: {k}", error=TimelineError)
+        check_size(d["P"], d["M"], what=f"timeline {source}", error=TimelineError)
+        check_size(d["S"], d["M"], what=f"timeline {source}", error=TimelineError)
         events = []
         for i, row in enumerate(d["events"] if isinstance(d["events"], list) else [None]):
             try:
@@ -214,6 +217,7 @@ class Timeline:
 def load_timeline(path: str | Path) -> Timeline:
     """Read a timeline JSON file; TimelineError when it is not one."""
     path = Path(path)
+    check_file(path, what="timeline", error=TimelineError)
     try:
         data = json.loads(path.read_text())
     except OSError as e:

@@ -1,6 +1,8 @@
 """``conveyor viz --serve``: the explorer page with Python simulating on request.
 
-The server binds 127.0.0.1 only. ``/`` is the page (without the bulk data);
+The server binds 127.0.0.1 only, and answers only requests whose ``Host`` is
+a loopback name (127.0.0.1, localhost, [::1]): a web page elsewhere that
+re-points its own host name at 127.0.0.1 (DNS rebinding) gets 403. ``/`` is the page (without the bulk data);
 ``/api/timeline?schedule=gpipe&P=4&M=8&view=step&ratio=2`` runs the engine and
 simulator for that one configuration and returns its events and metrics, so
 any cost ratio can be shown exactly as Python computes it.
@@ -20,7 +22,7 @@ from conveyor.views.errors import ViewError
 from conveyor.views.metrics import bubble_code, stage_peaks
 from conveyor.views.page import render_page
 
-__all__ = ["SERVE_RATIOS", "timeline_response", "make_server"]
+__all__ = ["SERVE_RATIOS", "timeline_response", "make_server", "loopback_host"]
 
 # The server simulates any ratio; these are the stops of the page's slider.
 SERVE_RATIOS = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -69,6 +71,20 @@ def timeline_response(query: dict[str, list[str]], *, P_max: int = 16, M_max: in
     }
 
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def loopback_host(host: str | None) -> bool:
+    """True for a Host header that names this machine's loopback (any port)."""
+    if not host:
+        return False
+    try:
+        name = urlsplit(f"//{host.strip()}").hostname or ""
+    except ValueError:  # a malformed name, e.g. "[::1"
+        return False
+    return name.lower() in _LOOPBACK
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
 
@@ -84,6 +100,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, "application/json", json.dumps(obj).encode())
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if not loopback_host(self.headers.get("Host")):
+            self._json(403, {"error": "this server answers only requests to 127.0.0.1 or "
+                                      "localhost"})
+            return
         url = urlsplit(self.path)
         if url.path in ("/", "/index.html"):
             self._send(200, "text/html; charset=utf-8", self.server.page)

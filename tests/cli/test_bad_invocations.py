@@ -1,0 +1,160 @@
+"""Every bad command line fails the same way: one line on stderr, exit code 2,
+no traceback, a message that names the bad value, and no file left behind.
+
+Each row is (argv, a word the message must contain). They run in-process
+through ``conveyor.cli.main.main`` inside a scratch folder that holds a few
+fixture files; whatever else is in the folder afterwards was left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conveyor.cli.main import main
+from conveyor.schedule import build_schedule, save_schedule
+
+BIG = "1000000000"
+
+CASES = [
+    # -- simulate -----------------------------------------------------------------
+    (["simulate", "-P", "0"], "must be a positive integer, got 0"),
+    (["simulate", "-P", "-3"], "-3"),
+    (["simulate", "-P", "x"], "'x'"),
+    (["simulate", "-P", BIG], BIG),
+    (["simulate", "-M", BIG], BIG),
+    (["simulate", "-M", "0"], "must be a positive integer, got 0"),
+    (["simulate", "-P", "1024", "-M", "1024"], "1048576"),
+    (["simulate", "-s", "nope"], "nope"),
+    (["simulate", "--file", "missing.json"], "missing.json"),
+    (["simulate", "--file", "placement.json"], "'placement' is 5"),
+    (["simulate", "--file", "ok.json", "-s", "gpipe"], "--schedule"),
+    (["simulate", "--file", "ok.json", "-M", "4"], "-M"),
+    (["simulate", "--file", "ok.json", "-P", "2"], "-P"),
+    (["simulate", "--file", "broken.json"], "broken.json"),
+    (["simulate", "--file", "empty.csv"], "empty"),
+    (["simulate", "--file", "action.csv"], "0X0"),
+    (["simulate", "--forward", "-1"], "-1"),
+    (["simulate", "--forward", "nan"], "nan"),
+    (["simulate", "--latency", "inf"], "inf"),
+    (["simulate", "--forward", "1,2", "-P", "4"], "2"),
+    (["simulate", "--width", "0"], "must be a positive integer, got 0"),
+    (["simulate", "--color", "purple"], "purple"),
+    (["simulate", "--bogus"], "--bogus"),
+    # -- viz ----------------------------------------------------------------------
+    (["viz", "-P", "0"], "must be a positive integer, got 0"),
+    (["viz", "-M", "0"], "must be a positive integer, got 0"),
+    (["viz", "-P", "100"], "100"),
+    (["viz", "--max-P", "100000"], "100000"),
+    (["viz", "--max-M", "0"], "0"),
+    (["viz", "--serve", "--port", "70000"], "70000"),
+    (["viz", "--serve", "--port", "-1"], "-1"),
+    (["viz", "-o", ""], "''"),
+    (["viz", "-o", "adir"], "adir"),
+    (["viz", "-o", "/proc/x.html"], "/proc/x.html"),
+    (["viz", "-o", "nodir/x.html"], "nodir"),
+    (["viz", "--ratio", "0"], "0"),
+    (["viz", "--ratio", "nan"], "nan"),
+    (["viz", "--ratios", "1,x"], "1,x"),
+    (["viz", "--jobs", "0"], "0"),
+    (["viz", "--timeline", "missing.json"], "missing.json"),
+    (["viz", "--timeline", "bigP.json"], BIG),
+    (["viz", "--schedule", "nope"], "nope"),
+    (["viz", "--view", "sideways"], "sideways"),
+    # -- plot ---------------------------------------------------------------------
+    (["plot", "gantt", "-P", "0"], "0"),
+    (["plot", "gantt", "-M", "0"], "0"),
+    (["plot", "gantt", "-P", "100000"], "100000"),
+    (["plot", "gantt", "--timeline", "bigP.json"], BIG),
+    (["plot", "gantt", "-o", "ok.png", "-o", "/proc/x.svg"], "/proc/x.svg"),
+    (["plot", "gantt", "-o", "out.pdf"], "out.pdf"),
+    (["plot", "gantt", "-o", ""], "''"),
+    (["plot", "gantt", "-o", "adir"], "adir"),
+    (["plot", "gantt", "--ratio", "-2"], "-2"),
+    (["plot", "gantt", "--schedule", "nope"], "nope"),
+    (["plot", "gantt", "--timeline", "broken.json"], "broken.json"),
+    (["plot", "gantt", "--timeline", "tl.json", "-P", "3"], "3"),
+    (["plot", "bubble", "-P", "0"], "0"),
+    (["plot", "bubble", "--max-M", "0"], "0"),
+    (["plot", "bubble", "--max-M", BIG], BIG),
+    (["plot", "bubble", "-o", "x.gif"], "x.gif"),
+    (["plot", "bubble", "--timeline", "missing.json"], "missing.json"),
+    (["plot"], "FIGURE"),
+    # -- trace --------------------------------------------------------------------
+    (["trace", "-P", "0"], "0"),
+    (["trace", "-M", "0"], "0"),
+    (["trace", "-P", "100000"], "100000"),
+    (["trace", "-o", "/proc/x.json"], "/proc/x.json"),
+    (["trace", "-o", ""], "''"),
+    (["trace", "-o", "adir"], "adir"),
+    (["trace", "--timeline", "bigP.json"], BIG),
+    (["trace", "--forward-only", "--timeline", "tl.json"], "--forward-only"),
+    # -- demo (each must fail before any process starts) -----------------------------
+    (["demo", "--out", "/proc/x"], "/proc/x"),
+    (["demo", "--out", ""], "''"),
+    (["demo", "--out", "afile"], "afile"),
+    (["demo", "-P", "0"], "0"),
+    (["demo", "-P", "100000"], "100000"),
+    (["demo", "-M", "0"], "0"),
+    (["demo", "--epochs", "0"], "0"),
+    (["demo", "--batch-size", "0"], "0"),
+    (["demo", "--batch-size", "4", "-M", "8"], "4"),
+    (["demo", "--lr", "-1"], "-1"),
+    (["demo", "--lr", "nan"], "nan"),
+    (["demo", "--width", "0"], "0"),
+    (["demo", "--schedule", "nope"], "nope"),
+    # -- the entry point ----------------------------------------------------------
+    (["nope"], "nope"),
+    (["schedules", "--bogus"], "--bogus"),
+]
+
+
+@pytest.fixture
+def scratch(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CONVEYOR_CACHE_DIR", str(tmp_path / "adir"))
+    monkeypatch.setenv("NO_COLOR", "1")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("not a folder")
+    save_schedule(build_schedule("gpipe", 2, 2), tmp_path / "ok.json")
+    (tmp_path / "placement.json").write_text(json.dumps(
+        {"actions": [["0F0", "0B0"]], "placement": 5}))
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "action.csv").write_text("0F0,0X0\n")
+    (tmp_path / "bigP.json").write_text(json.dumps(
+        {"P": int(BIG), "M": 4, "S": 4, "schedule": "gpipe", "events": []}))
+    from conveyor.sim import CostModel, simulate
+    simulate(build_schedule("gpipe", 2, 2), CostModel()).save(tmp_path / "tl.json")
+    return tmp_path
+
+
+def _listing(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("argv, names", CASES, ids=[" ".join(a) or "-" for a, _ in CASES])
+def test_a_bad_invocation_is_one_clear_line(scratch, capsys, argv, names):
+    before = _listing(scratch)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # only argparse's own --help/--version may exit
+        code = e.code
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert "Traceback" not in err + out
+    assert len(lines) == 1 and lines[0].startswith("conveyor: error: "), err
+    assert names in lines[0], (names, lines[0])
+    assert _listing(scratch) == before  # nothing written, nothing half-written
+    assert not Path("/proc/x").exists()
+
+
+def test_the_table_covers_every_sub_command():
+    from conveyor.cli.main import COMMANDS
+
+    covered = {argv[0] for argv, _ in CASES}
+    assert len(CASES) >= 60
+    assert covered >= {c for c in COMMANDS if c not in ("bench", "train")}
