@@ -10,7 +10,10 @@ Rules, checked in this order:
    its receive on the peer rank and every cross-rank input has a receive;
 4. order: no action precedes, on its own rank, an action it needs (a backward
    before its forward, W before I);
-5. progress: replayed with sends that never block and receives that do, every
+5. message order (only with communication actions): between every ordered
+   pair of ranks, the receiver posts its receives in the order the sender
+   posts its sends, as NCCL matches them (order-safe);
+6. progress: replayed with sends that never block and receives that do, every
    rank reaches the end of its list (no deadlock).
 """
 
@@ -24,6 +27,7 @@ from conveyor.schedule.deps import Replay, replay
 from conveyor.schedule.ir import (
     B, COMM_KINDS, F, I, RECV_B, RECV_F, SEND_B, SEND_F, W, Action, Schedule,
 )
+from conveyor.schedule.lowering import channel_of
 from conveyor.schedule.render import render_grid
 
 __all__ = ["validate", "checked_replay"]
@@ -64,6 +68,7 @@ def checked_replay(schedule: Schedule, run: Callable[[], Replay]) -> Replay:
     _check_complete(schedule, where)
     if schedule.has_comms:
         _check_pairs(schedule, where)
+        _check_message_order(schedule, where)
     result = run()
     _check_progress(schedule, where, result)
     return result
@@ -147,6 +152,38 @@ def _check_pairs(schedule: Schedule, where: dict[Action, tuple[int, int]]) -> No
         if need not in where:
             _fail(schedule, f"{a} needs data from rank {place[need.stage + _PEER[need.kind][1]]} "
                             f"but no {need} is scheduled on rank {r}", [(r, step)], a)
+
+
+def _check_message_order(schedule: Schedule, where: dict[Action, tuple[int, int]]) -> None:
+    place = schedule.placement
+    posted: dict[tuple[int, int], tuple[list[Action], list[Action]]] = {}
+    for r, row in enumerate(schedule.actions):
+        for a in row:
+            if a.kind in (SEND_F, SEND_B):
+                posted.setdefault(channel_of(a, place), ([], []))[0].append(a)
+            elif a.kind in (RECV_F, RECV_B):
+                posted.setdefault(channel_of(a, place), ([], []))[1].append(a)
+    for (src, dst), (sends, recvs) in sorted(posted.items()):
+        for i, (send, recv) in enumerate(zip(sends, recvs)):
+            expected = _matching(send)
+            if recv == expected:
+                continue
+            # send (posted first) would be matched with recv (meant for a later send).
+            later = next(x for x in sends[i + 1:] if _matching(x) == recv)
+            _fail(schedule,
+                  f"messages cross between rank {src} and rank {dst}: rank {src} sends {send} "
+                  f"before {later}, but rank {dst} posts {recv} before {expected}; NCCL matches "
+                  f"messages between two ranks in posting order, so {recv} would receive "
+                  f"{send}'s tensor. Post the receives in rank {src}'s send order: move "
+                  f"{expected} before {recv} (conveyor.schedule.add_comms lowers order-safe)",
+                  [where[recv], where[expected], where[send], where[later]], recv)
+
+
+def _matching(send: Action) -> Action:
+    """The receive that pairs with ``send``."""
+    if send.kind == SEND_F:
+        return Action(send.stage + 1, RECV_F, send.mb)
+    return Action(send.stage - 1, RECV_B, send.mb)
 
 
 def _check_progress(schedule: Schedule, where: dict[Action, tuple[int, int]],
