@@ -1,0 +1,159 @@
+"""A list scheduler: build a rank order by simulating the pipeline and letting
+each free rank pick, among the actions it could start now, the one a policy
+prefers. The zero-bubble generators and ``zb-auto`` are policies over it.
+
+The order it returns replays (``conveyor.schedule.deps.replay``) to the same
+times under the same costs, because it never idles a rank that has an action
+it may start. Deadlock-free by construction: an action is chosen only once
+its inputs exist.
+
+Index letters as in ``conveyor.schedule.ir``; ``cap[r]`` bounds rank r's
+in-flight chunk-activations (forward done, weight gradient not yet done).
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from typing import Sequence
+
+from conveyor.schedule.ir import B, F, I, W, Action
+
+__all__ = ["Policy", "list_schedule", "Stalled"]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a free rank chooses.
+
+    split:     split the backward into I and W (else one B).
+    cap:       most chunk-activations held per rank (index r).
+    late_first: among forwards (and among backwards), prefer the later stage.
+    w_first_at: run a pending W before a forward once the rank holds this many
+               chunk-activations (None: W only when nothing else can run).
+    """
+
+    split: bool
+    cap: tuple[int, ...]
+    late_first: bool = True
+    w_first_at: tuple[int, ...] | None = None
+
+
+def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Sequence[float]],
+                  link: Sequence[float], policy: Policy) -> tuple[list[list[Action]], float]:
+    """Per-rank compute orders and their makespan under ``costs``.
+
+    costs: ``{kind: [time of stage s]}`` for F, B, I, W; link[c]: time to
+    cross cut c (between stage c and c+1). Returns (rows, makespan).
+    """
+    S = len(placement)
+    stages = [[s for s in range(S) if placement[s] == r] for r in range(P)]
+    if policy.late_first:
+        stages = [list(reversed(x)) for x in stages]
+    nxt_f = [0] * S           # next micro-batch to forward, per stage
+    nxt_b = [0] * S           # next micro-batch to backward (I or B), per stage
+    pend_w: list[list[int]] = [[] for _ in range(S)]  # I done, W not yet
+    f_ready = [[None] * M for _ in range(S)]  # time the input of F(s, mb) is there
+    b_ready = [[None] * M for _ in range(S)]  # time the output gradient of (s, mb) is there
+    for mb in range(M):
+        f_ready[0][mb] = 0.0
+    held = [0] * P
+    rows: list[list[Action]] = [[] for _ in range(P)]
+    left = [len(st) * M * (3 if policy.split else 2) for st in stages]
+    heap = [(0.0, r, r) for r in range(P) if left[r]]
+    heapq.heapify(heap)
+    seq = P
+    makespan = 0.0
+    decisions = 0
+    blocked: dict[int, tuple[float, int]] = {}  # rank -> (time, decisions) when it last blocked
+    while heap:
+        t, _, r = heapq.heappop(heap)
+        choice = _choose(r, t, stages[r], policy, held[r], nxt_f, nxt_b, pend_w,
+                         f_ready, b_ready, M)
+        if choice is None:
+            # Another rank deciding at this same time may hand r an input:
+            # look again after it, once; else sleep until the next known event.
+            if heap and heap[0][0] <= t and blocked.get(r) != (t, decisions):
+                blocked[r] = (t, decisions)
+                heapq.heappush(heap, (t, seq, r))
+            else:
+                later = [x for x in _input_times(stages[r], nxt_f, nxt_b, f_ready, b_ready, M)
+                         if x > t] + [e[0] for e in heap if e[0] > t]
+                if not later:
+                    raise Stalled(r, t)
+                heapq.heappush(heap, (min(later), seq, r))
+            seq += 1
+            continue
+        decisions += 1
+        s, kind = choice
+        if kind == F:
+            mb = nxt_f[s]
+            nxt_f[s] += 1
+            held[r] += 1
+        elif kind == W:
+            mb = pend_w[s].pop(0)
+            held[r] -= 1
+        else:
+            mb = nxt_b[s]
+            nxt_b[s] += 1
+            if kind == I:
+                pend_w[s].append(mb)
+            else:
+                held[r] -= 1
+        end = t + costs[kind][s]
+        rows[r].append(Action(s, kind, mb))
+        if kind == F:
+            if s + 1 < S:
+                f_ready[s + 1][mb] = end + (link[s] if placement[s + 1] != r else 0.0)
+            else:
+                b_ready[s][mb] = end  # the loss gradient is there once F is
+        elif kind != W and s > 0:
+            b_ready[s - 1][mb] = end + (link[s - 1] if placement[s - 1] != r else 0.0)
+        makespan = max(makespan, end)
+        left[r] -= 1
+        if left[r]:
+            heapq.heappush(heap, (end, seq, r))
+            seq += 1
+    return rows, makespan
+
+
+def _choose(r, t, stages, policy, held, nxt_f, nxt_b, pend_w, f_ready, b_ready, M):
+    back = I if policy.split else B
+    eps = 1e-12
+    for s in stages:  # a backward first: it frees memory and feeds the rank before
+        mb = nxt_b[s]
+        if mb < nxt_f[s] and b_ready[s][mb] is not None and b_ready[s][mb] <= t + eps:
+            return s, back
+    want_w = policy.split and policy.w_first_at is not None and held >= policy.w_first_at[r]
+    if want_w:
+        for s in reversed(stages):
+            if pend_w[s]:
+                return s, W
+    if held < policy.cap[r]:
+        for s in stages:
+            mb = nxt_f[s]
+            if mb < M and f_ready[s][mb] is not None and f_ready[s][mb] <= t + eps:
+                return s, F
+    if policy.split:
+        for s in reversed(stages):
+            if pend_w[s]:
+                return s, W
+    return None
+
+
+def _input_times(stages, nxt_f, nxt_b, f_ready, b_ready, M):
+    """Known arrival times of the inputs of the rank's next actions."""
+    for s in stages:
+        mb = nxt_b[s]
+        if mb < nxt_f[s] and b_ready[s][mb] is not None:
+            yield b_ready[s][mb]
+        mb = nxt_f[s]
+        if mb < M and f_ready[s][mb] is not None:
+            yield f_ready[s][mb]
+
+
+class Stalled(Exception):
+    """Every rank waits: the caps are too small for this placement."""
+
+    def __init__(self, r: int, t: float):
+        super().__init__(f"rank {r} stalled at time {t}")
