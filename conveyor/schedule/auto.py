@@ -72,6 +72,9 @@ def zb_auto(P: int, M: int, *, costs=None, cap: int | None = None,
             consider(held_back(P, M, warm, defer, "zb-auto").actions, f"held-back k={k}")
     else:
         from conveyor.schedule.dualpipe import dualpipev
+        from conveyor.schedule.zerobubble import zbv
+        if chunk_cap >= 2 * P:
+            consider(zbv(P, M).actions, "zbv")
         if chunk_cap >= 2 * P + 1:
             consider(dualpipev(P, M).actions, "dualpipev")
     link_list = table["link"]

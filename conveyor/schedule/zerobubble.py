@@ -10,6 +10,7 @@ back by a fixed count, and a drain. zbv uses the V placement (stages r and
 
 from __future__ import annotations
 
+from conveyor.schedule.deps import replay
 from conveyor.schedule.ir import F, I, W, Action, Schedule, check_counts, v_placement
 from conveyor.schedule.listsched import Policy, list_schedule
 
@@ -62,14 +63,79 @@ def zb_h2(P: int, M: int) -> Schedule:
 
 
 def zbv(P: int, M: int) -> Schedule:
-    """ZB-V: two chunks per rank in a V (stage r and 2P-1-r on rank r), the
-    backward split. Order: the list scheduler under equal unit costs, the later
-    chunk first, at most 2P chunk-activations per rank (P micro-batches of a
-    whole rank's layers, 1F1B's stage-0 peak). Any M >= 1."""
+    """ZB-V (Qi et al. 2024): two chunks per rank in a V (stage r, "chunk 0",
+    and stage 2P-1-r, "chunk 1", on rank r), the backward split. Phases on
+    rank r, as in the paper's figure:
+
+    1. 2(P-r)-1 forwards of chunk 0;
+    2. r times: F chunk 1, F chunk 0;
+    3. P-r times: F, I, W of chunk 1;
+    4. steady: F, I, W of chunk 0, then F, I, W of chunk 1, until all are in;
+    5. r times: I chunk 0, I chunk 1 (their W's held back);
+    6. P-r times: I and W of chunk 0;
+    7. the held-back W's, chunk 1's first.
+
+    At most 2P chunk-activations per rank (P micro-batches of a whole rank's
+    layers, 1F1B's peak). The shape needs M >= 2P-1; for fewer, the order
+    for 2P-1 is built and the missing micro-batches are dropped, which keeps
+    it valid. Then the list scheduler's order (equal unit costs, 2P chunks)
+    is used where it is shorter under equal costs: it does not wait for
+    micro-batches that do not exist.
+    """
     check_counts(P, M)
     place = v_placement(P)
+    n = max(M, 2 * P - 1)
+    rows = tuple(tuple(a for a in _zbv_rank(P, n, r) if a.mb < M) for r in range(P))
+    shaped = Schedule("zbv", P, M, rows, place)
+    if M >= 2 * P - 1:
+        return shaped
     S = 2 * P
     unit = {k: [1.0] * S for k in ("F", "B", "I", "W")}
-    rows, _ = list_schedule(P, M, place, unit, [0.0] * (S - 1),
-                            Policy(split=True, cap=(2 * P,) * P))
-    return Schedule("zbv", P, M, tuple(map(tuple, rows)), place)
+    listed, t_list = list_schedule(P, M, place, unit, [0.0] * (S - 1),
+                                   Policy(split=True, cap=(2 * P,) * P))
+    t_shaped = max(replay(shaped, lambda r, a: 1.0).end.values())
+    if t_list < t_shaped:
+        return Schedule("zbv", P, M, tuple(map(tuple, listed)), place)
+    return shaped
+
+
+def _zbv_rank(P: int, M: int, r: int) -> list[Action]:
+    c0, c1 = r, 2 * P - 1 - r
+    nf = {c0: 0, c1: 0}
+    ni = {c0: 0, c1: 0}
+    nw = {c0: 0, c1: 0}
+    out: list[Action] = []
+
+    def act(s, kind):
+        count = {F: nf, I: ni, W: nw}[kind]
+        out.append(Action(s, kind, count[s]))
+        count[s] += 1
+
+    for _ in range(2 * (P - r) - 1):                     # 1
+        act(c0, F)
+    for _ in range(r):                                   # 2
+        act(c1, F)
+        act(c0, F)
+    for _ in range(P - r):                               # 3
+        act(c1, F)
+        act(c1, I)
+        act(c1, W)
+    while nf[c1] < nf[c0] or nf[c0] < M:                 # 4
+        if nf[c0] < M:
+            act(c0, F)
+        act(c0, I)
+        act(c0, W)
+        act(c1, F)
+        act(c1, I)
+        act(c1, W)
+    for _ in range(r):                                   # 5
+        act(c0, I)
+        act(c1, I)
+    for _ in range(P - r):                               # 6
+        act(c0, I)
+        act(c0, W)
+    while nw[c1] < ni[c1]:                               # 7
+        act(c1, W)
+    while nw[c0] < ni[c0]:
+        act(c0, W)
+    return out
