@@ -47,22 +47,20 @@ def zb_auto(P: int, M: int, *, costs=None, cap: int | None = None,
     S = len(place)
     table = costs.table(S)
     duration, link = costs.duration_fn(S)
-    best: tuple[float, int, Schedule] | None = None
+    best: tuple[float, Schedule] | None = None
 
-    def consider(rows, name_meta):
+    def consider(rows, candidate: str) -> None:
+        """Time one candidate order; keep it when strictly shorter (the first wins ties)."""
         nonlocal best
         s = Schedule("zb-auto", P, M, tuple(map(tuple, rows)), place,
-                     meta={"candidate": name_meta, "cap": cap, "placement": placement})
+                     meta={"candidate": candidate, "cap": cap, "placement": placement})
         result = replay(s, duration, link)
         if result.stuck:
             return
         t = max(result.end.values())
-        key = (t, len(best_list))
-        best_list.append(name_meta)
         if best is None or t < best[0] - 1e-9:
-            best = (t, key[1], s)
+            best = (t, s)
 
-    best_list: list[str] = []
     chunk_cap = cap if placement == "line" else 2 * cap
     if placement == "line":
         from conveyor.schedule.zerobubble import held_back
@@ -80,7 +78,7 @@ def zb_auto(P: int, M: int, *, costs=None, cap: int | None = None,
     link_list = table["link"]
     lo = 1 if placement == "line" else 2
     for c in range(chunk_cap, lo - 1, -1):
-        for late in (True, False):
+        for late in ((True, False) if placement == "v" else (True,)):  # one chunk: no choice
             for w_at in (None, c - 1, c - 2):
                 if w_at is not None and w_at < 1:
                     continue
@@ -96,4 +94,4 @@ def zb_auto(P: int, M: int, *, costs=None, cap: int | None = None,
     if best is None:
         raise ScheduleError(f"zb-auto found no order for P={P}, M={M} under cap={cap}; "
                             f"raise the cap (V placement needs cap >= 1)")
-    return best[2]
+    return best[1]
