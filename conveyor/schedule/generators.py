@@ -14,6 +14,7 @@ from fractions import Fraction
 from typing import Callable
 
 from conveyor.errors import ScheduleError
+from conveyor.schedule.deps import paused_gc
 from conveyor.schedule.ir import B, F, Action, Schedule, check_counts
 
 __all__ = ["ScheduleSpec", "register", "get_spec", "schedule_names", "build_schedule",
@@ -101,7 +102,8 @@ def build_schedule(name: str, P: int, M: int, **options) -> Schedule:
     """Generate schedule ``name`` for P ranks and M micro-batches."""
     spec = get_spec(name)
     check_counts(P, M)
-    return spec.build(P, M, **options)
+    with paused_gc():
+        return spec.build(P, M, **options)
 
 
 def _fill_drain(P: int, M: int) -> Fraction:

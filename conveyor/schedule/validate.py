@@ -19,11 +19,10 @@ Rules, checked in this order:
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable
 
 from conveyor.errors import ValidationError
-from conveyor.schedule.deps import Replay, replay
+from conveyor.schedule.deps import Replay, paused_gc, replay
 from conveyor.schedule.ir import (
     B, COMM_KINDS, F, I, RECV_B, RECV_F, SEND_B, SEND_F, W, Action, Schedule,
 )
@@ -59,12 +58,21 @@ def checked_replay(schedule: Schedule, run: Callable[[], Replay]) -> Replay:
     The simulator passes its own timed replay so a schedule is replayed once.
     """
     where: dict[Action, tuple[int, int]] = {}
-    for r, step, a in schedule:
-        _check_placement(schedule, r, step, a)
-        if a in where:
-            _fail(schedule, f"{a} appears twice (first at rank {where[a][0]} step {where[a][1]}); "
-                            f"each action runs exactly once", [(r, step)], a)
-        where[a] = (r, step)
+    place, S, M = schedule.placement, schedule.S, schedule.M
+    backward_ok = not schedule.forward_only
+    with paused_gc():
+        for r, row in enumerate(schedule.actions):
+            for step, a in enumerate(row):
+                s, kind, mb = a
+                # The common case inline; the slow path names the broken rule.
+                if not (0 <= s < S and 0 <= mb < M and place[s] == r
+                        and (backward_ok or kind in (F, SEND_F, RECV_F))):
+                    _check_placement(schedule, r, step, a)
+                if a in where:
+                    _fail(schedule, f"{a} appears twice (first at rank {where[a][0]} step "
+                                    f"{where[a][1]}); each action runs exactly once",
+                          [(r, step)], a)
+                where[a] = (r, step)
     _check_complete(schedule, where)
     if schedule.has_comms:
         _check_pairs(schedule, where)
@@ -90,16 +98,16 @@ def _check_placement(schedule: Schedule, r: int, step: int, a: Action) -> None:
 
 
 def _check_complete(schedule: Schedule, where: dict[Action, tuple[int, int]]) -> None:
-    kinds = Counter((a.stage, a.mb, a.kind) for a in where)
+    has = where.__contains__  # each action is there at most once (checked before)
     for s in range(schedule.S):
         r = schedule.placement[s]
         for mb in range(schedule.M):
-            if not kinds[(s, mb, F)]:
+            if not has((s, F, mb)):
                 _fail(schedule, f"missing forward {Action(s, F, mb)}: stage {s} never runs "
                                 f"micro-batch {mb}; add it to rank {r}'s list")
             if schedule.forward_only:
                 continue
-            b, i, w = kinds[(s, mb, B)], kinds[(s, mb, I)], kinds[(s, mb, W)]
+            b, i, w = has((s, B, mb)), has((s, I, mb)), has((s, W, mb))
             if b and (i or w):
                 a = Action(s, B, mb)
                 _fail(schedule, f"{a} and a split backward ({Action(s, I if i else W, mb)}) "
