@@ -56,3 +56,14 @@ def test_bad_options_are_named():
         build_schedule("zb-auto", 4, 8, cap=0)
     with pytest.raises(ScheduleError, match="placement 'zigzag'"):
         build_schedule("zb-auto", 4, 8, placement="zigzag")
+
+
+def test_beats_zb_h1_when_links_are_slow():
+    # With a link latency of a whole F, ZB-H1's fixed warm-up leaves each rank
+    # waiting; the list scheduler, planning with the latency, fills it.
+    for P, M in ((4, 8), (8, 16)):
+        costs = CostModel(forward=1, backward=2, latency=1.0)
+        auto = build_schedule("zb-auto", P, M, costs=costs, cap=P)
+        assert max(simulate(auto, costs).peak_activations()) <= P
+        assert _step(auto, costs) < _step(build_schedule("zb-h1", P, M), costs)
+        assert auto.meta["candidate"].startswith("list")
