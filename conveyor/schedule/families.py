@@ -30,23 +30,20 @@ def _interleaved_memory(P: int, M: int, v: int) -> int:
 
 _ZB = "Qi et al., Zero Bubble Pipeline Parallelism (ICLR 2024)"
 
+# Interleaved and looped BFS share the bubble (Megatron's and the BFS paper's).
+_LOOP = dict(bubble=_loop_fraction, formula="(P-1)/(vM+P-1)", bubble_formula="(P-1)(F+B)/v",
+             bubble_time=lambda P, v, F, I, W: (P - 1) * (F + I + W) / v,
+             scope="single step", holds_for="M >= P", min_M=lambda P, v: P, options={"v": 2})
+
 register("interleaved-1f1b",
          "Megatron's interleaved 1F1B: v chunks per rank in a loop, 1F1B over chunks",
-         bubble=_loop_fraction, formula="(P-1)/(vM+P-1)", bubble_formula="(P-1)(F+B)/v",
-         bubble_time=lambda P, v, F, I, W: (P - 1) * (F + I + W) / v, scope="single step",
-         holds_for="M >= P", min_M=lambda P, v: P,
-         source="Narayanan et al., Megatron-LM (SC'21)",
-         memory=_interleaved_memory, memory_text="2(P-1)+(v-1)g+1 chunks (g = P when P | M)",
-         options={"v": 2})(interleaved_1f1b)
+         source="Narayanan et al., Megatron-LM (SC'21)", memory=_interleaved_memory,
+         memory_text="2(P-1)+(v-1)g+1 chunks (g = P when P | M)", **_LOOP)(interleaved_1f1b)
 
 register("looped-bfs",
          "breadth-first: all micro-batches through a chunk before the next (v chunks, loop)",
-         bubble=_loop_fraction, formula="(P-1)/(vM+P-1)", bubble_formula="(P-1)(F+B)/v",
-         bubble_time=lambda P, v, F, I, W: (P - 1) * (F + I + W) / v, scope="single step",
-         holds_for="M >= P", min_M=lambda P, v: P,
          source="Lamy-Poirier, Breadth-First Pipeline Parallelism (MLSys 2023)",
-         memory=lambda P, M, v: M * v, memory_text="M*v chunks",
-         options={"v": 2})(looped_bfs)
+         memory=lambda P, M, v: M * v, memory_text="M*v chunks", **_LOOP)(looped_bfs)
 
 register("zb-h1", "zero bubble H1: B split into I and W, W held back into the drain; "
                   "P micro-batches per rank",

@@ -116,18 +116,19 @@ def _zbv_rank(P: int, M: int, r: int) -> list[Action]:
     for _ in range(r):                                   # 2
         act(c1, F)
         act(c0, F)
+    def whole(s):  # F, I and W of the next micro-batch of stage s, back to back
+        act(s, F)
+        act(s, I)
+        act(s, W)
+
     for _ in range(P - r):                               # 3
-        act(c1, F)
-        act(c1, I)
-        act(c1, W)
+        whole(c1)
     while nf[c1] < nf[c0] or nf[c0] < M:                 # 4
         if nf[c0] < M:
             act(c0, F)
         act(c0, I)
         act(c0, W)
-        act(c1, F)
-        act(c1, I)
-        act(c1, W)
+        whole(c1)
     for _ in range(r):                                   # 5
         act(c0, I)
         act(c1, I)
