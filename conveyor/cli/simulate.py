@@ -146,5 +146,6 @@ def report(schedule, timeline, formula) -> str:
             lines.append(f"memory bound        {spec.memory_text} per rank")
         lines.append("peak activations    " + "  ".join(
             f"r{r}:{n}" for r, n in enumerate(timeline.peak_activations()))
-            + "  (micro-batches held per rank)")
+            + ("  (micro-batches held per rank)" if schedule.S == P
+               else "  (chunk-activations held per rank; a chunk is one of its stages)"))
     return "\n".join(lines)
