@@ -27,7 +27,10 @@ class Policy:
     """How a free rank chooses.
 
     split:     split the backward into I and W (else one B).
-    cap:       most chunk-activations held per rank (index r).
+    cap:       most chunk-activations held per rank (index r). A micro-batch
+               is admitted to a rank (its forward on the rank's first stage)
+               only when the cap has room for all its chunks there, so a
+               rank never fills its cap with early chunks and stalls.
     late_first: among forwards (and among backwards), prefer the later stage.
     w_first_at: run a pending W before a forward once the rank holds this many
                chunk-activations (None: W only when nothing else can run).
@@ -58,41 +61,66 @@ def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Seq
     for mb in range(M):
         f_ready[0][mb] = 0.0
     held = [0] * P
+    committed = [0] * P  # held, plus the chunks admitted micro-batches will still add
+    first = [min(st) if st else -1 for st in stages]
+    k = [len(st) for st in stages]
     rows: list[list[Action]] = [[] for _ in range(P)]
     left = [len(st) * M * (3 if policy.split else 2) for st in stages]
-    heap = [(0.0, r, r) for r in range(P) if left[r]]
+    # Heap entries (time, seq, rank, version): a rank's newer entry makes its
+    # older ones stale. A rank that cannot start anything sleeps until its
+    # next known input arrives or until any rank decides something (which may
+    # send it a new input), whichever is first.
+    version = [0] * P
+    heap = [(0.0, r, r, 0) for r in range(P) if left[r]]
     heapq.heapify(heap)
     seq = P
     makespan = 0.0
     decisions = 0
-    blocked: dict[int, tuple[float, int]] = {}  # rank -> (time, decisions) when it last blocked
+    retried: dict[int, tuple[float, int]] = {}  # rank -> (time, decisions) of its same-time retry
+    sleeping: set[int] = set()
+
+    def push(q: int, when: float) -> None:
+        nonlocal seq
+        version[q] += 1
+        heapq.heappush(heap, (when, seq, q, version[q]))
+        seq += 1
+
     while heap:
-        t, _, r = heapq.heappop(heap)
-        choice = _choose(r, t, stages[r], policy, held[r], nxt_f, nxt_b, pend_w,
-                         f_ready, b_ready, M)
+        t, _, r, ver = heapq.heappop(heap)
+        if ver != version[r]:
+            continue
+        sleeping.discard(r)
+        room = policy.cap[r] - committed[r] >= k[r]
+        choice = _choose(r, t, stages[r], policy, held[r], room, first[r], nxt_f, nxt_b,
+                         pend_w, f_ready, b_ready, M)
         if choice is None:
             # Another rank deciding at this same time may hand r an input:
-            # look again after it, once; else sleep until the next known event.
-            if heap and heap[0][0] <= t and blocked.get(r) != (t, decisions):
-                blocked[r] = (t, decisions)
-                heapq.heappush(heap, (t, seq, r))
-            else:
-                later = [x for x in _input_times(stages[r], nxt_f, nxt_b, f_ready, b_ready, M)
-                         if x > t] + [e[0] for e in heap if e[0] > t]
-                if not later:
-                    raise Stalled(r, t)
-                heapq.heappush(heap, (min(later), seq, r))
-            seq += 1
+            # look again after it, once.
+            if heap and heap[0][0] <= t and retried.get(r) != (t, decisions):
+                retried[r] = (t, decisions)
+                push(r, t)
+                continue
+            later = [x for x in _input_times(stages[r], nxt_f, nxt_b, f_ready, b_ready, M)
+                     if x > t]
+            if later:
+                push(r, min(later))
+            sleeping.add(r)
             continue
         decisions += 1
+        for q in sleeping:
+            push(q, t)
+        sleeping.clear()
         s, kind = choice
         if kind == F:
             mb = nxt_f[s]
             nxt_f[s] += 1
             held[r] += 1
+            if s == first[r]:
+                committed[r] += k[r]
         elif kind == W:
             mb = pend_w[s].pop(0)
             held[r] -= 1
+            committed[r] -= 1
         else:
             mb = nxt_b[s]
             nxt_b[s] += 1
@@ -100,6 +128,7 @@ def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Seq
                 pend_w[s].append(mb)
             else:
                 held[r] -= 1
+                committed[r] -= 1
         end = t + costs[kind][s]
         rows[r].append(Action(s, kind, mb))
         if kind == F:
@@ -112,12 +141,15 @@ def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Seq
         makespan = max(makespan, end)
         left[r] -= 1
         if left[r]:
-            heapq.heappush(heap, (end, seq, r))
-            seq += 1
+            push(r, end)
+    if any(left):
+        r = next(r for r in range(P) if left[r])
+        raise Stalled(r, makespan)
     return rows, makespan
 
 
-def _choose(r, t, stages, policy, held, nxt_f, nxt_b, pend_w, f_ready, b_ready, M):
+def _choose(r, t, stages, policy, held, room, first, nxt_f, nxt_b, pend_w, f_ready, b_ready,
+            M):
     back = I if policy.split else B
     eps = 1e-12
     for s in stages:  # a backward first: it frees memory and feeds the rank before
@@ -129,11 +161,11 @@ def _choose(r, t, stages, policy, held, nxt_f, nxt_b, pend_w, f_ready, b_ready, 
         for s in reversed(stages):
             if pend_w[s]:
                 return s, W
-    if held < policy.cap[r]:
-        for s in stages:
-            mb = nxt_f[s]
-            if mb < M and f_ready[s][mb] is not None and f_ready[s][mb] <= t + eps:
-                return s, F
+    for s in stages:  # a later chunk's forward was reserved when its micro-batch came in
+        mb = nxt_f[s]
+        if mb < M and f_ready[s][mb] is not None and f_ready[s][mb] <= t + eps \
+                and (s != first or room):
+            return s, F
     if policy.split:
         for s in reversed(stages):
             if pend_w[s]:
