@@ -83,7 +83,8 @@ def zb_auto(P: int, M: int, *, costs=None, cap: int | None = None,
         except Stalled:
             continue
         consider(rows, f"list cap={policy.cap[0]} late={policy.late_first} "
-                       f"w_at={policy.w_first_at and policy.w_first_at[0]}")
+                       f"w_at={policy.w_first_at and policy.w_first_at[0]} "
+                       f"reserve={policy.reserve}")
     if best is None:
         raise ScheduleError(f"zb-auto found no order for P={P}, M={M} under cap={cap}; "
                             f"raise the cap (V placement needs cap >= 1)")
@@ -98,6 +99,9 @@ def _policies(P: int, chunk_cap: int, lo: int, vee: bool):
     or W early near the cap, won a handful of times, so they are tried at
     the full cap only."""
     lates = (True, False) if vee else (True,)  # one chunk per rank: no choice to make
+    if vee:  # unreserved admission: may stall (skipped), often shorter with the V
+        for late in lates:
+            yield Policy(split=True, cap=(chunk_cap,) * P, late_first=late, reserve=False)
     for late in lates:
         for w_at in (None, chunk_cap - 1, chunk_cap - 2):
             if w_at is None or w_at >= 1:

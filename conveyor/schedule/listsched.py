@@ -14,6 +14,7 @@ in-flight chunk-activations (forward done, weight gradient not yet done).
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,12 +35,17 @@ class Policy:
     late_first: among forwards (and among backwards), prefer the later stage.
     w_first_at: run a pending W before a forward once the rank holds this many
                chunk-activations (None: W only when nothing else can run).
+    reserve:   admit a micro-batch only with room for all its chunks (never
+               stalls); False admits while any room is left, which can fill a
+               rank with early chunks and raise Stalled, but is sometimes
+               shorter.
     """
 
     split: bool
     cap: tuple[int, ...]
     late_first: bool = True
     w_first_at: tuple[int, ...] | None = None
+    reserve: bool = True
 
 
 def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Sequence[float]],
@@ -68,8 +74,8 @@ def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Seq
     left = [len(st) * M * (3 if policy.split else 2) for st in stages]
     # Heap entries (time, seq, rank, version): a rank's newer entry makes its
     # older ones stale. A rank that cannot start anything sleeps until its
-    # next known input arrives or until any rank decides something (which may
-    # send it a new input), whichever is first.
+    # next known input arrives; a decision that sends it an earlier input
+    # moves its wake-up forward.
     version = [0] * P
     heap = [(0.0, r, r, 0) for r in range(P) if left[r]]
     heapq.heapify(heap)
@@ -77,7 +83,12 @@ def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Seq
     makespan = 0.0
     decisions = 0
     retried: dict[int, tuple[float, int]] = {}  # rank -> (time, decisions) of its same-time retry
-    sleeping: set[int] = set()
+    sleeping: dict[int, float] = {}  # rank -> when it wakes (inf: on a new input)
+
+    def _wake(q: int, when: float) -> None:
+        if when < sleeping.get(q, -1.0):
+            sleeping[q] = when
+            push(q, when)
 
     def push(q: int, when: float) -> None:
         nonlocal seq
@@ -89,8 +100,9 @@ def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Seq
         t, _, r, ver = heapq.heappop(heap)
         if ver != version[r]:
             continue
-        sleeping.discard(r)
-        room = policy.cap[r] - committed[r] >= k[r]
+        sleeping.pop(r, None)
+        room = (policy.cap[r] - committed[r] >= k[r]) if policy.reserve \
+            else held[r] < policy.cap[r]
         choice = _choose(r, t, stages[r], policy, held[r], room, first[r], nxt_f, nxt_b,
                          pend_w, f_ready, b_ready, M)
         if choice is None:
@@ -102,14 +114,12 @@ def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Seq
                 continue
             later = [x for x in _input_times(stages[r], nxt_f, nxt_b, f_ready, b_ready, M)
                      if x > t]
+            wake = min(later, default=math.inf)
             if later:
-                push(r, min(later))
-            sleeping.add(r)
+                push(r, wake)
+            sleeping[r] = wake
             continue
         decisions += 1
-        for q in sleeping:
-            push(q, t)
-        sleeping.clear()
         s, kind = choice
         if kind == F:
             mb = nxt_f[s]
@@ -133,11 +143,13 @@ def list_schedule(P: int, M: int, placement: Sequence[int], costs: dict[str, Seq
         rows[r].append(Action(s, kind, mb))
         if kind == F:
             if s + 1 < S:
-                f_ready[s + 1][mb] = end + (link[s] if placement[s + 1] != r else 0.0)
+                f_ready[s + 1][mb] = arrive = end + (link[s] if placement[s + 1] != r else 0.0)
+                _wake(placement[s + 1], arrive)
             else:
                 b_ready[s][mb] = end  # the loss gradient is there once F is
         elif kind != W and s > 0:
-            b_ready[s - 1][mb] = end + (link[s - 1] if placement[s - 1] != r else 0.0)
+            b_ready[s - 1][mb] = arrive = end + (link[s - 1] if placement[s - 1] != r else 0.0)
+            _wake(placement[s - 1], arrive)
         makespan = max(makespan, end)
         left[r] -= 1
         if left[r]:
@@ -164,7 +176,7 @@ def _choose(r, t, stages, policy, held, room, first, nxt_f, nxt_b, pend_w, f_rea
     for s in stages:  # a later chunk's forward was reserved when its micro-batch came in
         mb = nxt_f[s]
         if mb < M and f_ready[s][mb] is not None and f_ready[s][mb] <= t + eps \
-                and (s != first or room):
+                and (room if (s == first or not policy.reserve) else True):
             return s, F
     if policy.split:
         for s in reversed(stages):
