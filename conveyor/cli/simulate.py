@@ -62,6 +62,12 @@ def add_parser(sub) -> None:
                    help="micro-batches per step (8)")
     p.add_argument("-s", "--schedule", default=None,
                    help=f"schedule name: {', '.join(schedule_names())} (1f1b)")
+    p.add_argument("-v", "--chunks", dest="v", type=positive_int, default=None,
+                   help="chunks per rank for interleaved-1f1b and looped-bfs (2)")
+    p.add_argument("--cap", type=positive_int, default=None,
+                   help="zb-auto: most micro-batches in flight per rank (P)")
+    p.add_argument("--placement", choices=["line", "v"], default=None,
+                   help="zb-auto: one stage per rank (line) or a V (stages r, 2P-1-r on r)")
     p.add_argument("--file", help="simulate a schedule file (.json or torch-style .csv) "
                                   "instead of generating one")
     p.add_argument("--forward-only", action="store_true",
@@ -75,21 +81,42 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def schedule_options(args) -> dict:
+    """The generator options the flags give, checked against what it takes."""
+    from conveyor.errors import ScheduleError
+    from conveyor.schedule.generators import get_spec
+    spec = get_spec(args.schedule)
+    given = {"v": args.v, "cap": args.cap, "placement": args.placement}
+    given = {k: v for k, v in given.items() if v is not None}
+    flags = {"v": "--chunks", "cap": "--cap", "placement": "--placement"}
+    for k in given:
+        if k not in spec.options:
+            raise ScheduleError(f"schedule {spec.name!r} takes no {flags[k]}; it applies to "
+                                + ", ".join(n for n in schedule_names()
+                                            if k in get_spec(n).options))
+    if "cap" in spec.options:  # zb-auto plans for the costs it is simulated under
+        given["costs"] = cost_model(args)
+    return given
+
+
 def run(args) -> int:
     if args.file:
-        given = [opt for opt, v in (("-P", args.P), ("-M", args.M), ("--schedule", args.schedule))
-                 if v is not None]
+        given = [opt for opt, v in (("-P", args.P), ("-M", args.M), ("--schedule", args.schedule),
+                                    ("--chunks", args.v), ("--cap", args.cap),
+                                    ("--placement", args.placement)) if v is not None]
         if given:
             raise ScheduleError(f"--file {args.file!r} sets the schedule, P and M; drop "
                                 f"{', '.join(given)} (or drop --file)")
         schedule = load_schedule(args.file)
     else:
-        schedule = build_schedule(args.schedule or "1f1b", args.P or 4, args.M or 8)
+        args.schedule, args.P, args.M = args.schedule or "1f1b", args.P or 4, args.M or 8
+        schedule = build_schedule(args.schedule, args.P, args.M, **schedule_options(args))
     if args.forward_only:
         schedule = schedule.without_backward()
     timeline = simulate(schedule, cost_model(args))
-    formula = None if args.file or args.forward_only else formula_bubble(
-        schedule.name, schedule.P, schedule.M)
+    # The registry's fraction assumes the default options (v=2, default costs).
+    formula = None if args.file or args.forward_only or args.v not in (None, 2) \
+        else formula_bubble(schedule.name, schedule.P, schedule.M)
     if args.json:
         out = {"schedule": schedule.name, "P": schedule.P, "M": schedule.M, "S": schedule.S,
                "metrics": timeline.summary(),
@@ -111,6 +138,11 @@ def report(schedule, timeline, formula) -> str:
     if schedule.meta.get("requested_M", M) != M:
         lines.append(f"  note: {schedule.name} runs the whole batch as one micro-batch, so M={M}")
     lines.append(f"step time           {timeline.step_time:g} {timeline.unit}s")
+    from conveyor.schedule.generators import get_spec, schedule_names
+    spec = get_spec(schedule.name) if schedule.name in schedule_names() else None
+    if spec is not None and spec.bubble_formula:
+        lines.append(f"bubble formula      {spec.bubble_formula} per rank ({spec.scope}, "
+                     f"{spec.holds_for}; {spec.source})")
     sim = timeline.bubble_overall
     if formula is not None:
         lines.append(f"bubble (formula)    {formula.numerator}/{formula.denominator} = "
@@ -118,7 +150,10 @@ def report(schedule, timeline, formula) -> str:
     lines.append(f"bubble (simulated)  {sim:.1%}")
     lines.append("bubble per rank     " + "  ".join(f"{b:.1%}" for b in timeline.bubbles()))
     if not schedule.forward_only:
+        if spec is not None and spec.memory_text:
+            lines.append(f"memory bound        {spec.memory_text} per rank")
         lines.append("peak activations    " + "  ".join(
             f"r{r}:{n}" for r, n in enumerate(timeline.peak_activations()))
-            + "  (micro-batches held per rank)")
+            + ("  (micro-batches held per rank)" if schedule.S == P
+               else "  (chunk-activations held per rank; a chunk is one of its stages)"))
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from conveyor.schedule.generators import (
     ScheduleSpec, build_schedule, get_spec, register, schedule_names,
 )
+from conveyor.schedule import families as _families  # noqa: F401 (registers)
 from conveyor.schedule.io import (
     dumps_csv, dumps_json, load_schedule, loads_csv, loads_json, save_schedule,
 )

@@ -12,7 +12,9 @@ isend/irecv early and waits only where the data is needed.
 
 from __future__ import annotations
 
+import gc
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -20,7 +22,7 @@ from conveyor.schedule.ir import (
     B, F, I, RECV_B, RECV_F, SEND_B, SEND_F, W, Action, Schedule,
 )
 
-__all__ = ["Dependencies", "Replay", "replay"]
+__all__ = ["Dependencies", "Replay", "replay", "paused_gc"]
 
 # A dependency: the action waited for, and the cut its data crosses (cut c lies
 # between stage c and stage c+1), or None when it stays on the rank.
@@ -47,9 +49,12 @@ class Dependencies:
                 if a.kind == I or (a.kind == B and (a.stage, a.mb) not in self.grad_kind):
                     self.grad_kind[(a.stage, a.mb)] = a.kind
 
-    def _grad(self, s: int, mb: int) -> Action:
-        return Action(s, self.grad_kind.get((s, mb), B), mb)
+    def _grad(self, s: int, mb: int) -> tuple:
+        return (s, self.grad_kind.get((s, mb), B), mb)
 
+    # Dependencies are returned as plain (stage, kind, mb) tuples: they hash
+    # and compare equal to Actions, and skip NamedTuple construction, which
+    # dominates the replay of large schedules.
     def __call__(self, a: Action) -> list[Dep]:
         s, kind, mb = a
         last = self.S - 1
@@ -58,31 +63,43 @@ class Dependencies:
             if s == 0:
                 return []
             if place[s - 1] == place[s]:
-                return [(Action(s - 1, F, mb), None)]
+                return [((s - 1, F, mb), None)]
             if self.comms:
-                return [(Action(s, RECV_F, mb), None)]
-            return [(Action(s - 1, F, mb), s - 1)]
-        if kind in (B, I):
-            deps: list[Dep] = [(Action(s, F, mb), None)]
+                return [((s, RECV_F, mb), None)]
+            return [((s - 1, F, mb), s - 1)]
+        if kind == B or kind == I:
             if s < last:
                 if place[s + 1] == place[s]:
-                    deps.append((self._grad(s + 1, mb), None))
-                elif self.comms:
-                    deps.append((Action(s, RECV_B, mb), None))
-                else:
-                    deps.append((self._grad(s + 1, mb), s))
-            return deps
+                    return [((s, F, mb), None), (self._grad(s + 1, mb), None)]
+                if self.comms:
+                    return [((s, F, mb), None), ((s, RECV_B, mb), None)]
+                return [((s, F, mb), None), (self._grad(s + 1, mb), s)]
+            return [((s, F, mb), None)]
         if kind == W:
-            return [(Action(s, I, mb), None)]
+            return [((s, I, mb), None)]
         if kind == SEND_F:
-            return [(Action(s, F, mb), None)]
+            return [((s, F, mb), None)]
         if kind == SEND_B:
             return [(self._grad(s, mb), None)]
         if kind == RECV_F:
-            return [(Action(s - 1, SEND_F, mb), s - 1)]
+            return [((s - 1, SEND_F, mb), s - 1)]
         if kind == RECV_B:
-            return [(Action(s + 1, SEND_B, mb), s)]
+            return [((s + 1, SEND_B, mb), s)]
         raise AssertionError(f"unknown action kind in {a}")
+
+
+@contextmanager
+def paused_gc():
+    """Pause the cyclic garbage collector while a large, acyclic structure is
+    built (an action per tuple, 100k+ of them): its generation-0 passes
+    otherwise take about a quarter of a big replay. Nested uses are fine."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @dataclass
@@ -104,6 +121,11 @@ def replay(schedule: Schedule, duration: Callable[[int, Action], float],
     """Run every rank's list in order under ``duration(rank, action)`` and
     ``link(cut)`` (time for data to cross cut c). Linear in the number of
     actions: a blocked rank sleeps until the action it waits for ends."""
+    with paused_gc():
+        return _replay(schedule, duration, link)
+
+
+def _replay(schedule, duration, link) -> Replay:
     deps_of = Dependencies(schedule)
     rows = schedule.actions
     P = len(rows)
@@ -111,18 +133,21 @@ def replay(schedule: Schedule, duration: Callable[[int, Action], float],
     clock = [0.0] * P
     start: dict[Action, float] = {}
     end: dict[Action, float] = {}
+    end_get = end.get
     waiting: dict[Action, list[int]] = {}
     blocked_on: dict[int, Action] = {}
     ready = deque(range(P))
     while ready:
         r = ready.popleft()
-        row = rows[r]
-        while pos[r] < len(row):
-            a = row[pos[r]]
-            t = clock[r]
+        row, i, now = rows[r], pos[r], clock[r]
+        n = len(row)
+        blocked_on.pop(r, None)
+        while i < n:
+            a = row[i]
+            t = now
             missing = None
             for d, cut in deps_of(a):
-                e = end.get(d)
+                e = end_get(d)
                 if e is None:
                     missing = d
                     break
@@ -134,15 +159,15 @@ def replay(schedule: Schedule, duration: Callable[[int, Action], float],
                 waiting.setdefault(missing, []).append(r)
                 blocked_on[r] = missing
                 break
-            blocked_on.pop(r, None)
             start[a] = t
-            t_end = t + duration(r, a)
-            end[a] = t_end
-            clock[r] = t_end
-            pos[r] += 1
-            woken = waiting.pop(a, None)
-            if woken:
-                ready.extend(woken)
-    stuck = {r: (pos[r], rows[r][pos[r]], blocked_on[r])
+            now = t + duration(r, a)
+            end[a] = now
+            i += 1
+            if waiting:  # most actions wake nobody: skip the lookup when none waits
+                woken = waiting.pop(a, None)
+                if woken:
+                    ready.extend(woken)
+        pos[r], clock[r] = i, now
+    stuck = {r: (pos[r], rows[r][pos[r]], Action(*blocked_on[r]))
              for r in range(P) if pos[r] < len(rows[r])}
     return Replay(start, end, stuck)

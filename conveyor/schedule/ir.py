@@ -120,7 +120,8 @@ class Schedule:
 
     def __post_init__(self) -> None:
         check_counts(self.P, self.M)
-        actions = tuple(tuple(Action(*a) for a in row) for row in self.actions)
+        actions = tuple(tuple(a if type(a) is Action else Action(*a) for a in row)
+                        for row in self.actions)
         object.__setattr__(self, "actions", actions)
         placement = tuple(self.placement) if self.placement else loop_placement(self.P)
         object.__setattr__(self, "placement", placement)

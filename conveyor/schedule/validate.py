@@ -10,20 +10,23 @@ Rules, checked in this order:
    its receive on the peer rank and every cross-rank input has a receive;
 4. order: no action precedes, on its own rank, an action it needs (a backward
    before its forward, W before I);
-5. progress: replayed with sends that never block and receives that do, every
+5. message order (only with communication actions): between every ordered
+   pair of ranks, the receiver posts its receives in the order the sender
+   posts its sends, as NCCL matches them (order-safe);
+6. progress: replayed with sends that never block and receives that do, every
    rank reaches the end of its list (no deadlock).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Callable
 
 from conveyor.errors import ValidationError
-from conveyor.schedule.deps import Replay, replay
+from conveyor.schedule.deps import Replay, paused_gc, replay
 from conveyor.schedule.ir import (
     B, COMM_KINDS, F, I, RECV_B, RECV_F, SEND_B, SEND_F, W, Action, Schedule,
 )
+from conveyor.schedule.lowering import channel_of
 from conveyor.schedule.render import render_grid
 
 __all__ = ["validate", "checked_replay"]
@@ -55,15 +58,25 @@ def checked_replay(schedule: Schedule, run: Callable[[], Replay]) -> Replay:
     The simulator passes its own timed replay so a schedule is replayed once.
     """
     where: dict[Action, tuple[int, int]] = {}
-    for r, step, a in schedule:
-        _check_placement(schedule, r, step, a)
-        if a in where:
-            _fail(schedule, f"{a} appears twice (first at rank {where[a][0]} step {where[a][1]}); "
-                            f"each action runs exactly once", [(r, step)], a)
-        where[a] = (r, step)
+    place, S, M = schedule.placement, schedule.S, schedule.M
+    backward_ok = not schedule.forward_only
+    with paused_gc():
+        for r, row in enumerate(schedule.actions):
+            for step, a in enumerate(row):
+                s, kind, mb = a
+                # The common case inline; the slow path names the broken rule.
+                if not (0 <= s < S and 0 <= mb < M and place[s] == r
+                        and (backward_ok or kind in (F, SEND_F, RECV_F))):
+                    _check_placement(schedule, r, step, a)
+                if a in where:
+                    _fail(schedule, f"{a} appears twice (first at rank {where[a][0]} step "
+                                    f"{where[a][1]}); each action runs exactly once",
+                          [(r, step)], a)
+                where[a] = (r, step)
     _check_complete(schedule, where)
     if schedule.has_comms:
         _check_pairs(schedule, where)
+        _check_message_order(schedule, where)
     result = run()
     _check_progress(schedule, where, result)
     return result
@@ -85,16 +98,16 @@ def _check_placement(schedule: Schedule, r: int, step: int, a: Action) -> None:
 
 
 def _check_complete(schedule: Schedule, where: dict[Action, tuple[int, int]]) -> None:
-    kinds = Counter((a.stage, a.mb, a.kind) for a in where)
+    has = where.__contains__  # each action is there at most once (checked before)
     for s in range(schedule.S):
         r = schedule.placement[s]
         for mb in range(schedule.M):
-            if not kinds[(s, mb, F)]:
+            if not has((s, F, mb)):
                 _fail(schedule, f"missing forward {Action(s, F, mb)}: stage {s} never runs "
                                 f"micro-batch {mb}; add it to rank {r}'s list")
             if schedule.forward_only:
                 continue
-            b, i, w = kinds[(s, mb, B)], kinds[(s, mb, I)], kinds[(s, mb, W)]
+            b, i, w = has((s, B, mb)), has((s, I, mb)), has((s, W, mb))
             if b and (i or w):
                 a = Action(s, B, mb)
                 _fail(schedule, f"{a} and a split backward ({Action(s, I if i else W, mb)}) "
@@ -147,6 +160,38 @@ def _check_pairs(schedule: Schedule, where: dict[Action, tuple[int, int]]) -> No
         if need not in where:
             _fail(schedule, f"{a} needs data from rank {place[need.stage + _PEER[need.kind][1]]} "
                             f"but no {need} is scheduled on rank {r}", [(r, step)], a)
+
+
+def _check_message_order(schedule: Schedule, where: dict[Action, tuple[int, int]]) -> None:
+    place = schedule.placement
+    posted: dict[tuple[int, int], tuple[list[Action], list[Action]]] = {}
+    for r, row in enumerate(schedule.actions):
+        for a in row:
+            if a.kind in (SEND_F, SEND_B):
+                posted.setdefault(channel_of(a, place), ([], []))[0].append(a)
+            elif a.kind in (RECV_F, RECV_B):
+                posted.setdefault(channel_of(a, place), ([], []))[1].append(a)
+    for (src, dst), (sends, recvs) in sorted(posted.items()):
+        for i, (send, recv) in enumerate(zip(sends, recvs)):
+            expected = _matching(send)
+            if recv == expected:
+                continue
+            # send (posted first) would be matched with recv (meant for a later send).
+            later = next(x for x in sends[i + 1:] if _matching(x) == recv)
+            _fail(schedule,
+                  f"messages cross between rank {src} and rank {dst}: rank {src} sends {send} "
+                  f"before {later}, but rank {dst} posts {recv} before {expected}; NCCL matches "
+                  f"messages between two ranks in posting order, so {recv} would receive "
+                  f"{send}'s tensor. Post the receives in rank {src}'s send order: move "
+                  f"{expected} before {recv} (conveyor.schedule.add_comms lowers order-safe)",
+                  [where[recv], where[expected], where[send], where[later]], recv)
+
+
+def _matching(send: Action) -> Action:
+    """The receive that pairs with ``send``."""
+    if send.kind == SEND_F:
+        return Action(send.stage + 1, RECV_F, send.mb)
+    return Action(send.stage - 1, RECV_B, send.mb)
 
 
 def _check_progress(schedule: Schedule, where: dict[Action, tuple[int, int]],
