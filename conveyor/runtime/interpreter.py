@@ -13,7 +13,7 @@ What each handler keeps (keys are (stage, micro-batch)):
           stage), kept for the backward
     gout  gradients of ``out``                          RECV_B or local B/I -> B/I
     gin   gradients of ``inp``, waiting to be sent      B/I -> SEND_B
-    wpend outputs and their gradients, kept for W       I -> W
+    wpend what W needs (splitgrad.WeightGrad)          I -> W
 
 Receives are posted before the compute action that precedes them, whenever
 their buffer size is already known, so that the transfer overlaps that
@@ -33,6 +33,7 @@ from conveyor.errors import ConveyorError
 from conveyor.runtime.comm import Comm, Pending
 from conveyor.runtime.errors import StageError, describe
 from conveyor.runtime.recorder import ActivationMemory, Recorder
+from conveyor.runtime.splitgrad import backward_input
 from conveyor.schedule.ir import B, F, I, RECV_B, RECV_F, SEND_B, SEND_F, W, Action, Schedule
 from conveyor.schedule.render import render_grid
 
@@ -95,6 +96,8 @@ class Interpreter:
         self.place = schedule.placement
         self.last = schedule.S - 1
         self.forward_only = schedule.forward_only
+        self._params = {s: [p for p in m.parameters() if p.requires_grad]
+                        for s, m in stages.items()}
         self._post_plan = self._plan_posts() if prepost else [[] for _ in self.row]
         self._handlers = {F: self._forward, B: self._backward, I: self._input_grad,
                           W: self._weight_grad, SEND_F: self._send_f, RECV_F: self._recv_f,
@@ -265,28 +268,29 @@ class Interpreter:
             self.memory.release((s, mb))
 
     def _input_grad(self, a: Action) -> None:
+        """I: the input gradients only; what W needs is kept (see splitgrad)."""
         s, mb = a.stage, a.mb
         ys, gs = self._output_grads(s, mb)
         x = self.inp.pop((s, mb), ())
         need = [t for t in x if t.requires_grad]
 
         def run():
-            if ys and need:
-                got = torch.autograd.grad(ys, need, gs, retain_graph=True, allow_unused=True)
-                for t, g in zip(need, got):
-                    t.grad = g
+            if not ys:
+                return
+            got, self.wpend[(s, mb)] = backward_input(ys, gs, need, self._params[s])
+            for t, g in zip(need, got):
+                t.grad = g
 
         self._run_user(a, run)
-        self.wpend[(s, mb)] = (ys, gs)
         del self.out[(s, mb)]
         self._input_grads(a, x)
 
     def _weight_grad(self, a: Action) -> None:
+        """W: the weight gradients from what I kept, without walking the chain again."""
         s, mb = a.stage, a.mb
-        ys, gs = self.wpend.pop((s, mb))
-        params = [p for p in self.stages[s].parameters() if p.requires_grad]
-        self._run_user(a, lambda: torch.autograd.backward(ys, gs, inputs=params)
-                       if ys and params else None)
+        pending = self.wpend.pop((s, mb), None)
+        if pending is not None:
+            self._run_user(a, pending.run)
         if self.memory is not None:
             self.memory.release((s, mb))
 
