@@ -58,6 +58,11 @@ class PipelineConfig:
                     overlap transfer and compute; None: on for gloo, off for
                     NCCL (which matches messages in order, not by tag).
     clock_rounds:   ping-pongs per rank for the clock alignment at start-up.
+    strict_order:   testing aid: on gloo, pair the messages between two ranks
+                    in the order they were posted, as NCCL does, instead of
+                    by tag, so that a schedule whose send order differs from
+                    its peer's receive order fails on CPU too. Also on when
+                    the environment sets CONVEYOR_STRICT_ORDER=1.
     """
 
     loss_reduction: str = "mean"
@@ -66,6 +71,7 @@ class PipelineConfig:
     timeout_s: float = 300.0
     prepost: bool | None = None
     clock_rounds: int = 8
+    strict_order: bool = False
 
 
 @dataclass
@@ -210,8 +216,9 @@ class Pipeline:
         self.steps = 0
 
     def _comm(self) -> Comm:
+        strict = self.config.strict_order or os.environ.get("CONVEYOR_STRICT_ORDER") == "1"
         return Comm(rank=self.ctx.rank, placement=self.schedule.placement,
-                    device=self.ctx.device, timeout_s=self.config.timeout_s)
+                    device=self.ctx.device, timeout_s=self.config.timeout_s, strict_order=strict)
 
     # -- public -------------------------------------------------------------------
     @property

@@ -95,10 +95,9 @@ class WeightGrad:
         self.groups = groups  # [(roots, grads, params)]
         self.retain = retain
 
-    def held_bytes(self) -> int:
-        """Bytes of the recorded gradients (kept from I until W)."""
-        return sum(g.numel() * g.element_size() for _, grads, _ in self.groups for g in grads
-                   if isinstance(g, torch.Tensor))
+    def tensors(self) -> list[torch.Tensor]:
+        """The recorded gradients (kept from I until W)."""
+        return [g for _, grads, _ in self.groups for g in grads if isinstance(g, torch.Tensor)]
 
     def run(self) -> None:
         for roots, grads, params in self.groups:
