@@ -1,19 +1,14 @@
-"""Time I, W and B of one stage, and the host cost of posting a receive.
+"""Time I, W and B of one stage.
 
     .venv/bin/python benchmarks/bench_split_backward.py [--repeats 30] [--out benchmarks/split_backward.md]
 
-Part 1, split backward: for a Linear stack and a transformer block (float32,
+For a Linear stack and a transformer block (float32,
 CPU, one thread), the median over ``--repeats`` runs of the wall time of
     B  torch.autograd.backward from the stage output (input and weights),
     I  conveyor.runtime.splitgrad.backward_input (input gradient only),
     W  the WeightGrad that I returned (weight gradients only),
 each on a fresh forward (the forward is not timed). The target is
 (I + W) / B <= 1.05.
-
-Part 2, receive posting (``--recv``): two gloo processes; rank 1 posts and
-waits ``--recv-n`` receives of a (64, 256) float32 tensor through conveyor's
-Comm, with and without its buffer pool, and reports the median host time per
-receive spent in ``post_act`` (the allocation and the irecv call).
 
 Writes a markdown table to ``--out`` and prints it. Timing figures depend on
 the machine's load: the table states the load average when it ran.
@@ -28,6 +23,7 @@ import time
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conveyor.runtime.splitgrad import backward_input
 
@@ -85,68 +81,51 @@ def time_split(model: nn.Module, shape: tuple[int, ...], repeats: int) -> dict:
     return {"B": b, "I": i, "W": w, "ratio": (i + w) / b}
 
 
+class _CountMatmuls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func.overloadpacket.__name__ in ("mm", "addmm", "bmm", "baddbmm")
+        return func(*args, **(kwargs or {}))
+
+
+def count_matmuls(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
+    """(matmuls of B, matmuls of I + W) on one backward of ``model``."""
+    params = list(model.parameters())
+    counts = []
+    for split in (False, True):
+        x = torch.randn(*shape, requires_grad=True)
+        y = model(x)
+        with _CountMatmuls() as c:
+            if split:
+                backward_input([y], [torch.ones_like(y)], [x], params)[1].run()
+            else:
+                torch.autograd.backward([y], [torch.ones_like(y)])
+        counts.append(c.n)
+    return counts[0], counts[1]
+
+
 def split_table(repeats: int) -> list[str]:
     torch.manual_seed(0)
     cases = [("Linear stack, 6 x Linear(1024, 1024) + Tanh, batch 256", linear_stack(), (256, 1024)),
              ("Transformer block, d=256, 4 heads, ffn 1024, (8, 128, 256)", transformer_block(),
               (8, 128, 256))]
-    lines = ["| workload | B (ms) | I (ms) | W (ms) | (I+W)/B | target <= 1.05 |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = ["| workload | B (ms) | I (ms) | W (ms) | (I+W)/B | target <= 1.05 | matmuls B "
+             "| matmuls I+W |", "|---|---:|---:|---:|---:|---|---:|---:|"]
     for name, model, shape in cases:
         r = time_split(model, shape, repeats)
+        mb, miw = count_matmuls(model, shape)
         ok = "met" if r["ratio"] <= 1.05 else "MISSED"
         lines.append(f"| {name} | {r['B']:.2f} | {r['I']:.2f} | {r['W']:.2f} | "
-                     f"{r['ratio']:.3f} | {ok} |")
+                     f"{r['ratio']:.3f} | {ok} | {mb} | {miw} |")
     return lines
-
-
-# -- per-receive host cost ---------------------------------------------------------
-
-def _recv_rank(ctx, n: int, shape: tuple[int, ...], pools: list[bool]) -> dict:
-    from conveyor.runtime.comm import Comm
-    from conveyor.schedule.ir import RECV_F, Action
-
-    torch.set_num_threads(1)
-    out = {}
-    for pool in pools:
-        comm = Comm(rank=ctx.rank, placement=(0, 1), device=ctx.device, timeout_s=60,
-                    pool=pool)
-        x = torch.randn(*shape)
-        costs = []
-        for mb in range(n):
-            a = Action(1, RECV_F, mb)
-            if ctx.rank == 0:
-                for w, _ in comm.send_act([x], cut=0, mb=mb, size=shape[0], action=a):
-                    w.wait()
-                continue
-            if not comm.act_meta_known(0, shape[0]):
-                comm.recv_act_meta(cut=0, size=shape[0], action=a)
-            t0 = time.perf_counter()
-            pend = comm.post_act(cut=0, mb=mb, size=shape[0], action=a)
-            costs.append(time.perf_counter() - t0)
-            comm.wait(pend.works, peer=0, action=a)
-            comm.release(pend.buffers)
-        out["pool" if pool else "fresh"] = 1e3 * statistics.median(costs) if costs else None
-        torch.distributed.barrier()
-    return out
-
-
-def recv_table(n: int) -> list[str]:
-    from conveyor.runtime import launch
-
-    shape = (64, 256)
-    res = launch(_recv_rank, nprocs=2, args=(n, shape, [False, True]))[1]
-    return ["| receive of (64, 256) float32 | host time in post_act, median of "
-            f"{n} (ms) |", "|---|---:|",
-            f"| fresh buffer per receive | {res['fresh']:.4f} |",
-            f"| buffer pool keyed by (peer, shape, dtype) | {res['pool']:.4f} |"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--recv", action="store_true", help="also time receive posting")
-    ap.add_argument("--recv-n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "split_backward.md"))
     args = ap.parse_args()
@@ -158,10 +137,6 @@ def main() -> None:
              f"average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1 / 5 / 15 min) at the "
              f"start. Wall time of each phase on a fresh forward.", ""]
     lines += split_table(args.repeats)
-    if args.recv:
-        lines += ["", "## Host cost of posting a receive", "",
-                  "Two gloo processes on this machine, one thread each; load as above.", ""]
-        lines += recv_table(args.recv_n)
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.out, "w") as f:
