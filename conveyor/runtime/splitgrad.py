@@ -53,10 +53,8 @@ def _walk(roots) -> tuple[list, dict]:
         children[node] = kids
         stack.append((node, True))
         stack.extend((c, False) for c in kids if c not in children)
-    # A node can be appended twice when two parents pushed it before either
-    # finished it; keep its first (deepest) place.
-    seen: set = set()
-    order = [n for n in order if not (n in seen or seen.add(n))]
+    # Each node is expanded once and finished after all its children (the
+    # graph is acyclic), so ``order`` lists every node once, children first.
     return order, children
 
 

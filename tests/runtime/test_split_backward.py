@@ -151,3 +151,35 @@ def test_pipeline_with_split_backward_matches_unsplit_model():
     assert abs(res.loss - loss.item()) <= 1e-12 * abs(loss.item())
     for p, q in zip(model.parameters(), ref.parameters()):
         assert _models.rel_err(p.grad, q.grad) <= 1e-10
+
+
+class TwoOutputs(nn.Module):
+    """Two outputs: one on the input's path, one that only parameters reach
+    (W must start from that output itself)."""
+
+    def __init__(self, d: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(d, d).double(), nn.Linear(d, d).double()
+        self.const = torch.ones(4, d, dtype=torch.float64)
+
+    def forward(self, x):
+        return torch.tanh(self.fc1(x)), self.fc2(self.const) * 2
+
+
+def test_tuple_outputs_and_an_output_no_input_reaches():
+    model = TwoOutputs()
+    x = torch.randn(4, 8, dtype=torch.float64, requires_grad=True)
+    gs = [torch.randn(4, 8, dtype=torch.float64) for _ in range(2)]
+    ys = model(x)
+    torch.autograd.backward(list(ys), gs)
+    ref = [p.grad.clone() for p in model.parameters()]
+    ref_x = x.grad.clone()
+    model.zero_grad()
+    x.grad = None
+    ys = model(x)
+    (gx,), pending = backward_input(list(ys), gs, [x], list(model.parameters()))
+    pending.run()
+    assert _models.rel_err(gx, ref_x) <= 1e-10
+    for p, r in zip(model.parameters(), ref):
+        assert _models.rel_err(p.grad, r) <= 1e-10
