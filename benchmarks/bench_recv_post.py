@@ -58,7 +58,8 @@ def _rank(ctx, n: int) -> list:
             torch.distributed.barrier()
             if costs:
                 costs.sort()
-                rows.append({"pool": pool, "shape": shape, "median_us": 1e6 * statistics.median(costs),
+                rows.append({"pool": pool, "shape": shape,
+                             "median_us": 1e6 * statistics.median(costs),
                              "p90_us": 1e6 * costs[int(0.9 * len(costs))]})
     return rows
 

@@ -1,6 +1,8 @@
 """Time I, W and B of one stage.
 
-    .venv/bin/python benchmarks/bench_split_backward.py [--repeats 30] [--out benchmarks/split_backward.md]
+    .venv/bin/python benchmarks/bench_split_backward.py [--repeats 30] [--out FILE]
+
+(default FILE: benchmarks/split_backward.md)
 
 For a Linear stack and a transformer block (float32, CPU, one thread), the
 median over ``--repeats`` runs of the time, as CPU time of the thread and as
@@ -127,7 +129,8 @@ def count_matmuls(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, int]:
 
 def split_table(repeats: int) -> list[str]:
     torch.manual_seed(0)
-    cases = [("Linear stack, 6 x Linear(1024, 1024) + Tanh, batch 256", linear_stack(), (256, 1024)),
+    cases = [("Linear stack, 6 x Linear(1024, 1024) + Tanh, batch 256", linear_stack(),
+              (256, 1024)),
              ("Transformer block, d=256, 4 heads, ffn 1024, (8, 128, 256)", transformer_block(),
               (8, 128, 256))]
     lines = ["| workload | clock | B (ms) | I (ms) | W (ms) | (I+W)/B | target <= 1.05 "
