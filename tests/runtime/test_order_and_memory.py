@@ -65,6 +65,10 @@ def configs() -> list[dict]:
     for name, sched in hand.items():
         cfgs.append({"id": f"strict-{name}", "schedule": sched, "batch": 16, "steps": 2,
                      "config": STRICT})
+    # 13 samples, M=4: sizes 4,3,3,3, so a second shape handshake shares the
+    # ordered stream with the activations in the middle of the step.
+    cfgs.append({"id": "strict-1f1b-two-sizes", "schedule": "1f1b", "M": 4, "batch": 13,
+                 "steps": 2, "config": STRICT})
     gpipe = build_schedule("gpipe", P, 4)
     bad = swapped_sends(gpipe, 0)
     cfgs.append({"id": "swapped-tagged", "schedule": gpipe, "lowered": bad, "batch": 16,
