@@ -39,7 +39,7 @@ def check_config(cfg) -> None:
             or not 1 <= cfg.clock_rounds <= 1000:
         raise PipelineError(f"clock_rounds={cfg.clock_rounds!r}; use an integer in 1..1000 "
                             f"(ping-pongs for the clock alignment, default 8)")
-    for name in ("record", "check_weights"):
+    for name in ("record", "check_weights", "strict_order"):
         if not isinstance(getattr(cfg, name), bool):
             raise PipelineError(f"{name}={getattr(cfg, name)!r}; use True or False")
     for name in ("track_memory", "prepost"):

@@ -12,9 +12,19 @@ short last batch) calls for a new handshake; nothing else is sent per
 micro-batch. Gradient buffers need no handshake: the receiver of a gradient
 is the sender of the activation and knows its shape.
 
-Messages are told apart by tag (cut, micro-batch, direction, tensor index),
-so receives may be posted in any order on gloo. NCCL ignores tags and matches
-in order; the interpreter therefore posts in schedule order there.
+Messages are told apart by tag (cut, micro-batch, direction, tensor index)
+on gloo. NCCL ignores tags and matches the messages between two ranks in the
+order they were posted, so a schedule is only safe there if each rank posts
+its sends to a peer in the order the peer posts the matching receives. The
+interpreter posts receives in list order always; ``strict_order=True`` makes
+gloo behave like NCCL (every message between two ranks gets tag 0, so gloo
+pairs them in posting order), a testing aid that shows on CPU whether a
+schedule's lowering is order-safe.
+
+Receive buffers come from a pool keyed by (peer, shape, dtype): a buffer goes
+back to it when the interpreter releases it, and is handed out again only
+when nothing else (the stage, autograd, a pending send) still refers to its
+storage.
 """
 
 from __future__ import annotations
@@ -111,8 +121,10 @@ class Comm:
     """
 
     def __init__(self, *, rank: int, placement: Sequence[int], device: torch.device,
-                 timeout_s: float, group=None):
+                 timeout_s: float, group=None, strict_order: bool = False, pool: bool = True):
         self.rank = rank
+        self.strict_order = strict_order
+        self.pool = BufferPool() if pool else None
         self.placement = tuple(placement)
         self.cuts = max(len(self.placement) - 1, 1)
         self.device = device
@@ -130,6 +142,8 @@ class Comm:
                 "meta_bytes": self.meta_bytes, "messages": self.messages}
 
     def _tag(self, mb: int, cut: int, direction: int, i: int = 0) -> int:
+        if self.strict_order:
+            return 0  # one tag per pair: gloo then pairs messages in posting order
         return ((mb * self.cuts + cut) * 3 + direction) * MAX_TENSORS + i
 
     def _meta_tag(self, size: int, cut: int) -> int:
@@ -208,23 +222,39 @@ class Comm:
         """Post the receives of stage ``cut``'s outputs for micro-batch ``mb``;
         the handshake for this size must be known (see ``act_meta_known``)."""
         metas = self.meta_in[(cut, size)]
-        bufs = tuple(torch.empty(m.shape, dtype=m.dtype, device=self.device) for m in metas)
-        return self._post(bufs, self.placement[cut], [self._tag(mb, cut, _ACT, i)
-                                                       for i in range(len(bufs))], action)
+        src = self.placement[cut]
+        bufs = tuple(self._buffer(src, m.shape, m.dtype) for m in metas)
+        return self._post(bufs, src, [self._tag(mb, cut, _ACT, i) for i in range(len(bufs))],
+                          action)
 
     def post_grad(self, like: Sequence[torch.Tensor | None], *, cut: int, mb: int,
                   action) -> Pending:
         """Post the receives of the gradients of stage ``cut``'s outputs ``like``
         (None where an output needs no gradient)."""
         idx = [i for i, t in enumerate(like) if t is not None]
-        bufs = tuple(torch.empty_like(like[i], memory_format=torch.contiguous_format)
-                     for i in idx)
-        pend = self._post(bufs, self.placement[cut + 1],
+        src = self.placement[cut + 1]
+        bufs = tuple(self._buffer(src, tuple(like[i].shape), like[i].dtype) for i in idx)
+        pend = self._post(bufs, src,
                           [self._tag(mb, cut, _GRAD, i) for i in idx], action)
         full: list = [None] * len(like)
         for i, b in zip(idx, bufs):
             full[i] = b
         return Pending(pend.works, tuple(full))
+
+    def _buffer(self, src: int, shape, dtype) -> torch.Tensor:
+        if self.pool is not None:
+            buf = self.pool.take((src, shape, dtype))
+            if buf is not None:
+                return buf
+        return torch.empty(shape, dtype=dtype, device=self.device)
+
+    def release(self, bufs: Sequence[torch.Tensor | None], src: int) -> None:
+        """Return receive buffers from ``src`` to the pool once their consumer
+        is done with them (the pool checks that nothing else still uses them)."""
+        if self.pool is not None:
+            for b in bufs:
+                if b is not None:
+                    self.pool.give((src, tuple(b.shape), b.dtype), b)
 
     def _post(self, bufs, src: int, tags: list[int], action) -> Pending:
         works = []
@@ -259,6 +289,39 @@ class Comm:
         return PeerFailedError(
             f"rank {self.rank} stopped{what}: lost rank {peer} ({first[:160]}); the failing "
             f"rank reports the cause", rank=self.rank, peer=peer, action=action)
+
+
+_use_count = getattr(torch._C, "_storage_Use_Count", None)
+
+
+def _unshared(t: torch.Tensor) -> bool:
+    """True when ``t`` is the only tensor on its storage (no view, alias or
+    saved copy in an autograd graph refers to it). Without torch's use count,
+    never: then buffers are not reused."""
+    if _use_count is None:
+        return False
+    # One reference is ``t``'s own, one the storage object made for the call.
+    return _use_count(t.untyped_storage()._cdata) <= 2
+
+
+class BufferPool:
+    """Free receive buffers by (peer, shape, dtype). ``give`` files a buffer
+    its user has let go; ``take`` hands out one that nothing else refers to
+    any more (a buffer still in use is dropped from the pool, not reused)."""
+
+    def __init__(self) -> None:
+        self.free: dict[tuple, list[torch.Tensor]] = {}
+
+    def give(self, key: tuple, buf: torch.Tensor) -> None:
+        self.free.setdefault(key, []).append(buf)
+
+    def take(self, key: tuple) -> torch.Tensor | None:
+        bufs = self.free.get(key)
+        while bufs:
+            buf = bufs.pop()
+            if _unshared(buf):
+                return buf
+        return None
 
 
 def _show(metas: Sequence[TensorMeta]) -> str:

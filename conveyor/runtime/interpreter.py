@@ -4,21 +4,21 @@ There is no loop per schedule. The rank walks its action list in order and
 dispatches each action to a handler by kind; naive, GPipe, 1F1B, and any valid
 schedule read from a file run through the same code. Stages that share a rank
 (several chunks per rank) hand tensors to each other in memory; stages on
-different ranks go through ``Comm``.
+different ranks go through ``Comm`` (the transfer handlers live in
+``conveyor.runtime.transfers``).
 
 What each handler keeps (keys are (stage, micro-batch)):
 
     inp   stage inputs, kept for the input gradient     F -> B/I
-    out   stage outputs (the weighted loss on the last   F -> B/I (-> W)
+    out   stage outputs (the weighted loss on the last   F -> B/I
           stage), kept for the backward
     gout  gradients of ``out``                          RECV_B or local B/I -> B/I
     gin   gradients of ``inp``, waiting to be sent      B/I -> SEND_B
-    wpend outputs and their gradients, kept for W       I -> W
+    wpend what W needs (splitgrad.WeightGrad)          I -> W
 
-Receives are posted before the compute action that precedes them, whenever
-their buffer size is already known, so that the transfer overlaps that
-compute; on NCCL, which matches messages in order rather than by tag, they are
-posted at their place in the list.
+Everything that can be decided from the schedule alone (which peer each
+transfer talks to, how far receives may be posted ahead, when each send's
+buffer may be let go) is planned once, at construction (``plan.plan_rank``).
 """
 
 from __future__ import annotations
@@ -30,15 +30,17 @@ from typing import Any, Callable
 import torch
 
 from conveyor.errors import ConveyorError
-from conveyor.runtime.comm import Comm, Pending
+from conveyor.runtime.blame import blame
+from conveyor.runtime.comm import Comm
 from conveyor.runtime.errors import StageError, describe
+from conveyor.runtime.plan import plan_rank
 from conveyor.runtime.recorder import ActivationMemory, Recorder
+from conveyor.runtime.splitgrad import backward_input
+from conveyor.runtime.transfers import Transfers
 from conveyor.schedule.ir import B, F, I, RECV_B, RECV_F, SEND_B, SEND_F, W, Action, Schedule
 from conveyor.schedule.render import render_grid
 
 __all__ = ["StepData", "Interpreter"]
-
-_SHAPE_WORDS = ("shape", "size", "mat1", "dimension", "expected input", "must match")
 
 
 @dataclass
@@ -77,7 +79,7 @@ def _cut(t: torch.Tensor) -> torch.Tensor:
     return leaf
 
 
-class Interpreter:
+class Interpreter(Transfers):
     """Executes one rank's actions of ``schedule`` (already lowered with comms).
 
     stages:   {stage index: module} for the stages on this rank.
@@ -95,19 +97,13 @@ class Interpreter:
         self.place = schedule.placement
         self.last = schedule.S - 1
         self.forward_only = schedule.forward_only
-        self._post_plan = self._plan_posts() if prepost else [[] for _ in self.row]
+        self._params = {s: [p for p in m.parameters() if p.requires_grad]
+                        for s, m in stages.items()}
+        self.plan = plan_rank(schedule, rank, bool(prepost))
         self._handlers = {F: self._forward, B: self._backward, I: self._input_grad,
                           W: self._weight_grad, SEND_F: self._send_f, RECV_F: self._recv_f,
                           SEND_B: self._send_b, RECV_B: self._recv_b}
-
-    def _plan_posts(self) -> list[list[int]]:
-        """For each position holding a compute action, the positions of the
-        receives between it and the next compute action (post them early)."""
-        plan: list[list[int]] = [[] for _ in self.row]
-        computes = [i for i, a in enumerate(self.row) if a.is_compute]
-        for here, nxt in zip(computes, computes[1:]):
-            plan[here] = [j for j in range(here + 1, nxt) if self.row[j].kind in (RECV_F, RECV_B)]
-        return plan
+        self._dispatch = tuple(self._handlers[a.kind] for a in self.row)
 
     # -- the loop ------------------------------------------------------------------
     def run(self, data: StepData, *, recorder: Recorder | None = None,
@@ -116,28 +112,29 @@ class Interpreter:
         has no last stage, {mb: last-stage output} for forward-only steps)."""
         self.data, self.memory = data, memory
         self.inp, self.out, self.gout, self.gin, self.wpend = {}, {}, {}, {}, {}
-        self.posted: dict[Action, Pending] = {}
-        self.sends: list = []
         self.outputs: dict[int, Any] = {}
         self.loss = None
+        self._start_transfers()
         clock = time.perf_counter
+        limit, release, row = self.plan.post_limit, self.plan.release_after, self.row
         try:
-            for i, a in enumerate(self.row):
+            for i, handler in enumerate(self._dispatch):
                 self.step_index = i
-                for j in self._post_plan[i]:
-                    self._post(self.row[j])
+                self._post_upto(limit[i])
                 if recorder is None:
-                    self._handlers[a.kind](a)
+                    handler(row[i])
                 else:
                     t0 = clock()
-                    self._handlers[a.kind](a)
-                    recorder.add(a, t0, clock())
-            # Sends were posted asynchronously; their buffers must outlive them.
-            for work, _, peer, a in self.sends:
-                self.comm.wait([work], peer=peer, action=a)
+                    handler(row[i])
+                    recorder.add(row[i], t0, clock())
+                if release[i]:
+                    self._release_sends(release[i])
+            # Sends without an earlier proof of delivery: wait for them now.
+            self._release_sends(list(self.sends))
         finally:
             # Drop this step's tensors (the batch, unsent buffers) between steps.
-            self.sends, self.posted, self.data = [], {}, None
+            self._end_transfers()
+            self.data = None
         return self.loss, self.outputs
 
     # -- helpers -------------------------------------------------------------------
@@ -172,6 +169,7 @@ class Interpreter:
                 with self.memory.forward((s, mb), seen):
                     y = stage(*x)
                     self.memory.note(x, seen)
+                self.memory.release(Action(s, RECV_F, mb))  # the buffer is now the input
             else:
                 y = stage(*x)
         except ConveyorError:
@@ -186,21 +184,23 @@ class Interpreter:
             self.out[(s, mb)] = _as_tuple(y, what="returned", rank=self.rank, stage=s, mb=mb,
                                           action=a)
         if self.memory is not None and not self.forward_only:
-            self.memory.note(self.out[(s, mb)], seen)
+            self.memory.hold((s, mb), self.out[(s, mb)])
+        if self.forward_only:
+            self._recycle(s, mb)
 
     def _forward_error(self, a: Action, x, e: Exception) -> StageError:
         s = a.stage
         text = f"{type(e).__name__}: {e}"
-        if s > 0 and isinstance(e, RuntimeError) and any(w in str(e) for w in _SHAPE_WORDS):
-            first = next(iter(self.stages[s].children()), self.stages[s])
-            shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}"
-                               for t in x)
+        where, misfit = blame(self.stages[s], s, x, e)
+        if misfit is not None:
             return self._fail(a, (
                 f"rank {self.rank} (stage {s}) cannot use the output of stage {s - 1}: its "
-                f"forward of micro-batch {a.mb} failed on input {shapes}: {text}. Fix: stage "
-                f"{s - 1} must output what stage {s}'s first layer ({repr(first).splitlines()[0]}) "
-                f"takes; check the layer sizes at the cut or move it with balance=[...]"), e)
-        return self._fail(a, f"{self._where(a)}: {text}", e)
+                f"forward of micro-batch {a.mb} failed in its first {where}: {misfit} "
+                f"({text}). Fix: stage {s - 1} must output what that layer takes; check the "
+                f"layer sizes at the cut or move it with balance=[...]"), e)
+        shapes = ", ".join(f"{tuple(t.shape)} {str(t.dtype).replace('torch.', '')}" for t in x)
+        return self._fail(a, f"{self._where(a)}: {text} (raised in {where} of stage {s}; "
+                             f"stage input {shapes})", e)
 
     def _finish(self, a: Action, y) -> None:
         """Last stage: keep the output (forward-only) or compute the weighted loss."""
@@ -261,95 +261,42 @@ class Interpreter:
         del self.out[(s, mb)]
         x = self.inp.pop((s, mb), ())
         self._input_grads(a, x)
+        self._recycle(s, mb)
         if self.memory is not None:
             self.memory.release((s, mb))
+            self.memory.release(Action(s, RECV_B, mb))
 
     def _input_grad(self, a: Action) -> None:
+        """I: the input gradients only; what W needs is kept (see splitgrad)."""
         s, mb = a.stage, a.mb
         ys, gs = self._output_grads(s, mb)
         x = self.inp.pop((s, mb), ())
         need = [t for t in x if t.requires_grad]
 
         def run():
-            if ys and need:
-                got = torch.autograd.grad(ys, need, gs, retain_graph=True, allow_unused=True)
-                for t, g in zip(need, got):
-                    t.grad = g
+            if not ys:
+                return
+            got, pending = backward_input(ys, gs, need, self._params[s])
+            self.wpend[(s, mb)] = pending
+            for t, g in zip(need, got):
+                t.grad = g
+            if self.memory is not None:
+                self.memory.hold(("W", s, mb), pending.tensors())
 
         self._run_user(a, run)
-        self.wpend[(s, mb)] = (ys, gs)
         del self.out[(s, mb)]
         self._input_grads(a, x)
+        if self.memory is not None:
+            self.memory.release(Action(s, RECV_B, mb))
 
     def _weight_grad(self, a: Action) -> None:
+        """W: the weight gradients from what I kept, without walking the chain again."""
         s, mb = a.stage, a.mb
-        ys, gs = self.wpend.pop((s, mb))
-        params = [p for p in self.stages[s].parameters() if p.requires_grad]
-        self._run_user(a, lambda: torch.autograd.backward(ys, gs, inputs=params)
-                       if ys and params else None)
+        pending = self.wpend.pop((s, mb), None)
+        if pending is not None:
+            self._run_user(a, pending.run)
+        self._recycle(s, mb)
         if self.memory is not None:
             self.memory.release((s, mb))
+            self.memory.release(("W", s, mb))
 
-    # -- communication -------------------------------------------------------------
-    def _send_f(self, a: Action) -> None:
-        s, mb = a.stage, a.mb
-        ys = self.out.pop((s, mb)) if self.forward_only else self.out[(s, mb)]
-        held = self.comm.send_act(ys, cut=s, mb=mb, size=self.data.sizes[mb], action=a)
-        self._hold_sends(held, self.place[s + 1], a)
-
-    def _send_b(self, a: Action) -> None:
-        held = self.comm.send_grad(self.gin.pop((a.stage, a.mb)), cut=a.stage - 1, mb=a.mb,
-                                   action=a)
-        self._hold_sends(held, self.place[a.stage - 1], a)
-
-    def _hold_sends(self, held, peer: int, a: Action) -> None:
-        """Keep a posted send's buffer alive until the transfer is done, and let
-        go of sends known to be finished: holding them all to the end of the step
-        keeps every micro-batch's activation alive, so 1F1B's memory bound
-        (min(P-s, M) micro-batches) grows towards GPipe's M. NCCL reports
-        completion as it happens; gloo only once a send is waited on, so on gloo
-        the buffers still live until the step's end (see benchmarks/pipeline_notes.md:
-        waiting on old sends early must not break the schedule's deadlock freedom)."""
-        self.sends = [entry for entry in self.sends if not entry[0].is_completed()]
-        self.sends += [(w, t, peer, a) for w, t in held]
-
-    def _post(self, a: Action) -> bool:
-        """Post the receive ``a`` if its buffer size is known; True if posted."""
-        if a in self.posted:
-            return True
-        s, mb = a.stage, a.mb
-        if a.kind == RECV_F:
-            size = self.data.sizes[mb]
-            if not self.comm.act_meta_known(s - 1, size):
-                return False
-            self.posted[a] = self.comm.post_act(cut=s - 1, mb=mb, size=size, action=a)
-        else:
-            ys = self.out.get((s, mb))
-            if ys is None:
-                return False  # its forward has not run yet
-            like = [y if y.requires_grad else None for y in ys]
-            self.posted[a] = self.comm.post_grad(like, cut=s, mb=mb, action=a)
-        return True
-
-    def _recv_f(self, a: Action) -> None:
-        s, mb = a.stage, a.mb
-        if not self._post(a):
-            # The first micro-batch of a new size: learn its shapes here, at
-            # the receive's own place, which the schedule proves deadlock-free.
-            self.comm.recv_act_meta(cut=s - 1, size=self.data.sizes[mb], action=a)
-            self._post(a)
-        works, bufs = self.posted.pop(a)
-        self.comm.wait(works, peer=self.place[s - 1], action=a)
-        metas = self.comm.meta_in[(s - 1, self.data.sizes[mb])]
-        if not self.forward_only:
-            for t, m in zip(bufs, metas):
-                if m.requires_grad:
-                    t.requires_grad_(True)
-        self.inp[(s, mb)] = bufs
-
-    def _recv_b(self, a: Action) -> None:
-        s, mb = a.stage, a.mb
-        self._post(a)
-        works, bufs = self.posted.pop(a)
-        self.comm.wait(works, peer=self.place[s + 1], action=a)
-        self.gout[(s, mb)] = bufs

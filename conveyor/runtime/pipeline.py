@@ -63,6 +63,11 @@ class PipelineConfig:
     check_weights:  on the first step, also check that every rank built the
                     same initial weights (a digest of the unsplit parameters;
                     for scripts that build the whole model on every rank).
+    strict_order:   testing aid: on gloo, pair the messages between two ranks
+                    in the order they were posted, as NCCL does, instead of
+                    by tag, so that a schedule whose send order differs from
+                    its peer's receive order fails on CPU too. Also on when
+                    the environment sets CONVEYOR_STRICT_ORDER=1.
     """
 
     loss_reduction: str = "mean"
@@ -71,6 +76,7 @@ class PipelineConfig:
     timeout_s: float = 300.0
     prepost: bool | None = None
     clock_rounds: int = 8
+    strict_order: bool = False
     check_weights: bool = False
 
     def __post_init__(self) -> None:
@@ -230,8 +236,9 @@ class Pipeline:
         self.steps = 0
 
     def _comm(self) -> Comm:
+        strict = self.config.strict_order or os.environ.get("CONVEYOR_STRICT_ORDER") == "1"
         return Comm(rank=self.ctx.rank, placement=self.schedule.placement,
-                    device=self.ctx.device, timeout_s=self.config.timeout_s)
+                    device=self.ctx.device, timeout_s=self.config.timeout_s, strict_order=strict)
 
     # -- public -------------------------------------------------------------------
     @property

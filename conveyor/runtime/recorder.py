@@ -72,20 +72,30 @@ class Recorder:
 
 
 class ActivationMemory:
-    """Bytes one rank holds for backward passes: the tensors autograd saved in
-    each forward, plus the stage's kept inputs and outputs, counted once per
-    storage and without parameters. ``peak`` is the most held at once."""
+    """Bytes one rank holds for the step's backward passes and transfers.
+
+    Counted: the tensors autograd saved in each forward, the stage's kept
+    inputs and outputs, the gradients kept from I for W, and the buffers of
+    sends not yet let go and of receives posted but not yet consumed. Each
+    storage is counted once however many holders share it (an output that is
+    also a send buffer counts once), parameters never. ``peak`` is the most
+    held at once.
+
+    Holders are keys: (stage, micro-batch) for what a forward keeps, or any
+    other hashable (the interpreter uses the comm action) for buffers.
+    """
 
     def __init__(self, params) -> None:
         self._param_storages = {p.untyped_storage().data_ptr() for p in params}
-        self.held: dict[tuple[int, int], int] = {}
+        self.held: dict = {}                  # key -> {data pointer: bytes}
+        self._refs: dict[int, list[int]] = {}  # data pointer -> [holders, bytes]
         self.current = 0
         self.peak = 0
 
     @contextmanager
     def forward(self, key: tuple[int, int], seen: dict[int, int]):
         """Count what autograd saves while the body runs; ``seen`` collects
-        storage -> bytes and may be extended by the caller before exit."""
+        data pointer -> bytes and may be extended by the body (``note``)."""
 
         def pack(t):
             self._note(t, seen)
@@ -93,9 +103,7 @@ class ActivationMemory:
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             yield seen
-        self.held[key] = sum(seen.values())
-        self.current += self.held[key]
-        self.peak = max(self.peak, self.current)
+        self._add(key, seen)
 
     def _note(self, t, seen: dict[int, int]) -> None:
         if isinstance(t, torch.Tensor):
@@ -111,11 +119,38 @@ class ActivationMemory:
         for t in tensors:
             self._note(t, seen)
 
-    def release(self, key: tuple[int, int]) -> None:
-        self.current -= self.held.pop(key, 0)
+    def hold(self, key, tensors) -> None:
+        """Count ``tensors`` (None entries skipped) as held by ``key``."""
+        seen: dict[int, int] = {}
+        self.note([t for t in tensors if t is not None], seen)
+        self._add(key, seen)
+
+    def _add(self, key, seen: dict[int, int]) -> None:
+        mine = self.held.setdefault(key, {})
+        for ptr, n in seen.items():
+            if ptr in mine:
+                continue
+            mine[ptr] = n
+            ref = self._refs.get(ptr)
+            if ref is None:
+                self._refs[ptr] = [1, n]
+                self.current += n
+            else:
+                ref[0] += 1
+        self.peak = max(self.peak, self.current)
+
+    def release(self, key) -> None:
+        """``key`` lets go of what it held."""
+        for ptr in self.held.pop(key, {}):
+            ref = self._refs[ptr]
+            ref[0] -= 1
+            if ref[0] == 0:
+                del self._refs[ptr]
+                self.current -= ref[1]
 
     def reset(self) -> None:
         self.held.clear()
+        self._refs.clear()
         self.current = self.peak = 0
 
 

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from conveyor.runtime import Pipeline
+from conveyor.runtime import Pipeline, PipelineConfig
+from conveyor.runtime.interpreter import Interpreter
 from conveyor.runtime.stages import split_model
 from conveyor.schedule import load_schedule
 from tests.runtime import _models
@@ -95,7 +96,13 @@ def exactness_job(ctx, configs: list[dict]) -> list[dict]:
         pipe = Pipeline(model, loss_fn=_models.loss_fn,
                         optimizer=lambda ps: torch.optim.SGD(ps, lr=lr, momentum=0.9),
                         schedule=_schedule(cfg), microbatches=cfg.get("M"),
-                        balance=cfg.get("balance"), ctx=ctx)
+                        balance=cfg.get("balance"), ctx=ctx,
+                        config=PipelineConfig(**cfg.get("config", {})))
+        if cfg.get("lowered") is not None:
+            # Run a hand-made lowering as it is, past the validator (a test of
+            # what the transport does with it).
+            pipe.interp = Interpreter(cfg["lowered"], rank=ctx.rank, stages=pipe.stages,
+                                      comm=pipe.comm, loss_fn=_models.loss_fn)
         ref_opt = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9)
         local = {id(p) for p in pipe.params}
         pairs = [(name, p, q) for (name, p), (_, q) in
