@@ -25,7 +25,11 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", default="conveyor-explorer.html",
                    help="the page to write (conveyor-explorer.html)")
     p.add_argument("--timeline", metavar="FILE",
-                   help="a measured timeline (runtime JSON) to show above its simulation")
+                   help="a measured timeline (runtime JSON) to show above its simulation, or "
+                        "a measured M sweep (the folder `conveyor demo` writes, or its "
+                        "sweep.json) to show as one measured chart per M")
+    p.add_argument("--open", action="store_true",
+                   help="open the written page in your web browser")
     p.add_argument("--schedule", help="schedule shown first (gpipe, or the timeline's)")
     p.add_argument("-P", type=int, help="P shown first (4, or the timeline's)")
     p.add_argument("-M", type=int, help="M shown first (8, or the timeline's)")
@@ -54,13 +58,17 @@ def run(args) -> int:
     from conveyor.views.measured import measured_section
     from conveyor.views.page import render_page, write_page
     from conveyor.views.serve import SERVE_RATIOS, make_server
+    from conveyor.views.sweep import is_sweep, sweep_section
 
     ratios = _ratios(args.ratios) if args.ratios else list(SERVE_RATIOS if args.serve else DEFAULT_RATIOS)
     if args.ratio not in ratios:
         raise ViewError(f"--ratio {args.ratio:g} is not one the page offers "
                         f"({', '.join(f'{x:g}' for x in ratios)}); pick one or add it to --ratios")
-    measured = None
-    if args.timeline:
+    measured = sweep = None
+    if args.timeline and is_sweep(args.timeline):
+        sweep = sweep_section(args.timeline)
+        measured = sweep["runs"][-1]  # the explorer starts at the sweep's largest M
+    elif args.timeline:
         tl = load_timeline(args.timeline)
         measured = measured_section(tl, source=args.timeline, schedule=args.schedule,
                                     P=args.P, M=args.M)
@@ -77,7 +85,7 @@ def run(args) -> int:
                             f"choose 1..{top} or raise --max-{key}")
     if args.serve:
         server = make_server(port=args.port, P_max=args.max_P, M_max=args.max_M,
-                             ratios=ratios, initial=initial, measured=measured)
+                             ratios=ratios, initial=initial, measured=measured, sweep=sweep)
         host, port = server.server_address[:2]
         print(f"conveyor viz: serving the explorer at http://{host}:{port}/ (Ctrl-C stops)",
               flush=True)
@@ -95,7 +103,11 @@ def run(args) -> int:
 
     data = build_data(P_max=args.max_P, M_max=args.max_M, ratios=ratios, jobs=args.jobs,
                       cache=not args.no_cache, on_build=note)
-    html = render_page(data, initial=initial, measured=measured)
+    html = render_page(data, initial=initial, measured=None if sweep else measured, sweep=sweep)
     path = write_page(args.output, html)
     print(f"wrote {path} ({len(html.encode()) / 1e6:.2f} MB); open it in a browser")
+    if args.open:
+        import webbrowser
+        if not webbrowser.open(path.resolve().as_uri()):
+            print(f"conveyor viz: no web browser found; open {path} yourself", file=sys.stderr)
     return 0

@@ -19,6 +19,8 @@ from conveyor.views.files import atomic_write
 __all__ = ["render_page", "write_page", "asset_text"]
 
 _ASSETS = Path(__file__).resolve().parent / "assets"
+# Drawing (canvas and SVG), the measured views, then the controls that use them.
+_SCRIPTS = ("draw.js", "measured.js", "explorer.js")
 _SLOT = re.compile(r"/\*CONVEYOR_(CSS|REPLAY_JS|JS|DATA)\*/")
 
 
@@ -34,19 +36,21 @@ def _script_json(obj) -> str:
 
 
 def render_page(data: dict, *, mode: str = "embedded", initial: dict | None = None,
-                measured: dict | None = None) -> str:
+                measured: dict | None = None, sweep: dict | None = None) -> str:
     """The page's HTML for ``data`` (from ``build_data``, or the schedule list
     alone in ``mode="serve"``).
 
     initial:  the configuration shown first, keys schedule, P, M, view ("fwd"
               or "step") and ratio (one of ``data["ratios"]``).
     measured: a ``measured_section`` to draw above the explorer.
+    sweep:    a ``sweep_section``: one measured chart per M, above the explorer.
     """
     if mode not in ("embedded", "serve"):
         raise ValueError(f"mode={mode!r}; use 'embedded' or 'serve'")
-    payload = dict(data, format=FORMAT, mode=mode, initial=initial or {}, measured=measured)
+    payload = dict(data, format=FORMAT, mode=mode, initial=initial or {}, measured=measured,
+                   sweep=sweep)
     parts = {"CSS": asset_text("explorer.css"), "REPLAY_JS": asset_text("replay.js"),
-             "JS": asset_text("explorer.js"), "DATA": _script_json(payload)}
+             "JS": "\n".join(asset_text(n) for n in _SCRIPTS), "DATA": _script_json(payload)}
     # One pass, so text inside the inserted parts is never taken for a slot.
     return _SLOT.sub(lambda m: parts[m.group(1)], asset_text("explorer.html"))
 
