@@ -55,7 +55,11 @@
       decoded.set(id, rows);
       if (decoded.size > 64) decoded.delete(decoded.keys().next().value);
     }
-    return { rows: rows, placement: placement, M: rec.M || M, rec: rec };
+    // The micro-batches the order really runs (naive: 1 whatever M is asked);
+    // records are shared between M values that give the same order.
+    var runs = 0;
+    rows.forEach(function (row) { row.forEach(function (x) { if (x.mb + 1 > runs) runs = x.mb + 1; }); });
+    return { rows: rows, placement: placement, M: runs || M, rec: rec };
   }
 
   // One schedule under the state's costs: events, layout, memory, metrics.
@@ -173,7 +177,7 @@
   }
 
   function statsRow(m, st) {
-    var fixedNote = m.M !== st.M ? " (fixed: runs the batch as " + m.M + ")" : "";
+    var fixedNote = m.M !== st.M ? " (fixed: the whole batch at once)" : "";
     var unitsPerMb = st.M / m.M;  // micro-batches of data per micro-batch the schedule runs
     var peaks = m.memory.map(function (x) { return num(x.peak * unitsPerMb); });
     var bytes = Math.max.apply(null, st.costs.bytes);
