@@ -53,7 +53,7 @@ def match_schedule(tl: Timeline, *, source: str = "timeline", schedule: str | No
     missing, extra = want - have, have - want
     if missing or extra:
         bad, note = (missing, "is missing") if missing else (extra, "is not in the schedule")
-        (r, a), n = min(bad.items()), len(missing) + len(extra)
+        (r, a), n = min(bad), len(missing) + len(extra)
         more = f" (and {n - 1} more difference(s))" if n > 1 else ""
         raise TimelineError(f"{source} is not a run of {where}: {a} on rank {r} {note}{more}; "
                             f"was it recorded with another P, M or schedule?")
