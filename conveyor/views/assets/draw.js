@@ -247,7 +247,8 @@ var ConveyorDraw = (function () {
     var l = 38, r = 8, t = 16, b = 30, W = c.width - l - r, H = c.height - t - b;
     var lx = function (M) { return l + W * Math.log2(M) / Math.log2(Math.max(2, c.Mmax)); };
     var all = c.sim.concat(c.measured || [], c.formula, [c.mark || [1, 0]]);
-    var top = Math.max(0.05, Math.max.apply(null, all.map(function (q) { return q[1]; }))) * 1.08;
+    var hi = Math.max(0.05, Math.max.apply(null, all.map(function (q) { return q[1]; })));
+    var top = Math.min(1, hi * 1.08) < hi ? hi : Math.min(1, hi * 1.08);
     var ly = function (v) { return t + H * (1 - v / top); };
     p.text(l, 11, "bubble vs M (micro-batches), P = " + c.P, { size: 11, bold: true });
     p.line([[l, t], [l, t + H], [l + W, t + H]], { color: "#8b93a1" });
