@@ -260,6 +260,10 @@ def test_400px_layout_has_no_horizontal_overflow(browser, default_page, tmp_path
     assert page.evaluate("document.documentElement.scrollWidth") <= 400
     assert page.evaluate("document.getElementById('gantt-canvas').getBoundingClientRect().right") <= 400
     page.screenshot(path=str(screenshot_dir(tmp_path) / "explorer-400px.png"), full_page=True)
+    # a wider window redraws the chart to its new width
+    narrow = page.evaluate("document.getElementById('gantt-canvas').clientWidth")
+    page.set_viewport_size({"width": 1000, "height": 800})
+    page.wait_for_function(f"document.getElementById('gantt-canvas').clientWidth > {narrow + 200}")
     context.close()
 
 

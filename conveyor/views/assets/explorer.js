@@ -178,7 +178,9 @@
 
   function statsRow(m, st) {
     var fixedNote = m.M !== st.M ? " (fixed: the whole batch at once)" : "";
-    var unitsPerMb = st.M / m.M;  // micro-batches of data per micro-batch the schedule runs
+    // micro-batches of data per micro-batch the schedule runs; with a fixed
+    // batch, the share of the batch one micro-batch holds
+    var unitsPerMb = st.fixed ? 1 / m.M : st.M / m.M;
     var peaks = m.memory.map(function (x) { return num(x.peak * unitsPerMb); });
     var bytes = Math.max.apply(null, st.costs.bytes);
     return "<tr><th scope=\"row\">" + esc(m.name) + "</th><td>" + m.M + fixedNote + "</td><td class=\"b\">" +
@@ -242,7 +244,8 @@
     $("stats").innerHTML = '<tr><th scope="col">schedule</th><th scope="col">M run</th><th scope="col">bubble (simulated)</th>' +
       '<th scope="col">bubble (formula)</th><th scope="col">step time</th><th scope="col">' +
       (st.fixed ? "step time (whole batch)" : "step time per micro-batch of data (÷ M)") +
-      '</th><th scope="col">peak activations per rank (micro-batches of data)</th></tr>' +
+      '</th><th scope="col">peak activations per rank (' + (st.fixed ? "share of the batch" : "micro-batches of data") +
+      ")</th></tr>" +
       models.map(function (m) { return statsRow(m, st); }).join("");
     var width = Math.max(300, Math.floor($("gantt").clientWidth || 900));
     var canvas = $("gantt-canvas");
