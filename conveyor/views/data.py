@@ -4,10 +4,11 @@ M = 1..M_max, as the Python engine produced and simulated it.
 Per (schedule, P, M) the page gets the compute-action order of every rank
 (``encode.py``), the placement where it is not one stage per rank, and the
 metrics Python computed: the closed-form bubble, and for the forward-only view
-and each offered backward/forward cost ratio the step time and the simulated
-bubble, plus the peak in-flight activations. The page replays the order under
-the chosen ratio to place the cells (see ``assets/explorer.js``) and shows the
-Python metrics; a browser test checks that the two agree.
+and each embedded backward/forward cost ratio (default B = 2F) the step time
+and the simulated bubble, plus the peak in-flight activations. The page replays
+the order under any costs the user types to place the cells (see
+``assets/replay.js``) and compares with the Python metrics where they exist;
+a browser test checks the replay against simulate() under random costs.
 
 Simulating ~3,000 configurations per ratio takes seconds, so the result is
 cached on disk, keyed by the source of everything it depends on.
@@ -36,7 +37,10 @@ from conveyor.views.metrics import bubble_code, stage_peaks
 __all__ = ["FORMAT", "DEFAULT_RATIOS", "build_data", "config_record", "cache_dir", "spec_info"]
 
 FORMAT = "conveyor.viz/1"
-DEFAULT_RATIOS = (1.0, 1.5, 2.0, 3.0)
+# Python's metrics are embedded at B = 2F only (what `conveyor plot bubble`
+# draws): the page replays any other costs itself (a browser test checks it
+# against simulate()), and each extra ratio would cost build time and bytes.
+DEFAULT_RATIOS = (2.0,)
 
 
 def _number(x: float) -> int | float:

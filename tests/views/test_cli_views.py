@@ -73,7 +73,7 @@ def test_viz_with_a_measured_run(tmp_path, run_json):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--ratio", "5"], "--ratio 5 is not one the page offers (1, 1.5, 2, 3)"),
+    (["--ratio", "0"], "--ratio 0 is not a valid backward/forward cost"),
     (["--ratios", "1,x"], "--ratios '1,x' is not a list of numbers"),
     (["-P", "9"], "-P 9 is outside the page's 1..4"),
     (["--schedule", "gpipes"], "did you mean 'gpipe'?"),
