@@ -222,7 +222,7 @@
     }
     var box = $("curve-canvas").parentNode, w = Math.min(300, Math.max(220, box.clientWidth || 260));
     var c = { width: w, height: 170, P: st.P, formula: formula, sim: sim, Mmax: DATA.M_max,
-      measured: api.sweepPoints || [], mark: m ? [st.M, m.lay.bubble] : null };
+      measured: api.sweepPointsFor ? api.sweepPointsFor(st) : [], mark: m ? [st.M, m.lay.bubble] : null };
     D.bubbleCurve(D.canvasPainter($("curve-canvas"), c.width, c.height), c);
   }
 
@@ -338,7 +338,6 @@
     $("source-note").textContent = DATA.mode === "serve" ? "orders from the Python server, replayed in the page"
       : "orders and metrics embedded by conveyor viz, replayed in the page";
     $("controls").addEventListener("input", redraw);
-    $("controls").addEventListener("change", redraw);
     window.addEventListener("hashchange", function () { fromHash(location.hash); redraw(); });
     $("gantt").addEventListener("keydown", function (ev) {
       var step = { ArrowRight: ["M", 1], ArrowLeft: ["M", -1], ArrowUp: ["P", 1], ArrowDown: ["P", -1] }[ev.key];

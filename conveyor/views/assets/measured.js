@@ -115,7 +115,11 @@ var ConveyorMeasured = (function () {
     }
     $("sweep").hidden = false;
     $("sweep-M").max = sw.runs.length - 1;
-    api.sweepPoints = sw.runs.map(function (r) { return [r.M, bubbleValue(r.measured.bubble)]; });
+    // measured points on the bubble-vs-M curve, where the explorer shows the sweep's schedule and P
+    api.sweepPointsFor = function (st) {
+      if (st.schedule !== sw.schedule || st.P !== sw.P) return [];
+      return sw.runs.map(function (r) { return [r.M, bubbleValue(r.measured.bubble)]; });
+    };
     api.sweepSelected = function () { return sw.runs[active].M; };
     $("sweep-M").addEventListener("input", function () { select(sw, +$("sweep-M").value); });
     // The explorer's M slider moves through the measured runs: the run with the nearest M.
