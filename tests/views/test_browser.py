@@ -224,8 +224,21 @@ def test_measured_view_draws_communication(page, tmp_path, default_data):
     assert comm > 0
     expect(page.locator("#legend-measured")).to_contain_text("communication: SEND/RECV")
     expect(page.locator("#measured-note")).to_contain_text("4 processes share 2 CPU cores")
+    expect(page.locator("#scale-note")).to_be_hidden()         # 132 vs 129 ms: one time axis
     page.screenshot(path=str(screenshot_dir(tmp_path) / "explorer-measured.png"), full_page=True)
     assert all(u.startswith("file://") for u in requests)
+
+
+def test_measured_and_simulated_get_their_own_scales_beyond_3x(page, tmp_path, default_data):
+    tl = load_timeline(SWEEP / "M04.json")
+    sec = measured_section(tl, source="M04.json")
+    # as if the run had been slowed 5x by something the simulator does not model
+    sec["measured"]["events"] = [[r, a, 5 * t0, 5 * t1] for r, a, t0, t1 in sec["measured"]["events"]]
+    sec["measured"]["T"] *= 5
+    path = write_page(tmp_path / "m5.html", render_page(
+        default_data, measured=sec, initial={"schedule": "gpipe", "P": 4, "M": 4, "view": "step"}))
+    _open(page, path)
+    _expect()(page.locator("#scale-note")).to_contain_text("5.1× the simulated one")
 
 
 def test_sweep_small_multiples_follow_the_m_slider(page, tmp_path, default_data):
