@@ -342,4 +342,7 @@ def test_served_page_draws_python_orders(page, served):
     page.locator("#M").fill("32")
     expect(page.locator("#stats tr").nth(1).locator("td.b")).to_have_text("8.6%")
     assert _row(page)[3] == fraction_text(formula_bubble("gpipe", 4, 32))
+    page.select_option("#compare", "1f1b")                   # side by side, both from the server
+    expect(page.locator("#stats tr")).to_have_count(3)
+    assert _row(page, 1)[0] == "1f1b" and _row(page, 1)[4] == "35"
     assert requests and all(u.startswith("http://127.0.0.1:") for u in requests)

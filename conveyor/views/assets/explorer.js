@@ -87,13 +87,12 @@
   }
 
   var served = 0;
-  function servedOrder(name, st) {
-    var ticket = ++served;
+  function servedOrder(name, st, ticket) {
     var q = "schedule=" + encodeURIComponent(name) + "&P=" + st.P + "&M=" + st.M + "&view=step&ratio=2";
     return fetch("api/timeline?" + q).then(function (res) {
       return res.json().then(function (body) {
         if (!res.ok) return { refused: "server: " + (body.error || res.statusText) };
-        if (ticket !== served && name === st.schedule) return null;
+        if (ticket !== served) return null;  // a newer redraw superseded this one
         var rows = [];
         for (var r = 0; r < body.P; r++) rows.push([]);
         body.events.slice().sort(function (a, b) { return a[2] - b[2]; }).forEach(function (ev) {
@@ -291,8 +290,9 @@
     if (history.replaceState) history.replaceState(null, "", toHash());
     var names = [st.schedule].concat(st.compare ? [st.compare] : []);
     if (DATA.mode === "serve") {
-      return Promise.all(names.map(function (n) { return servedOrder(n, st); })).then(function (os) {
-        if (os[0]) show(os, st, t0);
+      var ticket = ++served;
+      return Promise.all(names.map(function (n) { return servedOrder(n, st, ticket); })).then(function (os) {
+        if (ticket === served) show(os, st, t0);
       }, function (err) { show([{ refused: "server: " + err.message }], st, t0); });
     }
     show(names.map(function (n) { return orderOf(n, st.P, st.M); }), st, t0);
