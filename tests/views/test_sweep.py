@@ -15,6 +15,7 @@ from conveyor.cli.main import main
 from conveyor.errors import TimelineError
 from conveyor.sim import load_timeline
 from conveyor.views.measured import cpu_note
+from conveyor.views.page import page_data
 from conveyor.views.sweep import sweep_section
 
 from tests.views.helpers import measured_like
@@ -62,7 +63,7 @@ def test_viz_writes_the_sweep_and_opens_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
     out = tmp_path / "page.html"
     assert main(["viz", "--timeline", str(SWEEP), "-o", str(out), "--open", *SMALL]) == 0
-    data = json.loads(out.read_text().split('id="conveyor-data">', 1)[1].split("</script>", 1)[0])
+    data = page_data(out.read_text())
     assert [r["M"] for r in data["sweep"]["runs"]] == [1, 2, 4, 8, 16]
     assert data["measured"] is None
     assert data["initial"]["M"] == 16 and data["initial"]["view"] == "step"

@@ -8,11 +8,19 @@
  * lives in the URL hash. */
 (function () {
   "use strict";
-  var DATA = JSON.parse(document.getElementById("conveyor-data").textContent);
   var KINDS = "FBIW", R = ConveyorReplay, D = ConveyorDraw;
   var $ = function (id) { return document.getElementById(id); };
-  var schedByName = {};
-  DATA.schedules.forEach(function (sc) { schedByName[sc.name] = sc; });
+  var DATA, schedByName = {};
+
+  // The embedded data: gzipped JSON in base64 (conveyor/views/page.py), unpacked
+  // in the page with the browser's own DecompressionStream; nothing is fetched.
+  function loadData() {
+    var bin = atob(document.getElementById("conveyor-data").textContent.trim());
+    var bytes = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+    return new Response(stream).text().then(JSON.parse);
+  }
   var decoded = new Map();  // recently decoded orders (schedule|P|M), bounded
 
   // ---- costs ------------------------------------------------------------------
@@ -316,7 +324,9 @@
     return p.finish();
   };
 
-  function init() {
+  function init(data) {
+    DATA = data;
+    DATA.schedules.forEach(function (sc) { schedByName[sc.name] = sc; });
     DATA.schedules.forEach(function (sc) {
       [ctl.schedule, ctl.compare].forEach(function (sel) {
         var o = document.createElement("option");
@@ -408,5 +418,5 @@
     });
     return { checked: count, mismatches: bad.slice(0, 20), n_bad: bad.length };
   };
-  api.ready = init();
+  api.ready = loadData().then(init);
 }());
