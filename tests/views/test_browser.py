@@ -163,6 +163,10 @@ def test_a_cost_change_redraws_and_a_bad_one_says_why(page, default_page):
     c["lat"] = 0.5
     T2 = max(e[3] for e in _python_events("1f1b", 4, 8, "step", c))
     expect(page.locator("#stats tr").nth(1).locator("td").nth(3)).to_have_text(f"{T2:g}")
+    page.locator("#P").fill("5")                             # 4 values of F, 5 stages
+    expect(page.locator("#summary .refused")).to_have_text(
+        "1f1b: F has 4 values but there are 5 stages; give one value, or one per stage")
+    page.locator("#P").fill("4")
     page.locator("#cost-W").fill("x")
     expect(page.locator("#cost-error")).to_contain_text('W "x" is not a number')
     expect(page.locator("#stats tr").nth(1).locator("td").nth(3)).to_have_text(f"{T2:g}")

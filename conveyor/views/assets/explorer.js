@@ -122,6 +122,7 @@
     var costs;
     try { costs = readCosts(); $("cost-error").hidden = true; lastCosts = costs; }
     catch (e) { $("cost-error").hidden = false; $("cost-error").textContent = e.message + "; keeping the last valid costs"; costs = lastCosts; }
+    costs = costs || { f: [1], i: [1], w: [1], latency: 0, bandwidth: Infinity, bytes: [0] };
     return { schedule: ctl.schedule.value, compare: ctl.compare.value, P: +ctl.P.value, M: +ctl.M.value,
       view: $("view-step").checked ? "step" : "fwd", costs: costs, fixed: $("fixed").checked,
       memory: $("memory").checked };
@@ -238,8 +239,11 @@
     orders.forEach(function (o, i) {
       if (!o) return;
       var name = i ? st.compare : st.schedule;
-      if (o.refused) refusedText.push(name + ": " + o.refused);
-      else models.push(model(name, st, o));
+      if (o.refused) { refusedText.push(name + ": " + o.refused); return; }
+      try { models.push(model(name, st, o)); }
+      catch (e) {  // e.g. per-stage costs whose count does not match this schedule's stages
+        refusedText.push(name + ": " + e.message + " stages; give one value, or one per stage");
+      }
     });
     api.models = models;
     var sc = schedByName[st.schedule];
@@ -292,7 +296,6 @@
     var t0 = performance.now(), st = state();
     $("P-out").textContent = st.P;
     $("M-out").textContent = st.M;
-    $("costs").disabled = false;
     ["cost-I", "cost-W"].forEach(function (id) { $(id).disabled = st.view === "fwd"; });
     $("cost-B").textContent = st.view === "fwd" ? "(forward only: F and links)" : "B = I + W";
     if (history.replaceState) history.replaceState(null, "", toHash());

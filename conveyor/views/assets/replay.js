@@ -118,7 +118,8 @@ var ConveyorReplay = (function () {
   function perStage(value, n, what) {
     var list = Array.isArray(value) ? value : [value];
     if (list.length === 1) return Array.from({ length: n }, function () { return +list[0]; });
-    if (list.length !== n) throw new Error(what + " has " + list.length + " values but there are " + n);
+    if (list.length !== n) throw new Error(what + " has " + list.length + " values but there are " + n +
+      (what === "activation bytes" ? " cuts between" : ""));
     return list.map(Number);
   }
 
