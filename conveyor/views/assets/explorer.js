@@ -184,12 +184,16 @@
     }).join(" · ") : "");
   }
 
+  // Peak activations per rank in micro-batches of data (naive's one micro-batch
+  // holds all M), or with a fixed batch as the share of the batch.
+  function peaksOf(m, st) {
+    var unitsPerMb = st.fixed ? 1 / m.M : st.M / m.M;
+    return m.memory.map(function (x) { return num(x.peak * unitsPerMb); });
+  }
+
   function statsRow(m, st) {
     var fixedNote = m.M !== st.M ? " (fixed: the whole batch at once)" : "";
-    // micro-batches of data per micro-batch the schedule runs; with a fixed
-    // batch, the share of the batch one micro-batch holds
-    var unitsPerMb = st.fixed ? 1 / m.M : st.M / m.M;
-    var peaks = m.memory.map(function (x) { return num(x.peak * unitsPerMb); });
+    var peaks = peaksOf(m, st);
     var bytes = Math.max.apply(null, st.costs.bytes);
     return "<tr><th scope=\"row\">" + esc(m.name) + "</th><td>" + m.M + fixedNote + "</td><td class=\"b\">" +
       simBubble(m) + "</td><td>" + (m.python ? bubbleText(m.python.formula) : "") + "</td><td>" + num(m.lay.T) +
@@ -273,7 +277,8 @@
     var text = models.map(function (m) {
       return m.name + " with P = " + st.P + " ranks and M = " + m.M + " micro-batches: step time " + num(m.lay.T) +
         ", bubble " + pct(m.lay.bubble) + ", idle rank-time " + num(m.lay.bubble * m.lay.T * st.P) +
-        (st.view === "step" ? ", peak activations per rank " + m.memory.map(function (x) { return x.peak; }).join(", ") : "");
+        (st.view === "step" ? ", peak activations per rank " + peaksOf(m, st).join(", ") +
+          (st.fixed ? " (share of the batch)" : " (micro-batches of data)") : "");
     }).join(". ");
     canvas.setAttribute("aria-label", "pipeline timeline: " + (text || "nothing to draw"));
     $("chart-summary").textContent = text ? text + "." : "";
