@@ -124,11 +124,11 @@ def spec_info(name: str) -> dict:
             continue
         if isinstance(value, (str, int, float, bool)):
             out[key] = value
-        elif isinstance(value, (list, tuple)) and all(isinstance(x, (str, int, float))
-                                                      for x in value):
+        elif isinstance(value, (list, tuple)) and value and all(
+                isinstance(x, (str, int, float)) for x in value):
             out[key] = list(value)
-        elif isinstance(value, dict) and all(isinstance(x, (str, int, float))
-                                             for x in value.values()):
+        elif isinstance(value, dict) and value and all(isinstance(x, (str, int, float))
+                                                       for x in value.values()):
             out[key] = {str(k): x for k, x in value.items()}
     out["name"] = name
     out.setdefault("summary", "")

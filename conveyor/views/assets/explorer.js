@@ -176,7 +176,10 @@
 
   function infoHtml(sc) {
     var skip = { name: 1, configs: 1, summary: 1 };
-    var extra = Object.keys(sc).filter(function (k) { return !skip[k] && sc[k] !== null && sc[k] !== ""; });
+    var extra = Object.keys(sc).filter(function (k) {
+      var v = sc[k];
+      return !skip[k] && v !== null && v !== "" && !(typeof v === "object" && !Object.keys(v).length);
+    });
     return "<b>" + esc(sc.name) + "</b>: " + esc(sc.summary || "") + (extra.length ? " · " + extra.map(function (k) {
       var v = sc[k];
       if (typeof v === "object") v = Array.isArray(v) ? v.join(", ") : Object.keys(v).map(function (x) { return x + " " + v[x]; }).join(", ");
@@ -260,6 +263,7 @@
       '<th scope="col">bubble (formula)</th><th scope="col">step time</th><th scope="col">' +
       (st.fixed ? "step time (whole batch)" : "step time per micro-batch of data (÷ M)") +
       '</th><th scope="col">peak activations per rank (' + (st.fixed ? "share of the batch" : "micro-batches of data") +
+      (models.some(function (m) { return m.S > m.P; }) ? "; one per stage held, with several stages per rank" : "") +
       ")</th></tr>" +
       models.map(function (m) { return statsRow(m, st); }).join("");
     var width = Math.max(300, Math.floor($("gantt").clientWidth || 900));
