@@ -19,9 +19,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "viz", help="write the interactive explorer page (or serve it on 127.0.0.1)",
         description="Write one self-contained HTML page (no network needed) with a Gantt "
-                    "chart of every schedule for P = 1..16 and M = 1..64, a slider for M and "
-                    "the bubble from the formula and from the simulator. With --timeline it "
-                    "also shows a measured run above its simulation.")
+                    "chart of every schedule for P = 1..16 and M = 1..64, two side by side, "
+                    "any costs, the bubble from the formula and from the simulator, memory "
+                    "per rank, and the state in the link. With --timeline it also shows a "
+                    "measured run above its simulation, or a measured M sweep.")
     p.add_argument("-o", "--output", default="conveyor-explorer.html",
                    help="the page to write (conveyor-explorer.html)")
     p.add_argument("--timeline", metavar="FILE",
