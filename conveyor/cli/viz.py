@@ -21,22 +21,28 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "viz", help="write the interactive explorer page (or serve it on 127.0.0.1)",
         description="Write one self-contained HTML page (no network needed) with a Gantt "
-                    "chart of every schedule for P = 1..16 and M = 1..64, a slider for M and "
-                    "the bubble from the formula and from the simulator. With --timeline it "
-                    "also shows a measured run above its simulation.")
+                    "chart of every schedule for P = 1..16 and M = 1..64, two side by side, "
+                    "any costs, the bubble from the formula and from the simulator, memory "
+                    "per rank, and the state in the link. With --timeline it also shows a "
+                    "measured run above its simulation, or a measured M sweep.")
     p.add_argument("-o", "--output", default="conveyor-explorer.html",
                    help="the page to write (conveyor-explorer.html)")
     p.add_argument("--timeline", metavar="FILE",
-                   help="a measured timeline (runtime JSON) to show above its simulation")
+                   help="a measured timeline (runtime JSON) to show above its simulation, or "
+                        "a measured M sweep (the folder `conveyor demo` writes, or its "
+                        "sweep.json) to show as one measured chart per M")
+    p.add_argument("--open", action="store_true",
+                   help="open the written page in your web browser")
     p.add_argument("--schedule", help="schedule shown first (gpipe, or the timeline's)")
     p.add_argument("-P", type=int_at_least(1), help="P shown first (4, or the timeline's)")
     p.add_argument("-M", type=int_at_least(1), help="M shown first (8, or the timeline's)")
     p.add_argument("--view", choices=("fwd", "step"),
                    help="forward-only or training-step view first (fwd, or step with a timeline)")
     p.add_argument("--ratio", type=positive_float, default=2.0,
-                   help="backward/forward cost shown first; one of --ratios (2)")
+                   help="backward/forward cost shown first (2; the page takes any costs)")
     p.add_argument("--ratios", default=None,
-                   help="backward/forward costs the page offers (1,1.5,2,3; served: 0.5..4)")
+                   help="B/F ratios whose step time and bubble Python embeds to check the "
+                        "page's replay against (2)")
     p.add_argument("--max-P", type=int_at_least(1), default=16, help="largest P offered (16)")
     p.add_argument("--max-M", type=int_at_least(1), default=64, help="largest M offered (64)")
     p.add_argument("--serve", action="store_true",
@@ -56,15 +62,20 @@ def run(args) -> int:
     from conveyor.views.measured import measured_section
     from conveyor.views.page import render_page, write_page
     from conveyor.views.serve import SERVE_RATIOS, make_server
+    from conveyor.views.sweep import is_sweep, sweep_section
 
     if not args.serve:
         check_outputs([args.output])
     ratios = _ratios(args.ratios) if args.ratios else list(SERVE_RATIOS if args.serve else DEFAULT_RATIOS)
-    if args.ratio not in ratios:
-        raise ViewError(f"--ratio {args.ratio:g} is not one the page offers "
-                        f"({', '.join(f'{x:g}' for x in ratios)}); pick one or add it to --ratios")
-    measured = None
-    if args.timeline:
+    # The page replays any costs; --ratio only sets the B/F it shows first.
+    if not 0 < args.ratio <= 100:
+        raise ViewError(f"--ratio {args.ratio:g} is not a valid backward/forward cost; "
+                        f"give a number in (0, 100], e.g. 2")
+    measured = sweep = None
+    if args.timeline and is_sweep(args.timeline):
+        sweep = sweep_section(args.timeline)
+        measured = sweep["runs"][-1]  # the explorer starts at the sweep's largest M
+    elif args.timeline:
         tl = load_timeline(args.timeline)
         measured = measured_section(tl, source=args.timeline, schedule=args.schedule,
                                     P=args.P, M=args.M)
@@ -81,7 +92,7 @@ def run(args) -> int:
                             f"choose 1..{top} or raise --max-{key}")
     if args.serve:
         server = make_server(port=args.port, P_max=args.max_P, M_max=args.max_M,
-                             ratios=ratios, initial=initial, measured=measured)
+                             ratios=ratios, initial=initial, measured=measured, sweep=sweep)
         host, port = server.server_address[:2]
         print(f"conveyor viz: serving the explorer at http://{host}:{port}/ (Ctrl-C stops)",
               flush=True)
@@ -99,7 +110,11 @@ def run(args) -> int:
 
     data = build_data(P_max=args.max_P, M_max=args.max_M, ratios=ratios, jobs=args.jobs,
                       cache=not args.no_cache, on_build=note)
-    html = render_page(data, initial=initial, measured=measured)
+    html = render_page(data, initial=initial, measured=None if sweep else measured, sweep=sweep)
     path = write_page(args.output, html)
     print(f"wrote {path} ({len(html.encode()) / 1e6:.2f} MB); open it in a browser")
+    if args.open:
+        import webbrowser
+        if not webbrowser.open(path.resolve().as_uri()):
+            print(f"conveyor viz: no web browser found; open {path} yourself", file=sys.stderr)
     return 0

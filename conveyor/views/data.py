@@ -4,10 +4,11 @@ M = 1..M_max, as the Python engine produced and simulated it.
 Per (schedule, P, M) the page gets the compute-action order of every rank
 (``encode.py``), the placement where it is not one stage per rank, and the
 metrics Python computed: the closed-form bubble, and for the forward-only view
-and each offered backward/forward cost ratio the step time and the simulated
-bubble, plus the peak in-flight activations. The page replays the order under
-the chosen ratio to place the cells (see ``assets/explorer.js``) and shows the
-Python metrics; a browser test checks that the two agree.
+and each embedded backward/forward cost ratio (default B = 2F) the step time
+and the simulated bubble, plus the peak in-flight activations. The page replays
+the order under any costs the user types to place the cells (see
+``assets/replay.js``) and compares with the Python metrics where they exist;
+a browser test checks the replay against simulate() under random costs.
 
 Simulating ~3,000 configurations per ratio takes seconds, so the result is
 cached on disk, keyed by the source of everything it depends on.
@@ -33,10 +34,13 @@ from conveyor.views.encode import ALPHABET, encode_rows
 from conveyor.views.errors import ViewError
 from conveyor.views.metrics import bubble_code, stage_peaks
 
-__all__ = ["FORMAT", "DEFAULT_RATIOS", "build_data", "config_record", "cache_dir"]
+__all__ = ["FORMAT", "DEFAULT_RATIOS", "build_data", "config_record", "cache_dir", "spec_info"]
 
 FORMAT = "conveyor.viz/1"
-DEFAULT_RATIOS = (1.0, 1.5, 2.0, 3.0)
+# Python's metrics are embedded at B = 2F only (what `conveyor plot bubble`
+# draws): the page replays any other costs itself (a browser test checks it
+# against simulate()), and each extra ratio would cost build time and bytes.
+DEFAULT_RATIOS = (2.0,)
 
 
 def _number(x: float) -> int | float:
@@ -103,6 +107,32 @@ def _one_P(name: str, P: int, M_max: int, ratios: tuple[float, ...]) -> list[dic
         if key not in seen:
             seen[key] = config_record(name, P, M, ratios)
         out.append(seen[key])
+    return out
+
+
+def spec_info(name: str) -> dict:
+    """What the page shows about a registered schedule: every plain field of its
+    spec (name, summary, formula, and whatever a spec adds later, e.g. a memory
+    bound), without the callables. Generic, so that a schedule registered with
+    new text fields shows them without this code changing."""
+    spec = get_spec(name)
+    fields = getattr(spec, "__dataclass_fields__", None) or vars(spec)
+    out: dict = {}
+    for key in fields:
+        value = getattr(spec, key, None)
+        if callable(value) or value is None or value == "":
+            continue
+        if isinstance(value, (str, int, float, bool)):
+            out[key] = value
+        elif isinstance(value, (list, tuple)) and value and all(
+                isinstance(x, (str, int, float)) for x in value):
+            out[key] = list(value)
+        elif isinstance(value, dict) and value and all(isinstance(x, (str, int, float))
+                                                       for x in value.values()):
+            out[key] = {str(k): x for k, x in value.items()}
+    out["name"] = name
+    out.setdefault("summary", "")
+    out.setdefault("formula", None)
     return out
 
 
@@ -191,9 +221,8 @@ def build_data(*, names: Sequence[str] | None = None, P_max: int = 16, M_max: in
     data = {
         "format": FORMAT, "alphabet": ALPHABET, "P_max": P_max, "M_max": M_max,
         "ratios": [_number(x) for x in ratios],
-        "schedules": [{"name": name, "summary": get_spec(name).summary,
-                       "formula": get_spec(name).formula or None,
-                       "configs": [results[(name, P)] for P in range(1, P_max + 1)]}
+        "schedules": [dict(spec_info(name),
+                           configs=[results[(name, P)] for P in range(1, P_max + 1)])
                       for name in names],
     }
     if path is not None:

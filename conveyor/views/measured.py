@@ -8,6 +8,7 @@ predicted bubbles can be compared for the same work.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from conveyor.sim import CostModel, simulate
 from conveyor.sim.timeline import Timeline
 from conveyor.views.metrics import bubble_code, stage_peaks
 
-__all__ = ["match_schedule", "measured_costs", "simulate_like", "measured_section"]
+__all__ = ["match_schedule", "measured_costs", "simulate_like", "measured_section",
+           "cpu_note"]
 
 
 def match_schedule(tl: Timeline, *, source: str = "timeline", schedule: str | None = None,
@@ -51,7 +53,7 @@ def match_schedule(tl: Timeline, *, source: str = "timeline", schedule: str | No
     missing, extra = want - have, have - want
     if missing or extra:
         bad, note = (missing, "is missing") if missing else (extra, "is not in the schedule")
-        (r, a), n = min(bad.items()), len(missing) + len(extra)
+        (r, a), n = min(bad), len(missing) + len(extra)
         more = f" (and {n - 1} more difference(s))" if n > 1 else ""
         raise TimelineError(f"{source} is not a run of {where}: {a} on rank {r} {note}{more}; "
                             f"was it recorded with another P, M or schedule?")
@@ -76,13 +78,27 @@ def simulate_like(tl: Timeline, sched: Schedule) -> Timeline:
 
 
 def _events(tl: Timeline) -> dict:
+    # Communication events (SEND/RECV) come too: the page draws them on their
+    # own, so that time spent moving data is not shown as bubble.
     t0 = tl.t0
     return {
         "events": [[e.rank, str(e.action), e.start - t0, e.end - t0]
-                   for r in range(tl.P) for e in tl.rank_events(r)],
+                   for r in range(tl.P) for e in tl.rank_events(r, compute_only=False)],
         "T": tl.step_time, "bubble": bubble_code(tl), "per_rank": tl.bubbles(),
         "peaks": stage_peaks(tl),
     }
+
+
+def cpu_note(tl: Timeline, cores: int | None = None) -> str | None:
+    """The CLI's shared-cores note when the run had more ranks than CPU cores
+    (``cores``: the machine's, default ``os.cpu_count()``) and its stages were
+    not emulated devices (those sleep, so sharing cores does not slow them)."""
+    cores = cores or os.cpu_count() or 1
+    if tl.source != "measured" or tl.P <= cores or tl.meta.get("device_time"):
+        return None
+    return (f"{tl.P} processes share {cores} CPU cores here, so at most {cores} compute at "
+            f"once and the measured bubble cannot fall below 1 - {cores}/{tl.P} = "
+            f"{100 * (1 - cores / tl.P):.0f}%")
 
 
 def measured_section(tl: Timeline, *, source: str | Path = "timeline",
@@ -98,4 +114,4 @@ def measured_section(tl: Timeline, *, source: str | Path = "timeline",
     return {"file": name, "schedule": tl.schedule, "P": tl.P, "M": tl.M, "S": tl.S,
             "placement": list(sched.placement), "unit": tl.unit,
             "forward_only": tl.forward_only,
-            "measured": _events(tl), "simulated": _events(sim)}
+            "measured": _events(tl), "simulated": _events(sim), "note": cpu_note(tl)}

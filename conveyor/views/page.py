@@ -9,6 +9,8 @@ atomically: a failed build never leaves a partial page behind.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import re
 from pathlib import Path
@@ -16,10 +18,13 @@ from pathlib import Path
 from conveyor.views.data import FORMAT
 from conveyor.views.files import atomic_write
 
-__all__ = ["render_page", "write_page", "asset_text"]
+__all__ = ["render_page", "write_page", "asset_text", "page_data"]
 
 _ASSETS = Path(__file__).resolve().parent / "assets"
+# Drawing (canvas and SVG), the measured views, then the controls that use them.
+_SCRIPTS = ("draw.js", "measured.js", "explorer.js")
 _SLOT = re.compile(r"/\*CONVEYOR_(CSS|REPLAY_JS|JS|DATA)\*/")
+_DATA_BLOCK = re.compile(r'<script type="application/octet-stream" id="conveyor-data"[^>]*>([^<]*)</script>')
 
 
 def asset_text(name: str) -> str:
@@ -27,26 +32,40 @@ def asset_text(name: str) -> str:
     return (_ASSETS / name).read_text(encoding="utf-8")
 
 
-def _script_json(obj) -> str:
-    # "<" only occurs inside JSON strings, where \u003c reads back the same; this
-    # keeps a "</script>" in a file name or summary from ending the block.
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).replace("<", "\\u003c")
+def _packed(obj) -> str:
+    """The page data as base64 of gzipped JSON. The orders of many schedules
+    repeat a lot (neighbouring ranks differ by a count or two), so gzip keeps
+    ten schedules' worth well under the 3 MB budget; base64 has no "<", so no
+    file name or summary can end the script block."""
+    raw = json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode("ascii")
+
+
+def page_data(html: str) -> dict:
+    """The data embedded in a page ``render_page`` wrote (for tests and tools).
+    Raises ValueError when ``html`` holds no such data."""
+    m = _DATA_BLOCK.search(html)
+    if m is None:
+        raise ValueError("no conveyor data block in this page")
+    return json.loads(gzip.decompress(base64.b64decode(m.group(1))))
 
 
 def render_page(data: dict, *, mode: str = "embedded", initial: dict | None = None,
-                measured: dict | None = None) -> str:
+                measured: dict | None = None, sweep: dict | None = None) -> str:
     """The page's HTML for ``data`` (from ``build_data``, or the schedule list
     alone in ``mode="serve"``).
 
     initial:  the configuration shown first, keys schedule, P, M, view ("fwd"
               or "step") and ratio (one of ``data["ratios"]``).
     measured: a ``measured_section`` to draw above the explorer.
+    sweep:    a ``sweep_section``: one measured chart per M, above the explorer.
     """
     if mode not in ("embedded", "serve"):
         raise ValueError(f"mode={mode!r}; use 'embedded' or 'serve'")
-    payload = dict(data, format=FORMAT, mode=mode, initial=initial or {}, measured=measured)
+    payload = dict(data, format=FORMAT, mode=mode, initial=initial or {}, measured=measured,
+                   sweep=sweep)
     parts = {"CSS": asset_text("explorer.css"), "REPLAY_JS": asset_text("replay.js"),
-             "JS": asset_text("explorer.js"), "DATA": _script_json(payload)}
+             "JS": "\n".join(asset_text(n) for n in _SCRIPTS), "DATA": _packed(payload)}
     # One pass, so text inside the inserted parts is never taken for a slot.
     return _SLOT.sub(lambda m: parts[m.group(1)], asset_text("explorer.html"))
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from conveyor.cli.main import main
+from conveyor.views.page import page_data
 
 from tests.views.conftest import REPO
 from tests.views.helpers import measured_like
@@ -65,7 +66,7 @@ def test_viz_with_a_measured_run(tmp_path, run_json):
     out = tmp_path / "page.html"
     assert main(["viz", "--timeline", str(run_json), "-o", str(out), *SMALL]) == 0
     html = out.read_text()
-    data = json.loads(html.split('id="conveyor-data">', 1)[1].split("</script>", 1)[0])
+    data = page_data(html)
     assert data["measured"]["file"] == "run.json"
     assert data["initial"] == {"schedule": "gpipe", "P": 4, "M": 8, "view": "step", "ratio": 2.0}
     assert len(data["measured"]["measured"]["events"]) == 64
@@ -73,7 +74,7 @@ def test_viz_with_a_measured_run(tmp_path, run_json):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--ratio", "5"], "--ratio 5 is not one the page offers (1, 1.5, 2, 3)"),
+    (["--ratio", "0"], "--ratio 0 is not a valid backward/forward cost"),
     (["--ratios", "1,x"], "--ratios '1,x' is not a list of numbers"),
     (["-P", "9"], "-P 9 is outside the page's 1..4"),
     (["--schedule", "gpipes"], "did you mean 'gpipe'?"),

@@ -102,3 +102,22 @@ def test_exact_bubble_and_text():
     odd = simulate(build_schedule("gpipe", 3, 5), CostModel(forward=[0.1, 0.37, 0.2]))
     assert exact_bubble(odd) is None                 # not a small fraction: percent only
     assert fraction_text(None, odd.bubble_overall).endswith("%")
+
+
+def test_spec_info_shows_whatever_plain_fields_a_spec_has():
+    import dataclasses
+
+    from conveyor.schedule.generators import _REGISTRY, ScheduleSpec, get_spec
+    from conveyor.views.data import spec_info
+
+    Rich = dataclasses.make_dataclass("Rich", [("memory_bound", str, ""), ("tags", tuple, ())],
+                                      bases=(ScheduleSpec,), frozen=True)
+    base = get_spec("1f1b")
+    _REGISTRY["test-rich"] = Rich("test-rich", base.build, "rich", base.bubble, "(P-1)/(M+P-1)",
+                                  memory_bound="P micro-batches on rank 0", tags=("v", "zb"))
+    try:
+        info = spec_info("test-rich")
+    finally:
+        _REGISTRY.pop("test-rich")
+    assert info == {"name": "test-rich", "summary": "rich", "formula": "(P-1)/(M+P-1)",
+                    "memory_bound": "P micro-batches on rank 0", "tags": ["v", "zb"]}

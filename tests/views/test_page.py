@@ -10,7 +10,7 @@ import pytest
 from conveyor.schedule import build_schedule
 from conveyor.sim import CostModel, simulate
 from conveyor.views.files import atomic_write
-from conveyor.views.page import render_page
+from conveyor.views.page import page_data, render_page
 from conveyor.views.serve import make_server
 
 from tests.views.helpers import measured_like
@@ -20,7 +20,7 @@ MB = 1_000_000
 
 
 def _embedded(html: str) -> dict:
-    return json.loads(html.split('id="conveyor-data">', 1)[1].split("</script>", 1)[0])
+    return page_data(html)
 
 
 def test_default_page_is_at_most_3_mb(default_page, default_data):

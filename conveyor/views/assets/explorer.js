@@ -1,173 +1,158 @@
-/* conveyor explorer: controls and drawing. It draws what conveyor's Python engine
- * produced; nothing here knows any schedule. Embedded mode: the page holds every
- * rank's action order and Python's metrics; replay.js decodes the order and
- * replays it under the chosen costs to place the cells. A browser test checks
- * those times equal Python's simulate(), and selfCheck() compares every step
- * time with Python's. Served mode (conveyor viz --serve): Python simulates on
- * request and the page only draws. */
+/* conveyor explorer: controls, state and the main chart. It draws what
+ * conveyor's Python engine produced; nothing here knows any schedule.
+ * Embedded mode: the page holds every rank's action order and Python's metrics
+ * for the offered B/F ratios; replay.js replays the order under any costs the
+ * user types. A browser test checks those times equal Python's simulate(),
+ * and selfCheck() compares every embedded step time with Python's. Served mode
+ * (conveyor viz --serve): Python sends the order on request. The whole state
+ * lives in the URL hash. */
 (function () {
   "use strict";
-  var DATA = JSON.parse(document.getElementById("conveyor-data").textContent);
-  var KINDS = "FBIW";
+  var KINDS = "FBIW", R = ConveyorReplay, D = ConveyorDraw;
   var $ = function (id) { return document.getElementById(id); };
-  var R = ConveyorReplay, stagesByRank = R.stagesByRank, layout = R.layout;
+  var DATA, schedByName = {};
 
-  // ---- models: what one Gantt needs ----------------------------------------
-  var schedByName = {};
-  DATA.schedules.forEach(function (sc) { schedByName[sc.name] = sc; });
-  // Decoded orders of recently shown configurations (schedule|P|M), oldest first;
-  // bounded so that sweeping every configuration does not keep them all.
-  var decoded = new Map();
+  // The embedded data: gzipped JSON in base64 (conveyor/views/page.py), unpacked
+  // in the page with the browser's own DecompressionStream; nothing is fetched.
+  function loadData() {
+    var bin = atob(document.getElementById("conveyor-data").textContent.trim());
+    var bytes = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+    return new Response(stream).text().then(JSON.parse);
+  }
+  var decoded = new Map();  // recently decoded orders (schedule|P|M), bounded
 
-  function record(st) { return schedByName[st.schedule].configs[st.P - 1][st.M - 1]; }
+  // ---- costs ------------------------------------------------------------------
+  function parseList(text, what) {
+    var parts = String(text).split(",").map(function (x) { return x.trim(); }).filter(Boolean);
+    if (!parts.length) throw new Error(what + " is empty: give a number, e.g. 1");
+    return parts.map(function (x) {
+      var v = /^inf(inity)?$/i.test(x) ? Infinity : Number(x);
+      if (!(v >= 0) || (v === Infinity && what !== "bandwidth")) throw new Error(what + " " + JSON.stringify(x) + " is not a number >= 0");
+      return v;
+    });
+  }
+  function readCosts() {
+    var c = { f: parseList($("cost-F").value, "F"), i: parseList($("cost-I").value, "I"),
+      w: parseList($("cost-W").value, "W"), bytes: parseList($("cost-bytes").value, "activation bytes") };
+    c.latency = parseList($("cost-lat").value, "link latency")[0];
+    c.bandwidth = parseList($("cost-bw").value, "bandwidth")[0];
+    if (!(c.bandwidth > 0)) throw new Error("bandwidth must be > 0 (inf: free links)");
+    return c;
+  }
+  // the B/F ratio these costs equal, when they are the simple kind Python embedded
+  function simpleRatio(c, scale) {
+    if (scale !== 1 || c.latency !== 0 || c.f.length !== 1 || c.f[0] !== 1 || c.i.length !== 1 ||
+        c.w.length !== 1 || (c.bytes.some(function (x) { return x; }) && c.bandwidth !== Infinity)) return -1;
+    var ratio = c.i[0] + c.w[0];
+    return c.i[0] === ratio / 2 && c.w[0] === ratio - ratio / 2 ? DATA.ratios.indexOf(ratio) : -1;
+  }
 
-  function embeddedModel(st) {
-    var rec = record(st), id = st.schedule + "|" + st.P + "|" + st.M;
+  // ---- models ---------------------------------------------------------------------
+  function record(name, P, M) { return schedByName[name].configs[P - 1][M - 1]; }
+
+  function orderOf(name, P, M) {
+    var rec = record(name, P, M), id = name + "|" + P + "|" + M;
     if (rec.err) return { refused: rec.err };
-    var placement = rec.pl || Array.from({ length: st.P }, function (_, r) { return r; });
+    var placement = rec.pl || Array.from({ length: P }, function (_, r) { return r; });
     var rows = decoded.get(id);
     if (!rows) {
-      var byRank = stagesByRank(placement, st.P);
+      var byRank = R.stagesByRank(placement, P);
       rows = rec.o.map(function (code, r) { return R.decodeRow(code, byRank[r], DATA.alphabet); });
       decoded.set(id, rows);
       if (decoded.size > 64) decoded.delete(decoded.keys().next().value);
     }
-    var fwd = st.view === "fwd";
-    // the forward-only view is Schedule.without_backward(): the F actions, same order
-    if (fwd) rows = rows.map(function (row) { return row.filter(function (x) { return x.k === 0; }); });
-    var ratio = DATA.ratios[st.ratio];
-    var events = R.replay(rows, placement, R.slotCosts(ratio, placement.length));
-    var py = fwd ? rec.fw : rec.r[st.ratio];
-    return {
-      P: st.P, S: placement.length, M: rec.M || st.M, placement: placement, events: events,
-      unit: "slot", slot: 1, python: { T: py[0], bubble: py[1], formula: rec.fb,
-        peaks: fwd ? null : rec.pk, rankPeaks: fwd ? null : (rec.pr || null) }
-    };
+    // The micro-batches the order really runs (naive: 1 whatever M is asked);
+    // records are shared between M values that give the same order.
+    var runs = 0;
+    rows.forEach(function (row) { row.forEach(function (x) { if (x.mb + 1 > runs) runs = x.mb + 1; }); });
+    return { rows: rows, placement: placement, M: runs || M, rec: rec };
   }
 
-  function parseEvents(list) {
-    var out = [];
-    list.forEach(function (ev) {
-      var m = /^(\d+)([A-Z_]+)(\d+)$/.exec(ev[1]);
-      var k = m ? KINDS.indexOf(m[2]) : -1;
-      if (k >= 0) out.push({ r: ev[0], s: +m[1], k: k, mb: +m[3], start: ev[2], end: ev[3] });
-    });
-    return out;
+  // One schedule under the state's costs: events, layout, memory, metrics.
+  function model(name, st, order) {
+    if (order.refused) return order;
+    var fwd = st.view === "fwd", rows = order.rows;
+    if (fwd) rows = rows.map(function (row) { return row.filter(function (x) { return x.k === 0; }); });
+    // The same global batch: a schedule that runs fewer micro-batches (naive: one)
+    // gets proportionally bigger ones; with a fixed batch each costs 1/M of it.
+    var scale = st.fixed ? 1 / order.M : st.M / order.M;
+    var S = order.placement.length, table = R.costTable(st.costs, S, scale);
+    var events = R.replay(rows, order.placement, table);
+    var m = { name: name, P: st.P, S: S, M: order.M, placement: order.placement, events: events,
+      scale: scale, table: table };
+    m.lay = R.layout(m);
+    m.memory = R.memory(events, st.P, fwd);
+    var ri = simpleRatio(st.costs, scale), rec = order.rec;
+    if (rec) m.python = { T: fwd ? rec.fw[0] : ri >= 0 ? rec.r[ri][0] : null,
+      bubble: fwd ? rec.fw[1] : ri >= 0 ? rec.r[ri][1] : null, formula: rec.fb,
+      peaks: fwd ? null : rec.pk, rankPeaks: fwd ? null : (rec.pr || null) };
+    if (fwd && (st.costs.f.length > 1 || st.costs.f[0] !== 1 || scale !== 1 || st.costs.latency)) {
+      m.python.T = m.python.bubble = null;  // Python embedded F = 1 only
+    }
+    return m;
   }
 
   var served = 0;
-  function servedModel(st) {
-    var ticket = ++served;
-    var q = "schedule=" + encodeURIComponent(st.schedule) + "&P=" + st.P + "&M=" + st.M +
-      "&view=" + st.view + "&ratio=" + DATA.ratios[st.ratio];
+  function servedOrder(name, st, ticket) {
+    var q = "schedule=" + encodeURIComponent(name) + "&P=" + st.P + "&M=" + st.M + "&view=step&ratio=2";
     return fetch("api/timeline?" + q).then(function (res) {
       return res.json().then(function (body) {
-        if (!res.ok) throw new Error(body.error || res.statusText);
-        if (ticket !== served) return null;  // a newer request superseded this one
-        return { P: body.P, S: body.S, M: body.M, placement: body.placement, unit: "slot",
-          slot: 1, events: parseEvents(body.events), python: body.python };
+        if (!res.ok) return { refused: "server: " + (body.error || res.statusText) };
+        if (ticket !== served) return null;  // a newer redraw superseded this one
+        var rows = [];
+        for (var r = 0; r < body.P; r++) rows.push([]);
+        body.events.slice().sort(function (a, b) { return a[2] - b[2]; }).forEach(function (ev) {
+          var m = /^(\d+)([FBIW])(\d+)$/.exec(ev[1]);
+          if (m) rows[ev[0]].push({ s: +m[1], k: KINDS.indexOf(m[2]), mb: +m[3] });
+        });
+        return { rows: rows, placement: body.placement, M: body.M,
+          rec: { fb: body.python.formula, fw: [null, null], r: [], pk: body.python.peaks, pr: body.python.rankPeaks } };
       });
     });
   }
 
-  // ---- drawing --------------------------------------------------------------
-  function hue(mb) { return (mb * 137.508) % 360; }
-  function strong(mb) { return "hsl(" + hue(mb).toFixed(1) + ",62%,47%)"; }
-  function tint(mb) { return "hsl(" + hue(mb).toFixed(1) + ",62%,86%)"; }
-  var nSvg = 0;
+  // ---- state and the URL hash ----------------------------------------------------
+  var ctl = { schedule: $("schedule"), compare: $("compare"), P: $("P"), M: $("M") };
+  var COST_FIELDS = { F: "cost-F", I: "cost-I", W: "cost-W", lat: "cost-lat", bytes: "cost-bytes", bw: "cost-bw" };
+  var lastCosts = null;
 
-  function niceStep(span, target) {
-    var raw = span / target, p = Math.pow(10, Math.floor(Math.log10(raw || 1)));
-    var steps = [1, 2, 5, 10];
-    for (var i = 0; i < steps.length; i++) if (steps[i] * p >= raw) return steps[i] * p;
-    return 10 * p;
+  function state() {
+    var costs;
+    try { costs = readCosts(); $("cost-error").hidden = true; lastCosts = costs; }
+    catch (e) { $("cost-error").hidden = false; $("cost-error").textContent = e.message + "; keeping the last valid costs"; costs = lastCosts; }
+    costs = costs || { f: [1], i: [1], w: [1], latency: 0, bandwidth: Infinity, bytes: [0] };
+    return { schedule: ctl.schedule.value, compare: ctl.compare.value, P: +ctl.P.value, M: +ctl.M.value,
+      view: $("view-step").checked ? "step" : "fwd", costs: costs, fixed: $("fixed").checked,
+      memory: $("memory").checked };
   }
-
-  // opts: width, T (time span to fit, >= model's), scale (display factor), unitLabel,
-  // slot (draw the bubble as one cell per slot) or not (one shaded rect per gap)
-  function gantt(model, lay, opts) {
-    var P = model.P, S = model.S, v = S / P, byRank = stagesByRank(model.placement, P);
-    var left = v > 1 ? 112 : 72, right = 10, top = 4, axis = 24;
-    var rowH = P <= 8 ? 30 : Math.max(13, Math.floor(330 / P));
-    var W = opts.width, plotW = W - left - right, T = opts.T || 1, sx = plotW / T;
-    var H = top + P * rowH + axis, id = "p" + (nSvg++), out = [];
-    out.push('<svg xmlns="http://www.w3.org/2000/svg" width="' + W + '" height="' + H +
-      '" viewBox="0 0 ' + W + " " + H + '"><defs><pattern id="' + id +
-      '" width="5" height="5" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">' +
-      '<rect width="5" height="5" fill="#fff"/><rect width="2.2" height="5" fill="#9aa3b2"/></pattern></defs>');
-    var step = niceStep(T * opts.scale, 12), x, r;
-    for (var tick = 0; tick <= T * opts.scale + 1e-9; tick += step) {
-      x = left + (tick / opts.scale) * sx;
-      out.push('<line class="grid" x1="' + x + '" x2="' + x + '" y1="' + top + '" y2="' + (top + P * rowH) +
-        '"/><text class="tick" x="' + x + '" y="' + (H - 8) + '" text-anchor="middle">' +
-        +(tick.toPrecision(6)) + "</text>");
-    }
-    out.push('<text class="tick" x="6" y="' + (H - 8) + '">time (' + opts.unitLabel + ")</text>");
-    for (r = 0; r < P; r++) {
-      var y = top + r * rowH + rowH / 2 + 4;
-      var label = v > 1 ? "rank " + r + " (s " + byRank[r].join(",") + ")" : "stage " + byRank[r][0];
-      out.push('<text class="row" x="6" y="' + y + '">' + label + "</text>");
-    }
-    var pad = rowH > 16 ? 3 : 1, h = rowH - 2 * pad, idle = 0;
-    lay.gaps.forEach(function (g) {
-      var y = top + g[0] * rowH + pad, a = g[1] - lay.t0, b = g[2] - lay.t0;
-      if (!opts.slot) {
-        out.push('<rect class="idle" x="' + (left + a * sx) + '" y="' + y + '" width="' + ((b - a) * sx) +
-          '" height="' + h + '"/>');
-        return;
-      }
-      var n = Math.ceil((b - a) / opts.slot - 1e-9);
-      for (var c = 0; c < n; c++) {
-        var x0 = a + c * opts.slot, x1 = Math.min(b, x0 + opts.slot);
-        out.push('<rect class="bubble" x="' + (left + x0 * sx) + '" y="' + y + '" width="' +
-          ((x1 - x0) * sx) + '" height="' + h + '"/>');
-        idle++;
-      }
+  function toHash() {
+    var q = ["s=" + encodeURIComponent(ctl.schedule.value), "P=" + ctl.P.value, "M=" + ctl.M.value,
+      "v=" + ($("view-step").checked ? "step" : "fwd")];
+    if (ctl.compare.value) q.push("c=" + encodeURIComponent(ctl.compare.value));
+    Object.keys(COST_FIELDS).forEach(function (k) { q.push(k + "=" + encodeURIComponent($(COST_FIELDS[k]).value.replace(/\s+/g, ""))); });
+    if ($("fixed").checked) q.push("fix=1");
+    if (!$("memory").checked) q.push("mem=0");
+    return "#" + q.join("&");
+  }
+  function fromHash(hash) {
+    var q = {};
+    hash.replace(/^#/, "").split("&").forEach(function (kv) {
+      var i = kv.indexOf("=");
+      if (i > 0) q[kv.slice(0, i)] = decodeURIComponent(kv.slice(i + 1));
     });
-    model.events.forEach(function (e) {
-      var x = left + (e.start - lay.t0) * sx, w = Math.max((e.end - e.start) * sx - 1, 0.5);
-      var y = top + e.r * rowH + pad, kind = KINDS[e.k], attrs;
-      if (kind === "F") attrs = 'fill="' + strong(e.mb) + '"';
-      else if (kind === "W") attrs = 'fill="url(#' + id + ')" stroke="' + strong(e.mb) + '"';
-      else attrs = 'fill="' + tint(e.mb) + '" stroke="' + strong(e.mb) + '"' +
-        (kind === "I" ? ' stroke-dasharray="3 2"' : "");
-      out.push('<rect class="cell ' + kind + '" x="' + x + '" y="' + y + '" width="' + w + '" height="' + h +
-        '" ' + attrs + "><title>" + e.s + kind + e.mb + " on rank " + e.r + ": " +
-        +(e.start * opts.scale).toPrecision(6) + "–" + +(e.end * opts.scale).toPrecision(6) + " " +
-        opts.unitLabel + "</title></rect>");
-      if (v > 1) {  // which of the rank's chunks: a band whose darkness grows with the chunk
-        var c = byRank[e.r].indexOf(e.s);
-        if (c > 0) out.push('<rect x="' + x + '" y="' + y + '" width="' + w + '" height="3" fill="#1d2330" ' +
-          'fill-opacity="' + (0.35 + 0.5 * c / (v - 1)).toFixed(2) + '"/>');
-      }
-      if (w >= 15 && h >= 11) {
-        out.push('<text class="lab' + (kind === "F" ? "" : " dark") + '" x="' + (x + w / 2) + '" y="' +
-          (y + h / 2 + 3.5) + '">' + e.mb + "</text>");
-      }
-    });
-    out.push("</svg>");
-    return { svg: out.join(""), idle: idle };
+    if (schedByName[q.s]) ctl.schedule.value = q.s;
+    if (q.c === "" || schedByName[q.c]) ctl.compare.value = q.c;
+    if (+q.P >= 1 && +q.P <= DATA.P_max) ctl.P.value = q.P;
+    if (+q.M >= 1 && +q.M <= DATA.M_max) ctl.M.value = q.M;
+    if (q.v === "step" || q.v === "fwd") $(q.v === "step" ? "view-step" : "view-fwd").checked = true;
+    Object.keys(COST_FIELDS).forEach(function (k) { if (q[k] !== undefined) $(COST_FIELDS[k]).value = q[k]; });
+    if (q.fix !== undefined) $("fixed").checked = q.fix === "1";
+    if (q.mem !== undefined) $("memory").checked = q.mem !== "0";
   }
 
-  function legend() {
-    var sw = function (inner) { return '<svg width="22" height="14">' + inner + "</svg>"; };
-    var box = function (attrs) { return '<rect x="1" y="1" width="20" height="12" ' + attrs + "/>"; };
-    var hatch = '<defs><pattern id="legend-hatch" width="5" height="5" patternUnits="userSpaceOnUse" ' +
-      'patternTransform="rotate(45)"><rect width="5" height="5" fill="#fff"/>' +
-      '<rect width="2.2" height="5" fill="#9aa3b2"/></pattern></defs>';
-    $("legend").innerHTML = [
-      sw(box('fill="' + strong(2) + '"')) + "F forward (colour and number: micro-batch)",
-      sw(box('fill="' + tint(2) + '" stroke="' + strong(2) + '"')) + "B backward",
-      sw(box('fill="' + tint(2) + '" stroke="' + strong(2) + '" stroke-dasharray="3 2"')) +
-        "I input-gradient backward",
-      sw(hatch + box('fill="url(#legend-hatch)" stroke="' + strong(2) + '"')) + "W weight-gradient backward",
-      sw(box('fill="#8a93a3" fill-opacity="0.16" stroke="#8a93a3"')) + "bubble: idle, one cell per slot (F time)",
-      sw(box('fill="' + strong(2) + '"') + '<rect x="1" y="1" width="20" height="3" fill="#1d2330" ' +
-        'fill-opacity="0.6"/>') + "top band: the rank's later chunk (several stages per rank)"
-    ].map(function (x) { return "<span>" + x + "</span>"; }).join("");
-  }
-
-  // ---- numbers ---------------------------------------------------------------
+  // ---- numbers ---------------------------------------------------------------------
   function pct(x) { return (100 * x).toFixed(1) + "%"; }
   function bubbleText(code) {
     if (code === null || code === undefined) return "no closed form";
@@ -181,56 +166,137 @@
     return nd[0] / nd[1];
   }
   function num(x) { return +(+x).toPrecision(6); }
+  function esc(s) { return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;"); }
 
-  // ---- the explorer ------------------------------------------------------------
-  var api = window.conveyor = { lastRedrawMs: null, idleCells: null };
-  var ctl = { schedule: $("schedule"), P: $("P"), M: $("M"), ratio: $("ratio") };
-
-  function state() {
-    return { schedule: ctl.schedule.value, P: +ctl.P.value, M: +ctl.M.value,
-      view: $("view-step").checked ? "step" : "fwd", ratio: +ctl.ratio.value };
+  // The simulated bubble: Python's exact fraction where Python embedded this
+  // configuration (and the replay agrees), else the page's own replay.
+  function simBubble(m) {
+    return m.python && m.python.bubble !== null ? bubbleText(m.python.bubble) : pct(m.lay.bubble);
   }
 
-  function refused(message, t0) {
-    // the generator does not build this P and M: say why instead of drawing
-    ["bubble-formula", "bubble-sim", "step-time", "idle-slots", "peak"].forEach(function (k) {
-      $(k).textContent = "–";
+  function infoHtml(sc) {
+    var skip = { name: 1, configs: 1, summary: 1 };
+    var extra = Object.keys(sc).filter(function (k) {
+      var v = sc[k];
+      return !skip[k] && v !== null && v !== "" && !(typeof v === "object" && !Object.keys(v).length);
     });
-    $("gantt").innerHTML = '<p class="refused">' + message.replace(/&/g, "&amp;").replace(/</g, "&lt;") +
-      "</p>";
-    $("check").hidden = true;
-    api.idleCells = 0;
-    api.lastRedrawMs = performance.now() - t0;
+    return "<b>" + esc(sc.name) + "</b>: " + esc(sc.summary || "") + (extra.length ? " · " + extra.map(function (k) {
+      var v = sc[k];
+      if (typeof v === "object") v = Array.isArray(v) ? v.join(", ") : Object.keys(v).map(function (x) { return x + " " + v[x]; }).join(", ");
+      return '<span class="k">' + esc(k.replace(/_/g, " ")) + "</span> " + esc(v);
+    }).join(" · ") : "");
   }
 
-  function show(model, st, t0) {
-    if (!model) return;
-    if (model.refused) return refused(model.refused, t0);
-    var lay = layout(model), width = Math.max(640, $("gantt").clientWidth || 1000);
-    var g = gantt(model, lay, { width: width, T: lay.T, scale: 1, unitLabel: "slots", slot: model.slot });
-    $("gantt").innerHTML = g.svg;
-    var py = model.python, sc = schedByName[st.schedule] || { formula: null, summary: "" };
-    $("formula-text").textContent = sc.formula ? sc.formula : "";
-    $("bubble-formula").textContent = bubbleText(py.formula);
-    $("bubble-sim").textContent = bubbleText(py.bubble);
-    $("step-time").textContent = num(py.T) + " slots";
-    $("idle-slots").textContent = String(g.idle);
-    if (!py.peaks) $("peak").textContent = "none: a forward-only pass keeps nothing for a backward";
-    else {
-      var txt = py.peaks.map(function (n, s) { return "s" + s + ": " + n; }).join(" · ");
-      if (py.rankPeaks) txt += " (per rank: " + py.rankPeaks.join(", ") + ")";
-      $("peak").textContent = txt;
+  // Peak activations per rank in micro-batches of data (naive's one micro-batch
+  // holds all M), or with a fixed batch as the share of the batch.
+  function peaksOf(m, st) {
+    var unitsPerMb = st.fixed ? 1 / m.M : st.M / m.M;
+    return m.memory.map(function (x) { return num(x.peak * unitsPerMb); });
+  }
+
+  function statsRow(m, st) {
+    var fixedNote = m.M !== st.M ? " (fixed: the whole batch at once)" : "";
+    var peaks = peaksOf(m, st);
+    var bytes = Math.max.apply(null, st.costs.bytes);
+    return "<tr><th scope=\"row\">" + esc(m.name) + "</th><td>" + m.M + fixedNote + "</td><td class=\"b\">" +
+      simBubble(m) + "</td><td>" + (m.python ? bubbleText(m.python.formula) : "") + "</td><td>" + num(m.lay.T) +
+      "</td><td>" + num(m.lay.T / (st.fixed ? 1 : st.M)) + "</td><td>" + (st.view === "fwd" ? "none (forward only)" :
+      peaks.join(" · ") + (bytes ? " (× " + bytes + " B = " + num(Math.max.apply(null, peaks) * bytes) + " B max)" : "")) + "</td></tr>";
+  }
+
+  // ---- the explorer -------------------------------------------------------------------
+  var api = window.conveyor = { lastRedrawMs: null, models: [] };
+  var current = null;  // the last drawn figure, for downloads
+
+  function figureOf(models, st, width) {
+    var T = 0;
+    models.forEach(function (m) { T = Math.max(T, m.lay.T); });
+    if (st.fixed) models.forEach(function (m) { T = Math.max(T, fixedAxis(m.name, st)); });
+    return { width: width, T: T, scale: 1, unitLabel: st.fixed ? "one stage's F on the whole batch = 1" : "F = " + st.costs.f.join(",") + " per micro-batch",
+      panels: models.map(function (m) {
+        return { model: m, lay: m.lay, memory: st.memory && st.view === "step" ? m.memory : null,
+          title: m.name + " · step " + num(m.lay.T) + " · bubble " + simBubble(m) };
+      }) };
+  }
+  // The fixed axis spans the schedule's step at M = 1 (the longest, with a fixed batch).
+  function fixedAxis(name, st) {
+    var o = orderOf(name, st.P, 1);
+    if (o.refused) return 0;
+    return model(name, Object.assign({}, st, { M: 1 }), o).lay.T;
+  }
+
+  function curve(st, m) {
+    var sc = schedByName[st.schedule], formula = [], sim = [], ri = DATA.ratios.indexOf(2);
+    if (ri < 0) ri = 0;
+    for (var M = 1; M <= DATA.M_max; M++) {
+      var rec = sc.configs ? sc.configs[st.P - 1][M - 1] : null;
+      if (!rec || rec.err) continue;
+      if (rec.fb) formula.push([M, bubbleValue(rec.fb)]);
+      var py = st.view === "fwd" ? rec.fw : rec.r[ri];
+      if (py) sim.push([M, bubbleValue(py[1])]);
     }
-    var note = model.M !== st.M ? " " + st.schedule + " runs one batch, so M = " + model.M + "." : "";
-    $("summary").textContent = (sc.summary || "") + "." + note;
-    // One source of truth: the drawn times must agree with Python's numbers.
-    var bad = Math.abs(lay.T - py.T) > 1e-9 * Math.max(1, py.T) ||
-      Math.abs(lay.bubble - bubbleValue(py.bubble)) > 1e-9;
-    $("check").hidden = !bad;
-    $("check").textContent = bad ? "The drawn timeline (step " + lay.T + ") disagrees with the Python " +
-      "engine (step " + py.T + "); please report this." : "";
-    api.idleCells = g.idle;
-    void $("gantt").offsetHeight;  // force style and layout so the timing includes them
+    var box = $("curve-canvas").parentNode, w = Math.min(300, Math.max(220, box.clientWidth || 260));
+    var c = { width: w, height: 170, P: st.P, formula: formula, sim: sim, Mmax: DATA.M_max,
+      measured: api.sweepPointsFor ? api.sweepPointsFor(st) : [], mark: m ? [st.M, m.lay.bubble] : null };
+    D.bubbleCurve(D.canvasPainter($("curve-canvas"), c.width, c.height), c);
+  }
+
+  function show(orders, st, t0) {
+    var models = [], refusedText = [];
+    orders.forEach(function (o, i) {
+      if (!o) return;
+      var name = i ? st.compare : st.schedule;
+      if (o.refused) { refusedText.push(name + ": " + o.refused); return; }
+      try { models.push(model(name, st, o)); }
+      catch (e) {  // e.g. per-stage costs whose count does not match this schedule's stages
+        refusedText.push(name + ": " + e.message + " stages; give one value, or one per stage");
+      }
+    });
+    api.models = models;
+    var sc = schedByName[st.schedule];
+    $("summary").innerHTML = [sc].concat(st.compare ? [schedByName[st.compare]] : []).map(function (s) {
+      return "<p>" + infoHtml(s) + "</p>"; }).join("") + refusedText.map(function (t) {
+      return '<p class="refused">' + esc(t) + "</p>"; }).join("");
+    var m0 = models[0] && models[0].name === st.schedule ? models[0] : null;
+    $("M-out").textContent = m0 && m0.M !== st.M ? "1 (fixed: " + st.schedule + " runs the batch as one)" : st.M;
+    $("stats").innerHTML = '<tr><th scope="col">schedule</th><th scope="col">M run</th><th scope="col">bubble (simulated)</th>' +
+      '<th scope="col">bubble (formula)</th><th scope="col">step time</th><th scope="col">' +
+      (st.fixed ? "step time (whole batch)" : "step time per micro-batch of data (÷ M)") +
+      '</th><th scope="col">peak activations per rank (' + (st.fixed ? "share of the batch" : "micro-batches of data") +
+      (models.some(function (m) { return m.S > m.P; }) ? "; one per stage held, with several stages per rank" : "") +
+      ")</th></tr>" +
+      models.map(function (m) { return statsRow(m, st); }).join("");
+    var width = Math.max(300, Math.floor($("gantt").clientWidth || 900));
+    var canvas = $("gantt-canvas");
+    if (models.length) {
+      var fig = figureOf(models, st, width);
+      var drawn = D.figure(D.canvasPainter(canvas, width, D.figureHeight(fig)), fig);
+      current = { fig: fig, drawn: drawn };
+      $("legend").innerHTML = D.legendHtml(drawn);
+    } else {
+      D.canvasPainter(canvas, width, 1);
+      current = null;
+      $("legend").innerHTML = "";
+    }
+    var text = models.map(function (m) {
+      return m.name + " with P = " + st.P + " ranks and M = " + m.M + " micro-batches: step time " + num(m.lay.T) +
+        ", bubble " + pct(m.lay.bubble) + ", idle rank-time " + num(m.lay.bubble * m.lay.T * st.P) +
+        (st.view === "step" ? ", peak activations per rank " + peaksOf(m, st).join(", ") +
+          (st.fixed ? " (share of the batch)" : " (micro-batches of data)") : "");
+    }).join(". ");
+    canvas.setAttribute("aria-label", "pipeline timeline: " + (text || "nothing to draw"));
+    $("chart-summary").textContent = text ? text + "." : "";
+    // One source of truth: where Python embedded this configuration, the replay must agree.
+    var bad = models.filter(function (m) {
+      return m.python && m.python.T !== null && (Math.abs(m.lay.T - m.python.T) > 1e-9 * Math.max(1, m.python.T) ||
+        Math.abs(m.lay.bubble - bubbleValue(m.python.bubble)) > 1e-9);
+    });
+    $("check").hidden = !bad.length;
+    $("check").textContent = bad.length ? "The drawn timeline of " + bad[0].name + " (step " + bad[0].lay.T +
+      ") disagrees with the Python engine (step " + bad[0].python.T + "); please report this." : "";
+    curve(st, m0);
+    if (api.onExplorer) api.onExplorer(st);
+    void canvas.offsetHeight;  // force layout so the timing includes it
     api.lastRedrawMs = performance.now() - t0;
     $("redraw-ms").textContent = api.lastRedrawMs.toFixed(1) + " ms";
   }
@@ -239,104 +305,130 @@
     var t0 = performance.now(), st = state();
     $("P-out").textContent = st.P;
     $("M-out").textContent = st.M;
-    $("ratio-out").textContent = "B = " + DATA.ratios[st.ratio] + " × F";
-    ctl.ratio.disabled = st.view === "fwd";
+    ["cost-I", "cost-W"].forEach(function (id) { $(id).disabled = st.view === "fwd"; });
+    $("cost-B").textContent = st.view === "fwd" ? "(forward only: F and links)" : "B = I + W";
+    if (history.replaceState) history.replaceState(null, "", toHash());
+    var names = [st.schedule].concat(st.compare ? [st.compare] : []);
     if (DATA.mode === "serve") {
-      return servedModel(st).then(function (m) { show(m, st, t0); }, function (err) {
-        refused("server: " + err.message, t0);
-      });
+      var ticket = ++served;
+      return Promise.all(names.map(function (n) { return servedOrder(n, st, ticket); })).then(function (os) {
+        if (ticket === served) show(os, st, t0);
+      }, function (err) { show([{ refused: "server: " + err.message }], st, t0); });
     }
-    show(embeddedModel(st), st, t0);
+    show(names.map(function (n) { return orderOf(n, st.P, st.M); }), st, t0);
     return Promise.resolve();
   }
 
-  function init() {
+  // ---- downloads ------------------------------------------------------------------------
+  function save(blob, name) {
+    var a = document.createElement("a");
+    a.href = URL.createObjectURL(blob);
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    setTimeout(function () { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+  }
+  function fileStem() { var st = state(); return "conveyor-" + st.schedule + (st.compare ? "-vs-" + st.compare : "") + "-P" + st.P + "-M" + st.M; }
+  api.svgText = function () {
+    if (!current) return null;
+    var p = D.svgPainter(current.fig.width, D.figureHeight(current.fig), $("gantt-canvas").getAttribute("aria-label"));
+    D.figure(p, current.fig);
+    return p.finish();
+  };
+
+  function init(data) {
+    DATA = data;
+    DATA.schedules.forEach(function (sc) { schedByName[sc.name] = sc; });
     DATA.schedules.forEach(function (sc) {
-      var o = document.createElement("option");
-      o.value = o.textContent = sc.name;
-      ctl.schedule.appendChild(o);
+      [ctl.schedule, ctl.compare].forEach(function (sel) {
+        var o = document.createElement("option");
+        o.value = o.textContent = sc.name;
+        sel.appendChild(o);
+      });
     });
     ctl.P.max = DATA.P_max;
     ctl.M.max = DATA.M_max;
-    ctl.ratio.max = DATA.ratios.length - 1;
-    var init = DATA.initial || {};
-    ctl.schedule.value = schedByName[init.schedule] ? init.schedule : DATA.schedules[0].name;
-    ctl.P.value = Math.min(init.P || 4, DATA.P_max);
-    ctl.M.value = Math.min(init.M || 8, DATA.M_max);
-    var ri = DATA.ratios.indexOf(init.ratio === undefined ? 2 : init.ratio);
-    ctl.ratio.value = ri < 0 ? 0 : ri;
-    (init.view === "step" ? $("view-step") : $("view-fwd")).checked = true;
-    $("source-note").textContent = DATA.mode === "serve" ? "simulated by the Python server on request"
+    var ini = DATA.initial || {};
+    ctl.schedule.value = schedByName[ini.schedule] ? ini.schedule : DATA.schedules[0].name;
+    ctl.P.value = Math.min(ini.P || 4, DATA.P_max);
+    ctl.M.value = Math.min(ini.M || 8, DATA.M_max);
+    var ratio = ini.ratio === undefined ? 2 : ini.ratio;
+    $("cost-I").value = ratio / 2;
+    $("cost-W").value = ratio - ratio / 2;
+    (ini.view === "step" ? $("view-step") : $("view-fwd")).checked = true;
+    if (location.hash.length > 1) fromHash(location.hash);
+    $("source-note").textContent = DATA.mode === "serve" ? "orders from the Python server, replayed in the page"
       : "orders and metrics embedded by conveyor viz, replayed in the page";
-    ["schedule", "P", "M", "ratio"].forEach(function (k) { ctl[k].addEventListener("input", redraw); });
-    $("view-fwd").addEventListener("change", redraw);
-    $("view-step").addEventListener("change", redraw);
-    legend();
-    if (DATA.measured) showMeasured(DATA.measured);
-    window.addEventListener("resize", function () { redraw(); });
+    $("controls").addEventListener("input", redraw);
+    window.addEventListener("hashchange", function () { fromHash(location.hash); redraw(); });
+    $("gantt").addEventListener("keydown", function (ev) {
+      var step = { ArrowRight: ["M", 1], ArrowLeft: ["M", -1], ArrowUp: ["P", 1], ArrowDown: ["P", -1] }[ev.key];
+      if (!step) return;
+      ev.preventDefault();
+      var el = ctl[step[0]];
+      el.value = Math.max(+el.min, Math.min(+el.max, +el.value + step[1]));
+      redraw();
+    });
+    $("download-svg").addEventListener("click", function () {
+      save(new Blob([api.svgText()], { type: "image/svg+xml" }), fileStem() + ".svg");
+    });
+    $("download-png").addEventListener("click", function () {
+      $("gantt-canvas").toBlob(function (b) { save(b, fileStem() + ".png"); }, "image/png");
+    });
+    var pending = 0;
+    window.addEventListener("resize", function () {
+      cancelAnimationFrame(pending);
+      pending = requestAnimationFrame(function () { redraw(); if (api.redrawMeasured) api.redrawMeasured(); });
+    });
+    if (DATA.measured || DATA.sweep) ConveyorMeasured.init(DATA, api);
     return redraw();
   }
 
-  function showMeasured(ms) {
-    $("measured").hidden = false;
-    $("measured-title").textContent = "Measured run: " + ms.schedule + ", P = " + ms.P + ", M = " + ms.M +
-      " (" + ms.file + ")";
-    var scale = ms.unit === "s" ? 1000 : 1, unit = ms.unit === "s" ? "ms" : ms.unit;
-    var width = Math.max(640, $("gantt-measured").clientWidth || 1000);
-    var parts = [["measured", "gantt-measured", "bubble-measured", "step-measured"],
-      ["simulated", "gantt-measured-sim", "bubble-measured-sim", "step-measured-sim"]];
-    var T = Math.max(ms.measured.T, ms.simulated.T);  // one time scale so the rows compare
-    parts.forEach(function (p) {
-      var src = ms[p[0]];
-      var model = { P: ms.P, S: ms.S, placement: ms.placement, events: parseEvents(src.events) };
-      var lay = layout(model);
-      $(p[1]).innerHTML = gantt(model, lay, { width: width, T: T, scale: scale, unitLabel: unit, slot: 0 }).svg;
-      $(p[2]).textContent = bubbleText(src.bubble);
-      $(p[3]).textContent = num(src.T * scale) + " " + unit;
-    });
-  }
-
-  // ---- hooks for tests and benchmarks --------------------------------------------
+  // ---- hooks for tests and benchmarks ----------------------------------------------
   api.state = state;
   api.redraw = redraw;
+  api.hash = toHash;
+  // st: {schedule, compare, P, M, view, ratio (F = 1, B = ratio) or costs {F, I, W, lat, bytes, bw} as typed, fixed}
   api.set = function (st) {
     if (st.schedule !== undefined) ctl.schedule.value = st.schedule;
+    if (st.compare !== undefined) ctl.compare.value = st.compare;
     if (st.P !== undefined) ctl.P.value = st.P;
     if (st.M !== undefined) ctl.M.value = st.M;
-    if (st.ratio !== undefined) ctl.ratio.value = DATA.ratios.indexOf(st.ratio);
     if (st.view !== undefined) $(st.view === "step" ? "view-step" : "view-fwd").checked = true;
+    if (st.ratio !== undefined) {
+      $("cost-F").value = 1; $("cost-I").value = st.ratio / 2; $("cost-W").value = st.ratio - st.ratio / 2;
+      $("cost-lat").value = 0; $("cost-bytes").value = 0; $("cost-bw").value = "inf";
+    }
+    if (st.costs) Object.keys(st.costs).forEach(function (k) { $(COST_FIELDS[k]).value = st.costs[k]; });
+    if (st.fixed !== undefined) $("fixed").checked = st.fixed;
     return redraw();
   };
-  // The page's own timeline for a configuration: [rank, "2F5", start, end] per action.
-  // st.ratio is a value from DATA.ratios, as in api.set.
+  // The page's own timeline of the shown schedule: [rank, "2F5", start, end] per action.
   api.timeline = function (st) {
-    var ri = DATA.ratios.indexOf(st.ratio);
-    if (ri < 0) throw new Error("ratio " + st.ratio + " is not one of " + DATA.ratios);
-    st = Object.assign({}, st, { ratio: ri });
-    return embeddedModel(st).events.map(function (e) {
-      return [e.r, e.s + KINDS[e.k] + e.mb, e.start, e.end];
-    });
+    if (st) api.set(st);
+    var m = api.models[0];
+    return m ? m.events.map(function (e) { return [e.r, e.s + KINDS[e.k] + e.mb, e.start, e.end]; }) : null;
   };
   // Replay every embedded configuration and compare step time and bubble with Python's.
   api.selfCheck = function () {
     var bad = [], count = 0;
     DATA.schedules.forEach(function (sc) {
       for (var P = 1; P <= DATA.P_max; P++) for (var M = 1; M <= DATA.M_max; M++) {
-        var views = [["fwd", 0]];
-        for (var i = 0; i < DATA.ratios.length; i++) views.push(["step", i]);
+        var o = orderOf(sc.name, P, M);
+        if (o.refused) continue;
+        var views = [["fwd", 2]].concat(DATA.ratios.map(function (x) { return ["step", x]; }));
         views.forEach(function (vw) {
-          var st = { schedule: sc.name, P: P, M: M, view: vw[0], ratio: vw[1] };
-          var m = embeddedModel(st);
-          if (m.refused) return;
-          var lay = layout(m);
+          var costs = { f: [1], i: [vw[1] / 2], w: [vw[1] - vw[1] / 2], latency: 0, bandwidth: Infinity, bytes: [0] };
+          var st = { schedule: sc.name, P: P, M: o.M, view: vw[0], costs: costs, fixed: false };
+          var m = model(sc.name, st, o);
           count++;
-          if (lay.T !== m.python.T || Math.abs(lay.bubble - bubbleValue(m.python.bubble)) > 1e-9) {
-            bad.push([st, lay.T, m.python.T]);
+          if (m.lay.T !== m.python.T || Math.abs(m.lay.bubble - bubbleValue(m.python.bubble)) > 1e-9) {
+            bad.push([sc.name, P, M, vw, m.lay.T, m.python.T]);
           }
         });
       }
     });
     return { checked: count, mismatches: bad.slice(0, 20), n_bad: bad.length };
   };
-  api.ready = init();
+  api.ready = loadData().then(init);
 }());

@@ -56,21 +56,31 @@ var ConveyorReplay = (function () {
   }
 
   // ---- replay: port of conveyor/schedule/deps.py replay() for compute-only
-  // schedules with free links (the cost model the explorer offers). Same
-  // order of operations, so the same floating-point times.
-  function replay(rows, placement, dur) {
-    var S = placement.length, P = rows.length, M = 0, r, a, t;
+  // schedules (no SEND/RECV actions): a dependency across ranks waits for the
+  // link time of its cut, as the simulator's CostModel gives it. Same order of
+  // operations as Python, so the same floating-point times.
+  // costs: {dur: [F, B, I, W] lists per stage, link: list per cut}.
+  function replay(rows, placement, costs) {
+    var S = placement.length, P = rows.length, M = 0, r, a, t, dur = costs.dur, link = costs.link;
     rows.forEach(function (row) { row.forEach(function (x) { if (x.mb + 1 > M) M = x.mb + 1; }); });
     var key = function (s, k, mb) { return (s * 4 + k) * M + mb; };
     var hasI = new Uint8Array(S * M);  // (s, mb) whose input gradient comes from I, not B
     rows.forEach(function (row) { row.forEach(function (x) { if (x.k === 2) hasI[x.s * M + x.mb] = 1; }); });
     var end = new Float64Array(S * 4 * M).fill(NaN);
-    function deps(x) {
-      if (x.k === 0) return x.s === 0 ? [] : [key(x.s - 1, 0, x.mb)];
-      if (x.k === 3) return [key(x.s, 2, x.mb)];
-      var d = [key(x.s, 0, x.mb)];
-      if (x.s < S - 1) d.push(key(x.s + 1, hasI[(x.s + 1) * M + x.mb] ? 2 : 1, x.mb));
-      return d;
+    var depKey = [0, 0], depCut = [0, 0];  // reused: at most two dependencies per action
+    function deps(x) {  // fills depKey/depCut, returns how many; cut -1: same rank
+      if (x.k === 0) {
+        if (x.s === 0) return 0;
+        depKey[0] = key(x.s - 1, 0, x.mb);
+        depCut[0] = placement[x.s - 1] === placement[x.s] ? -1 : x.s - 1;
+        return 1;
+      }
+      if (x.k === 3) { depKey[0] = key(x.s, 2, x.mb); depCut[0] = -1; return 1; }
+      depKey[0] = key(x.s, 0, x.mb); depCut[0] = -1;
+      if (x.s === S - 1) return 1;
+      depKey[1] = key(x.s + 1, hasI[(x.s + 1) * M + x.mb] ? 2 : 1, x.mb);
+      depCut[1] = placement[x.s + 1] === placement[x.s] ? -1 : x.s;
+      return 2;
     }
     var pos = new Array(P).fill(0), clock = new Array(P).fill(0), waiting = {};
     var ready = [], head = 0, events = [];
@@ -81,10 +91,11 @@ var ConveyorReplay = (function () {
       while (pos[r] < row.length) {
         a = row[pos[r]];
         t = clock[r];
-        var missing = null, ds = deps(a);
-        for (var j = 0; j < ds.length; j++) {
-          var e = end[ds[j]];
-          if (e !== e) { missing = ds[j]; break; }  // NaN: not run yet
+        var missing = null, n = deps(a);
+        for (var j = 0; j < n; j++) {
+          var e = end[depKey[j]];
+          if (e !== e) { missing = depKey[j]; break; }  // NaN: not run yet
+          if (depCut[j] >= 0) e += link[depCut[j]];
           if (e > t) t = e;
         }
         if (missing !== null) { (waiting[missing] = waiting[missing] || []).push(r); break; }
@@ -103,14 +114,63 @@ var ConveyorReplay = (function () {
     return events;
   }
 
+  // One value for every stage (a number or a one-element list) or one per stage.
+  function perStage(value, n, what) {
+    var list = Array.isArray(value) ? value : [value];
+    if (list.length === 1) return Array.from({ length: n }, function () { return +list[0]; });
+    if (list.length !== n) throw new Error(what + " has " + list.length + " values but there are " + n +
+      (what === "activation bytes" ? " cuts between" : ""));
+    return list.map(Number);
+  }
+
+  // Durations as CostModel(forward=f, backward=i+w, input_grad=i, weight_grad=w,
+  // latency, bandwidth, activation_bytes).table(S) resolves them. c: {f, i, w
+  // (number or list), latency, bandwidth (Infinity: free), bytes (number or list per cut)}.
+  // scale multiplies every compute time (the whole batch in one micro-batch).
+  function costTable(c, S, scale) {
+    var f = perStage(c.f, S, "F"), i = perStage(c.i, S, "I"), w = perStage(c.w, S, "W"), b = [];
+    if (scale !== 1) {
+      f = f.map(function (x) { return x * scale; });
+      i = i.map(function (x) { return x * scale; });
+      w = w.map(function (x) { return x * scale; });
+    }
+    for (var s = 0; s < S; s++) b.push(i[s] + w[s]);
+    var bytes = perStage(c.bytes, Math.max(S - 1, 0), "activation bytes");
+    var link = bytes.map(function (x) { return c.latency + (x ? x / c.bandwidth : 0); });
+    return { dur: [f, b, i, w], link: link, bytes: bytes };
+  }
+
   // durations per kind and stage, as CostModel(forward=1, backward=ratio) resolves them
   function slotCosts(ratio, S) {
-    var f = [], b = [], i = [], w = [];
-    for (var s = 0; s < S; s++) { f.push(1); b.push(ratio); i.push(ratio / 2); w.push(ratio - ratio / 2); }
-    return [f, b, i, w];
+    return costTable({ f: 1, i: ratio / 2, w: ratio - ratio / 2, latency: 0, bandwidth: Infinity,
+      bytes: 0 }, S, 1);
+  }
+
+  // Per rank, activations held over time: +1 when a forward starts, -1 when
+  // its B (or W) ends. Peaks follow Timeline.peak_activations (event order).
+  function memory(events, P, forwardOnly) {
+    var byRank = [], r;
+    for (r = 0; r < P; r++) byRank.push([]);
+    events.forEach(function (e) { if (e.k < 4) byRank[e.r].push(e); });
+    return byRank.map(function (row) {
+      row.sort(function (a, b) { return a.start - b.start || a.end - b.end; });
+      var held = 0, peak = 0, marks = [];
+      row.forEach(function (e) {
+        if (forwardOnly) return;
+        if (e.k === 0) { held++; peak = Math.max(peak, held); marks.push([e.start, 1]); }
+        else if (e.k === 1 || e.k === 3) { held--; marks.push([e.end, -1]); }
+      });
+      marks.sort(function (a, b) { return a[0] - b[0] || a[1] - b[1]; });
+      var level = 0, steps = [[0, 0]];
+      marks.forEach(function (m) { level += m[1]; steps.push([m[0], level]); });
+      return { peak: peak, steps: steps };
+    });
   }
 
   // ---- metrics from events: mirror of Timeline.idle_intervals -------------
+  // Compute events (k 0-3) are busy time; communication events (k 4, measured
+  // runs only) span the step but are not busy: gaps are what is neither, and
+  // comm is drawn on its own, never as bubble.
   function layout(model) {
     var P = model.P, byRank = [], t0 = Infinity, tEnd = -Infinity, r;
     for (r = 0; r < P; r++) byRank.push([]);
@@ -120,21 +180,22 @@ var ConveyorReplay = (function () {
       if (e.end > tEnd) tEnd = e.end;
     });
     if (!model.events.length) { t0 = 0; tEnd = 0; }
-    var busy = 0, gaps = [];
+    var busy = 0, comm = 0, gaps = [];
     byRank.forEach(function (row, r) {
       row.sort(function (a, b) { return a.start - b.start || a.end - b.end; });
       var t = t0;
       row.forEach(function (e) {
         if (e.start > t + 1e-12) gaps.push([r, t, e.start]);
         t = Math.max(t, e.end);
-        busy += e.end - e.start;
+        if (e.k < 4) busy += e.end - e.start; else comm += e.end - e.start;
       });
       if (tEnd > t + 1e-12) gaps.push([r, t, tEnd]);
     });
     var T = tEnd - t0;
-    return { t0: t0, T: T, gaps: gaps, bubble: T > 0 ? 1 - busy / (P * T) : 0 };
+    return { t0: t0, T: T, gaps: gaps, bubble: T > 0 ? 1 - busy / (P * T) : 0,
+      comm: T > 0 ? comm / (P * T) : 0 };
   }
 
   return { decodeRow: decodeRow, stagesByRank: stagesByRank, replay: replay,
-    slotCosts: slotCosts, layout: layout };
+    slotCosts: slotCosts, costTable: costTable, memory: memory, layout: layout };
 }());
