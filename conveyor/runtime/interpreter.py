@@ -56,6 +56,10 @@ class StepData:
     targets: list[Any] | None = None
     weights: list[float] = field(default_factory=list)
     side: list[dict[str, Any]] | None = None  # per micro-batch: keyword args of every stage
+    keys: list[Any] | None = None  # per micro-batch handshake key (default: its size)
+
+    def key(self, mb: int):
+        return self.sizes[mb] if self.keys is None else self.keys[mb]
 
 
 def _as_tuple(obj, *, what: str, rank: int, stage: int, mb: int, action) -> tuple:
@@ -298,7 +302,7 @@ class Interpreter:
     def _send_f(self, a: Action) -> None:
         s, mb = a.stage, a.mb
         ys = self.out.pop((s, mb)) if self.forward_only else self.out[(s, mb)]
-        held = self.comm.send_act(ys, cut=s, mb=mb, size=self.data.sizes[mb], action=a)
+        held = self.comm.send_act(ys, cut=s, mb=mb, size=self.data.key(mb), action=a)
         self._hold_sends(held, self.place[s + 1], a)
 
     def _send_b(self, a: Action) -> None:
@@ -323,7 +327,7 @@ class Interpreter:
             return True
         s, mb = a.stage, a.mb
         if a.kind == RECV_F:
-            size = self.data.sizes[mb]
+            size = self.data.key(mb)
             if not self.comm.act_meta_known(s - 1, size):
                 return False
             self.posted[a] = self.comm.post_act(cut=s - 1, mb=mb, size=size, action=a)
@@ -340,11 +344,11 @@ class Interpreter:
         if not self._post(a):
             # The first micro-batch of a new size: learn its shapes here, at
             # the receive's own place, which the schedule proves deadlock-free.
-            self.comm.recv_act_meta(cut=s - 1, size=self.data.sizes[mb], action=a)
+            self.comm.recv_act_meta(cut=s - 1, size=self.data.key(mb), action=a)
             self._post(a)
         works, bufs = self.posted.pop(a)
         self.comm.wait(works, peer=self.place[s - 1], action=a)
-        metas = self.comm.meta_in[(s - 1, self.data.sizes[mb])]
+        metas = self.comm.meta_in[(s - 1, self.data.key(mb))]
         if not self.forward_only:
             for t, m in zip(bufs, metas):
                 if m.requires_grad:

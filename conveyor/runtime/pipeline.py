@@ -64,6 +64,12 @@ class PipelineConfig:
     accumulate:     micro-steps per update: ``step`` sums gradients over this
                     many calls (each batch weighted 1/accumulate) and updates
                     on the last one.
+    varying_shapes: activation shapes may change between the micro-batches of
+                    a step (e.g. each trimmed to its longest sequence): a shape
+                    handshake precedes every micro-batch at every cut.
+                    Without it shapes are keyed by micro-batch size and the
+                    side inputs' shapes, so a new sequence length between steps
+                    costs one handshake and a known one none.
     """
 
     loss_reduction: str = "mean"
@@ -74,6 +80,7 @@ class PipelineConfig:
     clock_rounds: int = 8
     max_grad_norm: float | None = None
     accumulate: int = 1
+    varying_shapes: bool = False
 
 
 @dataclass

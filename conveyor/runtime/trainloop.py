@@ -149,6 +149,19 @@ class TrainLoop:
                 data.weights = [1.0 / norm] * len(data.sizes)
         if side:
             data.side = split_side(side, data.sizes, self.pipe.ctx.device)
+            # Every rank sees the side inputs, so their shapes (the sequence
+            # length) join the handshake key: a new length gets a handshake,
+            # a known one none.
+            data.keys = [(n, *(tuple(v.shape[1:]) for v in kw.values()))
+                         for n, kw in zip(data.sizes, data.side)]
+        if self.pipe.config.varying_shapes:
+            # Keys -1, -2, ... (one per micro-batch, distinct from sizes), forgotten
+            # before each step: every micro-batch is preceded by its handshake.
+            data.keys = [-(mb + 1) for mb in range(len(data.sizes))]
+            for comm in (self.pipe.comm, self.pipe._eval_comm):
+                for known in (comm.meta_in, comm.meta_out):
+                    for k in [k for k in known if isinstance(k[1], int) and k[1] < 0]:
+                        del known[k]
 
     def evaluate(self, inputs, targets, *, batch_size, normalizer, side) -> float:
         pipe = self.pipe
