@@ -28,11 +28,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="runs/demo",
                    help="folder for timeline.json and summary.json (default runs/demo)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--model", choices=["mlp", "gpt"], default="mlp",
+                   help="mlp (default): the digits MLP; gpt: a small GPT on the Python "
+                        "standard library's source (see conveyor.models.gpt_demo)")
+    p.add_argument("--steps", type=int, default=300, help="gpt: training steps (default 300)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from conveyor.runtime.demo import DemoConfig, run_demo
+
+    if args.model == "gpt":
+        from conveyor.models.gpt_demo import run_cli
+        return run_cli(args)
 
     for name in ("stages", "microbatches", "epochs", "batch_size", "blocks", "width"):
         if getattr(args, name) < 1:

@@ -45,12 +45,28 @@ def causal_mask(T: int, attention_mask: torch.Tensor | None, device) -> torch.Te
     return allowed
 
 
+def _init(module: nn.Module, std: float = 0.02) -> None:
+    """GPT-2's initialisation: weights N(0, std), biases zero, norms one."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                m.weight.normal_(0.0, std)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.LayerNorm):
+                m.reset_parameters()
+
+
 class Embed(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.wte = nn.Embedding(cfg.vocab, cfg.width)
         self.wpe = nn.Embedding(cfg.context, cfg.width)
         self.drop = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _init(self)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.shape[1]
@@ -69,6 +85,10 @@ class Block(nn.Module):
         self.fc = nn.Linear(cfg.width, 4 * cfg.width)
         self.out = nn.Linear(4 * cfg.width, cfg.width)
         self.drop = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _init(self)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None):
         n, T, C = x.shape
@@ -89,6 +109,10 @@ class Head(nn.Module):
         super().__init__()
         self.ln_f = nn.LayerNorm(cfg.width)
         self.lm_head = nn.Linear(cfg.width, cfg.vocab, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        _init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.ln_f(x))  # (n, T, V)

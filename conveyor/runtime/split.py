@@ -142,12 +142,21 @@ def init_from_seed(module: nn.Module, names: Sequence[str], seed: int) -> None:
         keep = {id(p): p for p in piece.parameters() if id(p) in done}
         torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         with torch.no_grad():
-            for m in piece.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+            _reset(piece)
             for i, p in keep.items():
                 p.copy_(done[i])
         done.update({id(p): p.detach().clone() for p in piece.parameters()})
+
+
+def _reset(module: nn.Module) -> None:
+    """Call the outermost ``reset_parameters`` on each path: a module that
+    defines its own initialisation (e.g. GPT-style scaled weights) decides for
+    its children too."""
+    if hasattr(module, "reset_parameters"):
+        module.reset_parameters()
+        return
+    for child in module.children():
+        _reset(child)
 
 
 def build_stage(factory: Callable[[], nn.Module], names: Sequence[str], *,

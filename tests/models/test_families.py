@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.runtime import launch
 from tests.models import _families as fam
-from tests.models import _model_jobs
+from tests.models import _runs
 
 pytestmark = pytest.mark.runtime
 TOL = 1e-10
@@ -25,18 +24,8 @@ def grid() -> list[dict]:
     return cfgs
 
 
-_RUNS: dict[int, dict] = {}
-
-
 def runs(P: int) -> dict:
-    if P not in _RUNS:
-        per_rank = launch(_model_jobs.model_job, nprocs=P, args=(grid(),))
-        by_id: dict[str, list] = {}
-        for rows in per_rank:
-            for row in rows:
-                by_id.setdefault(row["id"], []).append(row)
-        _RUNS[P] = by_id
-    return _RUNS[P]
+    return _runs.by_id(_runs.runs(P)["families"])
 
 
 def test_transformers_is_installed_in_ci():

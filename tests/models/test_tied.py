@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conveyor.runtime import launch
 from conveyor.runtime.tied import TiedParameterError, find_shared, resolve_ties
 from conveyor.runtime.stages import split_model
-from tests.models import _jobs, _lm
+from tests.models import _lm, _runs
 
 pytestmark = pytest.mark.runtime
 TOL = 1e-10
@@ -30,19 +29,8 @@ def grid(P: int) -> list[dict]:
     return cfgs
 
 
-_RUNS: dict[int, dict] = {}
-
-
 def runs(P: int) -> dict:
-    if P not in _RUNS:
-        cfgs = grid(P)
-        per_rank = launch(_jobs.tied_job, nprocs=P, args=(cfgs,))
-        by_id: dict[str, list] = {}
-        for rows in per_rank:
-            for row in rows:
-                by_id.setdefault(row["id"], []).append(row)
-        _RUNS[P] = {"cfgs": {c["id"]: c for c in cfgs}, "rows": by_id}
-    return _RUNS[P]
+    return {"cfgs": {c["id"]: c for c in grid(P)}, "rows": _runs.by_id(_runs.runs(P)["tied"])}
 
 
 @pytest.mark.parametrize("P", [2, 4])
@@ -77,7 +65,7 @@ def test_global_clipping_scheduler_accumulation_and_evaluate(P):
 
 @pytest.mark.parametrize("P", [2, 4])
 def test_predict_on_every_schedule(P):
-    per_rank = launch(_jobs.predict_job, nprocs=P, args=(4,))
+    per_rank = _runs.runs(P)["predict"]
     names = {row["schedule"] for row in per_rank[0]}
     ran = [row for row in per_rank[P - 1] if not row["skipped"]]
     assert {"gpipe", "1f1b"} <= {row["schedule"] for row in ran} <= names

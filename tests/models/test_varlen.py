@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.runtime import launch
 from conveyor.runtime.comm import META_LEN
-from tests.models import _varlen
+from tests.models import _runs
 
 pytestmark = pytest.mark.runtime
 
@@ -22,7 +21,7 @@ HANDSHAKE = META_LEN * 8  # bytes of one handshake message
 
 @pytest.fixture(scope="module")
 def rows():
-    per_rank = launch(_varlen.varlen_job, nprocs=2, args=(CONFIGS,))
+    per_rank = _runs.runs(2)["varlen"]
     return {row["id"]: row for row in per_rank[0]}, {row["id"]: row for row in per_rank[1]}
 
 
