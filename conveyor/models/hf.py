@@ -20,6 +20,8 @@ recomputed on each rank. Only the hidden state crosses a cut.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -47,6 +49,12 @@ def _positions(hidden: torch.Tensor, position_ids) -> torch.Tensor:
     if position_ids is not None:
         return position_ids
     return torch.arange(hidden.shape[1], device=hidden.device)[None]  # (1, T)
+
+
+def _cache_arg(fn) -> str:
+    """The KV-cache keyword of the mask builder: ``cache`` in transformers 5,
+    ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
 
 
 class Embed(nn.Module):
@@ -84,7 +92,8 @@ class Block(nn.Module):
 
         pos = _positions(hidden, position_ids)
         mask = create_causal_mask(config=self.config, inputs_embeds=hidden,
-                                  attention_mask=attention_mask, cache=None, position_ids=pos)
+                                  attention_mask=attention_mask, position_ids=pos,
+                                  **{_cache_arg(create_causal_mask): None})
         kw = {}
         if self.rotary_cls is not None:
             key = (hidden.device, hidden.dtype)
