@@ -13,8 +13,8 @@ from conveyor.models.gpt_demo import GPTDemoConfig, corpus, run_gpt_demo, train_
 
 pytestmark = pytest.mark.runtime
 
-CFG = GPTDemoConfig(stages=4, microbatches=4, steps=30, batch=16, context=32, width=32,
-                    heads=2, layers=4, corpus_bytes=200_000, eval_every=15, eval_batches=2,
+CFG = GPTDemoConfig(stages=4, microbatches=4, steps=30, batch=8, context=32, width=32,
+                    heads=2, layers=4, corpus_bytes=100_000, eval_every=15, eval_batches=1,
                     sample=40)
 
 
