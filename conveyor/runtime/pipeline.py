@@ -61,9 +61,9 @@ class PipelineConfig:
     clock_rounds:   ping-pongs per rank for the clock alignment at start-up.
     max_grad_norm:  clip the global gradient norm (all ranks, tied weights
                     counted once) to this before each update; None: no clipping.
-    accumulate:     micro-steps per update: ``step`` sums gradients over this
-                    many calls (each batch weighted 1/accumulate) and updates
-                    on the last one.
+    accumulate:     calls of ``step`` per update: gradients add up over this
+                    many calls, are divided by it (the mean over the batches)
+                    and the update happens on the last call.
     varying_shapes: activation shapes may change between the micro-batches of
                     a step (e.g. each trimmed to its longest sequence): a shape
                     handshake precedes every micro-batch at every cut.
@@ -294,7 +294,6 @@ class Pipeline:
                 m.train(modes[s])
         return res.output
 
-    # -- the step ------------------------------------------------------------------
     def evaluate(self, inputs=None, targets=None, *, batch_size: int | None = None,
                  normalizer=None, side=None) -> float:
         """The batch's loss, forward only (eval mode, no update). Collective;
@@ -309,6 +308,7 @@ class Pipeline:
         ``before_step``."""
         return self.loop.clip(max_norm)
 
+    # -- the step ------------------------------------------------------------------
     def _run(self, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
              record, *, normalizer=None, side=None) -> StepResult:
         t_start = time.perf_counter()
@@ -317,7 +317,7 @@ class Pipeline:
                            stages=self.stages, S=self.schedule.S, M=self.schedule.M,
                            device=self.ctx.device, forward_only=interp.forward_only,
                            mean=self.config.loss_reduction == "mean")
-        self.loop.prepare(data, targets, normalizer, side, inputs, batch_size)
+        self.loop.prepare(data, targets, normalizer, side)
         comm.reset_counts()
         track = self.config.track_memory if self.config.track_memory is not None else record
         memory = ActivationMemory(self.params) if track and not interp.forward_only else None

@@ -141,7 +141,7 @@ class TrainLoop:
         return clip_grad_norm(self.pipe.params, self.counted, max_norm,
                               world_size=ctx.world_size, device=ctx.device)
 
-    def prepare(self, data, targets, normalizer, side, inputs, batch_size) -> None:
+    def prepare(self, data, targets, normalizer, side) -> None:
         """Fill in a step's per-batch normaliser weights and side inputs."""
         if data.targets is not None:
             norm = batch_normalizer(self.pipe.loss_fn, targets, normalizer)
