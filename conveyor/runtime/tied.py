@@ -32,7 +32,8 @@ import torch.distributed as dist
 
 from conveyor.errors import PipelineError
 
-__all__ = ["TiedParameterError", "Tie", "TiedParams", "find_shared", "resolve_ties"]
+__all__ = ["TiedParameterError", "Tie", "TiedParams", "find_shared", "resolve_ties",
+           "fingerprints", "check_undeclared"]
 
 
 class TiedParameterError(PipelineError):
@@ -136,6 +137,45 @@ def resolve_ties(*, S: int, placement: Sequence[int], local: dict[int, torch.nn.
                                      f"{sorted(shapes)}; only equal shapes can be tied")
         ties.append(tie)
     return ties
+
+
+def fingerprints(local: dict[int, torch.nn.Module]) -> list[tuple[int, str, tuple]]:
+    """(stage, name, fingerprint) of this rank's non-constant parameters: the
+    shape, dtype, and a few exact sums and values. Two random matrices never
+    share one; a weight tied in the model that each rank built whole does."""
+    out = []
+    for s, stage in local.items():
+        for name, p in stage.named_parameters():
+            flat = p.detach().reshape(-1)
+            if flat.numel() < 2 or bool((flat == flat[0]).all()):
+                continue  # constant (ones, zeros): equal without being tied
+            head = tuple(flat[:4].tolist())
+            out.append((s, name, (tuple(p.shape), str(p.dtype), head,
+                                  float(flat.double().sum()), float(flat.double().abs().sum()))))
+    return out
+
+
+def check_undeclared(per_rank: list[list[tuple[int, str, tuple]]], placement: Sequence[int],
+                     ties: list[Tie]) -> None:
+    """Raise when two stages on different ranks hold a parameter with the same
+    values that no tie covers: most likely a tied weight that each rank built
+    on its own, which would train untied.
+
+    Raises TiedParameterError naming both and the two ways out.
+    """
+    covered = {n for t in ties for n in t.names}
+    seen: dict[tuple, tuple[int, str]] = {}
+    for entries in per_rank:
+        for s, name, fp in entries:
+            other = seen.setdefault(fp, (s, name))
+            if other[0] != s and placement[other[0]] != placement[s] and not \
+                    {f"{other[0]}.{other[1]}", f"{s}.{name}"} <= covered:
+                a, b = f"{other[0]}.{other[1]}", f"{s}.{name}"
+                raise TiedParameterError(
+                    f"parameters '{a}' (rank {placement[other[0]]}) and '{b}' (rank "
+                    f"{placement[s]}) hold identical values: a tied weight built on each rank "
+                    f"would train as two. Declare it, tied=[['{a}', '{b}']], or pass tied=[] "
+                    f"if they are meant to be separate")
 
 
 class TiedParams:

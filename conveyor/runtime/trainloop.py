@@ -35,7 +35,9 @@ import torch.distributed as dist
 from conveyor.errors import ConveyorError, PipelineError
 from conveyor.runtime.batching import microbatch_sizes
 from conveyor.runtime.losses import batch_normalizer
-from conveyor.runtime.tied import TiedParams, find_shared, resolve_ties
+from conveyor.runtime.tied import (
+    TiedParams, check_undeclared, find_shared, fingerprints, resolve_ties,
+)
 
 __all__ = ["global_grad_norm", "clip_grad_norm", "Extras", "TrainLoop"]
 
@@ -102,6 +104,12 @@ class TrainLoop:
             ties = resolve_ties(S=pipe.schedule.S, placement=pipe.schedule.placement,
                                 local=pipe.stages, declared=tied or None, shared=shared,
                                 allow=tied is not False)
+            if extras.every is None and tied != [] and pipe.ctx.world_size > 1:
+                # Stages built apart: a tie cannot be seen by identity, so look
+                # for weights with equal values on different ranks.
+                got: list = [None] * pipe.ctx.world_size
+                dist.all_gather_object(got, fingerprints(pipe.stages))
+                check_undeclared(got, pipe.schedule.placement, ties)
         except ConveyorError as e:
             raise _same(e)
         self.tied = TiedParams(ties, rank=pipe.ctx.rank, world_size=pipe.ctx.world_size)

@@ -11,7 +11,7 @@ from conveyor.partition import resolve_balance
 from conveyor.runtime import Pipeline, PipelineConfig
 from conveyor.runtime.losses import TokenCrossEntropy
 from conveyor.runtime.stages import split_model
-from conveyor.runtime.tied import find_shared
+from conveyor.runtime.tied import TiedParameterError, find_shared
 from conveyor.errors import ScheduleError
 from conveyor.schedule import build_schedule, schedule_names
 from tests.models import _lm
@@ -153,3 +153,23 @@ def predict_job(ctx, M: int) -> list[dict]:
                      "err": None if got is None else rel_err(got, want),
                      "p2p_bytes": traffic["p2p_bytes"]})
     return rows
+
+
+def undeclared_job(ctx, _arg) -> dict:
+    """Each rank builds the tied model whole and keeps its stage (no shared
+    object across processes): undeclared, the tie is an error; tied=[] says
+    there is none; declared, it trains."""
+    S = ctx.world_size
+    stages = lambda s: split_model(_lm.tied_lm(), S)[s]  # noqa: E731
+    kw = dict(loss_fn=TokenCrossEntropy(), optimizer=None, schedule="1f1b", microbatches=2,
+              ctx=ctx)
+    out = {}
+    try:
+        Pipeline.from_stages(stages, **kw)
+        out["undeclared"] = None
+    except TiedParameterError as e:
+        out["undeclared"] = str(e)
+    out["opt_out"] = len(Pipeline.from_stages(stages, tied=[], **kw).loop.tied.ties)
+    names = [f"{s}.{n}" for s, n in find_shared(split_model(_lm.tied_lm(), S))[0]]
+    out["declared"] = len(Pipeline.from_stages(stages, tied=[names], **kw).loop.tied.ties)
+    return out

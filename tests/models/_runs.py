@@ -12,7 +12,8 @@ _RUNS: dict[int, dict] = {}
 def all_jobs(ctx, plan: dict) -> dict:
     from tests.models import _jobs, _model_jobs, _varlen
     jobs = {"tied": _jobs.tied_job, "predict": _jobs.predict_job,
-            "families": _model_jobs.model_job, "varlen": _varlen.varlen_job}
+            "families": _model_jobs.model_job, "varlen": _varlen.varlen_job,
+            "undeclared": _jobs.undeclared_job}
     return {name: jobs[name](ctx, arg) for name, arg in plan.items()}
 
 
@@ -20,7 +21,8 @@ def runs(P: int) -> dict:
     """{job name: [rows of rank 0, rows of rank 1, ...]} for this P."""
     if P not in _RUNS:
         from tests.models import test_families, test_tied, test_varlen
-        plan = {"tied": test_tied.grid(P), "predict": 4, "families": test_families.grid()}
+        plan = {"tied": test_tied.grid(P), "predict": 4, "families": test_families.grid(),
+                "undeclared": None}
         if P == 2:
             plan["varlen"] = test_varlen.CONFIGS
         per_rank = launch(all_jobs, nprocs=P, args=(plan,))

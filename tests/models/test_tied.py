@@ -99,3 +99,13 @@ def test_declared_ties_are_checked():
         resolve_ties(S=2, placement=(0, 1), local=local, declared=[["emb.weight", "1.3.weight"]])
     with pytest.raises(TiedParameterError, match="at least two"):
         resolve_ties(S=2, placement=(0, 1), local=local, declared=["0.0.emb.weight"])
+
+
+@pytest.mark.parametrize("P", [2, 4])
+def test_a_tie_built_on_each_rank_must_be_declared(P):
+    rows = _runs.runs(P)["undeclared"]
+    for row in rows:  # the same verdict on every rank
+        assert row["undeclared"] is not None
+        assert "'0.0.emb.weight' (rank 0)" in row["undeclared"]
+        assert f"(rank {P - 1}) hold identical values" in row["undeclared"]
+        assert row["opt_out"] == 0 and row["declared"] == 1
