@@ -37,3 +37,12 @@ def test_pipelined_gpt_matches_unsplit_loss_curve_and_learns(capsys):
     assert [float(p) for p in ppl] == pytest.approx([math.exp(first), math.exp(last)], rel=2e-3)
     sample = out.split("sample:\n", 1)[1]
     assert sample.startswith("def ") and len(sample) >= 40
+
+
+def test_cli_refuses_bad_steps_in_one_line():
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "conveyor", "demo", "--model", "gpt",
+                           "--steps", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--steps must be at least 1" in proc.stderr
