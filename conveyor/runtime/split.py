@@ -155,6 +155,12 @@ def _reset(module: nn.Module) -> None:
     if hasattr(module, "reset_parameters"):
         module.reset_parameters()
         return
+    own = [n for n, _ in module.named_parameters(recurse=False)]
+    if own:  # to_empty left them uninitialised: never train on garbage
+        raise PartitionError(
+            f"{type(module).__name__} has parameters ({', '.join(own)}) but no "
+            f"reset_parameters, so a seed cannot initialise it; build the stage from a "
+            f"state dict (state_dict=...) or pass init=fn(stage, names)")
     for child in module.children():
         _reset(child)
 
@@ -173,7 +179,9 @@ def build_stage(factory: Callable[[], nn.Module], names: Sequence[str], *,
     ``init_from_seed``). Buffers not in the state dict are recomputed by the
     init, which must set them (for example rotary frequencies).
 
-    Raises PartitionError when the state dict lacks a key of the stage.
+    Raises PartitionError when the state dict lacks a key of the stage, or
+    when a seed is asked to initialise a module without ``reset_parameters``
+    (many Hugging Face modules: load their weights from a state dict).
     """
     with torch.device("meta"):
         model = factory()

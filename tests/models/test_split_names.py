@@ -87,3 +87,12 @@ def test_hf_checkpoint_keys_fill_a_stage_even_when_the_tied_head_is_stored_once(
     stage = build_stage(make, ["layers.3", "head"],
                         state_dict=chain_state_dict(hf_sd, keys))
     assert torch.equal(stage.head.lm_head.weight, full.head.lm_head.weight)
+
+
+@pytest.mark.skipif(not fam.have_transformers(), reason="transformers not installed")
+def test_a_seed_cannot_initialise_modules_without_reset_parameters():
+    # GPT-2's Conv1D and Llama's RMSNorm have no reset_parameters: a seed
+    # would leave to_empty's garbage in them, so it is refused.
+    for family in ("gpt2", "llama"):
+        with pytest.raises(PartitionError, match="no reset_parameters.*state_dict"):
+            build_stage(fam.factory(family), ["layers.0"], seed=1)
