@@ -32,11 +32,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", default="runs/demo",
                    help="folder for timeline.json and summary.json (default runs/demo)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--model", choices=["mlp", "gpt"], default="mlp",
+                   help="mlp (default): the digits MLP; gpt: a small GPT on the Python "
+                        "standard library's source (see conveyor.models.gpt_demo)")
+    p.add_argument("--steps", type=int_at_least(1, 100000), default=300, help="gpt: training steps (default 300)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from conveyor.runtime.demo import DemoConfig, run_demo
+
+    if args.model == "gpt":
+        from conveyor.models.gpt_demo import run_cli
+        return run_cli(args)
 
     from conveyor.schedule import get_spec
 

@@ -39,7 +39,16 @@ def check_config(cfg) -> None:
             or not 1 <= cfg.clock_rounds <= 1000:
         raise PipelineError(f"clock_rounds={cfg.clock_rounds!r}; use an integer in 1..1000 "
                             f"(ping-pongs for the clock alignment, default 8)")
-    for name in ("record", "check_weights", "strict_order"):
+    if cfg.max_grad_norm is not None and not (
+            isinstance(cfg.max_grad_norm, (int, float)) and not isinstance(cfg.max_grad_norm, bool)
+            and math.isfinite(cfg.max_grad_norm) and cfg.max_grad_norm > 0):
+        raise PipelineError(f"max_grad_norm={cfg.max_grad_norm!r}; use a finite number > 0 "
+                            f"(e.g. 1.0), or None for no clipping")
+    if isinstance(cfg.accumulate, bool) or not isinstance(cfg.accumulate, int) \
+            or cfg.accumulate < 1:
+        raise PipelineError(f"accumulate={cfg.accumulate!r}; use an integer >= 1 (calls of "
+                            f"step per optimizer update, default 1)")
+    for name in ("record", "check_weights", "strict_order", "varying_shapes"):
         if not isinstance(getattr(cfg, name), bool):
             raise PipelineError(f"{name}={getattr(cfg, name)!r}; use True or False")
     for name in ("track_memory", "prepost"):

@@ -30,6 +30,7 @@ storage.
 from __future__ import annotations
 
 import re
+import zlib
 from datetime import timedelta
 from typing import NamedTuple, Sequence
 
@@ -150,6 +151,10 @@ class Comm:
         # Keyed by size, not micro-batch: the two sides may meet a new size on
         # different micro-batches when their schedules order forwards
         # differently. At most two sizes occur in a step, so the modulus is safe.
+        # A key may also be (size, side-input shapes) (variable sequence lengths):
+        # hashed, and a clash needs two keys new on one cut in the same step.
+        if not isinstance(size, int):
+            size = zlib.crc32(repr(size).encode())
         return self._tag(size % 65536, cut, _META)
 
     # -- sending -------------------------------------------------------------------
@@ -178,7 +183,9 @@ class Comm:
                 f"stage {cut} output changed from {_show(known)} to {_show(metas)} for "
                 f"micro-batches of {size} samples; shapes may change only with the micro-batch "
                 f"size (the handshake is keyed by it): keep the other dimensions fixed, e.g. "
-                f"by padding", rank=self.rank, stage=cut, mb=mb, action=action)
+                f"by padding, pass a side input that carries the length (step(side=...)), or "
+                f"set PipelineConfig(varying_shapes=True)", rank=self.rank, stage=cut, mb=mb,
+                action=action)
         for i, t in enumerate(tensors):
             t = t.detach().contiguous()
             held.append((self._isend(t, dst, self._tag(mb, cut, _ACT, i), action), t))

@@ -57,6 +57,11 @@ class StepData:
     inputs: list[tuple[torch.Tensor, ...]] | None = None
     targets: list[Any] | None = None
     weights: list[float] = field(default_factory=list)
+    side: list[dict[str, Any]] | None = None  # per micro-batch: keyword args of every stage
+    keys: list[Any] | None = None  # per micro-batch handshake key (default: its size)
+
+    def key(self, mb: int):
+        return self.sizes[mb] if self.keys is None else self.keys[mb]
 
 
 def _as_tuple(obj, *, what: str, rank: int, stage: int, mb: int, action) -> tuple:
@@ -160,6 +165,9 @@ class Interpreter(Transfers):
         else:
             x = self.inp.pop((s, mb))
         stage = self.stages[s]
+        if self.data.side:  # side inputs (masks, ids): keyword arguments of every stage
+            from functools import partial
+            stage = partial(stage, **self.data.side[mb])
         seen: dict[int, int] = {}
         try:
             if self.forward_only:

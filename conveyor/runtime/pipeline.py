@@ -34,6 +34,7 @@ from conveyor.runtime.batching import microbatch_sizes, split_batch
 from conveyor.runtime.comm import Comm
 from conveyor.runtime.group import RankContext
 from conveyor.runtime.interpreter import Interpreter
+from conveyor.runtime import trainloop
 from conveyor.runtime.recorder import (
     ActivationMemory, Recorder, estimate_clock_offset, gather_timeline,
 )
@@ -68,6 +69,17 @@ class PipelineConfig:
                     by tag, so that a schedule whose send order differs from
                     its peer's receive order fails on CPU too. Also on when
                     the environment sets CONVEYOR_STRICT_ORDER=1.
+    max_grad_norm:  clip the global gradient norm (all ranks, tied weights
+                    counted once) to this before each update; None: no clipping.
+    accumulate:     calls of ``step`` per update: gradients add up over this
+                    many calls, are divided by it (the mean over the batches)
+                    and the update happens on the last call.
+    varying_shapes: activation shapes may change between the micro-batches of
+                    a step (e.g. each trimmed to its longest sequence): a shape
+                    handshake precedes every micro-batch at every cut.
+                    Without it shapes are keyed by micro-batch size and the
+                    side inputs' shapes, so a new sequence length between steps
+                    costs one handshake and a known one none.
     """
 
     loss_reduction: str = "mean"
@@ -78,6 +90,9 @@ class PipelineConfig:
     clock_rounds: int = 8
     strict_order: bool = False
     check_weights: bool = False
+    max_grad_norm: float | None = None
+    accumulate: int = 1
+    varying_shapes: bool = False
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -130,7 +145,8 @@ class Pipeline:
     def __init__(self, model, *, loss_fn: Callable, optimizer: Callable | None,
                  schedule: str | Schedule = "1f1b", microbatches: int | None = None,
                  balance: Sequence[int] | None = None, ctx: RankContext | None = None,
-                 config: PipelineConfig | None = None):
+                 config: PipelineConfig | None = None, tied=None,
+                 before_step: Callable | None = None, scheduler: Callable | None = None):
         """``model``: an ``nn.Sequential`` or list of layers; it is cut by
         ``balance`` (or evenly, see ``conveyor.partition``) into the schedule's
         S stages, and this rank keeps its own. ``loss_fn(output, target)``
@@ -142,6 +158,9 @@ class Pipeline:
         defaults to the initialised process group (or one process without
         one); ``launch`` passes it to your function.
 
+        ``tied``, ``before_step``, ``scheduler``: see ``conveyor.runtime.trainloop``
+        (tied weights across ranks, a hook before each update, an LR scheduler).
+
         Raises PartitionError, ScheduleError/ValidationError or PipelineError
         naming the bad value (the same on every rank).
         """
@@ -151,13 +170,16 @@ class Pipeline:
             stages = split_model(model, sched.S, balance=balance)
         except ConveyorError as e:
             raise _same(e)
-        self._setup(stages, sched, ctx, loss_fn, optimizer, config)
+        self._setup(stages, sched, ctx, loss_fn, optimizer, config,
+                    trainloop.Extras(tied, before_step, scheduler, stages))
 
     @classmethod
     def from_stages(cls, stages, *, loss_fn: Callable, optimizer: Callable | None,
                     schedule: str | Schedule = "1f1b", microbatches: int | None = None,
                     ctx: RankContext | None = None,
-                    config: PipelineConfig | None = None) -> "Pipeline":
+                    config: PipelineConfig | None = None, tied=None,
+                    before_step: Callable | None = None,
+                    scheduler: Callable | None = None) -> "Pipeline":
         """A pipeline of stages you built: a list of S modules, or a function
         ``stage -> module`` (called only for this rank's stages, so no rank
         builds the whole model). Stage s is called as ``stage(*inputs)`` with
@@ -165,6 +187,7 @@ class Pipeline:
         self = cls.__new__(cls)
         ctx = ctx or _context()
         sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
+        every = None  # all S stages, when given: tied weights are then detected
         if callable(stages) and not isinstance(stages, torch.nn.Module):
             built = {s: stages(s) for s in sched.stages_of(ctx.rank)}
         else:
@@ -173,8 +196,9 @@ class Pipeline:
                 raise _same(PipelineError(
                     f"{len(stages)} stages given but schedule {sched.name!r} has {sched.S}; "
                     f"give one module per stage"))
-            built = {s: stages[s] for s in sched.stages_of(ctx.rank)}
-        self._setup(built, sched, ctx, loss_fn, optimizer, config)
+            built, every = {s: stages[s] for s in sched.stages_of(ctx.rank)}, stages
+        self._setup(built, sched, ctx, loss_fn, optimizer, config,
+                    trainloop.Extras(tied, before_step, scheduler, every))
         return self
 
     @staticmethod
@@ -197,7 +221,7 @@ class Pipeline:
             raise _same(e)
 
     def _setup(self, stages, sched: Schedule, ctx: RankContext, loss_fn, optimizer,
-               config) -> None:
+               config, extras=None) -> None:
         self.ctx, self.schedule, self.loss_fn = ctx, sched, loss_fn
         self.config = config = config or PipelineConfig()
         try:
@@ -220,6 +244,7 @@ class Pipeline:
         self.last_rank = sched.placement[-1]
         self.params = parameters_of(self.stages.values())
         self.optimizer = optimizer(self.params) if optimizer is not None and self.params else None
+        self.loop = trainloop.TrainLoop(self, extras or trainloop.Extras())
         prepost = config.prepost if config.prepost is not None else ctx.backend != "nccl"
         self.comm = self._comm()
         self.interp = Interpreter(sched, rank=ctx.rank, stages=self.stages, comm=self.comm,
@@ -250,31 +275,37 @@ class Pipeline:
         return self.schedule.M
 
     def step(self, inputs=None, targets=None, *, batch_size: int | None = None,
-             record: bool | None = None) -> StepResult:
+             record: bool | None = None, normalizer=None, side=None) -> StepResult:
         """One training step: forward, backward and optimizer update.
 
         Collective: every rank calls it. ``inputs`` (a tensor or tuple of
         tensors, batch along dim 0) is needed on the first stage's rank,
         ``targets`` on the last stage's; every rank needs the batch size.
         Returns a StepResult; its loss is the same on every rank.
+        ``normalizer``: the whole batch's loss denominator (e.g. its token
+        count) for a ``loss_fn`` that sums; ``side``: {name: tensor} passed to
+        every stage as keyword arguments (see ``conveyor.runtime.trainloop``).
 
         Raises StageError naming the rank, stage and micro-batch when user code
         or input fails, PeerFailedError when another rank failed.
         """
-        result = self.forward_backward(inputs, targets, batch_size=batch_size, record=record)
-        if self.optimizer is not None:
-            self.optimizer.step()
-        return result
+        return self.loop.step(inputs, targets, batch_size=batch_size, record=record,
+                              normalizer=normalizer, side=side)
 
     def forward_backward(self, inputs=None, targets=None, *, batch_size: int | None = None,
-                         record: bool | None = None) -> StepResult:
+                         record: bool | None = None, normalizer=None, side=None,
+                         zero_grad: bool = True) -> StepResult:
         """``step`` without the optimizer update: the parameters' ``.grad`` hold
-        the step's gradients afterwards (for checks, or your own update)."""
-        for p in self.params:
-            p.grad = None
-        return self._run(self.interp, self.comm, inputs, targets, batch_size, record)
+        the step's gradients afterwards (for checks, or your own update); tied
+        weights' gradients are not yet summed (``step`` does that).
+        ``zero_grad=False`` adds to the gradients already there."""
+        if zero_grad:
+            for p in self.params:
+                p.grad = None
+        return self._run(self.interp, self.comm, inputs, targets, batch_size, record,
+                         normalizer=normalizer, side=side)
 
-    def predict(self, inputs=None, *, batch_size: int | None = None):
+    def predict(self, inputs=None, *, batch_size: int | None = None, side=None):
         """Forward only, in micro-batches, with the stages in eval mode and no
         gradients. Collective. Returns the last stage's output for the whole
         batch (micro-batch outputs joined along dim 0) on the last stage's
@@ -283,15 +314,30 @@ class Pipeline:
         for m in self.stages.values():
             m.eval()
         try:
-            res = self._run(self._eval_interp, self._eval_comm, inputs, None, batch_size, False)
+            res = self._run(self._eval_interp, self._eval_comm, inputs, None, batch_size, False,
+                            side=side)
         finally:
             for s, m in self.stages.items():
                 m.train(modes[s])
         return res.output
 
+    def evaluate(self, inputs=None, targets=None, *, batch_size: int | None = None,
+                 normalizer=None, side=None) -> float:
+        """The batch's loss, forward only (eval mode, no update). Collective;
+        returns the same loss on every rank."""
+        return self.loop.evaluate(inputs, targets, batch_size=batch_size,
+                                  normalizer=normalizer, side=side)
+
+    def clip_grad_norm_(self, max_norm: float) -> float:
+        """Clip the gradient of the whole pipeline to ``max_norm`` (as
+        ``torch.nn.utils.clip_grad_norm_`` on the unsplit model); returns the
+        norm before clipping. Collective: call it on every rank, e.g. from
+        ``before_step``."""
+        return self.loop.clip(max_norm)
+
     # -- the step ------------------------------------------------------------------
     def _run(self, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
-             record) -> StepResult:
+             record, *, normalizer=None, side=None) -> StepResult:
         t_start = time.perf_counter()
         record = self.config.record if record is None else record
         data = split_batch(inputs, targets, batch_size, rank=self.ctx.rank,
@@ -300,6 +346,7 @@ class Pipeline:
                            mean=self.config.loss_reduction == "mean")
         self._agreement.check(kind=agree.PREDICT if interp.forward_only else agree.STEP,
                               step=self.steps, batch=sum(data.sizes))
+        self.loop.prepare(data, targets, normalizer, side)
         comm.reset_counts()
         track = self.config.track_memory if self.config.track_memory is not None else record
         memory = ActivationMemory(self.params) if track and not interp.forward_only else None

@@ -50,7 +50,7 @@ class Transfers:
         """Post the receive ``a`` if its buffer size is known; True if posted."""
         s, mb = a.stage, a.mb
         if a.kind == RECV_F:
-            size = self.data.sizes[mb]
+            size = self.data.key(mb)
             if not self.comm.act_meta_known(s - 1, size):
                 return False
             pend = self.comm.post_act(cut=s - 1, mb=mb, size=size, action=a)
@@ -74,7 +74,7 @@ class Transfers:
         if not self._post(a):
             # The first micro-batch of a new size: learn its shapes here, at
             # the receive's own place, which the schedule proves deadlock-free.
-            self.comm.recv_act_meta(cut=a.stage - 1, size=self.data.sizes[a.mb], action=a)
+            self.comm.recv_act_meta(cut=a.stage - 1, size=self.data.key(a.mb), action=a)
             self._post(a)
         self._next_recv += 1
         return self.posted.pop(a)
@@ -85,7 +85,7 @@ class Transfers:
         works, bufs = self._take_posted(a)
         peer = self.plan.peer[self.step_index]
         self.comm.wait(works, peer=peer, action=a)
-        metas = self.comm.meta_in[(s - 1, self.data.sizes[mb])]
+        metas = self.comm.meta_in[(s - 1, self.data.key(mb))]
         grad = not self.forward_only
         self.inp[(s, mb)] = tuple(b.detach().requires_grad_(grad and m.requires_grad)
                                   for b, m in zip(bufs, metas))
@@ -102,7 +102,7 @@ class Transfers:
     def _send_f(self, a: Action) -> None:
         s, mb = a.stage, a.mb
         ys = self.out.pop((s, mb)) if self.forward_only else self.out[(s, mb)]
-        held = self.comm.send_act(ys, cut=s, mb=mb, size=self.data.sizes[mb], action=a)
+        held = self.comm.send_act(ys, cut=s, mb=mb, size=self.data.key(mb), action=a)
         self._hold_send(a, held)
 
     def _send_b(self, a: Action) -> None:
