@@ -82,9 +82,10 @@ def test_seed_numbers_and_hatched_bubble(page, default_page, tmp_path):
     assert [u for u in requests if not u.startswith("file://")] == []
 
 
-def _random_costs(rng: random.Random, P: int) -> dict:
+def _random_costs(rng: random.Random, S: int) -> dict:
+    """Random costs: one value for all stages, or one per stage (S of them)."""
     def values(lo, hi):
-        n = rng.choice([1, P])
+        n = rng.choice([1, S])
         return [round(rng.uniform(lo, hi), 2) for _ in range(n)]
     return {"F": values(0.3, 2), "I": values(0.3, 2), "W": values(0, 1.5),
             "lat": round(rng.choice([0, rng.uniform(0, 1)]), 3),
@@ -117,11 +118,12 @@ def test_random_costs_replay_exactly_as_python_simulate(page, default_page, defa
     for k in range(14):
         name, P, M = rng.choice(names), rng.randint(1, 16), rng.randint(1, 64)
         view = "fwd" if k % 4 == 0 else "step"
-        c = _random_costs(rng, P)
+        c = _random_costs(rng, build_schedule(name, P, M).S)
         typed = {k2: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k2, v in c.items()}
         js = page.evaluate("st => window.conveyor.timeline(st)",
                            {"schedule": name, "compare": "", "P": P, "M": M, "view": view,
                             "costs": typed})
+        assert js is not None, (name, P, M, view, c)  # None: the page refused the costs
         assert sorted(js) == sorted(_python_events(name, P, M, view, c)), (name, P, M, view, c)
     # and every embedded configuration's step time and bubble equal Python's
     check = page.evaluate("window.conveyor.selfCheck()")
@@ -306,6 +308,7 @@ def test_page_is_generic_over_chunks_and_split_backward(page, tmp_path):
         c = {"F": [1, 2, 1, 1, 1, 1], "I": [0.5], "W": [0.25], "lat": 0.125, "bytes": 0, "bw": "inf"}
         js = page.evaluate("st => window.conveyor.timeline(st)", {
             "P": 3, "M": 4, "costs": {"F": "1,2,1,1,1,1", "I": "0.5", "W": "0.25", "lat": "0.125"}})
+        assert js is not None, (name, P, M, view, c)  # None: the page refused the costs
         assert sorted(js) == sorted(_python_events(name, 3, 4, "step", c))
     assert page.evaluate("window.conveyor.selfCheck()")["n_bad"] == 0
     legend = page.locator("#legend").text_content()

@@ -74,7 +74,7 @@ def test_viz_with_a_measured_run(tmp_path, run_json):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--ratio", "0"], "--ratio 0 is not a valid backward/forward cost"),
+    (["--ratio", "0"], "argument --ratio: '0' must be a finite number > 0"),
     (["--ratios", "1,x"], "--ratios '1,x' is not a list of numbers"),
     (["-P", "9"], "-P 9 is outside the page's 1..4"),
     (["--schedule", "gpipes"], "did you mean 'gpipe'?"),
