@@ -5,7 +5,9 @@ nothing is downloaded. Every rank loads it and draws the same shuffled batches
 (same seed), feeds what its stages need, and the pipeline does the rest. The
 last epoch's full-size steps are recorded; the parent picks the median one and
 puts its measured bubble next to the simulator's (same schedule, measured
-per-stage costs) and the closed-form one.
+per-stage costs) and the closed-form one. Then, unless ``sweep`` is off, the
+measured sweep (``conveyor.runtime.sweep``) shows the bubble shrinking with M
+on the same number of processes and the same schedule.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from conveyor.runtime.sweep import SweepConfig, median_step, predicted, run_sweep
 
 __all__ = ["DemoConfig", "run_demo", "build_model"]
 
@@ -37,6 +41,9 @@ class DemoConfig:
     out:           folder for timeline.json and summary.json.
     progress:      show a progress bar (rank 0's).
     backend:       "gloo", "nccl" or None (NCCL when CUDA is present).
+    sweep:         after training, run the measured M sweep (SweepConfig;
+                   its stages, schedule and out are taken from this config);
+                   None: no sweep.
     """
 
     stages: int = 4
@@ -51,6 +58,7 @@ class DemoConfig:
     out: str = "runs/demo"
     progress: bool = True
     backend: str | None = None
+    sweep: SweepConfig | None = field(default_factory=SweepConfig)
 
 
 def build_model(cfg: DemoConfig):
@@ -149,7 +157,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from conveyor.runtime import LaunchOptions, launch
     from conveyor.runtime.group import default_backend
     from conveyor.schedule import build_schedule
-    from conveyor.sim import CostModel, Timeline, formula_bubble, simulate
+    from conveyor.sim import Timeline
 
     t0 = time.perf_counter()
     L = cfg.blocks + 2
@@ -173,34 +181,44 @@ def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if timelines:
-        measured = sorted(timelines, key=lambda t: t.step_time)[len(timelines) // 2]
-        costs = measured.stage_costs()
-        model = CostModel(forward=costs["F"], backward=costs["B"])
-        predicted = simulate(sched, model, unit="s")
-        formula = formula_bubble(cfg.schedule, cfg.stages, cfg.microbatches)
+        measured = median_step(timelines)
+        sim, formula = predicted(sched, measured)
         path = measured.save(out / "timeline.json")
         bubbles = measured.bubbles()
-        fstr = f"{100 * float(formula):.1f}%" if formula is not None else "n/a"
+        fstr = f"{100 * formula:.1f}%" if formula is not None else "n/a"
         spec_formula = _formula_text(cfg.schedule)
         print(f"bubble: measured {100 * measured.bubble_overall:.1f}%  |  simulated "
-              f"{100 * predicted.bubble_overall:.1f}% (measured per-stage costs, free links)  |  "
+              f"{100 * sim.bubble_overall:.1f}% (measured per-stage costs, free links)  |  "
               f"formula {spec_formula} = {fstr}")
         print("  measured per rank: " + "  ".join(f"rank {r} {100 * b:.1f}%"
                                                   for r, b in enumerate(bubbles)))
         print(f"  median of {len(timelines)} recorded steps: step time "
               f"{1000 * measured.step_time:.2f} ms measured, "
-              f"{1000 * predicted.step_time:.2f} ms simulated")
+              f"{1000 * sim.step_time:.2f} ms simulated")
         if cores < cfg.stages:
             print(f"  note: {cfg.stages} processes share {cores} CPU cores here, so at most "
                   f"{cores} compute at once and the measured bubble cannot fall below "
-                  f"1 - {cores}/{cfg.stages} = {100 * (1 - cores / cfg.stages):.0f}%")
+                  f"1 - {cores}/{cfg.stages} = {100 * (1 - cores / cfg.stages):.0f}%"
+                  + ("; the sweep below emulates device time to measure the schedule itself"
+                     if cfg.sweep is not None and cfg.schedule != "naive" else ""))
         print(f"measured timeline: {path}")
         summary.update(bubble_measured=measured.bubble_overall,
-                       bubble_per_rank=bubbles, bubble_simulated=predicted.bubble_overall,
-                       bubble_formula=None if formula is None else float(formula),
+                       bubble_per_rank=bubbles, bubble_simulated=sim.bubble_overall,
+                       bubble_formula=formula,
                        step_time_s=measured.step_time, timeline=str(path))
+    print(f"training done in {wall:.1f} s")
+    if cfg.sweep is not None:
+        if cfg.schedule == "naive":
+            print("measured sweep: skipped, schedule 'naive' always runs M=1")
+        else:
+            sweep = run_sweep(replace(cfg.sweep, stages=cfg.stages, schedule=cfg.schedule,
+                                      backend=backend, progress=cfg.progress,
+                                      out=str(out / "sweep")))
+            summary["sweep"] = {"rows": sweep["rows"], "wall_s": sweep["wall_s"],
+                                "dir": str(out / "sweep")}
+    summary["total_s"] = time.perf_counter() - t0
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"done in {wall:.1f} s")
+    print(f"done in {summary['total_s']:.1f} s")
     return summary
 
 
