@@ -128,8 +128,8 @@ def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
     for M in cfg.microbatches:
         stages = emulated_stages(ctx.world_size, width=cfg.width, times=per_sample,
                                  per_sample=True)
-        pipe = Pipeline.from_stages(stages, loss_fn=nn.functional.mse_loss,
-                                    optimizer=lambda ps: torch.optim.SGD(ps, lr=1e-3),
+        # No optimizer: its update lies outside the measured step anyway.
+        pipe = Pipeline.from_stages(stages, loss_fn=nn.functional.mse_loss, optimizer=None,
                                     schedule=cfg.schedule, microbatches=M, ctx=ctx)
         layers = [m for st in pipe.stages.values() for m in st.modules()
                   if isinstance(m, EmulatedLayer)]

@@ -90,11 +90,3 @@ def test_demo_trains_to_90_percent_and_measures_the_bubble_shrinking(tmp_path):
     assert f"sweep table: {table}" in out
     assert summary["sweep"]["rows"] == rows
 
-
-def test_no_sweep_skips_it(tmp_path):
-    proc, _ = demo("--out", str(tmp_path), "--epochs", "1", "--no-sweep")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(re.findall(r"^epoch +\d+/\d+", proc.stdout, re.M)) == 1
-    assert "sweep" not in proc.stdout
-    assert not (tmp_path / "sweep").exists()
-    assert "sweep" not in json.loads((tmp_path / "summary.json").read_text())
