@@ -8,7 +8,8 @@ Each run is exactly what ``conveyor demo`` does after training
 M in {1, 2, 4, 8, 16, 32}, emulated device time), timed from the launch to the
 last file written. The rows of every run, their median and spread, and the
 targets of issue #15 go to ``benchmarks/demo_sweep.md`` (``--md``), with the
-machine's cores and load average before and after each run.
+machine's cores and load average before and after each run; the file's
+hand-written "## Notes" section, if any, is kept.
 
 Targets (on a 2-core machine): measured bubble within 3 percentage points of
 the formula for M <= 8 and within 5 for M >= 16; below 14 % at M = 32; the
@@ -31,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from conveyor.runtime.sweep import SweepConfig, run_sweep  # noqa: E402
 
+NOTES = "## Notes"
 BUDGET_S = 60.0
 M32_MAX = 0.14
 
@@ -51,9 +53,10 @@ def run_all(cfg: SweepConfig, runs: int) -> list[dict]:
     return out
 
 
-def _spread(values: list[float], fmt: str) -> str:
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-" \
-           f"{fmt.format(max(values))})"
+def _spread(values: list[float], fmt: str, unit: str = "") -> str:
+    """'median<unit> (min to max)'."""
+    f = fmt.format
+    return f"{f(statistics.median(values))}{unit} ({f(min(values))} to {f(max(values))})"
 
 
 def report(cfg: SweepConfig, results: list[dict], started: str) -> str:
@@ -84,7 +87,7 @@ def report(cfg: SweepConfig, results: list[dict], started: str) -> str:
         + ", ".join(f"{r['load_before'][0]:.2f} -> {r['load_after'][0]:.2f}" for r in results)
         + ".",
         "",
-        f"## Median over {len(results)} runs (min-max)",
+        f"## Median over {len(results)} runs (min to max)",
         "",
         "| M | formula | measured | measured - formula (pp) | target (pp) | simulated | "
         "step time (s) | met in |",
@@ -97,9 +100,9 @@ def report(cfg: SweepConfig, results: list[dict], started: str) -> str:
         diff = [m - 100 * formula for m in meas]
         met = sum(abs(d) <= target_pp(M) for d in diff)
         lines.append(
-            f"| {M} | {100 * formula:.1f}% | {_spread(meas, '{:.1f}')}% | "
+            f"| {M} | {100 * formula:.1f}% | {_spread(meas, '{:.1f}', '%')} | "
             f"{_spread(diff, '{:+.1f}')} | {target_pp(M):g} | "
-            f"{_spread([100 * r['simulated'] for r in rows], '{:.1f}')}% | "
+            f"{_spread([100 * r['simulated'] for r in rows], '{:.1f}', '%')} | "
             f"{_spread([r['step_s'] for r in rows], '{:.3f}')} | {met}/{len(rows)} runs |")
     walls = [r["wall_s"] for r in results]
     m32 = [r["rows"][-1]["measured"] for r in results if r["rows"][-1]["M"] == 32]
@@ -134,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = SweepConfig(out=None, progress=False, forward_s=args.device_ms / 1000)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = run_all(cfg, args.runs)
-    Path(args.md).write_text(report(cfg, results, started))
+    md = Path(args.md)
+    # Keep the hand-written notes (from "## Notes" on) across reruns.
+    old = md.read_text() if md.exists() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""
+    md.write_text(report(cfg, results, started) + ("\n" + notes if notes else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.md}")

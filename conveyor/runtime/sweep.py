@@ -22,6 +22,7 @@ then).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -112,7 +113,7 @@ def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
     import torch
     from torch import nn
 
-    from conveyor.runtime import Pipeline
+    from conveyor.runtime import Pipeline, PipelineConfig
     from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes, emulated_stages
 
     per_sample = EmulatedTimes(cfg.forward_s / cfg.batch, cfg.backward_s / cfg.batch)
@@ -128,9 +129,11 @@ def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
     for M in cfg.microbatches:
         stages = emulated_stages(ctx.world_size, width=cfg.width, times=per_sample,
                                  per_sample=True)
-        # No optimizer: its update lies outside the measured step anyway.
+        # No optimizer: its update lies outside the measured step anyway. No
+        # memory tracking: it would add host work to every forward.
         pipe = Pipeline.from_stages(stages, loss_fn=nn.functional.mse_loss, optimizer=None,
-                                    schedule=cfg.schedule, microbatches=M, ctx=ctx)
+                                    schedule=cfg.schedule, microbatches=M, ctx=ctx,
+                                    config=PipelineConfig(track_memory=False))
         layers = [m for st in pipe.stages.values() for m in st.modules()
                   if isinstance(m, EmulatedLayer)]
         recorded = []
@@ -210,9 +213,10 @@ def run_sweep(cfg: SweepConfig) -> dict:
           f"at M = {', '.join(map(str, cfg.microbatches))}; each stage holds an emulated device "
           f"{ms:g} ms per batch forward, {2 * ms:g} ms backward "
           f"(per micro-batch: its share of that)", flush=True)
+    cores = os.cpu_count() or 1
     print(f"  emulated device time: a stage sleeps for it without using the CPU, as a GPU "
-          f"kernel does, so {cfg.stages} ranks on few cores behave like {cfg.stages} devices",
-          flush=True)
+          f"kernel does, so {cfg.stages} ranks on {cores} CPU cores behave like {cfg.stages} "
+          f"devices", flush=True)
     results = launch(_sweep_rank, nprocs=cfg.stages, args=(cfg,),
                      options=LaunchOptions(backend=cfg.backend))
     per_m = results[0]
@@ -237,9 +241,10 @@ def run_sweep(cfg: SweepConfig) -> dict:
             print(_row_text(row))
     print(sweep_summary(rows))
     if cfg.out is not None:
-        first = Path(cfg.out) / rows[0]["timeline"]
-        print(f"sweep timelines: {Path(cfg.out)}/M??.json and sweep.json "
-              f"(conveyor viz --timeline {first})")
+        out = Path(cfg.out)
+        middle = out / rows[len(rows) // 2]["timeline"]
+        print(f"sweep timelines: {out / rows[0]['timeline']} ... {rows[-1]['timeline']} and "
+              f"{out / 'sweep.json'} (see one: conveyor viz --timeline {middle})")
     if cfg.json_path is not None:
         print(f"sweep table: {cfg.json_path}")
     print(f"sweep done in {wall:.1f} s")

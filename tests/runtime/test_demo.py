@@ -77,7 +77,9 @@ def test_demo_trains_to_90_percent_and_measures_the_bubble_shrinking(tmp_path):
         assert t.step_time == pytest.approx(r["step_s"], abs=1e-12)
 
     # What it prints: one row per M as in the JSON, then a line computed from the rows.
-    assert "emulated device time: a stage sleeps for it without using the CPU" in out
+    assert re.search(r"emulated device time: a stage sleeps for it without using the CPU, as a "
+                     r"GPU kernel does, so 4 ranks on \d+ CPU cores behave like 4 devices", out)
+    assert f"sweep timelines: {tmp_path / 'sweep' / 'M01.json'} ... M16.json" in out
     printed = re.findall(r"^ +(\d+) +([0-9.]+)% +([0-9.]+)% +([0-9.]+)% +([0-9.]+) s$", out, re.M)
     assert [int(p[0]) for p in printed] == [1, 4, 16]
     for p, r in zip(printed, rows):
