@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from conveyor.runtime.sweep import SweepConfig, median_step, predicted, run_sweep
+from conveyor.runtime.sweep import (
+    SweepConfig, median_step, predicted, progress_bar, run_sweep,
+)
 
 __all__ = ["DemoConfig", "run_demo", "build_model"]
 
@@ -110,15 +111,7 @@ def _train_rank(ctx, cfg: DemoConfig) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = None
     if ctx.rank == 0 and cfg.progress:
-        import threading
-
-        from tqdm import tqdm
-
-        # tqdm's default lock is a multiprocessing semaphore, which a rank
-        # process (it exits without interpreter teardown) would leak.
-        tqdm.set_lock(threading.RLock())
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, unit="step", file=sys.stdout,
-                   dynamic_ncols=True, leave=False)
+        bar = progress_bar(cfg.epochs * steps_per_epoch)
     say = bar.write if bar is not None else print
     losses, timelines = [], []
     for epoch in range(cfg.epochs):

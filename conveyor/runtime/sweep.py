@@ -121,7 +121,8 @@ def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(cfg.batch, cfg.width, generator=g)  # (batch, width)
     y = torch.randn(cfg.batch, cfg.width, generator=g)
-    bar = _bar(cfg) if ctx.rank == 0 else None
+    bar = (progress_bar(len(cfg.microbatches) * (cfg.warmup + cfg.steps))
+           if ctx.rank == 0 and cfg.progress else None)
     say = bar.write if bar is not None else (print if ctx.rank == 0 and cfg.progress else None)
     if say:
         say(HEADER)
@@ -162,9 +163,8 @@ def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
     return rows
 
 
-def _bar(cfg: SweepConfig):
-    if not cfg.progress:
-        return None
+def progress_bar(total: int):
+    """A tqdm bar of ``total`` steps on stdout that rows can be written above."""
     import threading
 
     from tqdm import tqdm
@@ -172,8 +172,7 @@ def _bar(cfg: SweepConfig):
     # tqdm's default lock is a multiprocessing semaphore, which a rank process
     # (it exits without interpreter teardown) would leak.
     tqdm.set_lock(threading.RLock())
-    return tqdm(total=len(cfg.microbatches) * (cfg.warmup + cfg.steps), unit="step",
-                file=sys.stdout, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit="step", file=sys.stdout, dynamic_ncols=True, leave=False)
 
 
 def _device_time(cfg: SweepConfig) -> dict:
