@@ -98,6 +98,11 @@ def check_sweep(cfg: SweepConfig) -> None:
     """PipelineError naming the value when ``cfg`` cannot run."""
     from conveyor.errors import PipelineError
 
+    for name in ("batch", "width", "steps"):
+        if getattr(cfg, name) < 1:
+            raise PipelineError(f"sweep {name}={getattr(cfg, name)} must be at least 1")
+    if cfg.warmup < 0:
+        raise PipelineError(f"sweep warmup={cfg.warmup} must be at least 0")
     bad = [M for M in cfg.microbatches if M < 1 or cfg.batch % M]
     if bad or not cfg.microbatches:
         raise PipelineError(f"sweep M values {list(cfg.microbatches)} must be >= 1 and divide "
@@ -115,6 +120,7 @@ def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
 
     from conveyor.runtime import Pipeline, PipelineConfig
     from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes, emulated_stages
+    from conveyor.schedule import build_schedule
 
     per_sample = EmulatedTimes(cfg.forward_s / cfg.batch, cfg.backward_s / cfg.batch)
     off = EmulatedTimes(0.0, 0.0)
@@ -128,19 +134,21 @@ def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
         say(HEADER)
     rows = []
     for M in cfg.microbatches:
-        stages = emulated_stages(ctx.world_size, width=cfg.width, times=per_sample,
-                                 per_sample=True)
+        sched = build_schedule(cfg.schedule, ctx.world_size, M)
+        # A rank holding several stages (chunks) splits its device time among them.
+        times = per_sample.scaled(sched.P / sched.S)
+        stages = emulated_stages(sched.S, width=cfg.width, times=times, per_sample=True)
         # No optimizer: its update lies outside the measured step anyway. No
         # memory tracking: it would add host work to every forward.
         pipe = Pipeline.from_stages(stages, loss_fn=nn.functional.mse_loss, optimizer=None,
-                                    schedule=cfg.schedule, microbatches=M, ctx=ctx,
+                                    schedule=sched, ctx=ctx,
                                     config=PipelineConfig(track_memory=False))
         layers = [m for st in pipe.stages.values() for m in st.modules()
                   if isinstance(m, EmulatedLayer)]
         recorded = []
         for k in range(cfg.warmup + cfg.steps):
             for layer in layers:  # the warm-up needs no device time
-                layer.times = off if k < cfg.warmup else per_sample
+                layer.times = off if k < cfg.warmup else times
             res = pipe.step(x, y, record=k >= cfg.warmup)
             if res.timeline is not None:
                 recorded.append(res.timeline)
