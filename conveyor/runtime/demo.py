@@ -201,8 +201,10 @@ def run_demo(cfg: DemoConfig) -> dict:
                        step_time_s=measured.step_time, timeline=str(path))
     print(f"training done in {wall:.1f} s")
     if cfg.sweep is not None:
-        if cfg.schedule == "naive":
-            print("measured sweep: skipped, schedule 'naive' always runs M=1")
+        if cfg.schedule == "naive" or cfg.stages == 1:
+            why = ("schedule 'naive' always runs M=1" if cfg.schedule == "naive"
+                   else "one stage has no bubble")
+            print(f"measured sweep: skipped, {why}")
         else:
             sweep = run_sweep(replace(cfg.sweep, stages=cfg.stages, schedule=cfg.schedule,
                                       backend=backend, progress=cfg.progress,
