@@ -3,10 +3,11 @@
     .venv/bin/python benchmarks/bench_demo_sweep.py            # 5 sweeps, ~4 minutes
     .venv/bin/python benchmarks/bench_demo_sweep.py --runs 3 --device-ms 400
 
-Each run is exactly what ``conveyor demo`` does after training
-(``conveyor.runtime.sweep.run_sweep``: one launch of P = 4 processes on gloo,
-M in {1, 2, 4, 8, 16, 32}, emulated device time), timed from the launch to the
-last file written. The rows of every run, their median and spread, and the
+Each run is what ``conveyor demo`` does after training
+(``conveyor.runtime.sweep.run_sweep``: P = 4 processes on gloo, M in
+{1, 2, 4, 8, 16, 32}, emulated device time), in a launch of its own; the
+demo runs it in the training's processes, so the time it adds there is timed
+from the sweep's start on rank 0 to the last file written. The rows of every run, their median and spread, and the
 targets of issue #15 go to ``benchmarks/demo_sweep.md`` (``--md``), with the
 machine's cores and load average before and after each run; the file's
 hand-written "## Notes" section, if any, is kept.
@@ -48,7 +49,8 @@ def run_all(cfg: SweepConfig, runs: int) -> list[dict]:
         load0 = os.getloadavg()
         print(f"-- run {k + 1}/{runs} (load average {load0[0]:.2f})", flush=True)
         doc = run_sweep(cfg)
-        out.append({"rows": doc["rows"], "wall_s": doc["wall_s"], "load_before": load0,
+        out.append({"rows": doc["rows"], "wall_s": doc["wall_s"], "sweep_s": doc["sweep_s"],
+                    "load_before": load0,
                     "load_after": os.getloadavg()})
     return out
 
@@ -104,21 +106,25 @@ def report(cfg: SweepConfig, results: list[dict], started: str) -> str:
             f"{_spread(diff, '{:+.1f}')} | {target_pp(M):g} | "
             f"{_spread([100 * r['simulated'] for r in rows], '{:.1f}', '%')} | "
             f"{_spread([r['step_s'] for r in rows], '{:.3f}')} | {met}/{len(rows)} runs |")
-    walls = [r["wall_s"] for r in results]
+    walls = [r["sweep_s"] for r in results]
+    launched = [r["wall_s"] for r in results]
     m32 = [r["rows"][-1]["measured"] for r in results if r["rows"][-1]["M"] == 32]
     lines += ["", "## Targets", ""]
     if m32:
         lines.append(f"- M = 32 below {100 * M32_MAX:.0f}%: met in "
                      f"{sum(v < M32_MAX for v in m32)}/{len(m32)} runs (median "
                      f"{100 * statistics.median(m32):.1f}%).")
-    lines.append(f"- Sweep wall time (launch to last file) at most {BUDGET_S:.0f} s: met in "
-                 f"{sum(w <= BUDGET_S for w in walls)}/{len(walls)} runs (median "
-                 f"{statistics.median(walls):.1f} s, {min(walls):.1f}-{max(walls):.1f} s).")
-    lines += ["", "## Every run", "", "| run | load before | wall (s) | " +
+    lines.append(f"- Time the sweep adds to the demo (it runs in the training's processes: "
+                 f"from its start on rank 0 to the last file written) at most "
+                 f"{BUDGET_S:.0f} s: met in {sum(w <= BUDGET_S for w in walls)}/{len(walls)} "
+                 f"runs (median {_spread(walls, '{:.1f}', ' s')}). With a launch of its own, "
+                 f"as here: {_spread(launched, '{:.1f}', ' s')}.")
+    lines += ["", "## Every run", "", "| run | load before | sweep (s) | with launch (s) | " +
               " | ".join(f"M={M}" for M in Ms) + " |",
-              "|---|---|---|" + "---|" * len(Ms)]
+              "|---|---|---|---|" + "---|" * len(Ms)]
     for k, r in enumerate(results):
-        lines.append(f"| {k + 1} | {r['load_before'][0]:.2f} | {r['wall_s']:.1f} | " +
+        lines.append(f"| {k + 1} | {r['load_before'][0]:.2f} | {r['sweep_s']:.1f} | "
+                     f"{r['wall_s']:.1f} | " +
                      " | ".join(f"{100 * row['measured']:.1f}%" for row in r["rows"]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -3,11 +3,11 @@
 The data set ships with scikit-learn (1797 8x8 images of digits, 10 classes), so
 nothing is downloaded. Every rank loads it and draws the same shuffled batches
 (same seed), feeds what its stages need, and the pipeline does the rest. The
-last epoch's full-size steps are recorded; the parent picks the median one and
+last epoch's full-size steps are recorded; rank 0 picks the median one and
 puts its measured bubble next to the simulator's (same schedule, measured
 per-stage costs) and the closed-form one. Then, unless ``sweep`` is off, the
-measured sweep (``conveyor.runtime.sweep``) shows the bubble shrinking with M
-on the same number of processes and the same schedule.
+same processes run the measured sweep (``conveyor.runtime.sweep``), which shows
+the bubble shrinking with M under the same schedule.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from conveyor.runtime.sweep import (
-    SweepConfig, median_step, predicted, progress_bar, run_sweep,
+    SweepConfig, announce, check_sweep, finish, median_step, predicted, progress_bar,
+    sweep_rank,
 )
 
 __all__ = ["DemoConfig", "run_demo", "build_model"]
@@ -94,10 +95,13 @@ def _data(seed: int):
     return f(Xtr), torch.tensor(ytr), f(Xte), torch.tensor(yte)
 
 
-def _train_rank(ctx, cfg: DemoConfig) -> dict:
-    """One rank's work; returns what the parent prints (rank 0: losses and
-    timelines, the last rank: accuracy)."""
+def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float) -> dict:
+    """One rank's work: train, test, then (``sweep`` not None) the measured
+    sweep in the same processes, which spares a second launch. Rank 0 prints
+    the training report before the sweep starts, and returns the summary and
+    the sweep's rows; the others return {}."""
     import torch
+    import torch.distributed as dist
     from torch import nn
 
     from conveyor.runtime import Pipeline
@@ -124,7 +128,7 @@ def _train_rank(ctx, cfg: DemoConfig) -> dict:
             res = pipe.step(Xtr[idx], ytr[idx], record=record)
             total += res.loss * len(idx)
             if res.timeline is not None:
-                timelines.append(res.timeline.to_dict())
+                timelines.append(res.timeline)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{res.loss:.3f}")
@@ -134,42 +138,76 @@ def _train_rank(ctx, cfg: DemoConfig) -> dict:
     if bar is not None:
         bar.close()
     out = pipe.predict(Xte)
-    result = {"rank": ctx.rank, "losses": losses, "timelines": timelines}
+    # (correct, tested), known on the last stage's rank; rank 0 reports it.
+    score = torch.zeros(2, dtype=torch.int64, device=ctx.device)
     if out is not None:
-        pred = out.argmax(dim=1).cpu()
-        result["correct"] = int((pred == yte).sum())
-        result["tested"] = len(yte)
-    return result
+        score[0], score[1] = int((out.argmax(dim=1).cpu() == yte).sum()), len(yte)
+    if ctx.world_size > 1:
+        dist.broadcast(score, src=pipe.last_rank)
+    if ctx.rank != 0:
+        if sweep is not None:
+            sweep_rank(ctx, sweep)
+        return {}
+    summary = _report(cfg, losses, timelines, int(score[0]), int(score[1]), started)
+    if sweep is None:
+        return {"summary": summary}
+    announce(sweep)
+    return {"summary": summary, "sweep": sweep_rank(ctx, sweep)}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Launch the demo on ``cfg.stages`` local processes, print the report and
-    write ``timeline.json`` and ``summary.json`` into ``cfg.out``. Returns the
-    summary."""
+    """Launch the demo on ``cfg.stages`` local processes (one launch for the
+    training and the sweep), print the report and write ``timeline.json``,
+    ``summary.json`` and the sweep's files into ``cfg.out``. Returns the
+    summary. Raises PipelineError on a bad sweep, RankFailedError when a rank
+    fails."""
     from conveyor.partition import uniform_balance
     from conveyor.runtime import LaunchOptions, launch
     from conveyor.runtime.group import default_backend
-    from conveyor.schedule import build_schedule
-    from conveyor.sim import Timeline
 
-    t0 = time.perf_counter()
+    started = time.time()
     L = cfg.blocks + 2
     balance = uniform_balance(L, cfg.stages)
-    sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
+    M = 1 if cfg.schedule == "naive" else cfg.microbatches
     backend = cfg.backend or default_backend(cfg.stages)
+    sweep = None
+    if cfg.sweep is not None and cfg.schedule != "naive" and cfg.stages > 1:
+        sweep = replace(cfg.sweep, stages=cfg.stages, schedule=cfg.schedule, backend=backend,
+                        progress=cfg.progress, out=str(Path(cfg.out) / "sweep"))
+        check_sweep(sweep)
     where = "one GPU each" if backend == "nccl" else "CPU"
     print(f"conveyor demo: an MLP of {L} layers ({cfg.blocks + 2} Linear) on scikit-learn's "
           f"digits, {cfg.stages} processes ({backend}, {where}), schedule {cfg.schedule}, "
-          f"M={sched.M}, layers per stage {'/'.join(map(str, balance))}", flush=True)
-    results = launch(_train_rank, nprocs=cfg.stages, args=(cfg,),
-                     options=LaunchOptions(backend=backend))
-    wall = time.perf_counter() - t0
-    last = results[-1]
-    acc = last["correct"] / last["tested"]
-    timelines = [Timeline.from_dict(d) for d in results[0]["timelines"]]
-    summary = {"config": asdict(cfg), "balance": balance, "epoch_loss": results[0]["losses"],
-               "accuracy": acc, "wall_s": wall}
-    print(f"test accuracy: {100 * acc:.1f}% ({last['correct']}/{last['tested']} images)")
+          f"M={M}, layers per stage {'/'.join(map(str, balance))}", flush=True)
+    first = launch(_train_rank, nprocs=cfg.stages, args=(cfg, sweep, started),
+                   options=LaunchOptions(backend=backend))[0]
+    summary = first["summary"]
+    summary["balance"] = balance
+    if cfg.sweep is not None and sweep is None:
+        why = ("schedule 'naive' always runs M=1" if cfg.schedule == "naive"
+               else "one stage has no bubble")
+        print(f"measured sweep: skipped, {why}")
+    if sweep is not None:
+        doc = finish(sweep, first["sweep"])
+        summary["sweep"] = {"rows": doc["rows"], "sweep_s": doc["sweep_s"], "dir": sweep.out}
+    summary["total_s"] = time.time() - started
+    out = Path(cfg.out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"done in {summary['total_s']:.1f} s")
+    return summary
+
+
+def _report(cfg: DemoConfig, losses: list, timelines: list, correct: int, tested: int,
+            started: float) -> dict:
+    """Rank 0, after training: print the accuracy and the bubble of the median
+    recorded step beside the simulator's and the formula's, write
+    ``timeline.json``; return the summary so far."""
+    from conveyor.schedule import build_schedule
+
+    sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
+    acc = correct / tested
+    summary = {"config": asdict(cfg), "epoch_loss": losses, "accuracy": acc}
+    print(f"test accuracy: {100 * acc:.1f}% ({correct}/{tested} images)")
     cores = os.cpu_count() or 1
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,21 +237,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                        bubble_per_rank=bubbles, bubble_simulated=sim.bubble_overall,
                        bubble_formula=formula,
                        step_time_s=measured.step_time, timeline=str(path))
-    print(f"training done in {wall:.1f} s")
-    if cfg.sweep is not None:
-        if cfg.schedule == "naive" or cfg.stages == 1:
-            why = ("schedule 'naive' always runs M=1" if cfg.schedule == "naive"
-                   else "one stage has no bubble")
-            print(f"measured sweep: skipped, {why}")
-        else:
-            sweep = run_sweep(replace(cfg.sweep, stages=cfg.stages, schedule=cfg.schedule,
-                                      backend=backend, progress=cfg.progress,
-                                      out=str(out / "sweep")))
-            summary["sweep"] = {"rows": sweep["rows"], "wall_s": sweep["wall_s"],
-                                "dir": str(out / "sweep")}
-    summary["total_s"] = time.perf_counter() - t0
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"done in {summary['total_s']:.1f} s")
+    summary["wall_s"] = time.time() - started
+    print(f"training done in {summary['wall_s']:.1f} s", flush=True)
     return summary
 
 

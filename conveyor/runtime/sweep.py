@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["SweepConfig", "run_sweep", "check_sweep", "median_step", "predicted", "sweep_summary"]
+__all__ = ["SweepConfig", "run_sweep", "check_sweep", "sweep_rank", "announce", "finish",
+           "median_step", "predicted", "progress_bar", "sweep_summary"]
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,10 @@ def check_sweep(cfg: SweepConfig) -> None:
                             f"e.g. 300")
 
 
-def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
-    """One rank's sweep; rank 0 returns a row and a timeline dict per M."""
+def sweep_rank(ctx, cfg: SweepConfig) -> dict:
+    """One rank's sweep (collective: every rank calls it). Rank 0 returns
+    ``{"started": time.time() at the start, "per_m": [{"row", "timeline"}, ...]}``
+    for ``finish``; the others return {}."""
     import torch
     from torch import nn
 
@@ -122,6 +125,7 @@ def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
     from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes, emulated_stages
     from conveyor.schedule import build_schedule
 
+    started = time.time()
     per_sample = EmulatedTimes(cfg.forward_s / cfg.batch, cfg.backward_s / cfg.batch)
     off = EmulatedTimes(0.0, 0.0)
     g = torch.Generator().manual_seed(0)
@@ -168,7 +172,7 @@ def _sweep_rank(ctx, cfg: SweepConfig) -> list[dict]:
         rows.append({"row": row, "timeline": step.to_dict()})
     if bar is not None:
         bar.close()
-    return rows
+    return {"started": started, "per_m": rows} if ctx.rank == 0 else {}
 
 
 def progress_bar(total: int):
@@ -205,16 +209,8 @@ def sweep_summary(rows: list[dict]) -> str:
             f"step time {how} ({a['step_s']:.2f} s to {b['step_s']:.2f} s)")
 
 
-def run_sweep(cfg: SweepConfig) -> dict:
-    """Launch the sweep on ``cfg.stages`` local processes, print its table and
-    write the timelines and sweep.json. Returns sweep.json's content (plus
-    ``wall_s``). Raises PipelineError on bad M values or device time,
-    RankFailedError when a rank fails."""
-    from conveyor.runtime import LaunchOptions, launch
-    from conveyor.sim.timeline import Timeline
-
-    check_sweep(cfg)
-    t0 = time.perf_counter()
+def announce(cfg: SweepConfig) -> None:
+    """Print what the sweep runs, in two lines (before it starts)."""
     ms = cfg.forward_s * 1000
     print(f"measured sweep: {cfg.stages} processes, schedule {cfg.schedule}, batch {cfg.batch} "
           f"at M = {', '.join(map(str, cfg.microbatches))}; each stage holds an emulated device "
@@ -224,9 +220,17 @@ def run_sweep(cfg: SweepConfig) -> dict:
     print(f"  emulated device time: a stage sleeps for it without using the CPU, as a GPU "
           f"kernel does, so {cfg.stages} ranks on {cores} CPU cores behave like {cfg.stages} "
           f"devices", flush=True)
-    results = launch(_sweep_rank, nprocs=cfg.stages, args=(cfg,),
-                     options=LaunchOptions(backend=cfg.backend))
-    per_m = results[0]
+
+
+def finish(cfg: SweepConfig, result: dict, launched: float | None = None) -> dict:
+    """Write what rank 0's ``sweep_rank`` returned (timelines, sweep.json), print
+    the closing lines and return sweep.json's content plus ``sweep_s``, the
+    seconds since the sweep started on rank 0, and ``wall_s``, since
+    ``launched`` (a ``time.time()`` before the processes started; default: the
+    same as ``sweep_s``)."""
+    from conveyor.sim.timeline import Timeline
+
+    per_m = result["per_m"]
     rows = [r["row"] for r in per_m]
     doc = {"P": cfg.stages, "schedule": cfg.schedule, "batch": cfg.batch,
            "device_time": _device_time(cfg), "warmup_steps": cfg.warmup,
@@ -241,7 +245,9 @@ def run_sweep(cfg: SweepConfig) -> dict:
         path = Path(cfg.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1))
-    wall = time.perf_counter() - t0
+    now = time.time()
+    sweep_s = now - result["started"]
+    wall = now - (result["started"] if launched is None else launched)
     if not cfg.progress:  # the rows were not printed as they came
         print(HEADER)
         for row in rows:
@@ -254,5 +260,21 @@ def run_sweep(cfg: SweepConfig) -> dict:
               f"{out / 'sweep.json'} (see one: conveyor viz --timeline {middle})")
     if cfg.json_path is not None:
         print(f"sweep table: {cfg.json_path}")
-    print(f"sweep done in {wall:.1f} s")
-    return {**doc, "wall_s": wall}
+    print(f"sweep done in {sweep_s:.1f} s" + (f" ({wall:.1f} s with the launch)"
+                                              if launched is not None else ""))
+    return {**doc, "sweep_s": sweep_s, "wall_s": wall}
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    """Launch the sweep on ``cfg.stages`` local processes, print its table and
+    write the timelines and sweep.json. Returns sweep.json's content plus
+    ``sweep_s`` and ``wall_s`` (launch included). Raises PipelineError on bad M values or
+    device time, RankFailedError when a rank fails."""
+    from conveyor.runtime import LaunchOptions, launch
+
+    check_sweep(cfg)
+    started = time.time()
+    announce(cfg)
+    results = launch(sweep_rank, nprocs=cfg.stages, args=(cfg,),
+                     options=LaunchOptions(backend=cfg.backend))
+    return finish(cfg, results[0], started)
