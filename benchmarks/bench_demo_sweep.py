@@ -7,8 +7,8 @@ Each run is what ``conveyor demo`` does after training
 (``conveyor.runtime.sweep.run_sweep``: P = 4 processes on gloo, M in
 {1, 2, 4, 8, 16, 32}, emulated device time), in a launch of its own; the
 demo runs it in the training's processes, so the time it adds there is timed
-from the sweep's start on rank 0 to the last file written. The rows of every run, their median and spread, and the
-targets of issue #15 go to ``benchmarks/demo_sweep.md`` (``--md``), with the
+from the sweep's start on rank 0 to the last file written. The rows of every
+run, their median and spread, and the targets of issue #15 go to ``benchmarks/demo_sweep.md`` (``--md``), with the
 machine's cores and load average before and after each run; the file's
 hand-written "## Notes" section, if any, is kept.
 
@@ -75,7 +75,8 @@ def report(cfg: SweepConfig, results: list[dict], started: str) -> str:
         f"device (sleeps, no CPU) for {1000 * cfg.forward_s:g} ms per whole-batch forward and "
         f"{2000 * cfg.forward_s:g} ms per backward, a micro-batch its share "
         f"({1000 * cfg.forward_s / cfg.batch:.2f} ms forward per sample). Per M: "
-        f"{cfg.warmup} warm-up step with the device time off, then {cfg.steps} recorded steps; "
+        f"{cfg.warmup} warm-up step with the device time off, then {cfg.steps} recorded steps "
+        f"({cfg.steps_short} from M = 8 on); "
         f"the row is the median recorded step (by step time).",
         "",
         "Measured bubble: 1 - (time in F and B, summed over ranks) / (P x step time), the step "

@@ -9,7 +9,8 @@ compute would, and the whole batch costs the same work at every M.
 
 Per M: ``warmup`` unrecorded steps with the device time off (they only pay
 the first step's costs: the shape handshake, allocations), then ``steps``
-recorded ones; the median step by step time is that M's row and timeline.
+recorded ones (``steps_short`` from M = 8 on); the median step by step time
+is that M's row and timeline.
 
 The measured bubble is ``Timeline.bubble_overall``, the demo's own measure:
 1 - (time in F and B actions, summed over ranks) / (P x step time), where the
@@ -45,6 +46,8 @@ class SweepConfig:
     width:         features crossing each cut.
     warmup:        unrecorded steps per M, run with zero device time.
     steps:         recorded steps per M (the median is reported).
+    steps_short:   recorded steps for M >= 8, whose steps are short, so one
+                   stall on a busy machine weighs more (median of more).
     out:           folder for M01.json ... and sweep.json; None: none written.
     json_path:     also write sweep.json's content here (for scripts).
     progress:      print each row as it is measured, and a progress bar.
@@ -59,6 +62,7 @@ class SweepConfig:
     width: int = 16
     warmup: int = 1
     steps: int = 3
+    steps_short: int = 5
     out: str | None = "runs/demo/sweep"
     json_path: str | None = None
     progress: bool = True
@@ -67,6 +71,10 @@ class SweepConfig:
     @property
     def backward_s(self) -> float:
         return 2 * self.forward_s
+
+    def recorded(self, M: int) -> int:
+        """Recorded steps at this M."""
+        return self.steps_short if M >= 8 else self.steps
 
 
 def median_step(timelines: list):
@@ -99,7 +107,7 @@ def check_sweep(cfg: SweepConfig) -> None:
     """PipelineError naming the value when ``cfg`` cannot run."""
     from conveyor.errors import PipelineError
 
-    for name in ("batch", "width", "steps"):
+    for name in ("batch", "width", "steps", "steps_short"):
         if getattr(cfg, name) < 1:
             raise PipelineError(f"sweep {name}={getattr(cfg, name)} must be at least 1")
     if cfg.warmup < 0:
@@ -131,7 +139,7 @@ def sweep_rank(ctx, cfg: SweepConfig) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(cfg.batch, cfg.width, generator=g)  # (batch, width)
     y = torch.randn(cfg.batch, cfg.width, generator=g)
-    bar = (progress_bar(len(cfg.microbatches) * (cfg.warmup + cfg.steps))
+    bar = (progress_bar(sum(cfg.warmup + cfg.recorded(M) for M in cfg.microbatches))
            if ctx.rank == 0 and cfg.progress else None)
     say = bar.write if bar is not None else (print if ctx.rank == 0 and cfg.progress else None)
     if say:
@@ -150,7 +158,7 @@ def sweep_rank(ctx, cfg: SweepConfig) -> dict:
         layers = [m for st in pipe.stages.values() for m in st.modules()
                   if isinstance(m, EmulatedLayer)]
         recorded = []
-        for k in range(cfg.warmup + cfg.steps):
+        for k in range(cfg.warmup + cfg.recorded(M)):
             for layer in layers:  # the warm-up needs no device time
                 layer.times = off if k < cfg.warmup else times
             res = pipe.step(x, y, record=k >= cfg.warmup)
@@ -164,7 +172,7 @@ def sweep_rank(ctx, cfg: SweepConfig) -> dict:
         step = median_step(recorded)
         sim, formula = predicted(pipe.schedule, step)
         step.meta["emulated"] = _device_time(cfg)
-        step.meta["recorded_steps"] = [t.step_time for t in recorded]
+        step.meta["recorded_step_times"] = [t.step_time for t in recorded]
         row = {"M": M, "measured": step.bubble_overall, "simulated": sim.bubble_overall,
                "formula": formula, "step_s": step.step_time, "timeline": f"M{M:02d}.json"}
         if say:
@@ -234,7 +242,7 @@ def finish(cfg: SweepConfig, result: dict, launched: float | None = None) -> dic
     rows = [r["row"] for r in per_m]
     doc = {"P": cfg.stages, "schedule": cfg.schedule, "batch": cfg.batch,
            "device_time": _device_time(cfg), "warmup_steps": cfg.warmup,
-           "recorded_steps": cfg.steps, "rows": rows}
+           "recorded_steps": {str(M): cfg.recorded(M) for M in cfg.microbatches}, "rows": rows}
     if cfg.out is not None:
         out = Path(cfg.out)
         out.mkdir(parents=True, exist_ok=True)
