@@ -8,9 +8,10 @@ Each run is what ``conveyor demo`` does after training
 {1, 2, 4, 8, 16, 32}, emulated device time), in a launch of its own; the
 demo runs it in the training's processes, so the time it adds there is timed
 from the sweep's start on rank 0 to the last file written. The rows of every
-run, their median and spread, and the targets of issue #15 go to ``benchmarks/demo_sweep.md`` (``--md``), with the
-machine's cores and load average before and after each run; the file's
-hand-written "## Notes" section, if any, is kept.
+run, their median and spread, and the targets of issue #15 go to
+``benchmarks/demo_sweep.md`` (``--md``), with the machine's cores and load
+average before and after each run; the file's hand-written "## Notes" section,
+if any, is kept.
 
 Targets (on a 2-core machine): measured bubble within 3 percentage points of
 the formula for M <= 8 and within 5 for M >= 16; below 14 % at M = 32; the
