@@ -164,11 +164,12 @@ def run_demo(cfg: DemoConfig) -> dict:
     from conveyor.partition import uniform_balance
     from conveyor.runtime import LaunchOptions, launch
     from conveyor.runtime.group import default_backend
+    from conveyor.schedule import build_schedule
 
     started = time.time()
     L = cfg.blocks + 2
     balance = uniform_balance(L, cfg.stages)
-    M = 1 if cfg.schedule == "naive" else cfg.microbatches
+    M = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches).M  # bad names fail here
     backend = cfg.backend or default_backend(cfg.stages)
     sweep = None
     if cfg.sweep is not None and cfg.schedule != "naive" and cfg.stages > 1:
