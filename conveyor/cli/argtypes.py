@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 from conveyor.checks import check_int
 from conveyor.errors import ConveyorError
 
-__all__ = ["int_at_least", "port", "positive_float", "check_outputs", "check_output_dir"]
+__all__ = ["int_at_least", "int_list", "milliseconds", "port", "positive_float", "check_outputs",
+           "check_output_dir"]
 
 
 class OutputError(ConveyorError):
@@ -39,6 +40,28 @@ def int_at_least(lo: int, hi: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated positive integers, e.g. ``2,4,8``."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers, e.g. 2,4") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give integers >= 1, e.g. 2,4")
+    return values
+
+
+def milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not 0 <= value <= 60_000:
+        raise argparse.ArgumentTypeError(f"{text!r} ms: give 0 to 60000 milliseconds")
+    return value
 
 
 def port(text: str) -> int:

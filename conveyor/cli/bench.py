@@ -23,7 +23,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from conveyor.cli.argtypes import int_at_least
+from conveyor.cli.argtypes import int_at_least, int_list, milliseconds
 from conveyor.errors import ConveyorError
 
 __all__ = ["add_parser", "run"]
@@ -32,33 +32,11 @@ EMULATED = {"width": 4096, "mb_size": 8}            # an activation: (8, 4096) f
 MLP = {"layers": 16, "width": 384, "batch": 4096}   # Linear+ReLU blocks, real compute
 
 
-def int_list(text: str) -> list[int]:
-    """Comma-separated positive integers, e.g. ``2,4,8``."""
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of integers, e.g. 2,4") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: give integers >= 1, e.g. 2,4")
-    return values
-
-
 def name_list(text: str) -> list[str]:
     values = [x.strip() for x in text.split(",") if x.strip()]
     if not values:
         raise argparse.ArgumentTypeError(f"{text!r}: give at least one name")
     return values
-
-
-def milliseconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
-    if not 0 <= value <= 60_000:
-        raise argparse.ArgumentTypeError(f"{text!r} ms: give 0 to 60000 milliseconds")
-    return value
 
 
 def add_parser(sub) -> None:

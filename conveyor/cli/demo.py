@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from conveyor.cli.argtypes import check_output_dir, int_at_least, positive_float
+from dataclasses import replace
+
+from conveyor.cli.argtypes import (
+    check_output_dir, int_at_least, int_list, milliseconds, positive_float,
+)
 from conveyor.errors import ConveyorError
 
 __all__ = ["add_parser", "run"]
@@ -16,7 +20,9 @@ def add_parser(subparsers) -> None:
         "demo", help="train a deep MLP across local processes and show its bubble",
         description="Train a deep MLP (16 residual blocks) on scikit-learn's digits, one "
                     "process per pipeline stage, and report the test accuracy and the "
-                    "measured, simulated and closed-form pipeline bubble.")
+                    "measured, simulated and closed-form pipeline bubble. Then a measured "
+                    "sweep over M on the same processes and schedule, with emulated device "
+                    "time, shows the bubble shrink as M grows.")
     p.add_argument("--stages", "-P", type=int_at_least(1, 64), default=4, help="processes / stages (default 4)")
     p.add_argument("--microbatches", "-M", type=int_at_least(1, 1437), default=8,
                    help="micro-batches per step (default 8)")
@@ -36,11 +42,22 @@ def add_parser(subparsers) -> None:
                    help="mlp (default): the digits MLP; gpt: a small GPT on the Python "
                         "standard library's source (see conveyor.models.gpt_demo)")
     p.add_argument("--steps", type=int_at_least(1, 100000), default=300, help="gpt: training steps (default 300)")
+    p.add_argument("--no-sweep", action="store_true", help="skip the measured sweep over M")
+    p.add_argument("--sweep-json", metavar="PATH", default=None,
+                   help="also write the sweep's table (sweep.json) to PATH")
+    p.add_argument("--sweep-m", metavar="LIST", type=int_list, default=None,
+                   help="the sweep's M values, each dividing the batch of 64 "
+                        "(default 1,2,4,8,16,32)")
+    p.add_argument("--sweep-device-ms", metavar="MS", type=milliseconds, default=None,
+                   help="emulated forward time of the whole batch on one stage, in ms; a "
+                        "micro-batch takes its share, the backward twice as long "
+                        "(default 300)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from conveyor.runtime.demo import DemoConfig, run_demo
+    from conveyor.runtime.sweep import SweepConfig, check_sweep
 
     if args.model == "gpt":
         from conveyor.models.gpt_demo import run_cli
@@ -64,6 +81,17 @@ def run(args) -> int:
     cfg = DemoConfig(stages=args.stages, microbatches=args.microbatches, schedule=args.schedule,
                      epochs=args.epochs, batch_size=args.batch_size, blocks=args.blocks,
                      width=args.width, lr=args.lr, seed=args.seed, out=args.out,
-                     progress=not args.no_progress, backend=args.backend)
+                     progress=not args.no_progress, backend=args.backend, sweep=None)
+    if not args.no_sweep:
+        sweep = SweepConfig(json_path=args.sweep_json)
+        if args.sweep_m is not None:
+            sweep = replace(sweep, microbatches=tuple(args.sweep_m))
+        if args.sweep_device_ms is not None:
+            sweep = replace(sweep, forward_s=args.sweep_device_ms / 1000)
+        check_sweep(sweep)  # before training, not after it
+        cfg = replace(cfg, sweep=sweep)
+    elif args.sweep_json or args.sweep_m or args.sweep_device_ms is not None:
+        raise ConveyorError("--no-sweep turns the sweep off, so --sweep-json, --sweep-m and "
+                            "--sweep-device-ms have no effect; drop one or the other")
     run_demo(cfg)
     return 0

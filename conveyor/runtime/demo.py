@@ -3,19 +3,25 @@
 The data set ships with scikit-learn (1797 8x8 images of digits, 10 classes), so
 nothing is downloaded. Every rank loads it and draws the same shuffled batches
 (same seed), feeds what its stages need, and the pipeline does the rest. The
-last epoch's full-size steps are recorded; the parent picks the median one and
+last epoch's full-size steps are recorded; rank 0 picks the median one and
 puts its measured bubble next to the simulator's (same schedule, measured
-per-stage costs) and the closed-form one.
+per-stage costs) and the closed-form one. Then, unless ``sweep`` is off, the
+same processes run the measured sweep (``conveyor.runtime.sweep``), which shows
+the bubble shrinking with M under the same schedule.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from conveyor.runtime.sweep import (
+    SweepConfig, announce, check_sweep, finish, median_step, predicted, progress_bar,
+    sweep_rank,
+)
 
 __all__ = ["DemoConfig", "run_demo", "build_model"]
 
@@ -37,6 +43,9 @@ class DemoConfig:
     out:           folder for timeline.json and summary.json.
     progress:      show a progress bar (rank 0's).
     backend:       "gloo", "nccl" or None (NCCL when CUDA is present).
+    sweep:         after training, run the measured M sweep (SweepConfig;
+                   its stages, schedule and out are taken from this config);
+                   None: no sweep.
     """
 
     stages: int = 4
@@ -51,6 +60,7 @@ class DemoConfig:
     out: str = "runs/demo"
     progress: bool = True
     backend: str | None = None
+    sweep: SweepConfig | None = field(default_factory=SweepConfig)
 
 
 def build_model(cfg: DemoConfig):
@@ -85,10 +95,13 @@ def _data(seed: int):
     return f(Xtr), torch.tensor(ytr), f(Xte), torch.tensor(yte)
 
 
-def _train_rank(ctx, cfg: DemoConfig) -> dict:
-    """One rank's work; returns what the parent prints (rank 0: losses and
-    timelines, the last rank: accuracy)."""
+def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float) -> dict:
+    """One rank's work: train, test, then (``sweep`` not None) the measured
+    sweep in the same processes, which spares a second launch. Rank 0 prints
+    the training report before the sweep starts, and returns the summary and
+    the sweep's rows; the others return {}."""
     import torch
+    import torch.distributed as dist
     from torch import nn
 
     from conveyor.runtime import Pipeline
@@ -101,10 +114,8 @@ def _train_rank(ctx, cfg: DemoConfig) -> dict:
     steps_per_epoch = -(-n // cfg.batch_size)
     gen = torch.Generator().manual_seed(cfg.seed)
     bar = None
-    if ctx.rank == 0 and cfg.progress and sys.stdout.isatty():
-        from conveyor.progress import ProgressBar
-
-        bar = ProgressBar(cfg.epochs * steps_per_epoch, stream=sys.stdout)
+    if ctx.rank == 0 and cfg.progress:
+        bar = progress_bar(cfg.epochs * steps_per_epoch)
     say = bar.write if bar is not None else print
     losses, timelines = [], []
     for epoch in range(cfg.epochs):
@@ -117,7 +128,7 @@ def _train_rank(ctx, cfg: DemoConfig) -> dict:
             res = pipe.step(Xtr[idx], ytr[idx], record=record)
             total += res.loss * len(idx)
             if res.timeline is not None:
-                timelines.append(res.timeline.to_dict())
+                timelines.append(res.timeline)
             if bar is not None:
                 bar.advance(f"epoch {epoch + 1} loss {res.loss:.3f}")
         losses.append(total / n)
@@ -126,74 +137,108 @@ def _train_rank(ctx, cfg: DemoConfig) -> dict:
     if bar is not None:
         bar.close()
     out = pipe.predict(Xte)
-    result = {"rank": ctx.rank, "losses": losses, "timelines": timelines}
+    # (correct, tested), known on the last stage's rank; rank 0 reports it.
+    score = torch.zeros(2, dtype=torch.int64, device=ctx.device)
     if out is not None:
-        pred = out.argmax(dim=1).cpu()
-        result["correct"] = int((pred == yte).sum())
-        result["tested"] = len(yte)
-    return result
+        score[0], score[1] = int((out.argmax(dim=1).cpu() == yte).sum()), len(yte)
+    if ctx.world_size > 1:
+        dist.broadcast(score, src=pipe.last_rank)
+    if ctx.rank != 0:
+        if sweep is not None:
+            sweep_rank(ctx, sweep)
+        return {}
+    summary = _report(cfg, losses, timelines, int(score[0]), int(score[1]), started)
+    if sweep is None:
+        return {"summary": summary}
+    announce(sweep)
+    return {"summary": summary, "sweep": sweep_rank(ctx, sweep)}
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Launch the demo on ``cfg.stages`` local processes, print the report and
-    write ``timeline.json`` and ``summary.json`` into ``cfg.out``. Returns the
-    summary."""
+    """Launch the demo on ``cfg.stages`` local processes (one launch for the
+    training and the sweep), print the report and write ``timeline.json``,
+    ``summary.json`` and the sweep's files into ``cfg.out``. Returns the
+    summary. Raises PipelineError on a bad sweep, RankFailedError when a rank
+    fails."""
     from conveyor.partition import uniform_balance
     from conveyor.runtime import LaunchOptions, launch
     from conveyor.runtime.group import default_backend
     from conveyor.schedule import build_schedule
-    from conveyor.sim import CostModel, Timeline, formula_bubble, simulate
 
-    t0 = time.perf_counter()
+    started = time.time()
     L = cfg.blocks + 2
     balance = uniform_balance(L, cfg.stages)
-    sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
+    M = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches).M  # bad names fail here
     backend = cfg.backend or default_backend(cfg.stages)
+    sweep = None
+    if cfg.sweep is not None and cfg.schedule != "naive" and cfg.stages > 1:
+        sweep = replace(cfg.sweep, stages=cfg.stages, schedule=cfg.schedule, backend=backend,
+                        progress=cfg.progress, out=str(Path(cfg.out) / "sweep"))
+        check_sweep(sweep)
     where = "one GPU each" if backend == "nccl" else "CPU"
     print(f"conveyor demo: an MLP of {L} layers ({cfg.blocks + 2} Linear) on scikit-learn's "
           f"digits, {cfg.stages} processes ({backend}, {where}), schedule {cfg.schedule}, "
-          f"M={sched.M}, layers per stage {'/'.join(map(str, balance))}", flush=True)
-    results = launch(_train_rank, nprocs=cfg.stages, args=(cfg,),
-                     options=LaunchOptions(backend=backend))
-    wall = time.perf_counter() - t0
-    last = results[-1]
-    acc = last["correct"] / last["tested"]
-    timelines = [Timeline.from_dict(d) for d in results[0]["timelines"]]
-    summary = {"config": asdict(cfg), "balance": balance, "epoch_loss": results[0]["losses"],
-               "accuracy": acc, "wall_s": wall}
-    print(f"test accuracy: {100 * acc:.1f}% ({last['correct']}/{last['tested']} images)")
+          f"M={M}, layers per stage {'/'.join(map(str, balance))}", flush=True)
+    first = launch(_train_rank, nprocs=cfg.stages, args=(cfg, sweep, started),
+                   options=LaunchOptions(backend=backend))[0]
+    summary = first["summary"]
+    summary["balance"] = balance
+    if cfg.sweep is not None and sweep is None:
+        why = ("schedule 'naive' always runs M=1" if cfg.schedule == "naive"
+               else "one stage has no bubble")
+        print(f"measured sweep: skipped, {why}")
+    if sweep is not None:
+        doc = finish(sweep, first["sweep"])
+        summary["sweep"] = {"rows": doc["rows"], "sweep_s": doc["sweep_s"], "dir": sweep.out}
+    summary["total_s"] = time.time() - started
+    out = Path(cfg.out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"done in {summary['total_s']:.1f} s")
+    return summary
+
+
+def _report(cfg: DemoConfig, losses: list, timelines: list, correct: int, tested: int,
+            started: float) -> dict:
+    """Rank 0, after training: print the accuracy and the bubble of the median
+    recorded step beside the simulator's and the formula's, write
+    ``timeline.json``; return the summary so far."""
+    from conveyor.schedule import build_schedule
+
+    sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
+    acc = correct / tested
+    summary = {"config": asdict(cfg), "epoch_loss": losses, "accuracy": acc}
+    print(f"test accuracy: {100 * acc:.1f}% ({correct}/{tested} images)")
     cores = os.cpu_count() or 1
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if timelines:
-        measured = sorted(timelines, key=lambda t: t.step_time)[len(timelines) // 2]
-        costs = measured.stage_costs()
-        model = CostModel(forward=costs["F"], backward=costs["B"])
-        predicted = simulate(sched, model, unit="s")
-        formula = formula_bubble(cfg.schedule, cfg.stages, cfg.microbatches)
+        measured = median_step(timelines)
+        sim, formula = predicted(sched, measured)
         path = measured.save(out / "timeline.json")
         bubbles = measured.bubbles()
-        fstr = f"{100 * float(formula):.1f}%" if formula is not None else "n/a"
+        fstr = f"{100 * formula:.1f}%" if formula is not None else "n/a"
         spec_formula = _formula_text(cfg.schedule)
         print(f"bubble: measured {100 * measured.bubble_overall:.1f}%  |  simulated "
-              f"{100 * predicted.bubble_overall:.1f}% (measured per-stage costs, free links)  |  "
+              f"{100 * sim.bubble_overall:.1f}% (measured per-stage costs, free links)  |  "
               f"formula {spec_formula} = {fstr}")
         print("  measured per rank: " + "  ".join(f"rank {r} {100 * b:.1f}%"
                                                   for r, b in enumerate(bubbles)))
         print(f"  median of {len(timelines)} recorded steps: step time "
               f"{1000 * measured.step_time:.2f} ms measured, "
-              f"{1000 * predicted.step_time:.2f} ms simulated")
+              f"{1000 * sim.step_time:.2f} ms simulated")
         if cores < cfg.stages:
             print(f"  note: {cfg.stages} processes share {cores} CPU cores here, so at most "
                   f"{cores} compute at once and the measured bubble cannot fall below "
-                  f"1 - {cores}/{cfg.stages} = {100 * (1 - cores / cfg.stages):.0f}%")
+                  f"1 - {cores}/{cfg.stages} = {100 * (1 - cores / cfg.stages):.0f}%"
+                  + ("; the sweep below emulates device time to measure the schedule itself"
+                     if cfg.sweep is not None and cfg.schedule != "naive" else ""))
         print(f"measured timeline: {path}")
         summary.update(bubble_measured=measured.bubble_overall,
-                       bubble_per_rank=bubbles, bubble_simulated=predicted.bubble_overall,
-                       bubble_formula=None if formula is None else float(formula),
+                       bubble_per_rank=bubbles, bubble_simulated=sim.bubble_overall,
+                       bubble_formula=formula,
                        step_time_s=measured.step_time, timeline=str(path))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    print(f"done in {wall:.1f} s")
+    summary["wall_s"] = time.time() - started
+    print(f"training done in {summary['wall_s']:.1f} s", flush=True)
     return summary
 
 

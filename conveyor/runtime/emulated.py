@@ -94,6 +94,11 @@ class EmulatedTimes:
                 raise PipelineError(f"emulated {name} time {value!r} s is not valid; "
                                  f"give seconds >= 0 and under an hour, e.g. {name}=0.02")
 
+    def scaled(self, k: float) -> "EmulatedTimes":
+        """These times multiplied by ``k`` (per-sample times -> one call's)."""
+        i, w = self.split
+        return EmulatedTimes(self.forward * k, self.backward * k, i * k, w * k)
+
     @property
     def split(self) -> tuple[float, float]:
         """(input_grad, weight_grad) seconds, with the defaults filled in."""
@@ -184,19 +189,23 @@ class EmulatedLayer(nn.Module):
     times:  EmulatedTimes; forward and backward wall time per call.
     split_backward: route weight gradients through their own autograd node, so
             an input-only backward takes ``times.input_grad``.
+    per_sample: ``times`` are per sample: a call on x of n rows (dim 0) takes n
+            times them, as real compute on a micro-batch of n samples would.
     """
 
-    def __init__(self, width: int, times: EmulatedTimes, *, split_backward: bool = False):
+    def __init__(self, width: int, times: EmulatedTimes, *, split_backward: bool = False,
+                 per_sample: bool = False):
         super().__init__()
         check_int(width, "emulated layer width", error=PipelineError)
         self.times = times
         self.split_backward = split_backward
+        self.per_sample = per_sample
         # Weights near one keep activations from growing or vanishing over many layers.
         self.weight = nn.Parameter(1 + 0.01 * torch.randn(width))
         self.bias = nn.Parameter(0.01 * torch.randn(width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.times
+        t = self.times.scaled(x.shape[0]) if self.per_sample else self.times
         if not self.split_backward:
             return _TimedAffine.apply(x, self.weight, self.bias, t.forward, t.backward)
         i, w = t.split
@@ -206,16 +215,19 @@ class EmulatedLayer(nn.Module):
     def extra_repr(self) -> str:
         t = self.times
         return (f"width={self.weight.numel()}, forward={t.forward}s, backward={t.backward}s"
+                + (" per sample" if self.per_sample else "")
                 + (", split" if self.split_backward else ""))
 
 
 def emulated_stages(P: int, *, width: int, times: EmulatedTimes | list[EmulatedTimes],
                     layers_per_stage: int = 1, split_backward: bool = False,
-                    seed: int = 0) -> list[nn.Sequential]:
+                    per_sample: bool = False, seed: int = 0) -> list[nn.Sequential]:
     """P stage modules of emulated layers; stage s takes ``times[s]`` per micro-batch.
 
     ``times`` is one EmulatedTimes for all stages or a list with one per stage.
     A stage's time is divided evenly over its ``layers_per_stage`` layers.
+    ``per_sample``: the times are per sample, so a micro-batch of n samples
+    takes n times them (see EmulatedLayer).
     The same seed gives the same weights, so two frameworks train the same model.
     """
     check_int(P, "P", what="pipeline stages", error=PipelineError)
@@ -230,6 +242,7 @@ def emulated_stages(P: int, *, width: int, times: EmulatedTimes | list[EmulatedT
     for t in per:
         i, w = t.split
         layer_t = EmulatedTimes(t.forward / k, t.backward / k, i / k, w / k)
-        stages.append(nn.Sequential(*[EmulatedLayer(width, layer_t, split_backward=split_backward)
+        stages.append(nn.Sequential(*[EmulatedLayer(width, layer_t, split_backward=split_backward,
+                                                    per_sample=per_sample)
                                       for _ in range(k)]))
     return stages
