@@ -145,8 +145,29 @@ def _sweep(pre: list[float], S: int, T: float, fits) -> list[tuple[list[bool], l
     return out
 
 
+def _greedy_under(pre: list[float], S: int, T: float) -> list[int] | None:
+    """Without memory checks, the greedy cut (each stage takes as many layers as
+    fit under T, leaving one for each later stage) is feasible whenever any
+    split is: O(L) instead of the sweep's O(S*L)."""
+    L = len(pre) - 1
+    eps = 1e-12 * max(1.0, abs(T))
+    bal, a = [], 0
+    for s in range(S):
+        b = a + 1
+        if pre[b] - pre[a] > T + eps:
+            return None
+        last = L - (S - s - 1)
+        while b < last and pre[b + 1] - pre[a] <= T + eps:
+            b += 1
+        bal.append(b - a)
+        a = b
+    return bal if a == L else None
+
+
 def _split_under(pre: list[float], S: int, T: float, fits) -> list[int] | None:
     """A balance whose every stage takes at most T and fits, or None."""
+    if fits is None:
+        return _greedy_under(pre, S, T)
     L = len(pre) - 1
     sweep = _sweep(pre, S, T, fits)
     if len(sweep) < S or not sweep[-1][0][L]:
