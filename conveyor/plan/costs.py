@@ -1,0 +1,145 @@
+"""From a profile to what the simulator and the memory check need.
+
+For one configuration (a balance, the micro-batch sizes, which stages are
+checkpointed, the schedule's placement) this gives:
+
+- a cost model whose F/B/I/W times are per stage *and* per micro-batch (sizes
+  may differ by one when M does not divide the batch), with the recomputed
+  forward of a checkpointed stage charged to its backward (to I when the
+  backward is split, since I runs first and needs the activations);
+- the bytes each rank holds: parameters and optimizer state of its stages,
+  plus, walking its action list in order, the activations of the
+  micro-batches in flight (forward done, backward not yet), plus, while a
+  checkpointed stage runs its backward, that micro-batch's recomputed ones.
+
+Activations held per micro-batch of n samples on a stage of layers a..b-1:
+the stage's input (the cut before a), every layer's saved tensors other than
+its input, and the stage's output unless its last layer saved it already. A
+checkpointed stage keeps only its input and output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conveyor.partition import stage_ranges
+from conveyor.plan.profile import Profile
+from conveyor.schedule.ir import B, F, I, W, Schedule
+from conveyor.sim.cost import CostModel
+
+__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "rank_memory"]
+
+
+@dataclass(frozen=True)
+class MicrobatchCostModel(CostModel):
+    """A CostModel whose compute times differ per micro-batch.
+
+    per_mb: ``{kind: [[time of (stage s, micro-batch mb)] for s]}``; the scalar
+    fields hold the means, for reports. Links use ``activation_bytes`` (the
+    largest micro-batch's) as in CostModel.
+    """
+
+    per_mb: dict | None = None
+
+    def duration_fn(self, S: int):
+        base, link = super().duration_fn(S)
+        table = self.per_mb
+        if not table:
+            return base, link
+
+        def duration(rank, a):
+            per = table.get(a.kind)
+            return per[a.stage][a.mb] if per is not None else 0.0
+
+        return duration, link
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.pop("per_mb", None)  # the means above describe it; the table can be large
+        return d
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """Per stage: times at micro-batch size n, bytes, for one configuration."""
+
+    balance: tuple[int, ...]
+    checkpoint: tuple[bool, ...]
+    sizes: tuple[int, ...]
+    forward: tuple[tuple[float, ...], ...]      # [s][mb]
+    input_grad: tuple[tuple[float, ...], ...]
+    weight_grad: tuple[tuple[float, ...], ...]
+    held_per_sample: tuple[float, ...]          # activation bytes kept per sample, per stage
+    recompute_per_sample: tuple[float, ...]     # transient bytes per sample in a recompute
+    static_bytes: tuple[int, ...]               # parameters + optimizer state, per stage
+    cut_per_sample: tuple[float, ...]           # bytes per sample at each of the S-1 cuts
+
+    def cost_model(self, latency: float = 0.0, bandwidth: float = float("inf")
+                   ) -> MicrobatchCostModel:
+        n_max = max(self.sizes)
+        fw = [list(row) for row in self.forward]
+        ig = [list(row) for row in self.input_grad]
+        wg = [list(row) for row in self.weight_grad]
+        bw = [[i + w for i, w in zip(ri, rw)] for ri, rw in zip(ig, wg)]
+
+        def mean(rows):
+            return [sum(r) / len(r) for r in rows]
+
+        return MicrobatchCostModel(
+            forward=mean(fw), backward=mean(bw), input_grad=mean(ig), weight_grad=mean(wg),
+            latency=latency, bandwidth=bandwidth,
+            activation_bytes=[c * n_max for c in self.cut_per_sample],
+            per_mb={F: fw, B: bw, I: ig, W: wg})
+
+
+def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
+    """Costs of ``balance`` (layer counts per stage) for micro-batches of
+    ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward."""
+    layers = profile.layers
+    cut_in = [profile.input_bytes] + [lay.out_bytes for lay in layers]  # cut before layer j
+    fw, ig, wg, held, rec, static = [], [], [], [], [], []
+    for s, r in enumerate(stage_ranges(balance)):
+        ls = layers[r.start:r.stop]
+        f = [sum(x.forward.at(n) for x in ls) for n in sizes]
+        i = [sum(x.input_grad.at(n) for x in ls) for n in sizes]
+        w = [sum(x.weight_grad.at(n) for x in ls) for n in sizes]
+        saved = sum(x.saved_bytes for x in ls)
+        out = 0.0 if ls[-1].saves_output else ls[-1].out_bytes
+        if checkpoint[s]:
+            i = [a + b for a, b in zip(i, f)]  # the forward runs again before I
+            held.append(cut_in[r.start] + ls[-1].out_bytes)
+            rec.append(saved)
+        else:
+            held.append(cut_in[r.start] + saved + out)
+            rec.append(0.0)
+        fw.append(tuple(f))
+        ig.append(tuple(i))
+        wg.append(tuple(w))
+        static.append(sum(x.static_bytes for x in ls))
+    cuts = [cut_in[r.stop] for r in stage_ranges(balance)[:-1]]
+    return StageCosts(tuple(balance), tuple(bool(c) for c in checkpoint), tuple(sizes),
+                      tuple(fw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
+                      tuple(static), tuple(cuts))
+
+
+def rank_memory(schedule: Schedule, costs: StageCosts) -> list[float]:
+    """Peak bytes per rank: static bytes of its stages plus the most activation
+    bytes held at once while it runs its actions in order (see module doc)."""
+    sizes = costs.sizes
+    peaks = []
+    for r, row in enumerate(schedule.actions):
+        static = sum(costs.static_bytes[s] for s in schedule.stages_of(r))
+        held = peak = 0.0
+        for a in row:
+            s, kind = a.stage, a.kind
+            if kind == F:
+                held += costs.held_per_sample[s] * sizes[a.mb]
+                peak = max(peak, held)
+            elif kind in (B, I):
+                peak = max(peak, held + costs.recompute_per_sample[s] * sizes[a.mb])
+                if kind == B:
+                    held -= costs.held_per_sample[s] * sizes[a.mb]
+            elif kind == W:
+                held -= costs.held_per_sample[s] * sizes[a.mb]
+        peaks.append(static + peak)
+    return peaks

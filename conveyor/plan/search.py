@@ -1,0 +1,308 @@
+"""The planner: search schedule x M x chunks x partition x checkpointing.
+
+For every registered schedule (so schedules added later are searched too),
+every micro-batch count M in a small geometric set (M need not divide the
+batch: sizes then differ by one), and every chunk count the schedule offers,
+the planner
+
+1. cuts the layers with the exact min-bottleneck solver under the per-layer
+   forward + backward times at the mean micro-batch size;
+2. checks each rank's peak memory against the budget (walking the schedule's
+   order, see ``conveyor.plan.costs``); when a rank is over, it checkpoints
+   the stages of the ranks over budget, then all stages, and re-solves the
+   partition with the memory limit as a constraint;
+3. optionally refines the cut by moving one boundary at a time and keeping
+   what the simulator says is faster (the bottleneck ignores fill and drain);
+4. simulates the step (profiled compute, measured link latency and bandwidth).
+
+The fastest plan within the budget wins. Every candidate keeps the reason it
+lost, for the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from conveyor.errors import ConveyorError, PlanError
+from conveyor.partition import balanced_partition
+from conveyor.plan.costs import rank_memory, stage_costs
+from conveyor.plan.profile import Profile
+from conveyor.schedule.generators import build_schedule, schedule_names
+from conveyor.schedule.ir import B, F, W, Schedule
+from conveyor.sim.simulate import simulate
+
+__all__ = ["Candidate", "PlanResult", "search", "default_microbatches", "microbatch_sizes"]
+
+
+@dataclass
+class Candidate:
+    """One configuration and what the simulator predicts for it."""
+
+    schedule: Schedule
+    balance: list[int]
+    checkpoint: list[bool]
+    sizes: list[int]
+    step: float = float("inf")
+    bubble: float = 1.0
+    peak_bytes: list[float] = field(default_factory=list)
+    fits: bool = True
+    note: str = ""          # why it lost (filled in by ``search``)
+
+    @property
+    def M(self) -> int:
+        return self.schedule.M
+
+    @property
+    def v(self) -> int:
+        return self.schedule.v
+
+    @property
+    def checkpoint_text(self) -> str:
+        if not any(self.checkpoint):
+            return "none"
+        if all(self.checkpoint):
+            return "full"
+        return ",".join(str(s) for s, c in enumerate(self.checkpoint) if c)
+
+
+@dataclass
+class PlanResult:
+    best: Candidate
+    candidates: list[Candidate]   # fastest first; those over budget last
+    budget: float | None
+
+
+def microbatch_sizes(batch: int, M: int) -> list[int]:
+    """The runtime's split: sizes differ by at most one, the larger first."""
+    k, r = divmod(batch, M)
+    return [k + 1 if i < r else k for i in range(M)]
+
+
+def default_microbatches(P: int, batch: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, ... and P, 2P, 4P, 8P, up to min(batch, 8P, 256)."""
+    top = min(batch, max(8 * P, 8), 256)
+    out, m = {P, 2 * P, 4 * P, 8 * P}, 1
+    while m <= top:
+        out |= {m, m + m // 2}
+        m *= 2
+    return sorted(x for x in out if 1 <= x <= top)
+
+
+def _build(name: str, P: int, M: int, v: int) -> Schedule | None:
+    try:
+        if v == 1:
+            return build_schedule(name, P, M)
+        return build_schedule(name, P, M, v=v)
+    except (ConveyorError, TypeError, ValueError):
+        return None  # this schedule does not take these P, M or v
+
+
+def _in_flight(schedule: Schedule) -> list[int]:
+    """Per stage, the most micro-batches in flight (order only)."""
+    peak = [0] * schedule.S
+    held = [0] * schedule.S
+    for row in schedule.actions:
+        for a in row:
+            if a.kind == F:
+                held[a.stage] += 1
+                peak[a.stage] = max(peak[a.stage], held[a.stage])
+            elif a.kind in (B, W):
+                held[a.stage] -= 1
+    return peak
+
+
+class _Searcher:
+    def __init__(self, profile: Profile, P: int, batch: int, budget: float | None,
+                 refine: bool):
+        self.prof, self.P, self.batch, self.budget, self.refine = profile, P, batch, budget, refine
+        layers = profile.layers
+        self.cut_max = max([profile.input_bytes] + [x.out_bytes for x in layers])
+        self.saved_pre = _pre([x.saved_bytes for x in layers])
+        self.static_pre = _pre([x.static_bytes for x in layers])
+
+    def layer_times(self, n: float, ckpt: bool) -> list[float]:
+        return [x.forward.at(n) * (2 if ckpt else 1) + x.backward.at(n) for x in self.prof.layers]
+
+    def fits_fn(self, schedule: Schedule, n_max: int, checkpoint: list[bool]):
+        """A monotone per-stage memory check for the solver: the cut bytes are
+        bounded by the largest cut, so a block keeps fitting as it shrinks."""
+        if self.budget is None:
+            return None
+        flight = _in_flight(schedule)
+        per_rank = [len(schedule.stages_of(r)) for r in range(schedule.P)]
+        share = [self.budget / per_rank[schedule.placement[s]] for s in range(schedule.S)]
+        sp, st, cm = self.saved_pre, self.static_pre, self.cut_max
+
+        def fits(s, a, b):
+            saved = sp[b] - sp[a]
+            if checkpoint[s]:
+                need = flight[s] * 2 * cm * n_max + saved * n_max
+            else:
+                need = flight[s] * (2 * cm + saved) * n_max
+            return st[b] - st[a] + need <= share[s]
+
+        return fits
+
+    def evaluate(self, schedule, balance, checkpoint, sizes) -> Candidate:
+        sc = stage_costs(self.prof, balance, sizes, checkpoint)
+        c = Candidate(schedule, list(balance), list(checkpoint), list(sizes))
+        c.peak_bytes = rank_memory(schedule, sc)
+        c.fits = self.budget is None or max(c.peak_bytes) <= self.budget
+        tl = simulate(schedule, sc.cost_model(self.prof.latency, self.prof.bandwidth),
+                      check=False, unit="s")
+        c.step, c.bubble = tl.step_time, tl.bubble_overall
+        return c
+
+    def solve(self, schedule: Schedule, checkpoint: list[bool], sizes: list[int],
+              constrained: bool) -> list[int] | None:
+        n = sum(sizes) / len(sizes)
+        if all(c == checkpoint[0] for c in checkpoint):
+            times = self.layer_times(n, checkpoint[0])
+        else:  # mixed: charge the recompute everywhere (a bound), memory decides the rest
+            times = self.layer_times(n, True)
+        fits = self.fits_fn(schedule, max(sizes), checkpoint) if constrained else None
+        try:
+            return balanced_partition(times, schedule.S, fits=fits)
+        except PlanError:
+            raise
+        except ConveyorError:
+            return None
+
+    def configure(self, schedule: Schedule) -> Candidate | None:
+        sizes = microbatch_sizes(self.batch, schedule.M)
+        S = schedule.S
+        ckpt = [False] * S
+        bal = self.solve(schedule, ckpt, sizes, constrained=False)
+        if bal is None:
+            return None
+        cand = self.evaluate(schedule, bal, ckpt, sizes)
+        if not cand.fits:
+            tries = []
+            over = {r for r, b in enumerate(cand.peak_bytes) if b > self.budget}
+            tries.append([schedule.placement[s] in over for s in range(S)])
+            tries.append([True] * S)
+            for ck in [[False] * S] + tries:
+                b2 = self.solve(schedule, ck, sizes, constrained=True) or bal
+                c2 = self.evaluate(schedule, b2, ck, sizes)
+                if c2.fits:
+                    cand = c2
+                    break
+                if max(c2.peak_bytes) < max(cand.peak_bytes):
+                    cand = c2
+        if cand.fits and self.refine:
+            cand = self.improve(cand)
+        return cand
+
+    def improve(self, cand: Candidate, rounds: int = 2) -> Candidate:
+        """Move one boundary by one layer at a time while the simulated step falls."""
+        if cand.schedule.S > 16:
+            return cand
+        for _ in range(rounds):
+            better = False
+            for c in range(cand.schedule.S - 1):
+                for d in (-1, 1):
+                    bal = list(cand.balance)
+                    bal[c] += d
+                    bal[c + 1] -= d
+                    if min(bal) < 1:
+                        continue
+                    trial = self.evaluate(cand.schedule, bal, cand.checkpoint, cand.sizes)
+                    if trial.fits and trial.step < cand.step * (1 - 1e-9):
+                        cand, better = trial, True
+            if not better:
+                break
+        return cand
+
+
+def _pre(values) -> list[float]:
+    out = [0.0]
+    for x in values:
+        out.append(out[-1] + x)
+    return out
+
+
+def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
+           schedules: list[str] | None = None, microbatches: list[int] | None = None,
+           chunks: tuple[int, ...] = (1, 2), refine: bool = True) -> PlanResult:
+    """Find the fastest plan for ``profile`` on P ranks, a batch of ``batch``
+    samples and ``memory`` bytes per rank (None: unlimited).
+
+    Returns a PlanResult with every candidate, fastest first. Raises PlanError
+    when P, batch or M are invalid, when the budget is below what one layer
+    alone needs, or when no candidate fits (naming the shortfall and the
+    smallest budget that would fit).
+    """
+    _check(profile, P, batch, memory, microbatches)
+    names = schedules or [n for n in schedule_names()]
+    Ms = microbatches or default_microbatches(P, batch)
+    srch = _Searcher(profile, P, batch, memory, refine)
+    cands: list[Candidate] = []
+    for name in names:
+        for M in Ms:
+            seen_S = set()
+            for v in chunks:
+                sched = _build(name, P, M, v)
+                if sched is None or sched.S in seen_S or sched.S > profile.L:
+                    continue
+                if name == "naive" and M != 1:
+                    continue  # naive ignores M: one copy is enough
+                seen_S.add(sched.S)
+                cand = srch.configure(sched)
+                if cand is not None:
+                    cands.append(cand)
+    if not cands:
+        raise PlanError(f"no schedule among {names} builds for P={P}, M in {Ms} with "
+                        f"{profile.L} layers; use fewer ranks or other micro-batch counts")
+    cands.sort(key=lambda c: (not c.fits, c.step if c.fits else max(c.peak_bytes)))
+    best = cands[0]
+    if not best.fits:
+        raise PlanError(_over_budget(best, memory, P))
+    _explain(cands, best, memory)
+    return PlanResult(best, cands, memory)
+
+
+def _check(profile, P, batch, memory, microbatches) -> None:
+    for name, x in (("P", P), ("batch", batch)):
+        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+            raise PlanError(f"{name}={x!r} must be a positive integer")
+    if microbatches:
+        big = [m for m in microbatches if m > batch]
+        if big:
+            raise PlanError(f"batch {batch} is smaller than M={big[0]}: every micro-batch needs "
+                            f"at least one sample; use M <= {batch} or a batch of at least "
+                            f"{big[0]}")
+    if memory is not None:
+        need = [(x.static_bytes, j) for j, x in enumerate(profile.layers)]
+        most, j = max(need)
+        if memory < most:
+            raise PlanError(
+                f"memory budget {fmt_bytes(memory)} is below what layer {j} "
+                f"({profile.layers[j].kind}) alone needs: {fmt_bytes(most)} of parameters and "
+                f"optimizer state; no split can fit. Raise the budget to at least "
+                f"{fmt_bytes(most)} (plus activations)")
+
+
+def _over_budget(best: Candidate, memory: float, P: int) -> str:
+    need = max(best.peak_bytes)
+    return (f"no plan fits {fmt_bytes(memory)} per rank on P={P}: the leanest, "
+            f"{best.schedule.name} M={best.M} v={best.v} checkpoint={best.checkpoint_text}, "
+            f"needs {fmt_bytes(need)} on its fullest rank, {fmt_bytes(need - memory)} over. "
+            f"What would fit: --memory {fmt_bytes(need)}, or more ranks")
+
+
+def _explain(cands: list[Candidate], best: Candidate, memory: float | None) -> None:
+    for c in cands:
+        if c is best:
+            c.note = "best"
+        elif not c.fits:
+            r = max(range(len(c.peak_bytes)), key=lambda r: c.peak_bytes[r])
+            c.note = f"over budget on rank {r} by {fmt_bytes(c.peak_bytes[r] - memory)}"
+        else:
+            c.note = f"{(c.step / best.step - 1) * 100:+.1f}% step"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, k in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if abs(n) >= k:
+            return f"{n / k:.2f} {unit}"
+    return f"{n:.0f} B"
