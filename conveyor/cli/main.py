@@ -21,7 +21,8 @@ from conveyor.errors import ConveyorError
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # Order is the order of `conveyor --help`.
-COMMANDS = ["demo", "train", "simulate", "schedules", "viz", "plot", "trace", "bench"]
+COMMANDS = ["demo", "train", "simulate", "schedules", "viz", "plot", "trace", "bench",
+            "profile", "plan"]
 
 
 class UsageError(ConveyorError):
