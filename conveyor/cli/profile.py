@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
                    help="whose state to count: adam, adamw, momentum, sgd, none (adam)")
     p.add_argument("--links", action="store_true",
                    help="also measure latency and bandwidth between two local ranks (gloo)")
+    p.add_argument("--threads", type=int_at_least(1), default=1,
+                   help="torch CPU threads, as each rank of the run will use (1)")
     p.add_argument("-o", "--output", default="profile.json", help="profile file to write")
     p.set_defaults(func=run)
 
@@ -53,8 +55,11 @@ def load_factory(spec: str):
 
 
 def run(args) -> int:
+    import torch
+
     from conveyor.runtime.profile import measure_links, profile
 
+    torch.set_num_threads(args.threads)
     got = load_factory(args.model)()
     if not (isinstance(got, tuple) and len(got) == 2):
         raise PlanError(f"--model {args.model}: the function must return (model, sample_batch)")

@@ -14,8 +14,9 @@ checkpointed, the schedule's placement) this gives:
 
 Activations held per micro-batch of n samples on a stage of layers a..b-1:
 the stage's input (the cut before a), every layer's saved tensors other than
-its input, and the stage's output unless its last layer saved it already. A
-checkpointed stage keeps only its input and output.
+its input, and the stage's output unless its last layer saved it already (the
+last stage's output turns into the loss). A checkpointed stage keeps only its
+input and output.
 """
 
 from __future__ import annotations
@@ -98,16 +99,19 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     layers = profile.layers
     cut_in = [profile.input_bytes] + [lay.out_bytes for lay in layers]  # cut before layer j
     fw, ig, wg, held, rec, static = [], [], [], [], [], []
+    S = len(balance)
     for s, r in enumerate(stage_ranges(balance)):
         ls = layers[r.start:r.stop]
         f = [sum(x.forward.at(n) for x in ls) for n in sizes]
         i = [sum(x.input_grad.at(n) for x in ls) for n in sizes]
         w = [sum(x.weight_grad.at(n) for x in ls) for n in sizes]
         saved = sum(x.saved_bytes for x in ls)
-        out = 0.0 if ls[-1].saves_output else ls[-1].out_bytes
+        # The last stage's output becomes the loss: only what the loss saves stays.
+        kept_out = 0.0 if s == S - 1 else ls[-1].out_bytes
+        out = 0.0 if ls[-1].saves_output else kept_out
         if checkpoint[s]:
             i = [a + b for a, b in zip(i, f)]  # the forward runs again before I
-            held.append(cut_in[r.start] + ls[-1].out_bytes)
+            held.append(cut_in[r.start] + kept_out)
             rec.append(saved)
         else:
             held.append(cut_in[r.start] + saved + out)
@@ -122,13 +126,17 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
                       tuple(static), tuple(cuts))
 
 
-def rank_memory(schedule: Schedule, costs: StageCosts) -> list[float]:
+def rank_memory(schedule: Schedule, costs: StageCosts, *, static: bool = True,
+                recompute: bool = True) -> list[float]:
     """Peak bytes per rank: static bytes of its stages plus the most activation
-    bytes held at once while it runs its actions in order (see module doc)."""
+    bytes held at once while it runs its actions in order (see module doc).
+    ``static=False`` leaves out parameters and optimizer state, ``recompute=
+    False`` the transient bytes of a checkpointed stage's recomputation (what
+    the runtime's activation counter sees)."""
     sizes = costs.sizes
     peaks = []
     for r, row in enumerate(schedule.actions):
-        static = sum(costs.static_bytes[s] for s in schedule.stages_of(r))
+        fixed = sum(costs.static_bytes[s] for s in schedule.stages_of(r)) if static else 0.0
         held = peak = 0.0
         for a in row:
             s, kind = a.stage, a.kind
@@ -136,10 +144,11 @@ def rank_memory(schedule: Schedule, costs: StageCosts) -> list[float]:
                 held += costs.held_per_sample[s] * sizes[a.mb]
                 peak = max(peak, held)
             elif kind in (B, I):
-                peak = max(peak, held + costs.recompute_per_sample[s] * sizes[a.mb])
+                if recompute:
+                    peak = max(peak, held + costs.recompute_per_sample[s] * sizes[a.mb])
                 if kind == B:
                     held -= costs.held_per_sample[s] * sizes[a.mb]
             elif kind == W:
                 held -= costs.held_per_sample[s] * sizes[a.mb]
-        peaks.append(static + peak)
+        peaks.append(fixed + peak)
     return peaks
