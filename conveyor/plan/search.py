@@ -272,8 +272,8 @@ def _check(profile, P, batch, memory, microbatches) -> None:
                             f"at least one sample; use M <= {batch} or a batch of at least "
                             f"{big[0]}")
     if memory is not None:
-        need = [(x.static_bytes, j) for j, x in enumerate(profile.layers)]
-        most, j = max(need)
+        j = max(range(profile.L), key=lambda j: profile.layers[j].static_bytes)
+        most = profile.layers[j].static_bytes
         if memory < most:
             raise PlanError(
                 f"memory budget {fmt_bytes(memory)} is below what layer {j} "
