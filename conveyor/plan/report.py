@@ -30,7 +30,9 @@ def plan_table(result: PlanResult, *, top: int = 8) -> str:
                  f"{'' if min(b.sizes) == max(b.sizes) else '-' + str(max(b.sizes))}), "
                  f"v={b.v}, balance {b.balance}, checkpoint {b.checkpoint_text}: predicted "
                  f"step {_time(b.step)}, bubble {b.bubble:.1%}; budget {budget}; "
-                 f"{len(result.candidates)} plans simulated")
+                 f"{len(result.candidates)} plans considered, "
+                 f"{sum(1 for c in result.candidates if c.bubble == c.bubble and c.fits)} "
+                 f"simulated")
     return "\n".join(lines)
 
 
@@ -41,8 +43,10 @@ def _row(k: int, c) -> list:
     peaks = " ".join(fmt_bytes(x).replace(" ", "") for x in c.peak_bytes[:4])
     if len(c.peak_bytes) > 4:
         peaks += f" ..max {fmt_bytes(max(c.peak_bytes)).replace(' ', '')}"
-    return [k, c.schedule.name, c.M, c.v, bal, c.checkpoint_text, _time(c.step),
-            f"{c.bubble:.1%}", peaks, c.note]
+    simulated = c.fits and c.bubble == c.bubble  # NaN: skipped by the bound
+    return [k, c.schedule.name, c.M, c.v, bal, c.checkpoint_text,
+            _time(c.step) if simulated else "-", f"{c.bubble:.1%}" if simulated else "-",
+            peaks, c.note]
 
 
 def _time(t: float) -> str:

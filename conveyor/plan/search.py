@@ -47,6 +47,8 @@ class Candidate:
     peak_bytes: list[float] = field(default_factory=list)
     fits: bool = True
     note: str = ""          # why it lost (filled in by ``search``)
+    bound: float = 0.0      # the busiest rank's compute: no step can be shorter
+    _costs: object = None
 
     @property
     def M(self) -> int:
@@ -143,12 +145,25 @@ class _Searcher:
 
         return fits
 
-    def evaluate(self, schedule, balance, checkpoint, sizes) -> Candidate:
+    def evaluate(self, schedule, balance, checkpoint, sizes, *, timed: bool = True) -> Candidate:
+        """Memory, a lower bound on the step, and (``timed``) the simulated step."""
         sc = stage_costs(self.prof, balance, sizes, checkpoint)
         c = Candidate(schedule, list(balance), list(checkpoint), list(sizes))
         c.peak_bytes = rank_memory(schedule, sc)
         c.fits = self.budget is None or max(c.peak_bytes) <= self.budget
-        tl = simulate(schedule, sc.cost_model(self.prof.latency, self.prof.bandwidth),
+        # No rank can finish before its own compute: a bound that skips the
+        # simulation of candidates that cannot win.
+        busy = [0.0] * schedule.P
+        for s, r in enumerate(schedule.placement):
+            busy[r] += sum(sc.forward[s]) + sum(sc.input_grad[s]) + sum(sc.weight_grad[s])
+        c.bound = max(busy)
+        c._costs = sc
+        if timed:
+            self.time(c)
+        return c
+
+    def time(self, c: Candidate) -> Candidate:
+        tl = simulate(c.schedule, c._costs.cost_model(self.prof.latency, self.prof.bandwidth),
                       check=False, unit="s")
         c.step, c.bubble = tl.step_time, tl.bubble_overall
         return c
@@ -175,7 +190,7 @@ class _Searcher:
         bal = self.solve(schedule, ckpt, sizes, constrained=False)
         if bal is None:
             return None
-        cand = self.evaluate(schedule, bal, ckpt, sizes)
+        cand = self.evaluate(schedule, bal, ckpt, sizes, timed=False)
         if not cand.fits:
             tries = []
             over = {r for r, b in enumerate(cand.peak_bytes) if b > self.budget}
@@ -183,14 +198,12 @@ class _Searcher:
             tries.append([True] * S)
             for ck in [[False] * S] + tries:
                 b2 = self.solve(schedule, ck, sizes, constrained=True) or bal
-                c2 = self.evaluate(schedule, b2, ck, sizes)
+                c2 = self.evaluate(schedule, b2, ck, sizes, timed=False)
                 if c2.fits:
                     cand = c2
                     break
                 if max(c2.peak_bytes) < max(cand.peak_bytes):
                     cand = c2
-        if cand.fits and self.refine:
-            cand = self.improve(cand)
         return cand
 
     def improve(self, cand: Candidate, rounds: int = 2) -> Candidate:
@@ -206,7 +219,11 @@ class _Searcher:
                     bal[c + 1] -= d
                     if min(bal) < 1:
                         continue
-                    trial = self.evaluate(cand.schedule, bal, cand.checkpoint, cand.sizes)
+                    trial = self.evaluate(cand.schedule, bal, cand.checkpoint, cand.sizes,
+                                          timed=False)
+                    if not trial.fits or trial.bound >= cand.step:
+                        continue
+                    self.time(trial)
                     if trial.fits and trial.step < cand.step * (1 - 1e-9):
                         cand, better = trial, True
             if not better:
@@ -253,12 +270,30 @@ def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
     if not cands:
         raise PlanError(f"no schedule among {names} builds for P={P}, M in {Ms} with "
                         f"{profile.L} layers; use fewer ranks or other micro-batch counts")
+    _simulate_in_bound_order(srch, cands)
     cands.sort(key=lambda c: (not c.fits, c.step if c.fits else max(c.peak_bytes)))
+    if refine:
+        top = [srch.improve(c) for c in cands[:3] if c.fits]
+        cands = top + cands[len(top):]
+        cands.sort(key=lambda c: (not c.fits, c.step if c.fits else max(c.peak_bytes)))
     best = cands[0]
     if not best.fits:
         raise PlanError(_over_budget(best, memory, P))
     _explain(cands, best, memory)
     return PlanResult(best, cands, memory)
+
+
+def _simulate_in_bound_order(srch: _Searcher, cands: list[Candidate]) -> None:
+    """Simulate fitting candidates from the smallest lower bound up; stop once
+    a bound exceeds the best step found (the rest cannot win; their step is
+    left as the bound, marked in the note)."""
+    best = float("inf")
+    for c in sorted((c for c in cands if c.fits), key=lambda c: c.bound):
+        if c.bound >= best:
+            c.step, c.bubble, c.note = c.bound, float("nan"), "bound"
+            continue
+        srch.time(c)
+        best = min(best, c.step)
 
 
 def _check(profile, P, batch, memory, microbatches) -> None:
@@ -297,6 +332,9 @@ def _explain(cands: list[Candidate], best: Candidate, memory: float | None) -> N
         elif not c.fits:
             r = max(range(len(c.peak_bytes)), key=lambda r: c.peak_bytes[r])
             c.note = f"over budget on rank {r} by {fmt_bytes(c.peak_bytes[r] - memory)}"
+        elif c.note == "bound":
+            c.note = f"its busiest rank alone takes {(c.bound / best.step - 1) * 100:+.1f}% of " \
+                     f"the best step (not simulated)"
         else:
             c.note = f"{(c.step / best.step - 1) * 100:+.1f}% step"
 

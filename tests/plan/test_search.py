@@ -46,7 +46,7 @@ def test_memory_budget_rules_out_gpipe_and_says_by_how_much():
     # GPipe holds all 16 micro-batches: it fits only by recomputing, and loses
     loser = next(c for c in tight.candidates if c.schedule.name == "gpipe")
     assert not loser.fits or any(loser.checkpoint)
-    assert loser.step > tight.best.step and loser.note.endswith("% step")
+    assert loser.step > tight.best.step and "%" in loser.note
 
 
 def test_checkpointing_is_chosen_when_nothing_else_fits_and_costs_a_forward():
