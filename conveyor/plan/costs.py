@@ -103,8 +103,12 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     for s, r in enumerate(stage_ranges(balance)):
         ls = layers[r.start:r.stop]
         f = [sum(x.forward.at(n) for x in ls) for n in sizes]
-        i = [sum(x.input_grad.at(n) for x in ls) for n in sizes]
-        w = [sum(x.weight_grad.at(n) for x in ls) for n in sizes]
+        # I and W, timed alone, each pay for parts of the backward they share
+        # (a layer with one autograd node runs all of it for either): keep the
+        # full backward B as measured, and split it as I = min(I, B), W = B - I.
+        b = [sum(x.backward.at(n) for x in ls) for n in sizes]
+        i = [sum(min(x.input_grad.at(n), x.backward.at(n)) for x in ls) for n in sizes]
+        w = [bb - ii for bb, ii in zip(b, i)]
         saved = sum(x.saved_bytes for x in ls)
         # The last stage's output becomes the loss: only what the loss saves stays.
         kept_out = 0.0 if s == S - 1 else ls[-1].out_bytes
