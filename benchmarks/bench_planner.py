@@ -4,7 +4,7 @@
     python benchmarks/bench_planner.py --speed       # planner search time, P <= 64, L <= 1024
     conveyor profile --model benchmarks/bench_planner.py:unbalanced   # the model, by hand
 
-The model: an embedding-heavy first layer (6 units), 8 narrow blocks (1 unit),
+The model: an embedding-heavy first layer (8 units), 8 narrow blocks (1 unit),
 4 wide blocks (2 units) and a head 3x a narrow block (3 units), 14 layers.
 Every layer is an emulated device layer (``conveyor.runtime.emulated``): it
 sleeps, holding no core, for units x (FIXED + PER_SAMPLE x n) seconds forward
@@ -35,8 +35,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-UNITS = [6] + [1] * 8 + [2] * 4 + [3]
-FIXED, PER_SAMPLE = 0.0001, 0.00015          # seconds per unit: per call, per sample
+UNITS = [8] + [1] * 8 + [2] * 4 + [3]
+FIXED, PER_SAMPLE = 0.00005, 0.0006          # seconds per unit: per call, per sample
 WIDTH, BATCH, P, SEED_M = 256, 64, 4, 8
 # torch.distributed.pipelining's schedules, by the names of conveyor's same orders
 TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
@@ -78,27 +78,32 @@ def _loss(out, y):
 
 
 def _run_rank(ctx, configs, steps, warmup):
-    """Each config: warm-up steps, then ``steps`` recorded steps; rank 0 returns
-    the measured step times and every rank its peak activation bytes."""
+    """Builds every config's pipeline, then runs their steps in turns (a noisy
+    moment on the machine hits all alike): ``warmup`` steps, then ``steps``
+    recorded ones each. Rank 0 returns the measured step times; every rank its
+    peak activation bytes."""
     import torch
 
     from conveyor.runtime import Pipeline, PipelineConfig
 
     torch.set_num_threads(1)
-    out = []
+    pipes = []
     for cfg in configs:
         model, x = unbalanced()
-        y = torch.randn_like(x)
-        pipe = Pipeline(model, loss_fn=_loss, optimizer=lambda ps: torch.optim.Adam(ps, 1e-3),
-                        ctx=ctx, config=PipelineConfig(track_memory=True), **cfg["kw"])
-        times, peaks = [], []
-        for k in range(warmup + steps):
+        pipes.append(Pipeline(model, loss_fn=_loss,
+                              optimizer=lambda ps: torch.optim.Adam(ps, 1e-3), ctx=ctx,
+                              config=PipelineConfig(track_memory=True), **cfg["kw"]))
+    y = torch.randn_like(x)
+    times = [[] for _ in configs]
+    peaks = [0] * len(configs)
+    for k in range(warmup + steps):
+        for c, pipe in enumerate(pipes):
             res = pipe.step(x, y, record=k >= warmup)
-            peaks.append(res.stats.get("peak_activation_bytes", 0))
+            peaks[c] = max(peaks[c], res.stats.get("peak_activation_bytes", 0))
             if res.timeline is not None:
-                times.append(res.timeline.step_time)
-        out.append({"name": cfg["name"], "rank": ctx.rank, "times": times, "peak": max(peaks)})
-    return out
+                times[c].append(res.timeline.step_time)
+    return [{"name": cfg["name"], "rank": ctx.rank, "times": times[c], "peak": peaks[c]}
+            for c, cfg in enumerate(configs)]
 
 
 def _predict(prof, name, M, balance, ckpt=None):
@@ -208,7 +213,7 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true", help="time the planner's search only")
     ap.add_argument("--steps", type=int, default=7, help="recorded steps per config (7)")
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=5, help="profile: timed calls per layer")
+    ap.add_argument("--repeats", type=int, default=7, help="profile: timed calls per layer")
     ap.add_argument("--out", default=str(HERE / "planner.json"))
     args = ap.parse_args()
     if args.speed:

@@ -72,7 +72,7 @@ def run(args) -> int:
     total_b = sum(x.backward.at(prof.batch[0]) for x in prof.layers)
     heavy = max(range(prof.L), key=lambda j: prof.layers[j].forward.at(prof.batch[0])
                 + prof.layers[j].backward.at(prof.batch[0]))
-    print(f"profiled {prof.L} layers at batch {prof.batch[0]} (and {prof.batch[1]}), median of "
+    print(f"profiled {prof.L} layers at batch {'/'.join(map(str, prof.batch))}, median of "
           f"{prof.repeats}: forward {total_f * 1e3:.2f} ms, backward {total_b * 1e3:.2f} ms; "
           f"heaviest layer {heavy} ({prof.layers[heavy].kind})")
     if links:

@@ -6,7 +6,7 @@ docs/planning.md):
 
     format      "conveyor.profile/1"
     model       {"name", "layers": L, "fingerprint"}: which model was measured
-    batch       the sample batch sizes measured, e.g. [16, 8]
+    batch       the sample batch sizes measured, e.g. [16, 8, 4]
     device      where it ran ("cpu", "cuda:0", ...)
     repeats     timed calls per measurement (median taken after warm-up)
     input_bytes bytes per sample of the model's input (the cut before layer 0)
@@ -48,12 +48,21 @@ class Affine:
         return self.fixed + self.per_sample * n
 
     @classmethod
-    def fit(cls, n0: int, t0: float, n1: int, t1: float) -> "Affine":
-        """Through two measurements; clamped so neither part is negative (noise)."""
-        if n0 == n1:
-            return cls(0.0, max(t0, 0.0) / n0)
-        b = max((t0 - t1) / (n0 - n1), 0.0)
-        a = max(t0 - b * n0, 0.0)
+    def fit(cls, points) -> "Affine":
+        """Least squares through ``[(n, seconds), ...]``; clamped so neither part
+        is negative (timing noise can tilt the line)."""
+        pts = [(float(n), float(t)) for n, t in points]
+        k = len(pts)
+        mean_n = sum(n for n, _ in pts) / k
+        mean_t = sum(t for _, t in pts) / k
+        var = sum((n - mean_n) ** 2 for n, _ in pts)
+        if var == 0:
+            return cls(0.0, max(mean_t, 0.0) / mean_n)
+        b = sum((n - mean_n) * (t - mean_t) for n, t in pts) / var
+        b = max(b, 0.0)
+        a = mean_t - b * mean_n
+        if a < 0:  # through the origin instead
+            a, b = 0.0, max(sum(n * t for n, t in pts) / sum(n * n for n, _ in pts), 0.0)
         return cls(a, b)
 
 

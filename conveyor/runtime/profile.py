@@ -1,8 +1,8 @@
 """The profiler: what each layer of a model costs, measured on a sample batch.
 
 For every layer (in order, each fed the previous layer's output) it measures,
-at the sample batch size n and at n/2 (so a time is known as fixed + per
-sample, see ``conveyor.plan.profile.Affine``):
+at the sample batch size n, n/2 and n/4 (a least-squares line gives each time
+as fixed + per sample, see ``conveyor.plan.profile.Affine``):
 
 - forward time, full backward time, input-gradient time (``autograd.grad``
   for the layer's input only) and weight-gradient time (for its parameters
@@ -184,10 +184,10 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     first = _tensors(sample_batch)
     if not first or first[0].shape[0] < 2:
         raise PlanError("the sample batch needs at least 2 samples along dim 0 (the profiler "
-                        "measures at n and n/2 to separate fixed from per-sample time)")
+                        "measures at n, n/2 and n/4 to separate fixed from per-sample time)")
     device = torch.device(device) if device is not None else first[0].device
     n0 = first[0].shape[0]
-    sizes = [n0, max(n0 // 2, 1)]
+    sizes = sorted({n0, max(n0 // 2, 1), max(n0 // 4, 1)}, reverse=True)
     _warm_up(layers, sample_batch, device, max(warmup, 1))
     bar = ProgressBar(len(layers) * len(sizes), title="profile ") if progress else None
     per_size = []
@@ -207,11 +207,11 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     state = OPTIMIZER_STATE[optimizer]
     out = []
     for j, layer in enumerate(layers):
-        a, b = per_size[0][j], per_size[1][j]
+        a = per_size[0][j]
         pbytes = sum(p.numel() * p.element_size() for p in layer.parameters())
         out.append(LayerProfile(
             name=str(j), kind=type(layer).__name__,
-            **{k: Affine.fit(sizes[0], a[k], sizes[1], b[k])
+            **{k: Affine.fit([(n, rows[j][k]) for n, rows in zip(sizes, per_size)])
                for k in ("forward", "backward", "input_grad", "weight_grad")},
             out_bytes=a["out_bytes"], saved_bytes=a["saved_bytes"],
             saves_output=a["saves_output"], param_bytes=pbytes, optim_bytes=state * pbytes))

@@ -18,7 +18,7 @@ def synthetic(units, *, fixed: float = 0.0, per_sample: float = 1e-3, act: float
         layers.append(LayerProfile(str(j), "Block", f, Affine(2 * u * fixed, 2 * u * per_sample),
                                    half, half, act, act, False, params, 2 * params))
     return Profile({"name": name, "layers": len(units), "fingerprint": name}, layers,
-                   input_bytes=act, batch=[16, 8])
+                   input_bytes=act, batch=[16, 8, 4])
 
 
 # embedding-heavy first layer, 8 narrow blocks, 4 wide blocks, a head 3x a block

@@ -137,3 +137,12 @@ def test_profile_round_trip_and_bad_files(tmp_path):
     d["model"]["layers"] = 3
     with pytest.raises(PlanError, match="model has 3 layers but the profile lists 2"):
         Profile.from_dict(d)
+
+
+def test_affine_fit_recovers_fixed_and_per_sample_time():
+    from conveyor.plan import Affine
+
+    got = Affine.fit([(16, 0.001 + 16 * 0.002), (8, 0.001 + 8 * 0.002), (4, 0.001 + 4 * 0.002)])
+    assert got.fixed == pytest.approx(0.001) and got.per_sample == pytest.approx(0.002)
+    # noise that would make the fixed part negative: the line goes through 0
+    assert Affine.fit([(8, 0.016), (4, 0.0075)]).fixed == 0.0

@@ -86,7 +86,7 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
     assert main(["profile", "--model", f"{tmp_path / 'm.py'}:make", "--repeats", "1",
                  "--links", "-o", str(prof_path)]) == 0
     out = capsys.readouterr().out
-    assert "profiled 7 layers at batch 8 (and 4)" in out and "links: latency" in out
+    assert "profiled 7 layers at batch 8/4/2" in out and "links: latency" in out
     data = json.loads(prof_path.read_text())
     assert data["format"] == "conveyor.profile/1" and data["links"]["latency"] > 0
     assert main(["plan", "--profile", str(prof_path), "-P", "2", "--batch", "16",
