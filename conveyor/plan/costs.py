@@ -14,7 +14,8 @@ checkpointed, the schedule's placement) this gives:
 
 Activations held per micro-batch of n samples on a stage of layers a..b-1:
 the stage's input (the cut before a), every layer's saved tensors other than
-its input, and the stage's output unless its last layer saved it already (the
+its input, the inputs its inner layers save (a layer's output that the next
+layer keeps), and the stage's output unless its last layer saved it already (the
 last stage's output turns into the loss). A checkpointed stage keeps only its
 input and output.
 """
@@ -28,7 +29,7 @@ from conveyor.plan.profile import Profile
 from conveyor.schedule.ir import B, F, I, W, Schedule
 from conveyor.sim.cost import CostModel
 
-__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "rank_memory"]
+__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "rank_memory", "inner_bytes"]
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,13 @@ class StageCosts:
             per_mb={F: fw, B: bw, I: ig, W: wg})
 
 
+def inner_bytes(layers, j: int) -> float:
+    """Bytes per sample that layer j keeps of the activation before it, inside
+    a stage: its input, when it saves it and layer j-1 has not saved it already."""
+    prev = layers[j - 1]
+    return prev.out_bytes if layers[j].saves_input and not prev.saves_output else 0.0
+
+
 def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     """Costs of ``balance`` (layer counts per stage) for micro-batches of
     ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward."""
@@ -109,7 +117,8 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
         b = [sum(x.backward.at(n) for x in ls) for n in sizes]
         i = [sum(min(x.input_grad.at(n), x.backward.at(n)) for x in ls) for n in sizes]
         w = [bb - ii for bb, ii in zip(b, i)]
-        saved = sum(x.saved_bytes for x in ls)
+        saved = sum(x.saved_bytes for x in ls) + sum(
+            inner_bytes(layers, j) for j in range(r.start + 1, r.stop))
         # The last stage's output becomes the loss: only what the loss saves stays.
         kept_out = 0.0 if s == S - 1 else ls[-1].out_bytes
         out = 0.0 if ls[-1].saves_output else kept_out

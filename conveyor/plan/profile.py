@@ -18,6 +18,8 @@ docs/planning.md):
         out_bytes          bytes per sample of the layer's output (cut after it)
         saved_bytes        bytes per sample saved for backward, other than the
                            layer's input (saved_tensors_hooks, unique storages)
+        saves_input        whether it saves its input (then, inside a stage,
+                           the previous layer's output stays alive)
         saves_output       whether the saved tensors include the output
         param_bytes        bytes of the layer's parameters
         optim_bytes        bytes of optimizer state (2x params for Adam)
@@ -81,6 +83,7 @@ class LayerProfile:
     saves_output: bool
     param_bytes: int
     optim_bytes: int
+    saves_input: bool = False
 
     @property
     def static_bytes(self) -> int:
@@ -137,7 +140,8 @@ class Profile:
                                                 "weight_grad")},
                 out_bytes=float(x["out_bytes"]), saved_bytes=float(x["saved_bytes"]),
                 saves_output=bool(x["saves_output"]), param_bytes=int(x["param_bytes"]),
-                optim_bytes=int(x["optim_bytes"])) for x in d["layers"]]
+                optim_bytes=int(x["optim_bytes"]), saves_input=bool(x.get("saves_input")))
+                for x in d["layers"]]
             prof = cls(model=dict(d["model"]), layers=layers,
                        input_bytes=float(d["input_bytes"]), batch=list(d.get("batch", [])),
                        device=str(d.get("device", "cpu")), repeats=int(d.get("repeats", 0)),

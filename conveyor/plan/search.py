@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from conveyor.errors import ConveyorError, PlanError
 from conveyor.partition import balanced_partition
-from conveyor.plan.costs import rank_memory, stage_costs
+from conveyor.plan.costs import inner_bytes, rank_memory, stage_costs
 from conveyor.plan.profile import Profile
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.ir import B, F, W, Schedule
@@ -119,7 +119,9 @@ class _Searcher:
         self.prof, self.P, self.batch, self.budget, self.refine = profile, P, batch, budget, refine
         layers = profile.layers
         self.cut_max = max([profile.input_bytes] + [x.out_bytes for x in layers])
-        self.saved_pre = _pre([x.saved_bytes for x in layers])
+        # Each layer's saved bytes plus, as a bound, the input it keeps
+        self.saved_pre = _pre([x.saved_bytes + (inner_bytes(layers, j) if j else 0.0)
+                               for j, x in enumerate(layers)])
         self.static_pre = _pre([x.static_bytes for x in layers])
 
     def layer_times(self, n: float, ckpt: bool) -> list[float]:

@@ -94,23 +94,28 @@ def _detached(y):
     return y.detach() if isinstance(y, torch.Tensor) else tuple(t.detach() for t in _tensors(y))
 
 
-def _saved_bytes(layer, x, param_ptrs: set) -> tuple[int, bool, object]:
+def _saved_bytes(layer, x, param_ptrs: set) -> tuple[int, bool, bool, object]:
     """Bytes autograd saves in one forward of ``layer`` (unique storages, not
-    its input's nor parameters'), whether they include the output, the output."""
+    its input's nor parameters'), whether it saves its input, whether it saves
+    its output, and the output."""
     xi = _grad_leaf(x)
     in_ptrs = {t.untyped_storage().data_ptr() for t in _tensors(xi)}
     seen: dict[int, int] = {}
+    saves_input = False
 
     def pack(t):
+        nonlocal saves_input
         ptr = t.untyped_storage().data_ptr()
-        if ptr not in in_ptrs and ptr not in param_ptrs:
+        if ptr in in_ptrs:
+            saves_input = True
+        elif ptr not in param_ptrs:
             seen[ptr] = max(seen.get(ptr, 0), t.numel() * t.element_size())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         y = layer(xi)
     out_ptrs = {t.untyped_storage().data_ptr() for t in _tensors(y)}
-    return sum(seen.values()), bool(out_ptrs & set(seen)), y
+    return sum(seen.values()), saves_input, bool(out_ptrs & set(seen)), y
 
 
 def _measure_layer(layer, x, n: int, repeats: int, warmup: int, device) -> tuple[dict, object]:
@@ -118,9 +123,9 @@ def _measure_layer(layer, x, n: int, repeats: int, warmup: int, device) -> tuple
     params = [p for p in layer.parameters() if p.requires_grad]
     param_ptrs = {p.untyped_storage().data_ptr() for p in layer.parameters()}
     fwd = _median_time(lambda: layer(_grad_leaf(x)), repeats, warmup, device)
-    saved, saves_output, y = _saved_bytes(layer, x, param_ptrs)
+    saved, saves_input, saves_output, y = _saved_bytes(layer, x, param_ptrs)
     result = {"forward": fwd, "out_bytes": _nbytes(y) / n, "saved_bytes": saved / n,
-              "saves_output": saves_output, "backward": 0.0, "input_grad": 0.0,
+              "saves_input": saves_input, "saves_output": saves_output, "backward": 0.0, "input_grad": 0.0,
               "weight_grad": 0.0}
     if not any(t.requires_grad for t in _tensors(y)):
         return result, _detached(y)
@@ -214,7 +219,7 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
             **{k: Affine.fit([(n, rows[j][k]) for n, rows in zip(sizes, per_size)])
                for k in ("forward", "backward", "input_grad", "weight_grad")},
             out_bytes=a["out_bytes"], saved_bytes=a["saved_bytes"],
-            saves_output=a["saves_output"], param_bytes=pbytes, optim_bytes=state * pbytes))
+            saves_input=a["saves_input"], saves_output=a["saves_output"], param_bytes=pbytes, optim_bytes=state * pbytes))
     in_bytes = _nbytes(sample_batch) / n0
     return Profile(model={"name": name or type(model).__name__, "layers": len(layers),
                           "fingerprint": fingerprint(model)},

@@ -91,3 +91,17 @@ def test_balance_time_and_plan_run(runs, prof):
 def test_bad_checkpoint_option(option, message):
     with pytest.raises(PipelineError, match=message):
         resolve_checkpoint(option, 2)
+
+
+def test_inner_layers_that_keep_their_input_are_counted():
+    """Emulated layers save their input, which is the previous layer's output:
+    a stage of three keeps two inner activations besides its own input."""
+    from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[EmulatedLayer(4, EmulatedTimes(0.0, 0.0)) for _ in range(3)])
+    p = profile(model, torch.randn(4, 4), repeats=1, warmup=1, progress=False)
+    assert [x.saves_input for x in p.layers] == [True] * 3
+    assert [x.saved_bytes for x in p.layers] == [0, 0, 0]
+    sc = stage_costs(p, [3], [1], [False])
+    assert sc.held_per_sample == (3 * 16,)  # input + two inner activations, float32 x 4
