@@ -147,8 +147,9 @@ class _Searcher:
 
         return fits
 
-    def evaluate(self, schedule, balance, checkpoint, sizes, *, timed: bool = True) -> Candidate:
-        """Memory, a lower bound on the step, and (``timed``) the simulated step."""
+    def evaluate(self, schedule, balance, checkpoint, sizes) -> Candidate:
+        """A candidate with its memory and a lower bound on its step (``time``
+        simulates it)."""
         sc = stage_costs(self.prof, balance, sizes, checkpoint)
         c = Candidate(schedule, list(balance), list(checkpoint), list(sizes))
         c.peak_bytes = rank_memory(schedule, sc)
@@ -160,8 +161,6 @@ class _Searcher:
             busy[r] += sum(sc.forward[s]) + sum(sc.input_grad[s]) + sum(sc.weight_grad[s])
         c.bound = max(busy)
         c._costs = sc
-        if timed:
-            self.time(c)
         return c
 
     def time(self, c: Candidate) -> Candidate:
@@ -192,15 +191,13 @@ class _Searcher:
         bal = self.solve(schedule, ckpt, sizes, constrained=False)
         if bal is None:
             return None
-        cand = self.evaluate(schedule, bal, ckpt, sizes, timed=False)
+        cand = self.evaluate(schedule, bal, ckpt, sizes)
         if not cand.fits:
-            tries = []
+            # Re-cut under the limit; then checkpoint the ranks over it; then all.
             over = {r for r, b in enumerate(cand.peak_bytes) if b > self.budget}
-            tries.append([schedule.placement[s] in over for s in range(S)])
-            tries.append([True] * S)
-            for ck in [[False] * S] + tries:
+            for ck in ([False] * S, [schedule.placement[s] in over for s in range(S)], [True] * S):
                 b2 = self.solve(schedule, ck, sizes, constrained=True) or bal
-                c2 = self.evaluate(schedule, b2, ck, sizes, timed=False)
+                c2 = self.evaluate(schedule, b2, ck, sizes)
                 if c2.fits:
                     cand = c2
                     break
@@ -221,8 +218,7 @@ class _Searcher:
                     bal[c + 1] -= d
                     if min(bal) < 1:
                         continue
-                    trial = self.evaluate(cand.schedule, bal, cand.checkpoint, cand.sizes,
-                                          timed=False)
+                    trial = self.evaluate(cand.schedule, bal, cand.checkpoint, cand.sizes)
                     if not trial.fits or trial.bound >= cand.step:
                         continue
                     self.time(trial)
