@@ -16,6 +16,7 @@ from conveyor.runtime.profile import profile
 from conveyor.schedule import build_schedule
 from tests.runtime import _models
 from tests.runtime._plan_jobs import planned_job
+from tests.runtime.test_exactness import split_backward_1f1b
 
 DEPTH, BATCH = 4, 10          # 9 layers; micro-batches of 4, 3, 3 at M=3
 
@@ -38,6 +39,10 @@ def runs(prof, tmp_path_factory):
     cfgs = [dict(base, id=f"{s}-{c}", schedule=s, checkpoint=c)
             for s in ("gpipe", "1f1b") for c in ("none", "full")]
     cfgs.append(dict(base, id="1f1b-stage0", schedule="1f1b", checkpoint=[True, False]))
+    # split backward (I then W, as zero-bubble schedules run it) on recomputed stages
+    split = {k: v for k, v in base.items() if k != "microbatches"}
+    cfgs.append(dict(split, id="split-full", schedule=split_backward_1f1b(2, 3),
+                     checkpoint="full"))
     cfgs.append({"id": "time", "depth": DEPTH, "batch": BATCH, "schedule": "1f1b",
                  "microbatches": 3, "balance": "time", "profile": str(path)})
     cfgs.append({"id": "plan", "depth": DEPTH, "batch": BATCH, "plan": plan})
@@ -51,6 +56,8 @@ def test_gradients_stay_exact_with_checkpointing(runs):
         assert row["loss_err"] < 1e-10 and row["grad_err"] < 1e-10, (cid, rank, row)
     assert rows[("1f1b-full", 0)]["checkpointed"] == {0: True}
     assert rows[("1f1b-stage0", 1)]["checkpointed"] == {1: False}
+    assert rows[("split-full", 0)]["checkpointed"] == {0: True}
+    assert rows[("split-full", 0)]["schedule"] == "1f1b-split"
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
