@@ -168,7 +168,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
                                  "peak_activation_bytes": [r["peak"] for r in
                                                            sorted(mine, key=lambda r: r["rank"])]}
     predicted = {"seed": seed, "torch-pick": pick,
-                 "planner": {"schedule": best.schedule.name, "M": best.M, "v": best.v,
+                 "planner": {"schedule": best.name, "M": best.M, "v": best.v,
                              "balance": best.balance, "checkpoint": best.checkpoint,
                              "step": best.step, "bubble": best.bubble,
                              "peak_bytes": best.peak_bytes}}
@@ -201,7 +201,7 @@ def speed(cases) -> list[dict]:
         out.append({"P": P_, "L": L, "seconds": time.perf_counter() - t,
                     "candidates": len(res.candidates),
                     "simulated": sum(1 for c in res.candidates if c.bubble == c.bubble),
-                    "best": f"{res.best.schedule.name} "
+                    "best": f"{res.best.name} "
                     f"M={res.best.M} v={res.best.v}"})
         print(f"P={P_:3d} L={L:5d}: {out[-1]['seconds']:.2f} s, {out[-1]['candidates']} plans considered, "
               f"{out[-1]['simulated']} simulated, best {out[-1]['best']}", flush=True)

@@ -2,7 +2,7 @@
 
     from conveyor.plan import load_profile, search
     result = search(load_profile("prof.json"), P=4, batch=64, memory=16 * 2**30)
-    print(result.best.schedule.name, result.best.M, result.best.balance)
+    print(result.best.name, result.best.M, result.best.balance)
 
 The profiler that writes profiles is ``conveyor.profile`` (needs torch).
 """

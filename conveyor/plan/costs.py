@@ -101,6 +101,17 @@ def inner_bytes(layers, j: int) -> float:
     return prev.out_bytes if layers[j].saves_input and not prev.saves_output else 0.0
 
 
+def _block_times(ls, n: float) -> tuple[float, float, float]:
+    """(F, I, W) of a block of layers at n samples. I and W, timed alone, each
+    pay for parts of the backward they share (a layer with one autograd node
+    runs all of it for either): keep the full backward B as measured, and split
+    it as I = min(I, B), W = B - I."""
+    f = sum(x.forward.at(n) for x in ls)
+    b = sum(x.backward.at(n) for x in ls)
+    i = sum(min(x.input_grad.at(n), x.backward.at(n)) for x in ls)
+    return f, i, b - i
+
+
 def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     """Costs of ``balance`` (layer counts per stage) for micro-batches of
     ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward."""
@@ -110,13 +121,11 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     S = len(balance)
     for s, r in enumerate(stage_ranges(balance)):
         ls = layers[r.start:r.stop]
-        f = [sum(x.forward.at(n) for x in ls) for n in sizes]
-        # I and W, timed alone, each pay for parts of the backward they share
-        # (a layer with one autograd node runs all of it for either): keep the
-        # full backward B as measured, and split it as I = min(I, B), W = B - I.
-        b = [sum(x.backward.at(n) for x in ls) for n in sizes]
-        i = [sum(min(x.input_grad.at(n), x.backward.at(n)) for x in ls) for n in sizes]
-        w = [bb - ii for bb, ii in zip(b, i)]
+        # Sizes differ by at most one: price each distinct size once.
+        per = {n: _block_times(ls, n) for n in set(sizes)}
+        f = [per[n][0] for n in sizes]
+        i = [per[n][1] for n in sizes]
+        w = [per[n][2] for n in sizes]
         saved = sum(x.saved_bytes for x in ls) + sum(
             inner_bytes(layers, j) for j in range(r.start + 1, r.stop))
         # The last stage's output becomes the loss: only what the loss saves stays.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.plan.search import PlanResult, fmt_bytes
+from conveyor.plan.search import PlanResult, fmt_bytes, fmt_time
 
 __all__ = ["plan_table"]
 
@@ -15,21 +15,21 @@ def plan_table(result: PlanResult, *, top: int = 8) -> str:
     rows = []
     shown = set()
     for k, c in enumerate(result.candidates[:top]):
-        shown.add(c.schedule.name)
+        shown.add(c.name)
         rows.append(_row(k + 1, c))
     for k, c in enumerate(result.candidates[top:], start=top):
-        if c.schedule.name not in shown:
-            shown.add(c.schedule.name)
+        if c.name not in shown:
+            shown.add(c.name)
             rows.append(_row(k + 1, c))
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in rows]
     budget = "unlimited" if result.budget is None else fmt_bytes(result.budget)
     b = result.best
-    lines.append(f"best: {b.schedule.name}, M={b.M} (micro-batches of {min(b.sizes)}"
+    lines.append(f"best: {b.name}, M={b.M} (micro-batches of {min(b.sizes)}"
                  f"{'' if min(b.sizes) == max(b.sizes) else '-' + str(max(b.sizes))}), "
                  f"v={b.v}, balance {b.balance}, checkpoint {b.checkpoint_text}: predicted "
-                 f"step {_time(b.step)}, bubble {b.bubble:.1%}; budget {budget}; "
+                 f"step {fmt_time(b.step)}, bubble {b.bubble:.1%}; budget {budget}; "
                  f"{len(result.candidates)} plans considered, "
                  f"{sum(1 for c in result.candidates if c.bubble == c.bubble and c.fits)} "
                  f"simulated")
@@ -40,14 +40,10 @@ def _row(k: int, c) -> list:
     bal = ",".join(map(str, c.balance))
     if len(bal) > 24:
         bal = bal[:21] + "..."
-    peaks = " ".join(fmt_bytes(x).replace(" ", "") for x in c.peak_bytes[:4])
+    peaks = " ".join(fmt_bytes(x).replace(" ", "") for x in c.peak_bytes[:4]) or "-"
     if len(c.peak_bytes) > 4:
         peaks += f" ..max {fmt_bytes(max(c.peak_bytes)).replace(' ', '')}"
-    simulated = c.fits and c.bubble == c.bubble  # NaN: skipped by the bound
-    return [k, c.schedule.name, c.M, c.v, bal, c.checkpoint_text,
-            _time(c.step) if simulated else "-", f"{c.bubble:.1%}" if simulated else "-",
+    simulated = bool(c.fits) and c.bubble == c.bubble  # NaN: not simulated
+    return [k, c.name, c.M, c.v, bal, c.checkpoint_text,
+            fmt_time(c.step) if simulated else "-", f"{c.bubble:.1%}" if simulated else "-",
             peaks, c.note]
-
-
-def _time(t: float) -> str:
-    return f"{t * 1e3:.1f} ms" if t < 10 else f"{t:.2f} s"

@@ -36,27 +36,33 @@ __all__ = ["Candidate", "PlanResult", "search", "default_microbatches", "microba
 
 @dataclass
 class Candidate:
-    """One configuration and what the simulator predicts for it."""
+    """One configuration and what the simulator predicts for it.
 
-    schedule: Schedule
+    The schedule is built only when the candidate might win (``schedule`` is
+    None until then); ``S`` and ``placement`` come from a cheap probe build.
+    """
+
+    name: str
+    M: int
+    chunks: int             # the generator's v option (1: its default)
+    P: int
+    S: int
+    placement: tuple
     balance: list[int]
     checkpoint: list[bool]
     sizes: list[int]
+    schedule: Schedule | None = None
     step: float = float("inf")
-    bubble: float = 1.0
+    bubble: float = float("nan")
     peak_bytes: list[float] = field(default_factory=list)
-    fits: bool = True
+    fits: bool | None = None  # None: never built (it could not win)
     note: str = ""          # why it lost (filled in by ``search``)
-    bound: float = 0.0      # the busiest rank's compute: no step can be shorter
+    bound: float = 0.0      # no step can be shorter (see ``_Searcher.cost``)
     _costs: object = None
 
     @property
-    def M(self) -> int:
-        return self.schedule.M
-
-    @property
     def v(self) -> int:
-        return self.schedule.v
+        return self.S // self.P
 
     @property
     def checkpoint_text(self) -> str:
@@ -147,21 +153,36 @@ class _Searcher:
 
         return fits
 
-    def evaluate(self, schedule, balance, checkpoint, sizes) -> Candidate:
-        """A candidate with its memory and a lower bound on its step (``time``
-        simulates it)."""
-        sc = stage_costs(self.prof, balance, sizes, checkpoint)
-        c = Candidate(schedule, list(balance), list(checkpoint), list(sizes))
-        c.peak_bytes = rank_memory(schedule, sc)
-        c.fits = self.budget is None or max(c.peak_bytes) <= self.budget
-        # No rank can finish before its own compute: a bound that skips the
-        # simulation of candidates that cannot win.
-        busy = [0.0] * schedule.P
-        for s, r in enumerate(schedule.placement):
+    def cost(self, c: Candidate) -> Candidate:
+        """Stage costs and a lower bound on the step, without the schedule:
+        rank r computes nothing before the forwards of the stages before its
+        first stage have run for some micro-batch (plus a link latency per
+        cut crossed), and then needs its own compute."""
+        sc = stage_costs(self.prof, c.balance, c.sizes, c.checkpoint)
+        busy = [0.0] * c.P
+        first = [c.S] * c.P
+        for s, r in enumerate(c.placement):
             busy[r] += sum(sc.forward[s]) + sum(sc.input_grad[s]) + sum(sc.weight_grad[s])
-        c.bound = max(busy)
+            first[r] = min(first[r], s)
+        head, t = [0.0] * (c.S + 1), 0.0
+        for s in range(c.S):
+            head[s] = t
+            t += sc.forward[s][-1] + (self.prof.latency if s + 1 < c.S and
+                                      c.placement[s] != c.placement[s + 1] else 0.0)
+        c.bound = max(head[first[r]] + busy[r] for r in range(c.P))
         c._costs = sc
         return c
+
+    def memory(self, c: Candidate) -> Candidate:
+        c.peak_bytes = rank_memory(c.schedule, c._costs)
+        c.fits = self.budget is None or max(c.peak_bytes) <= self.budget
+        return c
+
+    def variant(self, c: Candidate, balance, checkpoint) -> Candidate:
+        """The same schedule with another cut or checkpointing, costed and sized."""
+        new = Candidate(c.name, c.M, c.chunks, c.P, c.S, c.placement, list(balance),
+                        list(checkpoint), c.sizes, schedule=c.schedule)
+        return self.memory(self.cost(new))
 
     def time(self, c: Candidate) -> Candidate:
         tl = simulate(c.schedule, c._costs.cost_model(self.prof.latency, self.prof.bandwidth),
@@ -169,56 +190,49 @@ class _Searcher:
         c.step, c.bubble = tl.step_time, tl.bubble_overall
         return c
 
-    def solve(self, schedule: Schedule, checkpoint: list[bool], sizes: list[int],
-              constrained: bool) -> list[int] | None:
-        n = sum(sizes) / len(sizes)
-        if all(c == checkpoint[0] for c in checkpoint):
+    def solve(self, c: Candidate, checkpoint: list[bool], constrained: bool) -> list[int] | None:
+        n = sum(c.sizes) / len(c.sizes)
+        if all(x == checkpoint[0] for x in checkpoint):
             times = self.layer_times(n, checkpoint[0])
         else:  # mixed: charge the recompute everywhere (a bound), memory decides the rest
             times = self.layer_times(n, True)
-        fits = self.fits_fn(schedule, max(sizes), checkpoint) if constrained else None
+        fits = self.fits_fn(c.schedule, max(c.sizes), checkpoint) if constrained else None
         try:
-            return balanced_partition(times, schedule.S, fits=fits)
-        except PlanError:
-            raise
+            return balanced_partition(times, c.S, fits=fits)
         except ConveyorError:
             return None
 
-    def configure(self, schedule: Schedule) -> Candidate | None:
-        sizes = microbatch_sizes(self.batch, schedule.M)
-        S = schedule.S
-        ckpt = [False] * S
-        bal = self.solve(schedule, ckpt, sizes, constrained=False)
-        if bal is None:
-            return None
-        cand = self.evaluate(schedule, bal, ckpt, sizes)
-        if not cand.fits:
-            # Re-cut under the limit; then checkpoint the ranks over it; then all.
-            over = {r for r, b in enumerate(cand.peak_bytes) if b > self.budget}
-            for ck in ([False] * S, [schedule.placement[s] in over for s in range(S)], [True] * S):
-                b2 = self.solve(schedule, ck, sizes, constrained=True) or bal
-                c2 = self.evaluate(schedule, b2, ck, sizes)
-                if c2.fits:
-                    cand = c2
-                    break
-                if max(c2.peak_bytes) < max(cand.peak_bytes):
-                    cand = c2
-        return cand
+    def fit(self, c: Candidate) -> Candidate:
+        """Memory of the built candidate; when a rank is over the budget, re-cut
+        under the limit, then checkpoint the ranks over it, then all stages."""
+        self.memory(c)
+        if c.fits:
+            return c
+        best, S = c, c.S
+        over = {r for r, b in enumerate(c.peak_bytes) if b > self.budget}
+        for ck in ([False] * S, [c.placement[s] in over for s in range(S)], [True] * S):
+            bal = self.solve(c, ck, constrained=True) or c.balance
+            c2 = self.variant(c, bal, ck)
+            if c2.fits:
+                return c2
+            if max(c2.peak_bytes) < max(best.peak_bytes):
+                best = c2
+        return best
 
     def improve(self, cand: Candidate, rounds: int = 2) -> Candidate:
         """Move one boundary by one layer at a time while the simulated step falls."""
-        if cand.schedule.S > 16:
+        if cand.S > 16:
             return cand
         for _ in range(rounds):
             better = False
-            for c in range(cand.schedule.S - 1):
+            for c in range(cand.S - 1):
                 for d in (-1, 1):
                     bal = list(cand.balance)
                     bal[c] += d
                     bal[c + 1] -= d
                     if min(bal) < 1:
                         continue
-                    trial = self.evaluate(cand.schedule, bal, cand.checkpoint, cand.sizes)
+                    trial = self.variant(cand, bal, cand.checkpoint)
                     if not trial.fits or trial.bound >= cand.step:
                         continue
                     self.time(trial)
@@ -253,27 +267,25 @@ def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
     srch = _Searcher(profile, P, batch, memory, refine)
     cands: list[Candidate] = []
     for name in names:
-        for M in Ms:
-            seen_S = set()
-            for v in chunks:
-                sched = _build(name, P, M, v)
-                if sched is None or sched.S in seen_S or sched.S > profile.L:
-                    continue
-                if name == "naive" and M != 1:
-                    continue  # naive ignores M: one copy is enough
-                seen_S.add(sched.S)
-                cand = srch.configure(sched)
-                if cand is not None:
-                    cands.append(cand)
+        seen_S: set[int] = set()
+        for v in chunks:
+            probe = next((sc for M in Ms if (sc := _build(name, P, M, v)) is not None), None)
+            if probe is None or probe.S in seen_S or probe.S > profile.L:
+                continue
+            seen_S.add(probe.S)
+            for M in ([1] if name == "naive" else Ms):  # naive ignores M
+                c = Candidate(name, M, v, P, probe.S, probe.placement, [], [False] * probe.S,
+                              microbatch_sizes(batch, M))
+                c.balance = srch.solve(c, c.checkpoint, constrained=False)
+                if c.balance is not None:
+                    cands.append(srch.cost(c))
     if not cands:
         raise PlanError(f"no schedule among {names} builds for P={P}, M in {Ms} with "
                         f"{profile.L} layers; use fewer ranks or other micro-batch counts")
-    _simulate_in_bound_order(srch, cands)
-    cands.sort(key=lambda c: (not c.fits, c.step if c.fits else max(c.peak_bytes)))
+    cands = _build_and_time(srch, cands)
     if refine:
         top = [srch.improve(c) for c in cands[:3] if c.fits]
-        cands = top + cands[len(top):]
-        cands.sort(key=lambda c: (not c.fits, c.step if c.fits else max(c.peak_bytes)))
+        cands = sorted(top + cands[len(top):], key=_rank)
     best = cands[0]
     if not best.fits:
         raise PlanError(_over_budget(best, memory, P))
@@ -281,17 +293,42 @@ def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
     return PlanResult(best, cands, memory)
 
 
-def _simulate_in_bound_order(srch: _Searcher, cands: list[Candidate]) -> None:
-    """Simulate fitting candidates from the smallest lower bound up; stop once
-    a bound exceeds the best step found (the rest cannot win; their step is
-    left as the bound, marked in the note)."""
+def _rank(c: Candidate):
+    """Fitting and simulated by step; then those skipped by their bound; then
+    those over budget, leanest first."""
+    if c.fits:
+        return (0, c.step)
+    if c.fits is None:
+        return (1, c.bound)
+    return (2, max(c.peak_bytes))
+
+
+def _build_and_time(srch: _Searcher, cands: list[Candidate]) -> list[Candidate]:
+    """From the smallest bound up: build the schedule, fit the memory, simulate.
+    Once a bound reaches the best step found, the rest cannot win and are
+    neither built nor simulated. Returns the candidates, best first."""
     best = float("inf")
-    for c in sorted((c for c in cands if c.fits), key=lambda c: c.bound):
+    out = []
+    for c in sorted(cands, key=lambda c: c.bound):
         if c.bound >= best:
-            c.step, c.bubble, c.note = c.bound, float("nan"), "bound"
+            out.append(c)
             continue
-        srch.time(c)
-        best = min(best, c.step)
+        sched = _build(c.name, c.P, c.M, c.chunks)
+        if sched is None:
+            continue
+        c.schedule = sched
+        if sched.S != c.S or tuple(sched.placement) != tuple(c.placement):
+            c.S, c.placement, c.checkpoint = sched.S, sched.placement, [False] * sched.S
+            c.balance = srch.solve(c, c.checkpoint, constrained=False)
+            if c.balance is None:
+                continue
+            srch.cost(c)
+        c = srch.fit(c)
+        if c.fits and c.bound < best:
+            srch.time(c)
+            best = min(best, c.step)
+        out.append(c)
+    return sorted(out, key=_rank)
 
 
 def _check(profile, P, batch, memory, microbatches) -> None:
@@ -318,7 +355,7 @@ def _check(profile, P, batch, memory, microbatches) -> None:
 def _over_budget(best: Candidate, memory: float, P: int) -> str:
     need = max(best.peak_bytes)
     return (f"no plan fits {fmt_bytes(memory)} per rank on P={P}: the leanest, "
-            f"{best.schedule.name} M={best.M} v={best.v} checkpoint={best.checkpoint_text}, "
+            f"{best.name} M={best.M} v={best.v} checkpoint={best.checkpoint_text}, "
             f"needs {fmt_bytes(need)} on its fullest rank, {fmt_bytes(need - memory)} over. "
             f"What would fit: --memory {fmt_bytes(need)}, or more ranks")
 
@@ -327,14 +364,18 @@ def _explain(cands: list[Candidate], best: Candidate, memory: float | None) -> N
     for c in cands:
         if c is best:
             c.note = "best"
-        elif not c.fits:
+        elif c.fits is False:
             r = max(range(len(c.peak_bytes)), key=lambda r: c.peak_bytes[r])
             c.note = f"over budget on rank {r} by {fmt_bytes(c.peak_bytes[r] - memory)}"
-        elif c.note == "bound":
-            c.note = f"its busiest rank alone takes {(c.bound / best.step - 1) * 100:+.1f}% of " \
-                     f"the best step (not simulated)"
+        elif c.step == float("inf"):
+            c.note = (f"cannot win: no step under {fmt_time(c.bound)}, "
+                      f"{(c.bound / best.step - 1) * 100:+.1f}% over the best (not simulated)")
         else:
             c.note = f"{(c.step / best.step - 1) * 100:+.1f}% step"
+
+
+def fmt_time(t: float) -> str:
+    return f"{t * 1e3:.1f} ms" if t < 10 else f"{t:.2f} s"
 
 
 def fmt_bytes(n: float) -> str:

@@ -36,15 +36,15 @@ def test_best_plan_beats_the_seed_split_in_the_simulator():
 def test_memory_budget_rules_out_gpipe_and_says_by_how_much():
     prof = synthetic([1] * 8)
     free = search(prof, P=2, batch=64, schedules=["gpipe", "1f1b"], microbatches=[16])
-    gp = next(c for c in free.candidates if c.schedule.name == "gpipe")
-    fb = next(c for c in free.candidates if c.schedule.name == "1f1b")
+    gp = next(c for c in free.candidates if c.name == "gpipe")
+    fb = next(c for c in free.candidates if c.name == "1f1b")
     assert max(gp.peak_bytes) > max(fb.peak_bytes)
     budget = (max(gp.peak_bytes) + max(fb.peak_bytes)) / 2
     tight = search(prof, P=2, batch=64, memory=budget, schedules=["gpipe", "1f1b"],
                    microbatches=[16])
-    assert tight.best.schedule.name == "1f1b" and max(tight.best.peak_bytes) <= budget
+    assert tight.best.name == "1f1b" and max(tight.best.peak_bytes) <= budget
     # GPipe holds all 16 micro-batches: it fits only by recomputing, and loses
-    loser = next(c for c in tight.candidates if c.schedule.name == "gpipe")
+    loser = next(c for c in tight.candidates if c.name == "gpipe")
     assert not loser.fits or any(loser.checkpoint)
     assert loser.step > tight.best.step and "%" in loser.note
 
