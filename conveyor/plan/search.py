@@ -48,6 +48,7 @@ class Candidate:
     P: int
     S: int
     placement: tuple
+    split: bool             # the schedule splits the backward into I and W
     balance: list[int]
     checkpoint: list[bool]
     sizes: list[int]
@@ -123,6 +124,7 @@ class _Searcher:
     def __init__(self, profile: Profile, P: int, batch: int, budget: float | None,
                  refine: bool):
         self.prof, self.P, self.batch, self.budget, self.refine = profile, P, batch, budget, refine
+        self._cuts: dict = {}
         layers = profile.layers
         self.cut_max = max([profile.input_bytes] + [x.out_bytes for x in layers])
         # Each layer's saved bytes plus, as a bound, the input it keeps
@@ -154,22 +156,30 @@ class _Searcher:
         return fits
 
     def cost(self, c: Candidate) -> Candidate:
-        """Stage costs and a lower bound on the step, without the schedule:
-        rank r computes nothing before the forwards of the stages before its
-        first stage have run for some micro-batch (plus a link latency per
-        cut crossed), and then needs its own compute."""
+        """Stage costs and a lower bound on the step, without the schedule.
+
+        Rank r's first stage is f. It computes nothing before the forwards of
+        stages 0..f-1 have run for some micro-batch (the head, plus a link
+        latency per cut crossed), then it needs its own compute (busy). After
+        its last backward on stage f, only its weight-gradient work W remains,
+        while stages f-1..0 still run that micro-batch's backward (the tail).
+        So step >= head + busy + max(0, tail - W of rank r).
+        """
         sc = stage_costs(self.prof, c.balance, c.sizes, c.checkpoint)
-        busy = [0.0] * c.P
-        first = [c.S] * c.P
+        busy, wsum, first = [0.0] * c.P, [0.0] * c.P, [c.S] * c.P
         for s, r in enumerate(c.placement):
             busy[r] += sum(sc.forward[s]) + sum(sc.input_grad[s]) + sum(sc.weight_grad[s])
+            wsum[r] += sum(sc.weight_grad[s]) if c.split else 0.0
             first[r] = min(first[r], s)
-        head, t = [0.0] * (c.S + 1), 0.0
+        head, tail = [0.0] * (c.S + 1), [0.0] * (c.S + 1)
         for s in range(c.S):
-            head[s] = t
-            t += sc.forward[s][-1] + (self.prof.latency if s + 1 < c.S and
-                                      c.placement[s] != c.placement[s + 1] else 0.0)
-        c.bound = max(head[first[r]] + busy[r] for r in range(c.P))
+            hop = self.prof.latency if s + 1 < c.S and c.placement[s] != c.placement[s + 1] \
+                else 0.0
+            back = sc.input_grad[s][-1] + (0.0 if c.split else sc.weight_grad[s][-1])
+            head[s + 1] = head[s] + sc.forward[s][-1] + hop
+            tail[s + 1] = tail[s] + back + hop
+        c.bound = max(head[first[r]] + busy[r] + max(0.0, tail[first[r]] - wsum[r])
+                      for r in range(c.P))
         c._costs = sc
         return c
 
@@ -180,7 +190,7 @@ class _Searcher:
 
     def variant(self, c: Candidate, balance, checkpoint) -> Candidate:
         """The same schedule with another cut or checkpointing, costed and sized."""
-        new = Candidate(c.name, c.M, c.chunks, c.P, c.S, c.placement, list(balance),
+        new = Candidate(c.name, c.M, c.chunks, c.P, c.S, c.placement, c.split, list(balance),
                         list(checkpoint), c.sizes, schedule=c.schedule)
         return self.memory(self.cost(new))
 
@@ -196,9 +206,17 @@ class _Searcher:
             times = self.layer_times(n, checkpoint[0])
         else:  # mixed: charge the recompute everywhere (a bound), memory decides the rest
             times = self.layer_times(n, True)
-        fits = self.fits_fn(c.schedule, max(c.sizes), checkpoint) if constrained else None
+        if not constrained:  # the same for every schedule with S stages at this size
+            key = (c.S, n, tuple(checkpoint))
+            if key not in self._cuts:
+                self._cuts[key] = self._partition(times, c.S, None)
+            return self._cuts[key]
+        return self._partition(times, c.S, self.fits_fn(c.schedule, max(c.sizes), checkpoint))
+
+    @staticmethod
+    def _partition(times, S, fits) -> list[int] | None:
         try:
-            return balanced_partition(times, c.S, fits=fits)
+            return balanced_partition(times, S, fits=fits)
         except ConveyorError:
             return None
 
@@ -274,8 +292,8 @@ def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
                 continue
             seen_S.add(probe.S)
             for M in ([1] if name == "naive" else Ms):  # naive ignores M
-                c = Candidate(name, M, v, P, probe.S, probe.placement, [], [False] * probe.S,
-                              microbatch_sizes(batch, M))
+                c = Candidate(name, M, v, P, probe.S, probe.placement, probe.splits_backward,
+                              [], [False] * probe.S, microbatch_sizes(batch, M))
                 c.balance = srch.solve(c, c.checkpoint, constrained=False)
                 if c.balance is not None:
                     cands.append(srch.cost(c))
@@ -317,8 +335,10 @@ def _build_and_time(srch: _Searcher, cands: list[Candidate]) -> list[Candidate]:
         if sched is None:
             continue
         c.schedule = sched
-        if sched.S != c.S or tuple(sched.placement) != tuple(c.placement):
+        if sched.S != c.S or tuple(sched.placement) != tuple(c.placement) \
+                or sched.splits_backward != c.split:
             c.S, c.placement, c.checkpoint = sched.S, sched.placement, [False] * sched.S
+            c.split = sched.splits_backward
             c.balance = srch.solve(c, c.checkpoint, constrained=False)
             if c.balance is None:
                 continue

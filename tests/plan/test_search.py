@@ -146,3 +146,13 @@ def test_affine_fit_recovers_fixed_and_per_sample_time():
     assert got.fixed == pytest.approx(0.001) and got.per_sample == pytest.approx(0.002)
     # noise that would make the fixed part negative: the line goes through 0
     assert Affine.fit([(8, 0.016), (4, 0.0075)]).fixed == 0.0
+
+
+@pytest.mark.parametrize("name, M", [("gpipe", 4), ("1f1b", 8), ("1f1b", 3), ("naive", 1)])
+def test_the_bound_never_exceeds_the_simulated_step(name, M):
+    """The search skips candidates by a lower bound: it must be one."""
+    prof = synthetic(UNEQUAL, fixed=1e-3)
+    res = search(prof, P=4, batch=24, schedules=[name], microbatches=[M], refine=False)
+    c = res.best
+    assert c.bound <= c.step * (1 + 1e-12)
+    assert c.bound >= 0.5 * c.step  # and not a trivial one
