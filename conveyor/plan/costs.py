@@ -4,9 +4,9 @@ For one configuration (a balance, the micro-batch sizes, which stages are
 checkpointed, the schedule's placement) this gives:
 
 - a cost model whose F/B/I/W times are per stage *and* per micro-batch (sizes
-  may differ by one when M does not divide the batch), with the recomputed
-  forward of a checkpointed stage charged to its backward (to I when the
-  backward is split, since I runs first and needs the activations);
+  may differ by one when M does not divide the batch), each as profiled, with
+  the recomputed forward of a checkpointed stage charged to its backward (to B,
+  and to I when the backward is split, since I runs first);
 - the bytes each rank holds: parameters and optimizer state of its stages,
   plus, walking its action list in order, the activations of the
   micro-batches in flight (forward done, backward not yet), plus, while a
@@ -69,6 +69,7 @@ class StageCosts:
     checkpoint: tuple[bool, ...]
     sizes: tuple[int, ...]
     forward: tuple[tuple[float, ...], ...]      # [s][mb]
+    backward: tuple[tuple[float, ...], ...]
     input_grad: tuple[tuple[float, ...], ...]
     weight_grad: tuple[tuple[float, ...], ...]
     held_per_sample: tuple[float, ...]          # activation bytes kept per sample, per stage
@@ -82,7 +83,7 @@ class StageCosts:
         fw = [list(row) for row in self.forward]
         ig = [list(row) for row in self.input_grad]
         wg = [list(row) for row in self.weight_grad]
-        bw = [[i + w for i, w in zip(ri, rw)] for ri, rw in zip(ig, wg)]
+        bw = [list(row) for row in self.backward]
 
         def mean(rows):
             return [sum(r) / len(r) for r in rows]
@@ -101,15 +102,14 @@ def inner_bytes(layers, j: int) -> float:
     return prev.out_bytes if layers[j].saves_input and not prev.saves_output else 0.0
 
 
-def _block_times(ls, n: float) -> tuple[float, float, float]:
-    """(F, I, W) of a block of layers at n samples. I and W, timed alone, each
-    pay for parts of the backward they share (a layer with one autograd node
-    runs all of it for either): keep the full backward B as measured, and split
-    it as I = min(I, B), W = B - I."""
-    f = sum(x.forward.at(n) for x in ls)
-    b = sum(x.backward.at(n) for x in ls)
-    i = sum(min(x.input_grad.at(n), x.backward.at(n)) for x in ls)
-    return f, i, b - i
+def _block_times(ls, n: float) -> tuple[float, float, float, float]:
+    """(F, B, I, W) of a block of layers at n samples, each as measured alone.
+
+    I + W need not equal B: a layer whose gradients come from one autograd
+    node runs all of it for I and again for W (the runtime's split backward
+    does the same), so a split schedule pays what I and W cost, not B."""
+    return (sum(x.forward.at(n) for x in ls), sum(x.backward.at(n) for x in ls),
+            sum(x.input_grad.at(n) for x in ls), sum(x.weight_grad.at(n) for x in ls))
 
 
 def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
@@ -117,34 +117,34 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward."""
     layers = profile.layers
     cut_in = [profile.input_bytes] + [lay.out_bytes for lay in layers]  # cut before layer j
-    fw, ig, wg, held, rec, static = [], [], [], [], [], []
+    fw, bw, ig, wg, held, rec, static = [], [], [], [], [], [], []
     S = len(balance)
     for s, r in enumerate(stage_ranges(balance)):
         ls = layers[r.start:r.stop]
         # Sizes differ by at most one: price each distinct size once.
         per = {n: _block_times(ls, n) for n in set(sizes)}
-        f = [per[n][0] for n in sizes]
-        i = [per[n][1] for n in sizes]
-        w = [per[n][2] for n in sizes]
+        f, b, i, w = ([per[n][k] for n in sizes] for k in range(4))
         saved = sum(x.saved_bytes for x in ls) + sum(
             inner_bytes(layers, j) for j in range(r.start + 1, r.stop))
         # The last stage's output becomes the loss: only what the loss saves stays.
         kept_out = 0.0 if s == S - 1 else ls[-1].out_bytes
         out = 0.0 if ls[-1].saves_output else kept_out
-        if checkpoint[s]:
-            i = [a + b for a, b in zip(i, f)]  # the forward runs again before I
+        if checkpoint[s]:  # the forward runs again before B (or I)
+            b = [x + y for x, y in zip(b, f)]
+            i = [x + y for x, y in zip(i, f)]
             held.append(cut_in[r.start] + kept_out)
             rec.append(saved)
         else:
             held.append(cut_in[r.start] + saved + out)
             rec.append(0.0)
         fw.append(tuple(f))
+        bw.append(tuple(b))
         ig.append(tuple(i))
         wg.append(tuple(w))
         static.append(sum(x.static_bytes for x in ls))
     cuts = [cut_in[r.stop] for r in stage_ranges(balance)[:-1]]
     return StageCosts(tuple(balance), tuple(bool(c) for c in checkpoint), tuple(sizes),
-                      tuple(fw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
+                      tuple(fw), tuple(bw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
                       tuple(static), tuple(cuts))
 
 

@@ -168,14 +168,16 @@ class _Searcher:
         sc = stage_costs(self.prof, c.balance, c.sizes, c.checkpoint)
         busy, wsum, first = [0.0] * c.P, [0.0] * c.P, [c.S] * c.P
         for s, r in enumerate(c.placement):
-            busy[r] += sum(sc.forward[s]) + sum(sc.input_grad[s]) + sum(sc.weight_grad[s])
+            back = sum(sc.input_grad[s]) + sum(sc.weight_grad[s]) if c.split \
+                else sum(sc.backward[s])
+            busy[r] += sum(sc.forward[s]) + back
             wsum[r] += sum(sc.weight_grad[s]) if c.split else 0.0
             first[r] = min(first[r], s)
         head, tail = [0.0] * (c.S + 1), [0.0] * (c.S + 1)
         for s in range(c.S):
             hop = self.prof.latency if s + 1 < c.S and c.placement[s] != c.placement[s + 1] \
                 else 0.0
-            back = sc.input_grad[s][-1] + (0.0 if c.split else sc.weight_grad[s][-1])
+            back = sc.input_grad[s][-1] if c.split else sc.backward[s][-1]
             head[s + 1] = head[s] + sc.forward[s][-1] + hop
             tail[s + 1] = tail[s] + back + hop
         c.bound = max(head[first[r]] + busy[r] + max(0.0, tail[first[r]] - wsum[r])
