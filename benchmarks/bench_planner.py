@@ -51,8 +51,8 @@ def _layer_class():
     class SampleTimedLayer(EmulatedLayer):
         """An emulated layer whose time is units x (FIXED + PER_SAMPLE x n)."""
 
-        def __init__(self, units: float):
-            super().__init__(WIDTH, EmulatedTimes())
+        def __init__(self, units: float, split: bool):
+            super().__init__(WIDTH, EmulatedTimes(), split_backward=split)
             self.units = units
 
         def forward(self, x):
@@ -63,21 +63,29 @@ def _layer_class():
     return SampleTimedLayer
 
 
-def unbalanced(seed: int = 0):
-    """(model, sample batch): the unequal model and one step's input."""
+def unbalanced(seed: int = 0, split: bool = False):
+    """(model, sample batch): the unequal model and one step's input. With
+    ``split`` each layer's input and weight gradients are separate autograd
+    nodes (I and W take half of B each, as for a matrix multiply); without,
+    one node runs the whole backward for either."""
     import torch
     from torch import nn
 
     torch.manual_seed(seed)
     layer = _layer_class()
-    return nn.Sequential(*[layer(u) for u in UNITS]), torch.randn(BATCH, WIDTH)
+    return nn.Sequential(*[layer(u, split) for u in UNITS]), torch.randn(BATCH, WIDTH)
+
+
+def unbalanced_split(seed: int = 0):
+    """``unbalanced`` with separate I and W (for the zero-bubble schedules)."""
+    return unbalanced(seed, split=True)
 
 
 def _loss(out, y):
     return ((out - y) ** 2).mean()
 
 
-def _run_rank(ctx, configs, steps, warmup):
+def _run_rank(ctx, configs, steps, warmup, split):
     """Builds every config's pipeline, then runs their steps in turns (a noisy
     moment on the machine hits all alike): ``warmup`` steps, then ``steps``
     recorded ones each. Rank 0 returns the measured step times; every rank its
@@ -89,7 +97,7 @@ def _run_rank(ctx, configs, steps, warmup):
     torch.set_num_threads(1)
     pipes = []
     for cfg in configs:
-        model, x = unbalanced()
+        model, x = unbalanced(split=split)
         pipes.append(Pipeline(model, loss_fn=_loss,
                               optimizer=lambda ps: torch.optim.Adam(ps, 1e-3), ctx=ctx,
                               config=PipelineConfig(track_memory=True), **cfg["kw"]))
@@ -119,7 +127,7 @@ def _predict(prof, name, M, balance, ckpt=None):
             "bubble": tl.bubble_overall, "peak_bytes": rank_memory(sched, sc)}
 
 
-def comparison(steps: int, warmup: int, repeats: int) -> dict:
+def comparison(steps: int, warmup: int, repeats: int, split: bool) -> dict:
     import torch
 
     from conveyor.partition import uniform_balance
@@ -132,7 +140,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     links = measure_links()
-    model, x = unbalanced()
+    model, x = unbalanced(split=split)
     prof = profile(model, x[:16], repeats=repeats, warmup=2, links=links, name="unbalanced")
     t_prof = time.perf_counter() - t0
     seed = _predict(prof, "1f1b", SEED_M, uniform_balance(prof.L, P))
@@ -159,7 +167,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
         {"name": "planner", "kw": {"plan": plan}},
         {"name": "torch-pick", "kw": {"schedule": pick["schedule"], "microbatches": pick["M"]}},
     ]
-    rows = launch(_run_rank, nprocs=P, args=(configs, steps, warmup))
+    rows = launch(_run_rank, nprocs=P, args=(configs, steps, warmup, split))
     measured = {}
     for cfg in configs:
         mine = [r for rank_rows in rows for r in rank_rows if r["name"] == cfg["name"]]
@@ -175,7 +183,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
     return {"machine": _machine(), "profile_s": t_prof, "plan_s": t_plan,
             "candidates": len(result.candidates), "budget_bytes": budget, "links": links,
             "predicted": predicted, "measured": measured, "steps": steps, "warmup": warmup,
-            "profile_repeats": repeats}
+            "profile_repeats": repeats, "split_backward": split}
 
 
 def _machine() -> dict:
@@ -214,13 +222,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=7, help="recorded steps per config (7)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7, help="profile: timed calls per layer")
+    ap.add_argument("--split", action="store_true",
+                    help="layers with separate I and W backward (zero-bubble schedules gain)")
     ap.add_argument("--out", default=str(HERE / "planner.json"))
     args = ap.parse_args()
     if args.speed:
         res = {"machine": _machine(), "speed": speed([(4, 16), (8, 64), (16, 256), (32, 512),
                                                       (64, 1024)])}
     else:
-        res = comparison(args.steps, args.warmup, args.repeats)
+        res = comparison(args.steps, args.warmup, args.repeats, args.split)
         m, p = res["measured"], res["predicted"]
         for name in ("seed", "planner", "torch-pick"):
             err = m[name]["median_step"] / p[name]["step"] - 1
@@ -231,7 +241,7 @@ def main() -> None:
               f"measured; vs torch-pick: "
               f"{m['torch-pick']['median_step'] / m['planner']['median_step']:.2f}x")
     old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-    old.update(res if args.speed else {"comparison": res})
+    old.update(res if args.speed else {"comparison_split" if args.split else "comparison": res})
     Path(args.out).write_text(json.dumps(old, indent=1))
     print(f"results in {args.out}")
 
