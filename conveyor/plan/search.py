@@ -316,9 +316,9 @@ def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
 def _rank(c: Candidate):
     """Fitting and simulated by step; then those skipped by their bound; then
     those over budget, leanest first."""
-    if c.fits:
+    if c.fits and c.step < float("inf"):
         return (0, c.step)
-    if c.fits is None:
+    if c.fits is not False:  # never built, or built and fitting but never simulated
         return (1, c.bound)
     return (2, max(c.peak_bytes))
 
