@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from conveyor.errors import ConveyorError, PlanError
 from conveyor.partition import balanced_partition
 from conveyor.plan.costs import inner_bytes, rank_memory, stage_costs
+from conveyor.plan.messages import check_request, explain, fmt_bytes, fmt_time, over_budget
 from conveyor.plan.profile import Profile
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.ir import B, F, W, Schedule
 from conveyor.sim.simulate import simulate
 
-__all__ = ["Candidate", "PlanResult", "search", "default_microbatches", "microbatch_sizes"]
+__all__ = ["Candidate", "PlanResult", "search", "default_microbatches", "microbatch_sizes",
+           "fmt_bytes", "fmt_time"]
 
 
 @dataclass
@@ -281,7 +283,7 @@ def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
     alone needs, or when no candidate fits (naming the shortfall and the
     smallest budget that would fit).
     """
-    _check(profile, P, batch, memory, microbatches)
+    check_request(profile, P, batch, memory, microbatches)
     names = schedules or [n for n in schedule_names()]
     Ms = microbatches or default_microbatches(P, batch)
     srch = _Searcher(profile, P, batch, memory, refine)
@@ -308,8 +310,8 @@ def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
         cands = sorted(top + cands[len(top):], key=_rank)
     best = cands[0]
     if not best.fits:
-        raise PlanError(_over_budget(best, memory, P))
-    _explain(cands, best, memory)
+        raise PlanError(over_budget(best, memory, P))
+    explain(cands, best, memory)
     return PlanResult(best, cands, memory)
 
 
@@ -351,57 +353,3 @@ def _build_and_time(srch: _Searcher, cands: list[Candidate]) -> list[Candidate]:
             best = min(best, c.step)
         out.append(c)
     return sorted(out, key=_rank)
-
-
-def _check(profile, P, batch, memory, microbatches) -> None:
-    for name, x in (("P", P), ("batch", batch)):
-        if isinstance(x, bool) or not isinstance(x, int) or x < 1:
-            raise PlanError(f"{name}={x!r} must be a positive integer")
-    if microbatches:
-        big = [m for m in microbatches if m > batch]
-        if big:
-            raise PlanError(f"batch {batch} is smaller than M={big[0]}: every micro-batch needs "
-                            f"at least one sample; use M <= {batch} or a batch of at least "
-                            f"{big[0]}")
-    if memory is not None:
-        j = max(range(profile.L), key=lambda j: profile.layers[j].static_bytes)
-        most = profile.layers[j].static_bytes
-        if memory < most:
-            raise PlanError(
-                f"memory budget {fmt_bytes(memory)} is below what layer {j} "
-                f"({profile.layers[j].kind}) alone needs: {fmt_bytes(most)} of parameters and "
-                f"optimizer state; no split can fit. Raise the budget to at least "
-                f"{fmt_bytes(most)} (plus activations)")
-
-
-def _over_budget(best: Candidate, memory: float, P: int) -> str:
-    need = max(best.peak_bytes)
-    return (f"no plan fits {fmt_bytes(memory)} per rank on P={P}: the leanest, "
-            f"{best.name} M={best.M} v={best.v} checkpoint={best.checkpoint_text}, "
-            f"needs {fmt_bytes(need)} on its fullest rank, {fmt_bytes(need - memory)} over. "
-            f"What would fit: --memory {fmt_bytes(need)}, or more ranks")
-
-
-def _explain(cands: list[Candidate], best: Candidate, memory: float | None) -> None:
-    for c in cands:
-        if c is best:
-            c.note = "best"
-        elif c.fits is False:
-            r = max(range(len(c.peak_bytes)), key=lambda r: c.peak_bytes[r])
-            c.note = f"over budget on rank {r} by {fmt_bytes(c.peak_bytes[r] - memory)}"
-        elif c.step == float("inf"):
-            c.note = (f"cannot win: no step under {fmt_time(c.bound)}, "
-                      f"{(c.bound / best.step - 1) * 100:+.1f}% over the best (not simulated)")
-        else:
-            c.note = f"{(c.step / best.step - 1) * 100:+.1f}% step"
-
-
-def fmt_time(t: float) -> str:
-    return f"{t * 1e3:.1f} ms" if t < 10 else f"{t:.2f} s"
-
-
-def fmt_bytes(n: float) -> str:
-    for unit, k in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if abs(n) >= k:
-            return f"{n / k:.2f} {unit}"
-    return f"{n:.0f} B"
