@@ -17,6 +17,15 @@ from conveyor.sim import CostModel, Timeline, formula_bubble, load_timeline, sim
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # ``conveyor.profile`` needs torch: import it on first use only, so that
+    # ``import conveyor`` stays torch-free.
+    if name == "profile":
+        from conveyor.runtime.profile import profile
+        return profile
+    raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
+
 __all__ = [
     "Action", "Schedule", "CostModel", "Timeline",
     "build_schedule", "schedule_names", "validate", "add_comms", "simulate", "formula_bubble",

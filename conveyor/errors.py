@@ -12,6 +12,7 @@ __all__ = [
     "TimelineError",
     "PartitionError",
     "PipelineError",
+    "PlanError",
 ]
 
 
@@ -54,3 +55,7 @@ class PartitionError(ConveyorError, ValueError):
 
 class PipelineError(ConveyorError, RuntimeError):
     """The runtime met bad input or a failing rank."""
+
+
+class PlanError(ConveyorError, ValueError):
+    """A profile or plan is malformed, belongs to another model, or no plan fits."""

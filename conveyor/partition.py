@@ -20,7 +20,8 @@ from typing import Sequence
 from conveyor.checks import check_int
 from conveyor.errors import PartitionError
 
-__all__ = ["uniform_balance", "check_balance", "stage_ranges", "resolve_balance"]
+__all__ = ["uniform_balance", "check_balance", "stage_ranges", "resolve_balance",
+           "balanced_partition", "bottleneck"]
 
 
 def uniform_balance(L: int, S: int) -> list[int]:
@@ -88,3 +89,148 @@ def stage_ranges(balance: Sequence[int]) -> list[range]:
         out.append(range(start, start + n))
         start += n
     return out
+
+
+# -- cost-aware split ------------------------------------------------------------
+# Costs come per layer; a stage's time is the sum of its layers'. The solver
+# minimises the slowest stage (the bottleneck) exactly: it bisects on the
+# bottleneck T and asks "can L layers be cut into S stages, each at most T and
+# each fitting its memory?", which a reachability sweep answers in O(S*L).
+
+def _prefix(values: Sequence[float]) -> list[float]:
+    out = [0.0]
+    for x in values:
+        out.append(out[-1] + x)
+    return out
+
+
+def bottleneck(times: Sequence[float], balance: Sequence[int]) -> float:
+    """The largest stage time of ``balance`` under per-layer ``times``."""
+    return max(sum(times[r.start:r.stop]) for r in stage_ranges(balance))
+
+
+def _sweep(pre: list[float], S: int, T: float, fits) -> list[tuple[list[bool], list[int]]]:
+    """Per stage s: (reach, lo). reach[b]: layers 0..b-1 can be cut into stages
+    0..s, each taking at most T and fitting. lo[b]: the first layer a block of
+    stage s ending at b may start from.
+
+    ``fits(s, a, b)`` says whether layers a..b-1 fit stage s; it must be
+    monotone (a block that fits keeps fitting when layers leave either end),
+    so lo[b] never decreases with b and one pointer sweeps each stage.
+    Stops early (shorter list) once nothing is reachable.
+    """
+    L = len(pre) - 1
+    eps = 1e-12 * max(1.0, abs(T))
+    reach = [True] + [False] * L
+    out = []
+    for s in range(S):
+        count = [0] * (L + 2)  # count[a]: reachable ends among 0..a-1
+        for a in range(L + 1):
+            count[a + 1] = count[a] + reach[a]
+        nxt, lo = [False] * (L + 1), [0] * (L + 1)
+        a = 0
+        for b in range(1, L + 1):
+            while a < b and (pre[b] - pre[a] > T + eps or (fits is not None and not fits(s, a, b))):
+                a += 1
+            lo[b] = a
+            nxt[b] = a < b and count[b] - count[a] > 0
+        out.append((nxt, lo))
+        reach = nxt
+        if not any(reach):
+            break
+    return out
+
+
+def _greedy_under(pre: list[float], S: int, T: float) -> list[int] | None:
+    """Without memory checks, the greedy cut (each stage takes as many layers as
+    fit under T, leaving one for each later stage) is feasible whenever any
+    split is: O(L) instead of the sweep's O(S*L)."""
+    L = len(pre) - 1
+    eps = 1e-12 * max(1.0, abs(T))
+    bal, a = [], 0
+    for s in range(S):
+        b = a + 1
+        if pre[b] - pre[a] > T + eps:
+            return None
+        last = L - (S - s - 1)
+        while b < last and pre[b + 1] - pre[a] <= T + eps:
+            b += 1
+        bal.append(b - a)
+        a = b
+    return bal if a == L else None
+
+
+def _split_under(pre: list[float], S: int, T: float, fits) -> list[int] | None:
+    """A balance whose every stage takes at most T and fits, or None."""
+    if fits is None:
+        return _greedy_under(pre, S, T)
+    L = len(pre) - 1
+    sweep = _sweep(pre, S, T, fits)
+    if len(sweep) < S or not sweep[-1][0][L]:
+        return None
+    ends, b = [L], L
+    for s in range(S - 1, 0, -1):  # walk back through reachable starts
+        prev_reach = sweep[s - 1][0]
+        b = next(a for a in range(b - 1, sweep[s][1][b] - 1, -1) if prev_reach[a])
+        ends.append(b)
+    ends.append(0)
+    ends.reverse()
+    return [ends[i + 1] - ends[i] for i in range(S)]
+
+
+def balanced_partition(times: Sequence[float], S: int, *, fits=None,
+                       what: str = "time") -> list[int]:
+    """The contiguous split of L layers into S stages with the smallest bottleneck.
+
+    ``times[j]``: cost of layer j (e.g. its forward plus backward time).
+    ``fits(s, a, b) -> bool``: optional memory check, whether layers a..b-1
+    fit stage s; it must be monotone (see ``_sweep``).
+
+    Returns S layer counts (a balance). Exact: no contiguous split has a
+    smaller largest stage sum (up to a relative 1e-12), and among the memory-
+    feasible splits it is optimal too. Raises PartitionError when L < S, a
+    time is negative, or no split fits (naming the stage and what to change).
+    """
+    _check_int("number of stages", S, 1)
+    times = [float(t) for t in times]
+    L = len(times)
+    uniform_balance(L, S)  # raises for L < S
+    bad = [j for j, t in enumerate(times) if not t >= 0 or t == float("inf")]
+    if bad:
+        raise PartitionError(f"layer {bad[0]} has {what} {times[bad[0]]!r}; per-layer costs "
+                             f"must be finite numbers >= 0")
+    pre = _prefix(times)
+    hi = pre[-1]
+    best = _split_under(pre, S, hi, fits)
+    if best is None:
+        raise PartitionError(_no_fit_message(pre, S, fits))
+    lo = max(max(times), pre[-1] / S)
+    lo_ok = _split_under(pre, S, lo, fits)
+    if lo_ok is not None:
+        return lo_ok
+    # Bisect: lo infeasible, hi feasible. Each feasible T gives a split whose
+    # bottleneck is one of the block sums, so jump hi down to that value.
+    hi = bottleneck(times, best)
+    for _ in range(200):
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            break
+        mid = (lo + hi) / 2
+        got = _split_under(pre, S, mid, fits)
+        if got is None:
+            lo = mid
+        else:
+            best, hi = got, bottleneck(times, got)
+    return best
+
+
+def _no_fit_message(pre: list[float], S: int, fits) -> str:
+    L = len(pre) - 1
+    sweep = _sweep(pre, S, float("inf"), fits)
+    if len(sweep) < S:
+        s = len(sweep) - 1
+        return (f"no split of {L} layers into {S} stages fits the memory limit: stage {s} "
+                f"cannot hold any block that the stages before it leave; raise the memory "
+                f"limit, use more stages, or checkpoint activations")
+    return (f"no split of {L} layers into {S} stages fits the memory limit (the last "
+            f"stage cannot hold the layers left to it); raise the memory limit, use more "
+            f"stages, or checkpoint activations")

@@ -31,6 +31,8 @@ from conveyor.errors import ConveyorError, PipelineError
 from conveyor.runtime import agree
 from conveyor.runtime.checks import check_callables, check_config
 from conveyor.runtime.batching import microbatch_sizes, split_batch
+from conveyor.runtime.checkpoint import apply_checkpoint, resolve_checkpoint
+from conveyor.runtime.planned import from_plan, named_balance
 from conveyor.runtime.comm import Comm
 from conveyor.runtime.group import RankContext
 from conveyor.runtime.interpreter import Interpreter
@@ -144,9 +146,10 @@ class Pipeline:
 
     def __init__(self, model, *, loss_fn: Callable, optimizer: Callable | None,
                  schedule: str | Schedule = "1f1b", microbatches: int | None = None,
-                 balance: Sequence[int] | None = None, ctx: RankContext | None = None,
+                 balance: Sequence[int] | str | None = None, ctx: RankContext | None = None,
                  config: PipelineConfig | None = None, tied=None,
-                 before_step: Callable | None = None, scheduler: Callable | None = None):
+                 before_step: Callable | None = None, scheduler: Callable | None = None,
+                 checkpoint="none", plan=None, profile=None):
         """``model``: an ``nn.Sequential`` or list of layers; it is cut by
         ``balance`` (or evenly, see ``conveyor.partition``) into the schedule's
         S stages, and this rank keeps its own. ``loss_fn(output, target)``
@@ -163,11 +166,22 @@ class Pipeline:
 
         Raises PartitionError, ScheduleError/ValidationError or PipelineError
         naming the bad value (the same on every rank).
+
+        Planning (docs/planning.md): ``balance="time"`` or ``"memory"`` cuts by
+        a ``profile`` (file or Profile from ``conveyor profile``);
+        ``checkpoint="none" | "full" | [bool per stage]`` recomputes stages'
+        activations in the backward; ``plan="plan.json"`` (from ``conveyor
+        plan``) sets schedule, M, balance and checkpointing at once.
         """
         ctx = ctx or _context()
-        sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
         try:
-            stages = split_model(model, sched.S, balance=balance)
+            if plan is not None:
+                schedule, balance, checkpoint = from_plan(plan, model)
+                microbatches = None
+            sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
+            balance = named_balance(balance, model, sched.S, profile)
+            stages = apply_checkpoint(split_model(model, sched.S, balance=balance),
+                                      resolve_checkpoint(checkpoint, sched.S))
         except ConveyorError as e:
             raise _same(e)
         self._setup(stages, sched, ctx, loss_fn, optimizer, config,

@@ -1,0 +1,81 @@
+"""``conveyor plan``: pick schedule, M, chunks, split and checkpointing from a profile."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from conveyor.cli.argtypes import int_at_least
+
+_UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kb": 10 ** 3, "kib": 2 ** 10, "m": 2 ** 20,
+          "mb": 10 ** 6, "mib": 2 ** 20, "g": 2 ** 30, "gb": 10 ** 9, "gib": 2 ** 30,
+          "t": 2 ** 40, "tb": 10 ** 12, "tib": 2 ** 40}
+
+
+def bytes_arg(text: str) -> float:
+    """``16GiB``, ``512MiB``, ``2e9``: a positive number of bytes."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else None
+    try:
+        value = float(m.group(1)) * _UNITS[unit] if m else None
+    except (ValueError, KeyError):
+        value = None
+    if value is None or not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size; write e.g. 16GiB, "
+                                         f"512MiB or 2e9 (bytes)")
+    return value
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
+                                         f"integers") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: every value must be at least 1")
+    return values
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plan", help="choose schedule, M, split and checkpointing from a profile",
+                       description="Search every registered schedule, micro-batch count, "
+                                   "chunks per rank, the partition and checkpointing with the "
+                                   "simulator; print the best plans and write the winner.")
+    p.add_argument("--profile", required=True, metavar="FILE",
+                   help="profile JSON written by `conveyor profile`")
+    p.add_argument("--ranks", "-P", type=int_at_least(1), required=True, help="pipeline ranks")
+    p.add_argument("--batch", type=int_at_least(1), required=True, help="samples per step")
+    p.add_argument("--memory", type=bytes_arg, default=None,
+                   help="memory budget per rank, e.g. 16GiB (default: unlimited)")
+    p.add_argument("--schedules", default=None,
+                   help="comma-separated schedule names (default: every registered one)")
+    p.add_argument("--microbatches", "-M", type=int_list, default=None,
+                   help="M values to try, e.g. 4,8,12 (default: a geometric set)")
+    p.add_argument("--chunks", type=int_list, default=[1, 2], help="chunks per rank to try")
+    p.add_argument("--top", type=int_at_least(1), default=8, help="rows of the table (8)")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip the simulated refinement of the split")
+    p.add_argument("-o", "--output", default="plan.json", help="plan file to write")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from conveyor.plan import load_profile, plan_to_dict, save_plan, search
+    from conveyor.plan.report import plan_table
+
+    prof = load_profile(args.profile)
+    schedules = args.schedules.split(",") if args.schedules else None
+    if schedules:
+        from conveyor.schedule.generators import get_spec
+        for name in schedules:
+            get_spec(name)  # unknown names fail here, with close matches
+    result = search(prof, P=args.ranks, batch=args.batch, memory=args.memory,
+                    schedules=schedules, microbatches=args.microbatches,
+                    chunks=tuple(args.chunks), refine=not args.no_refine)
+    print(plan_table(result, top=args.top))
+    path = save_plan(plan_to_dict(result.best, prof, batch=args.batch, budget=args.memory),
+                     args.output)
+    print(f"plan written to {path} (run it: Pipeline(model, plan={str(path)!r}); "
+          f"draw it: conveyor simulate --file {path})")
+    return 0

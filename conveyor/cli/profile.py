@@ -1,0 +1,83 @@
+"""``conveyor profile``: measure what each layer of a model costs."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+from conveyor.cli.argtypes import int_at_least
+from conveyor.errors import PlanError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("profile", help="measure per-layer time and memory of a model",
+                       description="Time every layer's forward, input-gradient and weight-"
+                                   "gradient backward (median after warm-up), and count its "
+                                   "activation, saved, parameter and optimizer bytes. Writes "
+                                   "a profile JSON for `conveyor plan`.")
+    p.add_argument("--model", required=True, metavar="FILE.py:FN|module:FN",
+                   help="a function returning (model, sample_batch): an nn.Sequential (or "
+                        "list of layers) and the input of one step")
+    p.add_argument("--repeats", type=int_at_least(1), default=5,
+                   help="timed calls per measurement, median taken (5)")
+    p.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed calls first (2)")
+    p.add_argument("--optimizer", default="adam",
+                   help="whose state to count: adam, adamw, momentum, sgd, none (adam)")
+    p.add_argument("--links", action="store_true",
+                   help="also measure latency and bandwidth between two local ranks (gloo)")
+    p.add_argument("--threads", type=int_at_least(1), default=1,
+                   help="torch CPU threads, as each rank of the run will use (1)")
+    p.add_argument("-o", "--output", default="profile.json", help="profile file to write")
+    p.set_defaults(func=run)
+
+
+def load_factory(spec: str):
+    """``path/to/file.py:fn`` or ``package.module:fn`` -> the function."""
+    target, _, fn = spec.rpartition(":")
+    if not target or not fn:
+        raise PlanError(f"--model {spec!r}: write FILE.py:FUNCTION or module:FUNCTION")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise PlanError(f"--model {spec!r}: no file {target!r}")
+        mod_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as e:
+            raise PlanError(f"--model {spec!r}: cannot import {target!r} ({e})") from None
+    if not hasattr(module, fn):
+        raise PlanError(f"--model {spec!r}: {target} has no function {fn!r}")
+    return getattr(module, fn)
+
+
+def run(args) -> int:
+    import torch
+
+    from conveyor.runtime.profile import measure_links, profile
+
+    torch.set_num_threads(args.threads)
+    got = load_factory(args.model)()
+    if not (isinstance(got, tuple) and len(got) == 2):
+        raise PlanError(f"--model {args.model}: the function must return (model, sample_batch)")
+    model, batch = got
+    links = measure_links() if args.links else None
+    prof = profile(model, batch, repeats=args.repeats, warmup=args.warmup,
+                   optimizer=args.optimizer, name=args.model, links=links)
+    path = prof.save(args.output)
+    total_f = sum(x.forward.at(prof.batch[0]) for x in prof.layers)
+    total_b = sum(x.backward.at(prof.batch[0]) for x in prof.layers)
+    heavy = max(range(prof.L), key=lambda j: prof.layers[j].forward.at(prof.batch[0])
+                + prof.layers[j].backward.at(prof.batch[0]))
+    print(f"profiled {prof.L} layers at batch {'/'.join(map(str, prof.batch))}, median of "
+          f"{prof.repeats}: forward {total_f * 1e3:.2f} ms, backward {total_b * 1e3:.2f} ms; "
+          f"heaviest layer {heavy} ({prof.layers[heavy].kind})")
+    if links:
+        bw = links["bandwidth"]
+        print(f"links: latency {links['latency'] * 1e6:.0f} us, bandwidth "
+              f"{'n/a' if not bw else f'{bw / 2**20:.0f} MiB/s'} ({links['method']})")
+    print(f"profile written to {path}")
+    return 0

@@ -1,0 +1,176 @@
+"""From a profile to what the simulator and the memory check need.
+
+For one configuration (a balance, the micro-batch sizes, which stages are
+checkpointed, the schedule's placement) this gives:
+
+- a cost model whose F/B/I/W times are per stage *and* per micro-batch (sizes
+  may differ by one when M does not divide the batch), each as profiled, with
+  the recomputed forward of a checkpointed stage charged to its backward (to B,
+  and to I when the backward is split, since I runs first);
+- the bytes each rank holds: parameters and optimizer state of its stages,
+  plus, walking its action list in order, the activations of the
+  micro-batches in flight (forward done, backward not yet), plus, while a
+  checkpointed stage runs its backward, that micro-batch's recomputed ones.
+
+Activations held per micro-batch of n samples on a stage of layers a..b-1:
+the stage's input (the cut before a), every layer's saved tensors other than
+its input, the inputs its inner layers save (a layer's output that the next
+layer keeps), and the stage's output unless its last layer saved it already (the
+last stage's output turns into the loss). A checkpointed stage keeps only its
+input and output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from conveyor.partition import stage_ranges
+from conveyor.plan.profile import Profile
+from conveyor.schedule.ir import B, F, I, W, Schedule
+from conveyor.sim.cost import CostModel
+
+__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "rank_memory", "inner_bytes"]
+
+
+@dataclass(frozen=True)
+class MicrobatchCostModel(CostModel):
+    """A CostModel whose compute times differ per micro-batch.
+
+    per_mb: ``{kind: [[time of (stage s, micro-batch mb)] for s]}``; the scalar
+    fields hold the means, for reports. Links use ``activation_bytes`` (the
+    largest micro-batch's) as in CostModel.
+    """
+
+    per_mb: dict | None = None
+
+    def duration_fn(self, S: int):
+        base, link = super().duration_fn(S)
+        table = self.per_mb
+        if not table:
+            return base, link
+
+        def duration(rank, a):
+            per = table.get(a.kind)
+            return per[a.stage][a.mb] if per is not None else 0.0
+
+        return duration, link
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d.pop("per_mb", None)  # the means above describe it; the table can be large
+        return d
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """Per stage: times at micro-batch size n, bytes, for one configuration."""
+
+    balance: tuple[int, ...]
+    checkpoint: tuple[bool, ...]
+    sizes: tuple[int, ...]
+    forward: tuple[tuple[float, ...], ...]      # [s][mb]
+    backward: tuple[tuple[float, ...], ...]
+    input_grad: tuple[tuple[float, ...], ...]
+    weight_grad: tuple[tuple[float, ...], ...]
+    held_per_sample: tuple[float, ...]          # activation bytes kept per sample, per stage
+    recompute_per_sample: tuple[float, ...]     # transient bytes per sample in a recompute
+    static_bytes: tuple[int, ...]               # parameters + optimizer state, per stage
+    cut_per_sample: tuple[float, ...]           # bytes per sample at each of the S-1 cuts
+
+    def cost_model(self, latency: float = 0.0, bandwidth: float = float("inf")
+                   ) -> MicrobatchCostModel:
+        n_max = max(self.sizes)
+        fw = [list(row) for row in self.forward]
+        ig = [list(row) for row in self.input_grad]
+        wg = [list(row) for row in self.weight_grad]
+        bw = [list(row) for row in self.backward]
+
+        def mean(rows):
+            return [sum(r) / len(r) for r in rows]
+
+        return MicrobatchCostModel(
+            forward=mean(fw), backward=mean(bw), input_grad=mean(ig), weight_grad=mean(wg),
+            latency=latency, bandwidth=bandwidth,
+            activation_bytes=[c * n_max for c in self.cut_per_sample],
+            per_mb={F: fw, B: bw, I: ig, W: wg})
+
+
+def inner_bytes(layers, j: int) -> float:
+    """Bytes per sample that layer j keeps of the activation before it, inside
+    a stage: its input, when it saves it and layer j-1 has not saved it already."""
+    prev = layers[j - 1]
+    return prev.out_bytes if layers[j].saves_input and not prev.saves_output else 0.0
+
+
+def _block_times(ls, n: float) -> tuple[float, float, float, float]:
+    """(F, B, I, W) of a block of layers at n samples, each as measured alone.
+
+    I + W need not equal B: a layer whose gradients come from one autograd
+    node runs all of it for I and again for W (the runtime's split backward
+    does the same), so a split schedule pays what I and W cost, not B."""
+    return (sum(x.forward.at(n) for x in ls), sum(x.backward.at(n) for x in ls),
+            sum(x.input_grad.at(n) for x in ls), sum(x.weight_grad.at(n) for x in ls))
+
+
+def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
+    """Costs of ``balance`` (layer counts per stage) for micro-batches of
+    ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward."""
+    layers = profile.layers
+    cut_in = [profile.input_bytes] + [lay.out_bytes for lay in layers]  # cut before layer j
+    fw, bw, ig, wg, held, rec, static = [], [], [], [], [], [], []
+    S = len(balance)
+    for s, r in enumerate(stage_ranges(balance)):
+        ls = layers[r.start:r.stop]
+        # Sizes differ by at most one: price each distinct size once.
+        per = {n: _block_times(ls, n) for n in set(sizes)}
+        f, b, i, w = ([per[n][k] for n in sizes] for k in range(4))
+        saved = sum(x.saved_bytes for x in ls) + sum(
+            inner_bytes(layers, j) for j in range(r.start + 1, r.stop))
+        # The last stage's output becomes the loss: only what the loss saves stays.
+        kept_out = 0.0 if s == S - 1 else ls[-1].out_bytes
+        out = 0.0 if ls[-1].saves_output else kept_out
+        if checkpoint[s]:  # the forward runs again before B (or I)
+            b = [x + y for x, y in zip(b, f)]
+            i = [x + y for x, y in zip(i, f)]
+            held.append(cut_in[r.start] + kept_out)
+            rec.append(saved)
+        else:
+            held.append(cut_in[r.start] + saved + out)
+            rec.append(0.0)
+        fw.append(tuple(f))
+        bw.append(tuple(b))
+        ig.append(tuple(i))
+        wg.append(tuple(w))
+        static.append(sum(x.static_bytes for x in ls))
+    cuts = [cut_in[r.stop] for r in stage_ranges(balance)[:-1]]
+    return StageCosts(tuple(balance), tuple(bool(c) for c in checkpoint), tuple(sizes),
+                      tuple(fw), tuple(bw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
+                      tuple(static), tuple(cuts))
+
+
+def rank_memory(schedule: Schedule, costs: StageCosts, *, static: bool = True,
+                recompute: bool = True) -> list[float]:
+    """Peak bytes per rank: static bytes of its stages plus the most activation
+    bytes held at once while it runs its actions in order (see module doc).
+    ``static=False`` leaves out parameters and optimizer state, ``recompute=
+    False`` the transient bytes of a checkpointed stage's recomputation (what
+    the runtime's activation counter sees)."""
+    sizes = costs.sizes
+    peaks = []
+    for r, row in enumerate(schedule.actions):
+        fixed = sum(costs.static_bytes[s] for s in schedule.stages_of(r)) if static else 0.0
+        held = peak = 0.0
+        for a in row:
+            s, kind = a.stage, a.kind
+            if kind == F:
+                held += costs.held_per_sample[s] * sizes[a.mb]
+                peak = max(peak, held)
+            elif kind in (B, I):
+                if recompute:
+                    peak = max(peak, held + costs.recompute_per_sample[s] * sizes[a.mb])
+                if kind == B:
+                    held -= costs.held_per_sample[s] * sizes[a.mb]
+            elif kind == W:
+                held -= costs.held_per_sample[s] * sizes[a.mb]
+        peaks.append(fixed + peak)
+    return peaks

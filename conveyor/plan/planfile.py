@@ -1,0 +1,93 @@
+"""The plan file: what the planner chose, in a form the runtime and the views read.
+
+Schema ``conveyor.plan/1``. It is also a conveyor schedule file: the keys
+``name``, ``P``, ``M``, ``placement`` and ``actions`` are the chosen schedule
+(``conveyor simulate --file plan.json`` and ``conveyor viz --file plan.json``
+read it as one). The plan's own keys:
+
+    format        "conveyor.plan/1"
+    model         the profile's model identity (name, layers, fingerprint)
+    batch         samples per step; microbatch_sizes: their split over M
+    balance       layers per stage (S entries)
+    checkpoint    per stage, whether its activations are recomputed
+    memory_budget bytes per rank the plan was made for (null: none)
+    predicted     {"step_s", "bubble", "peak_bytes": per rank}
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conveyor.errors import PlanError
+from conveyor.schedule.io import schedule_from_dict, schedule_to_dict
+from conveyor.schedule.ir import Schedule
+
+__all__ = ["FORMAT", "plan_to_dict", "save_plan", "load_plan", "Plan"]
+
+FORMAT = "conveyor.plan/1"
+
+
+class Plan:
+    """A loaded plan: the schedule plus the cut and the checkpointing."""
+
+    def __init__(self, data: dict, schedule: Schedule):
+        self.data = data
+        self.schedule = schedule
+        self.model = dict(data["model"])
+        self.batch = int(data["batch"])
+        self.balance = [int(x) for x in data["balance"]]
+        self.checkpoint = [bool(x) for x in data["checkpoint"]]
+        self.predicted = dict(data.get("predicted") or {})
+
+    def check_model(self, L: int, fingerprint: str | None) -> None:
+        """PlanError unless the plan was made for a model of L layers with this fingerprint."""
+        want_L, want_fp = self.model.get("layers"), self.model.get("fingerprint")
+        if want_L != L or (fingerprint and want_fp and fingerprint != want_fp):
+            raise PlanError(
+                f"the plan (and its profile) is for another model: {self.model.get('name')!r} "
+                f"with {want_L} layers, fingerprint {want_fp}; this model has {L} layers, "
+                f"fingerprint {fingerprint}. Profile this model (`conveyor profile`) and plan "
+                f"again")
+
+
+def plan_to_dict(cand, profile, *, batch: int, budget: float | None) -> dict:
+    d = schedule_to_dict(cand.schedule)
+    d.update({"format": FORMAT, "model": profile.model, "batch": batch,
+              "microbatch_sizes": list(cand.sizes), "balance": list(cand.balance),
+              "checkpoint": list(cand.checkpoint), "memory_budget": budget,
+              "predicted": {"step_s": cand.step, "bubble": cand.bubble,
+                            "peak_bytes": list(cand.peak_bytes)}})
+    return d
+
+
+def save_plan(data: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def load_plan(path_or_dict) -> Plan:
+    """Read a plan (a path or an already-parsed dict); PlanError when it is not one."""
+    if isinstance(path_or_dict, dict):
+        data, source = path_or_dict, "plan"
+    else:
+        source = repr(str(path_or_dict))
+        try:
+            data = json.loads(Path(path_or_dict).read_text())
+        except OSError as e:
+            raise PlanError(f"cannot read plan {source}: {e.strerror}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise PlanError(f"{source} is not a plan: broken JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise PlanError(f"{source} is not a conveyor plan (expected format {FORMAT!r}); "
+                        f"write one with `conveyor plan`")
+    sched = schedule_from_dict(data, source=source)
+    try:
+        plan = Plan(data, sched)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"{source}: malformed plan ({type(e).__name__}: {e})") from None
+    if len(plan.balance) != sched.S or len(plan.checkpoint) != sched.S:
+        raise PlanError(f"{source}: balance has {len(plan.balance)} and checkpoint "
+                        f"{len(plan.checkpoint)} entries but the schedule has {sched.S} stages")
+    return plan

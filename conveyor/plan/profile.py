@@ -1,0 +1,167 @@
+"""The profile: what one layer costs, as measured by ``conveyor.profile``.
+
+Torch-free: the profiler (``conveyor.runtime.profile``) writes it, the planner
+and the partition solver read it. Schema ``conveyor.profile/1`` (documented in
+docs/planning.md):
+
+    format      "conveyor.profile/1"
+    model       {"name", "layers": L, "fingerprint"}: which model was measured
+    batch       the sample batch sizes measured, e.g. [16, 8, 4]
+    device      where it ran ("cpu", "cuda:0", ...)
+    repeats     timed calls per measurement (median taken after warm-up)
+    input_bytes bytes per sample of the model's input (the cut before layer 0)
+    layers      one object per layer, in order:
+        name, kind         the layer's index/name and class
+        forward, backward, input_grad, weight_grad
+                           seconds per micro-batch of n samples, as
+                           {"fixed": a, "per_sample": b}: time = a + b * n
+        out_bytes          bytes per sample of the layer's output (cut after it)
+        saved_bytes        bytes per sample saved for backward, other than the
+                           layer's input (saved_tensors_hooks, unique storages)
+        saves_input        whether it saves its input (then, inside a stage,
+                           the previous layer's output stays alive)
+        saves_output       whether the saved tensors include the output
+        param_bytes        bytes of the layer's parameters
+        optim_bytes        bytes of optimizer state (2x params for Adam)
+    links       {"latency": s, "bandwidth": bytes/s} or null (free links)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from conveyor.errors import PlanError
+
+__all__ = ["Affine", "LayerProfile", "Profile", "load_profile", "FORMAT"]
+
+FORMAT = "conveyor.profile/1"
+
+
+@dataclass(frozen=True)
+class Affine:
+    """A time that grows with the micro-batch: ``fixed + per_sample * n`` seconds."""
+
+    fixed: float = 0.0
+    per_sample: float = 0.0
+
+    def at(self, n: float) -> float:
+        return self.fixed + self.per_sample * n
+
+    @classmethod
+    def fit(cls, points) -> "Affine":
+        """Least squares through ``[(n, seconds), ...]``; clamped so neither part
+        is negative (timing noise can tilt the line)."""
+        pts = [(float(n), float(t)) for n, t in points]
+        k = len(pts)
+        mean_n = sum(n for n, _ in pts) / k
+        mean_t = sum(t for _, t in pts) / k
+        var = sum((n - mean_n) ** 2 for n, _ in pts)
+        if var == 0:
+            return cls(0.0, max(mean_t, 0.0) / mean_n)
+        b = sum((n - mean_n) * (t - mean_t) for n, t in pts) / var
+        b = max(b, 0.0)
+        a = mean_t - b * mean_n
+        if a < 0:  # through the origin instead
+            a, b = 0.0, max(sum(n * t for n, t in pts) / sum(n * n for n, _ in pts), 0.0)
+        return cls(a, b)
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """One layer's costs (see the module docstring for each field)."""
+
+    name: str
+    kind: str
+    forward: Affine
+    backward: Affine
+    input_grad: Affine
+    weight_grad: Affine
+    out_bytes: float
+    saved_bytes: float
+    saves_output: bool
+    param_bytes: int
+    optim_bytes: int
+    saves_input: bool = False
+
+    @property
+    def static_bytes(self) -> int:
+        return self.param_bytes + self.optim_bytes
+
+
+@dataclass
+class Profile:
+    """Per-layer costs of one model on one device, and the links between ranks."""
+
+    model: dict
+    layers: list[LayerProfile]
+    input_bytes: float
+    batch: list[int] = field(default_factory=list)
+    device: str = "cpu"
+    repeats: int = 0
+    links: dict | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def L(self) -> int:
+        return len(self.layers)
+
+    @property
+    def latency(self) -> float:
+        return float((self.links or {}).get("latency") or 0.0)
+
+    @property
+    def bandwidth(self) -> float:
+        bw = (self.links or {}).get("bandwidth")
+        return float(bw) if bw else float("inf")
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "model": self.model, "batch": self.batch,
+                "device": self.device, "repeats": self.repeats,
+                "input_bytes": self.input_bytes, "links": self.links, "meta": self.meta,
+                "layers": [asdict(lay) for lay in self.layers]}
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "profile") -> "Profile":
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise PlanError(f"{source} is not a conveyor profile (format {got!r}, expected "
+                            f"{FORMAT!r}); write one with `conveyor profile`")
+        try:
+            layers = [LayerProfile(
+                name=str(x["name"]), kind=str(x["kind"]),
+                **{k: Affine(**x[k]) for k in ("forward", "backward", "input_grad",
+                                                "weight_grad")},
+                out_bytes=float(x["out_bytes"]), saved_bytes=float(x["saved_bytes"]),
+                saves_output=bool(x["saves_output"]), param_bytes=int(x["param_bytes"]),
+                optim_bytes=int(x["optim_bytes"]), saves_input=bool(x.get("saves_input")))
+                for x in d["layers"]]
+            prof = cls(model=dict(d["model"]), layers=layers,
+                       input_bytes=float(d["input_bytes"]), batch=list(d.get("batch", [])),
+                       device=str(d.get("device", "cpu")), repeats=int(d.get("repeats", 0)),
+                       links=d.get("links"), meta=dict(d.get("meta") or {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise PlanError(f"{source}: malformed profile ({type(e).__name__}: {e}); "
+                            f"re-run `conveyor profile`") from None
+        if not layers or prof.model.get("layers") != len(layers):
+            raise PlanError(f"{source}: model has {prof.model.get('layers')} layers but the "
+                            f"profile lists {len(layers)}; re-run `conveyor profile`")
+        return prof
+
+
+def load_profile(path: str | Path) -> Profile:
+    """Read a profile JSON file; PlanError when it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise PlanError(f"cannot read profile {str(path)!r}: {e.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PlanError(f"{str(path)!r} is not a profile: broken JSON ({e})") from None
+    return Profile.from_dict(data, source=repr(str(path)))

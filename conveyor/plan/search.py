@@ -1,0 +1,355 @@
+"""The planner: search schedule x M x chunks x partition x checkpointing.
+
+For every registered schedule (so schedules added later are searched too),
+every micro-batch count M in a small geometric set (M need not divide the
+batch: sizes then differ by one), and every chunk count the schedule offers,
+the planner
+
+1. cuts the layers with the exact min-bottleneck solver under the per-layer
+   forward + backward times at the mean micro-batch size;
+2. checks each rank's peak memory against the budget (walking the schedule's
+   order, see ``conveyor.plan.costs``); when a rank is over, it checkpoints
+   the stages of the ranks over budget, then all stages, and re-solves the
+   partition with the memory limit as a constraint;
+3. optionally refines the cut by moving one boundary at a time and keeping
+   what the simulator says is faster (the bottleneck ignores fill and drain);
+4. simulates the step (profiled compute, measured link latency and bandwidth).
+
+The fastest plan within the budget wins. Every candidate keeps the reason it
+lost, for the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from conveyor.errors import ConveyorError, PlanError
+from conveyor.partition import balanced_partition
+from conveyor.plan.costs import inner_bytes, rank_memory, stage_costs
+from conveyor.plan.messages import check_request, explain, fmt_bytes, fmt_time, over_budget
+from conveyor.plan.profile import Profile
+from conveyor.schedule.generators import build_schedule, schedule_names
+from conveyor.schedule.ir import B, F, W, Schedule
+from conveyor.sim.simulate import simulate
+
+__all__ = ["Candidate", "PlanResult", "search", "default_microbatches", "microbatch_sizes",
+           "fmt_bytes", "fmt_time"]
+
+
+@dataclass
+class Candidate:
+    """One configuration and what the simulator predicts for it.
+
+    The schedule is built only when the candidate might win (``schedule`` is
+    None until then); ``S`` and ``placement`` come from a cheap probe build.
+    """
+
+    name: str
+    M: int
+    chunks: int             # the generator's v option (1: its default)
+    P: int
+    S: int
+    placement: tuple
+    split: bool             # the schedule splits the backward into I and W
+    balance: list[int]
+    checkpoint: list[bool]
+    sizes: list[int]
+    schedule: Schedule | None = None
+    step: float = float("inf")
+    bubble: float = float("nan")
+    peak_bytes: list[float] = field(default_factory=list)
+    fits: bool | None = None  # None: never built (it could not win)
+    note: str = ""          # why it lost (filled in by ``search``)
+    bound: float = 0.0      # no step can be shorter (see ``_Searcher.cost``)
+    _costs: object = None
+
+    @property
+    def v(self) -> int:
+        return self.S // self.P
+
+    @property
+    def checkpoint_text(self) -> str:
+        if not any(self.checkpoint):
+            return "none"
+        if all(self.checkpoint):
+            return "full"
+        return ",".join(str(s) for s, c in enumerate(self.checkpoint) if c)
+
+
+@dataclass
+class PlanResult:
+    best: Candidate
+    candidates: list[Candidate]   # fastest first; those over budget last
+    budget: float | None
+
+
+def microbatch_sizes(batch: int, M: int) -> list[int]:
+    """The runtime's split: sizes differ by at most one, the larger first."""
+    k, r = divmod(batch, M)
+    return [k + 1 if i < r else k for i in range(M)]
+
+
+def default_microbatches(P: int, batch: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, ... and P, 2P, 4P, 8P, up to min(batch, 8P, 256)."""
+    top = min(batch, max(8 * P, 8), 256)
+    out, m = {P, 2 * P, 4 * P, 8 * P}, 1
+    while m <= top:
+        out |= {m, m + m // 2}
+        m *= 2
+    return sorted(x for x in out if 1 <= x <= top)
+
+
+def _build(name: str, P: int, M: int, v: int) -> Schedule | None:
+    try:
+        if v == 1:
+            return build_schedule(name, P, M)
+        return build_schedule(name, P, M, v=v)
+    except (ConveyorError, TypeError, ValueError):
+        return None  # this schedule does not take these P, M or v
+
+
+def _in_flight(schedule: Schedule) -> list[int]:
+    """Per stage, the most micro-batches in flight (order only)."""
+    peak = [0] * schedule.S
+    held = [0] * schedule.S
+    for row in schedule.actions:
+        for a in row:
+            if a.kind == F:
+                held[a.stage] += 1
+                peak[a.stage] = max(peak[a.stage], held[a.stage])
+            elif a.kind in (B, W):
+                held[a.stage] -= 1
+    return peak
+
+
+class _Searcher:
+    def __init__(self, profile: Profile, P: int, batch: int, budget: float | None,
+                 refine: bool):
+        self.prof, self.P, self.batch, self.budget, self.refine = profile, P, batch, budget, refine
+        self._cuts: dict = {}
+        layers = profile.layers
+        self.cut_max = max([profile.input_bytes] + [x.out_bytes for x in layers])
+        # Each layer's saved bytes plus, as a bound, the input it keeps
+        self.saved_pre = _pre([x.saved_bytes + (inner_bytes(layers, j) if j else 0.0)
+                               for j, x in enumerate(layers)])
+        self.static_pre = _pre([x.static_bytes for x in layers])
+
+    def layer_times(self, n: float, ckpt: bool) -> list[float]:
+        return [x.forward.at(n) * (2 if ckpt else 1) + x.backward.at(n) for x in self.prof.layers]
+
+    def fits_fn(self, schedule: Schedule, n_max: int, checkpoint: list[bool]):
+        """A monotone per-stage memory check for the solver: the cut bytes are
+        bounded by the largest cut, so a block keeps fitting as it shrinks."""
+        if self.budget is None:
+            return None
+        flight = _in_flight(schedule)
+        per_rank = [len(schedule.stages_of(r)) for r in range(schedule.P)]
+        share = [self.budget / per_rank[schedule.placement[s]] for s in range(schedule.S)]
+        sp, st, cm = self.saved_pre, self.static_pre, self.cut_max
+
+        def fits(s, a, b):
+            saved = sp[b] - sp[a]
+            if checkpoint[s]:
+                need = flight[s] * 2 * cm * n_max + saved * n_max
+            else:
+                need = flight[s] * (2 * cm + saved) * n_max
+            return st[b] - st[a] + need <= share[s]
+
+        return fits
+
+    def cost(self, c: Candidate) -> Candidate:
+        """Stage costs and a lower bound on the step, without the schedule.
+
+        Rank r's first stage is f. It computes nothing before the forwards of
+        stages 0..f-1 have run for some micro-batch (the head, plus a link
+        latency per cut crossed), then it needs its own compute (busy). After
+        its last backward on stage f, only its weight-gradient work W remains,
+        while stages f-1..0 still run that micro-batch's backward (the tail).
+        So step >= head + busy + max(0, tail - W of rank r).
+        """
+        sc = stage_costs(self.prof, c.balance, c.sizes, c.checkpoint)
+        busy, wsum, first = [0.0] * c.P, [0.0] * c.P, [c.S] * c.P
+        for s, r in enumerate(c.placement):
+            back = sum(sc.input_grad[s]) + sum(sc.weight_grad[s]) if c.split \
+                else sum(sc.backward[s])
+            busy[r] += sum(sc.forward[s]) + back
+            wsum[r] += sum(sc.weight_grad[s]) if c.split else 0.0
+            first[r] = min(first[r], s)
+        head, tail = [0.0] * (c.S + 1), [0.0] * (c.S + 1)
+        for s in range(c.S):
+            hop = self.prof.latency if s + 1 < c.S and c.placement[s] != c.placement[s + 1] \
+                else 0.0
+            back = sc.input_grad[s][-1] if c.split else sc.backward[s][-1]
+            head[s + 1] = head[s] + sc.forward[s][-1] + hop
+            tail[s + 1] = tail[s] + back + hop
+        c.bound = max(head[first[r]] + busy[r] + max(0.0, tail[first[r]] - wsum[r])
+                      for r in range(c.P))
+        c._costs = sc
+        return c
+
+    def memory(self, c: Candidate) -> Candidate:
+        c.peak_bytes = rank_memory(c.schedule, c._costs)
+        c.fits = self.budget is None or max(c.peak_bytes) <= self.budget
+        return c
+
+    def variant(self, c: Candidate, balance, checkpoint) -> Candidate:
+        """The same schedule with another cut or checkpointing, costed and sized."""
+        new = Candidate(c.name, c.M, c.chunks, c.P, c.S, c.placement, c.split, list(balance),
+                        list(checkpoint), c.sizes, schedule=c.schedule)
+        return self.memory(self.cost(new))
+
+    def time(self, c: Candidate) -> Candidate:
+        tl = simulate(c.schedule, c._costs.cost_model(self.prof.latency, self.prof.bandwidth),
+                      check=False, unit="s")
+        c.step, c.bubble = tl.step_time, tl.bubble_overall
+        return c
+
+    def solve(self, c: Candidate, checkpoint: list[bool], constrained: bool) -> list[int] | None:
+        n = sum(c.sizes) / len(c.sizes)
+        if all(x == checkpoint[0] for x in checkpoint):
+            times = self.layer_times(n, checkpoint[0])
+        else:  # mixed: charge the recompute everywhere (a bound), memory decides the rest
+            times = self.layer_times(n, True)
+        if not constrained:  # the same for every schedule with S stages at this size
+            key = (c.S, n, tuple(checkpoint))
+            if key not in self._cuts:
+                self._cuts[key] = self._partition(times, c.S, None)
+            return self._cuts[key]
+        return self._partition(times, c.S, self.fits_fn(c.schedule, max(c.sizes), checkpoint))
+
+    @staticmethod
+    def _partition(times, S, fits) -> list[int] | None:
+        try:
+            return balanced_partition(times, S, fits=fits)
+        except ConveyorError:
+            return None
+
+    def fit(self, c: Candidate) -> Candidate:
+        """Memory of the built candidate; when a rank is over the budget, re-cut
+        under the limit, then checkpoint the ranks over it, then all stages."""
+        self.memory(c)
+        if c.fits:
+            return c
+        best, S = c, c.S
+        over = {r for r, b in enumerate(c.peak_bytes) if b > self.budget}
+        for ck in ([False] * S, [c.placement[s] in over for s in range(S)], [True] * S):
+            bal = self.solve(c, ck, constrained=True) or c.balance
+            c2 = self.variant(c, bal, ck)
+            if c2.fits:
+                return c2
+            if max(c2.peak_bytes) < max(best.peak_bytes):
+                best = c2
+        return best
+
+    def improve(self, cand: Candidate, rounds: int = 2) -> Candidate:
+        """Move one boundary by one layer at a time while the simulated step falls."""
+        if cand.S > 16:
+            return cand
+        for _ in range(rounds):
+            better = False
+            for c in range(cand.S - 1):
+                for d in (-1, 1):
+                    bal = list(cand.balance)
+                    bal[c] += d
+                    bal[c + 1] -= d
+                    if min(bal) < 1:
+                        continue
+                    trial = self.variant(cand, bal, cand.checkpoint)
+                    if not trial.fits or trial.bound >= cand.step:
+                        continue
+                    self.time(trial)
+                    if trial.fits and trial.step < cand.step * (1 - 1e-9):
+                        cand, better = trial, True
+            if not better:
+                break
+        return cand
+
+
+def _pre(values) -> list[float]:
+    out = [0.0]
+    for x in values:
+        out.append(out[-1] + x)
+    return out
+
+
+def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
+           schedules: list[str] | None = None, microbatches: list[int] | None = None,
+           chunks: tuple[int, ...] = (1, 2), refine: bool = True) -> PlanResult:
+    """Find the fastest plan for ``profile`` on P ranks, a batch of ``batch``
+    samples and ``memory`` bytes per rank (None: unlimited).
+
+    Returns a PlanResult with every candidate, fastest first. Raises PlanError
+    when P, batch or M are invalid, when the budget is below what one layer
+    alone needs, or when no candidate fits (naming the shortfall and the
+    smallest budget that would fit).
+    """
+    check_request(profile, P, batch, memory, microbatches)
+    names = schedules or [n for n in schedule_names()]
+    Ms = microbatches or default_microbatches(P, batch)
+    srch = _Searcher(profile, P, batch, memory, refine)
+    cands: list[Candidate] = []
+    for name in names:
+        seen_S: set[int] = set()
+        for v in chunks:
+            probe = next((sc for M in Ms if (sc := _build(name, P, M, v)) is not None), None)
+            if probe is None or probe.S in seen_S or probe.S > profile.L:
+                continue
+            seen_S.add(probe.S)
+            for M in ([1] if name == "naive" else Ms):  # naive ignores M
+                c = Candidate(name, M, v, P, probe.S, probe.placement, probe.splits_backward,
+                              [], [False] * probe.S, microbatch_sizes(batch, M))
+                c.balance = srch.solve(c, c.checkpoint, constrained=False)
+                if c.balance is not None:
+                    cands.append(srch.cost(c))
+    if not cands:
+        raise PlanError(f"no schedule among {names} builds for P={P}, M in {Ms} with "
+                        f"{profile.L} layers; use fewer ranks or other micro-batch counts")
+    cands = _build_and_time(srch, cands)
+    if refine:
+        top = [srch.improve(c) for c in cands[:3] if c.fits]
+        cands = sorted(top + cands[len(top):], key=_rank)
+    best = cands[0]
+    if not best.fits:
+        raise PlanError(over_budget(best, memory, P))
+    explain(cands, best, memory)
+    return PlanResult(best, cands, memory)
+
+
+def _rank(c: Candidate):
+    """Fitting and simulated by step; then those skipped by their bound; then
+    those over budget, leanest first."""
+    if c.fits and c.step < float("inf"):
+        return (0, c.step)
+    if c.fits is not False:  # never built, or built and fitting but never simulated
+        return (1, c.bound)
+    return (2, max(c.peak_bytes))
+
+
+def _build_and_time(srch: _Searcher, cands: list[Candidate]) -> list[Candidate]:
+    """From the smallest bound up: build the schedule, fit the memory, simulate.
+    Once a bound reaches the best step found, the rest cannot win and are
+    neither built nor simulated. Returns the candidates, best first."""
+    best = float("inf")
+    out = []
+    for c in sorted(cands, key=lambda c: c.bound):
+        if c.bound >= best:
+            out.append(c)
+            continue
+        sched = _build(c.name, c.P, c.M, c.chunks)
+        if sched is None:
+            continue
+        c.schedule = sched
+        if sched.S != c.S or tuple(sched.placement) != tuple(c.placement) \
+                or sched.splits_backward != c.split:
+            c.S, c.placement, c.checkpoint = sched.S, sched.placement, [False] * sched.S
+            c.split = sched.splits_backward
+            c.balance = srch.solve(c, c.checkpoint, constrained=False)
+            if c.balance is None:
+                continue
+            srch.cost(c)
+        c = srch.fit(c)
+        if c.fits and c.bound < best:
+            srch.time(c)
+            best = min(best, c.step)
+        out.append(c)
+    return sorted(out, key=_rank)

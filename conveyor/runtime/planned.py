@@ -1,0 +1,55 @@
+"""What ``Pipeline`` takes from a plan or a profile: the cut and the checkpointing.
+
+``balance="time"`` cuts the model so the slowest stage is as fast as it can be
+(forward + backward per layer from a profile); ``balance="memory"`` so the
+fullest stage holds as little as it can (parameters, optimizer state and one
+micro-batch's saved activations per layer). ``plan=`` takes the schedule, the
+balance and the checkpointing from a plan file and checks that the plan was
+made for this model.
+"""
+
+from __future__ import annotations
+
+from conveyor.errors import PipelineError, PlanError
+from conveyor.partition import balanced_partition
+from conveyor.plan import Profile, load_plan, load_profile
+from conveyor.runtime.profile import fingerprint
+from conveyor.runtime.stages import layers_of
+
+__all__ = ["named_balance", "from_plan"]
+
+
+def _profile_for(model, profile) -> Profile:
+    if profile is None:
+        raise PipelineError("balance='time' or 'memory' needs per-layer costs: pass "
+                            "profile='profile.json' (from `conveyor profile`) or a Profile")
+    prof = profile if isinstance(profile, Profile) else load_profile(profile)
+    L, fp = len(layers_of(model)), fingerprint(model)
+    if prof.L != L or prof.model.get("fingerprint") not in (None, fp):
+        raise PlanError(
+            f"the profile is of another model: {prof.model.get('name')!r} with {prof.L} layers, "
+            f"fingerprint {prof.model.get('fingerprint')}; this model has {L} layers, "
+            f"fingerprint {fp}. Profile this model (`conveyor profile`)")
+    return prof
+
+
+def named_balance(balance, model, S: int, profile=None, batch: int | None = None):
+    """``balance`` as layer counts: "time" and "memory" solved from ``profile``
+    (at micro-batch size ``batch`` or the profile's batch), anything else as given."""
+    if balance not in ("time", "memory"):
+        return balance
+    prof = _profile_for(model, profile)
+    n = batch or prof.batch[0]
+    if balance == "time":
+        costs = [x.forward.at(n) + x.backward.at(n) for x in prof.layers]
+    else:
+        costs = [x.static_bytes + x.saved_bytes * n for x in prof.layers]
+    return balanced_partition(costs, S, what=balance)
+
+
+def from_plan(plan, model):
+    """(schedule, balance, checkpoint flags) of a plan file or dict, after
+    checking it belongs to ``model`` (PlanError otherwise)."""
+    p = load_plan(plan)
+    p.check_model(len(layers_of(model)), fingerprint(model))
+    return p.schedule, p.balance, p.checkpoint

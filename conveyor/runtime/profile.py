@@ -1,0 +1,261 @@
+"""The profiler: what each layer of a model costs, measured on a sample batch.
+
+For every layer (in order, each fed the previous layer's output) it measures,
+at the sample batch size n, n/2 and n/4 (a least-squares line gives each time
+as fixed + per sample, see ``conveyor.plan.profile.Affine``):
+
+- forward time, full backward time, input-gradient time (``autograd.grad``
+  for the layer's input only) and weight-gradient time (for its parameters
+  only): the median of ``repeats`` timed calls after ``warmup`` untimed ones;
+- bytes of its output per sample (the activation at the cut after it);
+- bytes autograd saves for its backward, other than its input
+  (``saved_tensors_hooks``, each storage once, parameters excluded);
+- bytes of its parameters and of the optimizer's state for them.
+
+Returns a torch-free ``Profile`` (``conveyor.plan.profile``) that the planner
+reads. ``measure_links`` times a gloo ping-pong between two local ranks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+import time
+
+import torch
+
+from conveyor.bench.progress import ProgressBar
+from conveyor.errors import PlanError
+from conveyor.plan.profile import Affine, LayerProfile, Profile
+from conveyor.runtime.stages import layers_of
+
+__all__ = ["profile", "fingerprint", "measure_links", "OPTIMIZER_STATE"]
+
+# Optimizer state per parameter byte: Adam keeps two moments, SGD with
+# momentum one buffer.
+OPTIMIZER_STATE = {"adam": 2, "adamw": 2, "sgd": 0, "momentum": 1, "none": 0}
+
+
+def fingerprint(model) -> str:
+    """A short hash of each layer's class and parameter shapes: two models with
+    the same fingerprint cut the same way."""
+    parts = []
+    for layer in layers_of(model):
+        shapes = [tuple(p.shape) for p in layer.parameters()]
+        parts.append(f"{type(layer).__name__}{shapes}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for x in obj for t in _tensors(x)]
+    return []
+
+
+def _nbytes(obj) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensors(obj))
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _median_time(fn, repeats: int, warmup: int, device) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _slice(batch, n: int):
+    if isinstance(batch, torch.Tensor):
+        return batch[:n]
+    return tuple(t[:n] for t in batch)
+
+
+def _grad_leaf(x):
+    """A fresh leaf of the layer's input: float tensors get requires_grad."""
+    if isinstance(x, torch.Tensor):
+        y = x.detach()
+        return y.requires_grad_() if y.is_floating_point() else y
+    return tuple(_grad_leaf(t) for t in x)
+
+
+def _detached(y):
+    return y.detach() if isinstance(y, torch.Tensor) else tuple(t.detach() for t in _tensors(y))
+
+
+def _saved_bytes(layer, x, param_ptrs: set) -> tuple[int, bool, bool, object]:
+    """Bytes autograd saves in one forward of ``layer`` (unique storages, not
+    its input's nor parameters'), whether it saves its input, whether it saves
+    its output, and the output."""
+    xi = _grad_leaf(x)
+    in_ptrs = {t.untyped_storage().data_ptr() for t in _tensors(xi)}
+    seen: dict[int, int] = {}
+    saves_input = False
+
+    def pack(t):
+        nonlocal saves_input
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in in_ptrs:
+            saves_input = True
+        elif ptr not in param_ptrs:
+            seen[ptr] = max(seen.get(ptr, 0), t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(xi)
+    out_ptrs = {t.untyped_storage().data_ptr() for t in _tensors(y)}
+    return sum(seen.values()), saves_input, bool(out_ptrs & set(seen)), y
+
+
+def _measure_layer(layer, x, n: int, repeats: int, warmup: int, device) -> tuple[dict, object]:
+    """One layer at batch size n: times (s), bytes per sample; and its output."""
+    params = [p for p in layer.parameters() if p.requires_grad]
+    param_ptrs = {p.untyped_storage().data_ptr() for p in layer.parameters()}
+    fwd = _median_time(lambda: layer(_grad_leaf(x)), repeats, warmup, device)
+    saved, saves_input, saves_output, y = _saved_bytes(layer, x, param_ptrs)
+    result = {"forward": fwd, "out_bytes": _nbytes(y) / n, "saved_bytes": saved / n,
+              "saves_input": saves_input, "saves_output": saves_output, "backward": 0.0, "input_grad": 0.0,
+              "weight_grad": 0.0}
+    if not any(t.requires_grad for t in _tensors(y)):
+        return result, _detached(y)
+
+    def backward_to(which: str):
+        """A forward then the gradient of the output for ``which`` tensors; the
+        forward's median is subtracted afterwards."""
+        def go():
+            xi = _grad_leaf(x)
+            outs = [t for t in _tensors(layer(xi)) if t.requires_grad]
+            ins = [t for t in _tensors(xi) if t.requires_grad]
+            targets = {"full": ins + params, "input": ins, "weight": params}[which]
+            if targets:
+                torch.autograd.grad(outs, targets, [torch.ones_like(t) for t in outs],
+                                    allow_unused=True)
+        return go
+
+    has_input_grad = any(t.requires_grad for t in _tensors(_grad_leaf(x)))
+    for key, which, needed in (("backward", "full", True), ("input_grad", "input", has_input_grad),
+                               ("weight_grad", "weight", bool(params))):
+        if needed:
+            t = _median_time(backward_to(which), repeats, warmup, device)
+            result[key] = max(t - fwd, 0.0)
+    return result, _detached(y)
+
+
+def _warm_up(layers, batch, device, rounds: int) -> None:
+    """Whole-model forward and backward passes first: the first calls in a
+    process pay one-off costs (thread pools, allocator, kernel selection)
+    that would otherwise land on the first layer's time."""
+    for _ in range(rounds):
+        x = batch.to(device) if isinstance(batch, torch.Tensor) else tuple(
+            t.to(device) for t in batch)
+        x = _grad_leaf(x)
+        for layer in layers:
+            layer.to(device)
+            x = layer(x)
+        outs = [t for t in _tensors(x) if t.requires_grad]
+        if outs:
+            torch.autograd.backward([t.sum() for t in outs])
+        for layer in layers:
+            layer.zero_grad(set_to_none=True)
+
+
+def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
+            optimizer: str = "adam", name: str | None = None, device=None,
+            progress: bool = True, links: dict | None = None) -> Profile:
+    """Measure every layer of ``model`` (an ``nn.Sequential`` or list of layers)
+    on ``sample_batch`` (the model's input: a tensor or tuple of tensors, batch
+    along dim 0, at least 2 samples).
+
+    ``optimizer``: whose state to count ("adam", "adamw", "momentum", "sgd",
+    "none"). ``links``: a measured ``{"latency", "bandwidth"}`` to store (see
+    ``measure_links``). Returns a Profile. Raises PlanError for an unknown
+    optimizer, a batch of fewer than 2 samples, or a model that is not a chain.
+    """
+    if optimizer not in OPTIMIZER_STATE:
+        raise PlanError(f"unknown optimizer {optimizer!r} for the state bytes; choose one of "
+                        f"{', '.join(OPTIMIZER_STATE)}")
+    layers = layers_of(model)
+    first = _tensors(sample_batch)
+    if not first or first[0].shape[0] < 2:
+        raise PlanError("the sample batch needs at least 2 samples along dim 0 (the profiler "
+                        "measures at n, n/2 and n/4 to separate fixed from per-sample time)")
+    device = torch.device(device) if device is not None else first[0].device
+    n0 = first[0].shape[0]
+    sizes = sorted({n0, max(n0 // 2, 1), max(n0 // 4, 1)}, reverse=True)
+    _warm_up(layers, sample_batch, device, max(warmup, 1))
+    bar = ProgressBar(len(layers) * len(sizes), title="profile ") if progress else None
+    per_size = []
+    for n in sizes:
+        x = _slice(sample_batch, n)
+        x = x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)
+        rows = []
+        for j, layer in enumerate(layers):
+            layer.to(device)
+            row, x = _measure_layer(layer, x, n, repeats, warmup, device)
+            rows.append(row)
+            if bar:
+                bar.advance(f"n={n} layer {j} {type(layer).__name__}")
+        per_size.append(rows)
+    if bar:
+        bar.close()
+    state = OPTIMIZER_STATE[optimizer]
+    out = []
+    for j, layer in enumerate(layers):
+        a = per_size[0][j]
+        pbytes = sum(p.numel() * p.element_size() for p in layer.parameters())
+        out.append(LayerProfile(
+            name=str(j), kind=type(layer).__name__,
+            **{k: Affine.fit([(n, rows[j][k]) for n, rows in zip(sizes, per_size)])
+               for k in ("forward", "backward", "input_grad", "weight_grad")},
+            out_bytes=a["out_bytes"], saved_bytes=a["saved_bytes"],
+            saves_input=a["saves_input"], saves_output=a["saves_output"], param_bytes=pbytes, optim_bytes=state * pbytes))
+    in_bytes = _nbytes(sample_batch) / n0
+    return Profile(model={"name": name or type(model).__name__, "layers": len(layers),
+                          "fingerprint": fingerprint(model)},
+                   layers=out, input_bytes=in_bytes, batch=sizes, device=str(device),
+                   repeats=repeats, links=links,
+                   meta={"torch": torch.__version__, "optimizer": optimizer})
+
+
+def _ping_pong(ctx, sizes: list[int], rounds: int) -> dict | None:
+    import torch.distributed as dist
+
+    out = {}
+    for nbytes in sizes:
+        buf = torch.zeros(max(nbytes // 4, 1), dtype=torch.float32)
+        times = []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            if ctx.rank == 0:
+                dist.send(buf, 1)
+                dist.recv(buf, 1)
+            else:
+                dist.recv(buf, 0)
+                dist.send(buf, 0)
+            times.append((time.perf_counter() - t) / 2)  # one way
+        out[nbytes] = statistics.median(times)
+    return out if ctx.rank == 0 else None
+
+
+def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20) -> dict:
+    """Latency (s) and bandwidth (bytes/s) between two local ranks over gloo:
+    one-way time of a tiny message, and the slope between a tiny and a large one
+    (median of ``rounds`` ping-pongs each)."""
+    from conveyor.runtime.launcher import launch
+
+    got = launch(_ping_pong, nprocs=2, args=(list(sizes), rounds))[0]
+    small, large = min(sizes), max(sizes)
+    slope = (got[large] - got[small]) / (large - small)
+    return {"latency": got[small], "bandwidth": 1 / slope if slope > 0 else None,
+            "measured": {str(k): v for k, v in got.items()}, "method": "gloo ping-pong, 2 ranks"}

@@ -1,0 +1,110 @@
+"""The profiler: bytes exactly, times of emulated layers, the CLI, and that
+``import conveyor`` stays torch-free while ``conveyor.profile`` works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import conveyor
+from conveyor.cli.main import main
+from conveyor.errors import PlanError
+from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
+from conveyor.runtime.profile import fingerprint, profile
+from tests.runtime import _models
+from tests.test_core_without_torch import BLOCKER
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bytes_are_exact():
+    model = _models.mlp(2)  # Linear(5,6) Tanh Linear(6,6) Tanh Linear(6,3), float64
+    prof = conveyor.profile(model, _models.batch(8)[0], repeats=1, warmup=1, progress=False)
+    assert prof.L == 5 and prof.input_bytes == 5 * 8
+    assert [x.out_bytes for x in prof.layers] == [48, 48, 48, 48, 24]
+    # Linear saves its input (not counted: it is the cut before it); Tanh its output
+    assert [x.saved_bytes for x in prof.layers] == [0, 48, 0, 48, 0]
+    assert [x.saves_output for x in prof.layers] == [False, True, False, True, False]
+    assert prof.layers[0].param_bytes == (5 * 6 + 6) * 8
+    assert prof.layers[0].optim_bytes == 2 * prof.layers[0].param_bytes  # Adam's two moments
+    assert prof.model["fingerprint"] == fingerprint(model) != fingerprint(_models.mlp(3))
+
+
+def test_times_of_emulated_layers():
+    """Layers that sleep a set time: the profile finds at least that time, and
+    which layer is heavy (no upper bound: the machine may be loaded)."""
+    torch.manual_seed(0)
+    light, heavy = EmulatedTimes(0.004, 0.008), EmulatedTimes(0.016, 0.032)
+    model = nn.Sequential(EmulatedLayer(4, light), EmulatedLayer(4, heavy))
+    prof = profile(model, torch.randn(4, 4), repeats=3, warmup=1, progress=False)
+    f = [x.forward.at(4) for x in prof.layers]
+    b = [x.backward.at(4) for x in prof.layers]
+    assert f[0] >= 0.9 * 0.004 and f[1] >= 0.9 * 0.016 and f[1] > 2 * f[0]
+    assert b[0] >= 0.9 * 0.008 and b[1] >= 0.9 * 0.032 and b[1] > 2 * b[0]
+
+
+def test_bad_sample_batch_and_optimizer():
+    with pytest.raises(PlanError, match="at least 2 samples"):
+        profile(_models.mlp(1), torch.randn(1, 5, dtype=torch.float64), progress=False)
+    with pytest.raises(PlanError, match="unknown optimizer 'lion'"):
+        profile(_models.mlp(1), torch.randn(4, 5), optimizer="lion", progress=False)
+
+
+def test_import_conveyor_stays_torch_free():
+    program = BLOCKER + (
+        "import conveyor, conveyor.plan, conveyor.partition, conveyor.cli.plan, "
+        "conveyor.cli.profile\n"
+        "import sys; assert not [m for m in sys.modules if m.startswith('torch')]\n"
+        "try:\n    conveyor.profile\nexcept ModuleNotFoundError as e:\n    print('lazy', e)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "lazy" in proc.stdout and "torch" in proc.stdout  # only on use does it need torch
+
+
+MODEL_FILE = """
+import torch
+from tests.runtime import _models
+
+def make():
+    return _models.mlp(3), _models.batch(8)[0]
+"""
+
+
+def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    (tmp_path / "m.py").write_text(MODEL_FILE)
+    prof_path, plan_path = tmp_path / "prof.json", tmp_path / "plan.json"
+    assert main(["profile", "--model", f"{tmp_path / 'm.py'}:make", "--repeats", "1",
+                 "--links", "-o", str(prof_path)]) == 0
+    out = capsys.readouterr().out
+    assert "profiled 7 layers at batch 8/4/2" in out and "links: latency" in out
+    data = json.loads(prof_path.read_text())
+    assert data["format"] == "conveyor.profile/1" and data["links"]["latency"] > 0
+    assert main(["plan", "--profile", str(prof_path), "-P", "2", "--batch", "16",
+                 "--schedules", "gpipe,1f1b", "--memory", "1MiB", "-o", str(plan_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:4] == ["#", "schedule", "M", "v"]
+    assert "best: " in out and "budget 1.00 MiB" in out
+    assert json.loads(plan_path.read_text())["format"] == "conveyor.plan/1"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "--profile", "x.json", "-P", "2", "--batch", "8", "--memory", "lots"],
+     "'lots' is not a memory size; write e.g. 16GiB"),
+    (["plan", "--profile", "missing.json", "-P", "2", "--batch", "8"],
+     "cannot read profile 'missing.json'"),
+    (["profile", "--model", "nofile.py:make"], "no file 'nofile.py'"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
