@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from conveyor.bench.progress import ProgressBar
+from conveyor.progress import ProgressBar
 from conveyor.errors import PlanError
 from conveyor.plan.profile import Affine, LayerProfile, Profile
 from conveyor.runtime.stages import layers_of
