@@ -191,7 +191,7 @@ def balanced_partition(times: Sequence[float], S: int, *, fits=None,
     feasible splits it is optimal too. Raises PartitionError when L < S, a
     time is negative, or no split fits (naming the stage and what to change).
     """
-    _check_int("number of stages", S, 1)
+    check_int(S, "number of stages", error=PartitionError)
     times = [float(t) for t in times]
     L = len(times)
     uniform_balance(L, S)  # raises for L < S

@@ -155,6 +155,12 @@ class Schedule:
     def has_comms(self) -> bool:
         return any(a.kind in COMM_KINDS for row in self.actions for a in row)
 
+    @property
+    def splits_backward(self) -> bool:
+        """True when the backward is split into I and W actions (the planner
+        charges such schedules the split costs)."""
+        return any(a.kind in (I, W) for row in self.actions for a in row)
+
     def __iter__(self) -> Iterator[tuple[int, int, Action]]:
         """Yield (rank, step, action) over every action."""
         for r, row in enumerate(self.actions):
