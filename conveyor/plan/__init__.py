@@ -7,7 +7,8 @@
 The profiler that writes profiles is ``conveyor.profile`` (needs torch).
 """
 
-from conveyor.plan.costs import MicrobatchCostModel, rank_memory, stage_costs
+from conveyor.plan.costs import MicrobatchCostModel, stage_costs
+from conveyor.plan.memory import rank_memory
 from conveyor.plan.planfile import Plan, load_plan, plan_to_dict, save_plan
 from conveyor.plan.profile import Affine, LayerProfile, Profile, load_profile
 from conveyor.plan.search import Candidate, PlanResult, default_microbatches, search

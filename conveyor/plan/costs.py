@@ -7,10 +7,9 @@ checkpointed, the schedule's placement) this gives:
   may differ by one when M does not divide the batch), each as profiled, with
   the recomputed forward of a checkpointed stage charged to its backward (to B,
   and to I when the backward is split, since I runs first);
-- the bytes each rank holds: parameters and optimizer state of its stages,
-  plus, walking its action list in order, the activations of the
-  micro-batches in flight (forward done, backward not yet), plus, while a
-  checkpointed stage runs its backward, that micro-batch's recomputed ones.
+- the bytes per sample each stage keeps for a micro-batch in flight, its
+  input and output, and its recomputed bytes, from which
+  ``conveyor.plan.memory.rank_memory`` gives each rank's peak.
 
 Activations held per micro-batch of n samples on a stage of layers a..b-1:
 the stage's input (the cut before a), every layer's saved tensors other than
@@ -26,10 +25,10 @@ from dataclasses import dataclass
 
 from conveyor.partition import stage_ranges
 from conveyor.plan.profile import Profile
-from conveyor.schedule.ir import B, F, I, W, Schedule
+from conveyor.schedule.ir import B, F, I, W
 from conveyor.sim.cost import CostModel
 
-__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "rank_memory", "inner_bytes"]
+__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "inner_bytes"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,9 @@ class StageCosts:
     recompute_per_sample: tuple[float, ...]     # transient bytes per sample in a recompute
     static_bytes: tuple[int, ...]               # parameters + optimizer state, per stage
     cut_per_sample: tuple[float, ...]           # bytes per sample at each of the S-1 cuts
+    in_per_sample: tuple[float, ...] = ()       # the stage's input, per sample
+    out_per_sample: tuple[float, ...] = ()      # its output kept for B (0 on the last stage)
+    loss_bytes: float = 0.0                     # the weighted loss the last stage keeps
 
     def cost_model(self, latency: float = 0.0, bandwidth: float = float("inf")
                    ) -> MicrobatchCostModel:
@@ -117,7 +119,7 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward."""
     layers = profile.layers
     cut_in = [profile.input_bytes] + [lay.out_bytes for lay in layers]  # cut before layer j
-    fw, bw, ig, wg, held, rec, static = [], [], [], [], [], [], []
+    fw, bw, ig, wg, held, rec, static, outs = [], [], [], [], [], [], [], []
     S = len(balance)
     for s, r in enumerate(stage_ranges(balance)):
         ls = layers[r.start:r.stop]
@@ -129,6 +131,7 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
         # The last stage's output becomes the loss: only what the loss saves stays.
         kept_out = 0.0 if s == S - 1 else ls[-1].out_bytes
         out = 0.0 if ls[-1].saves_output else kept_out
+        outs.append(kept_out)
         if checkpoint[s]:  # the forward runs again before B (or I)
             b = [x + y for x, y in zip(b, f)]
             i = [x + y for x, y in zip(i, f)]
@@ -145,32 +148,6 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     cuts = [cut_in[r.stop] for r in stage_ranges(balance)[:-1]]
     return StageCosts(tuple(balance), tuple(bool(c) for c in checkpoint), tuple(sizes),
                       tuple(fw), tuple(bw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
-                      tuple(static), tuple(cuts))
-
-
-def rank_memory(schedule: Schedule, costs: StageCosts, *, static: bool = True,
-                recompute: bool = True) -> list[float]:
-    """Peak bytes per rank: static bytes of its stages plus the most activation
-    bytes held at once while it runs its actions in order (see module doc).
-    ``static=False`` leaves out parameters and optimizer state, ``recompute=
-    False`` the transient bytes of a checkpointed stage's recomputation (what
-    the runtime's activation counter sees)."""
-    sizes = costs.sizes
-    peaks = []
-    for r, row in enumerate(schedule.actions):
-        fixed = sum(costs.static_bytes[s] for s in schedule.stages_of(r)) if static else 0.0
-        held = peak = 0.0
-        for a in row:
-            s, kind = a.stage, a.kind
-            if kind == F:
-                held += costs.held_per_sample[s] * sizes[a.mb]
-                peak = max(peak, held)
-            elif kind in (B, I):
-                if recompute:
-                    peak = max(peak, held + costs.recompute_per_sample[s] * sizes[a.mb])
-                if kind == B:
-                    held -= costs.held_per_sample[s] * sizes[a.mb]
-            elif kind == W:
-                held -= costs.held_per_sample[s] * sizes[a.mb]
-        peaks.append(fixed + peak)
-    return peaks
+                      tuple(static), tuple(cuts),
+                      tuple(cut_in[r.start] for r in stage_ranges(balance)), tuple(outs),
+                      float(profile.meta.get("loss_bytes", 0.0)))

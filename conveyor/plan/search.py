@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from conveyor.errors import ConveyorError, PlanError
 from conveyor.partition import balanced_partition
-from conveyor.plan.costs import inner_bytes, rank_memory, stage_costs
+from conveyor.plan.costs import inner_bytes, stage_costs
+from conveyor.plan.memory import rank_memory
 from conveyor.plan.messages import check_request, explain, fmt_bytes, fmt_time, over_budget
 from conveyor.plan.profile import Profile
 from conveyor.schedule.generators import build_schedule, schedule_names

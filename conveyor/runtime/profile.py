@@ -225,7 +225,10 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
                           "fingerprint": fingerprint(model)},
                    layers=out, input_bytes=in_bytes, batch=sizes, device=str(device),
                    repeats=repeats, links=links,
-                   meta={"torch": torch.__version__, "optimizer": optimizer})
+                   meta={"torch": torch.__version__, "optimizer": optimizer,
+                         # the runtime keeps each micro-batch's weighted loss, a scalar
+                         # of the model output's dtype, until its backward
+                         "loss_bytes": _tensors(x)[0].element_size()})
 
 
 def _ping_pong(ctx, sizes: list[int], rounds: int) -> dict | None:

@@ -76,7 +76,8 @@ class ActivationMemory:
 
     Counted: the tensors autograd saved in each forward, the stage's kept
     inputs and outputs, the gradients kept from I for W, and the buffers of
-    sends not yet let go and of receives posted but not yet consumed. Each
+    sends not yet let go and of receives posted but not yet consumed (not a
+    size's handshake header: that is ``meta_bytes``). Each
     storage is counted once however many holders share it (an output that is
     also a send buffer counts once), parameters never. ``peak`` is the most
     held at once.

@@ -103,19 +103,22 @@ class Transfers:
         s, mb = a.stage, a.mb
         ys = self.out.pop((s, mb)) if self.forward_only else self.out[(s, mb)]
         held = self.comm.send_act(ys, cut=s, mb=mb, size=self.data.key(mb), action=a)
-        self._hold_send(a, held)
+        # The first send of a size is preceded by its handshake (a shape header,
+        # counted in meta_bytes, not an activation): count only the data buffers.
+        self._hold_send(a, held, held[len(held) - len(ys):])
 
     def _send_b(self, a: Action) -> None:
         held = self.comm.send_grad(self.gin.pop((a.stage, a.mb)), cut=a.stage - 1, mb=a.mb,
                                    action=a)
-        self._hold_send(a, held)
+        self._hold_send(a, held, held)
 
     # -- buffers -----------------------------------------------------------------------
-    def _hold_send(self, a: Action, held: list) -> None:
-        """Keep a posted send's (work, buffer) pairs until ``_release_sends``."""
+    def _hold_send(self, a: Action, held: list, data: list) -> None:
+        """Keep a posted send's (work, buffer) pairs until ``_release_sends``;
+        ``data``, those of them that carry tensors, count as held memory."""
         self.sends[a] = (held, self.plan.peer[self.step_index])
         if self.memory is not None:
-            self.memory.hold(a, [t for _, t in held])
+            self.memory.hold(a, [t for _, t in data])
 
     def _release_sends(self, actions) -> None:
         """Wait on these sends (the plan proved them delivered, or the step is

@@ -53,11 +53,11 @@ def test_checkpointing_is_chosen_when_nothing_else_fits_and_costs_a_forward():
     prof = synthetic([1] * 8, act=100_000)
     free = search(prof, P=2, batch=32, schedules=["1f1b"], microbatches=[4], refine=False)
     need = max(free.best.peak_bytes)
-    tight = search(prof, P=2, batch=32, memory=need * 0.6, schedules=["1f1b"],
+    tight = search(prof, P=2, batch=32, memory=need * 0.75, schedules=["1f1b"],
                    microbatches=[4], refine=False)
     assert any(tight.best.checkpoint)
     assert tight.best.step > free.best.step  # the recomputed forward is charged
-    assert max(tight.best.peak_bytes) <= need * 0.6
+    assert max(tight.best.peak_bytes) <= need * 0.75
 
 
 def test_recompute_is_charged_to_the_backward():
@@ -83,10 +83,13 @@ def test_rank_memory_walks_the_order():
     prof = synthetic([1] * 4, act=1.0, params=0)
     sched = build_schedule("1f1b", 2, 4)
     mem = rank_memory(sched, stage_costs(prof, [2, 2], [1] * 4, [False] * 2), static=False)
-    # stage 0 keeps 2 micro-batches (P - s) of input + 2 saved layers + output: 4 bytes each
-    assert mem[0] == 2 * 4
-    # the last stage's output becomes the loss: input + 2 saved layers
-    assert mem[1] == 1 * 3
+    # stage 0 keeps 2 micro-batches (P - s) of input + 2 saved layers + output: 4 bytes
+    # each, and the gradient receives of both, posted before the first one's B
+    assert mem[0] == 2 * 4 + 2 * 1
+    # the last stage's output becomes the loss: input + 2 saved layers; besides, the
+    # next input's receive is posted ahead and the last input gradient sent is not
+    # yet proven delivered
+    assert mem[1] == 1 * 3 + 1 + 1
 
 
 def test_budget_below_one_layer():

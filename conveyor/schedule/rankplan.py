@@ -1,0 +1,119 @@
+"""What the interpreter can decide once per schedule, before any step runs.
+
+For each rank of a lowered schedule, a RankPlan holds:
+
+* ``peer``: for each position, the rank at the other end of a SEND/RECV
+  (-1 for compute actions), so that no action looks up the placement.
+* ``recvs`` and ``post_limit``: the positions of the receives, in list order,
+  and for each position i the last position whose receive may be posted
+  before action i runs. Receives are always posted in list order (a receive
+  is never posted before an earlier one), which is what a transport that
+  matches messages in posting order (NCCL, or gloo in strict mode) needs;
+  with ``prepost`` the limit reaches up to the next compute action, so that
+  the transfer overlaps the compute before it.
+* ``release_after``: for each position k, the sends whose buffers may be
+  waited on and let go right after action k. A send may be waited on once
+  the rank holds proof that its matching receive has completed on the peer:
+  action k causally follows an action of the peer at or after that receive
+  (a vector clock over the schedule's dependencies, in the order the replay
+  engine of ``conveyor.schedule.deps`` runs them). The wait then returns at
+  once, so it cannot deadlock, whatever other ranks do. Sends without such
+  proof are waited on at the end of the step.
+
+For 1F1B this releases stage s's activation send of micro-batch mb when the
+gradient of mb comes back, so the buffers a rank holds stay within 1F1B's
+bound of min(P - s, M) micro-batches however large M is.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+from functools import lru_cache
+
+from conveyor.errors import ScheduleError
+from conveyor.schedule.deps import Dependencies, replay
+from conveyor.schedule.ir import RECV_B, RECV_F, SEND_B, SEND_F, Action, Schedule
+
+__all__ = ["RankPlan", "plan_rank", "vector_clocks"]
+
+
+@dataclass(frozen=True)
+class RankPlan:
+    """One rank's plan; see the module docstring. Positions index the rank's list."""
+
+    peer: tuple[int, ...]
+    recvs: tuple[int, ...]
+    post_limit: tuple[int, ...]
+    release_after: tuple[tuple[Action, ...], ...]
+
+
+def _matching_recv(schedule: Schedule, a: Action) -> Action:
+    if a.kind == SEND_F:
+        return Action(a.stage + 1, RECV_F, a.mb)
+    return Action(a.stage - 1, RECV_B, a.mb)
+
+
+def _peer(schedule: Schedule, a: Action) -> int:
+    place = schedule.placement
+    return {SEND_F: lambda: place[a.stage + 1], RECV_F: lambda: place[a.stage - 1],
+            SEND_B: lambda: place[a.stage - 1], RECV_B: lambda: place[a.stage + 1]
+            }.get(a.kind, lambda: -1)()
+
+
+@lru_cache(maxsize=32)
+def vector_clocks(schedule: Schedule) -> tuple[tuple[tuple[int, ...], ...], ...]:
+    """``clocks[r][k][q]``: the last position of rank q's list that rank r's
+    action k causally follows (runs after, through the schedule's
+    dependencies and each rank's list order); -1 when none. Raises
+    ScheduleError if the replay does not get through the schedule."""
+    rp = replay(schedule, lambda r, a: 1.0)
+    if rp.stuck:
+        r, (i, a, dep) = next(iter(rp.stuck.items()))
+        raise ScheduleError(f"schedule {schedule.name!r} deadlocks: rank {r} waits at step "
+                            f"{i} ({a}) for {dep}; validate it first")
+    P = schedule.P
+    deps = Dependencies(schedule)
+    where = {a: (r, i) for r, i, a in schedule}
+    # Start times of the unit-time replay are a topological order of the dependencies.
+    order = sorted(where, key=lambda a: rp.start[a])
+    clock: dict[Action, list[int]] = {}
+    for a in order:
+        r, i = where[a]
+        v = list(clock[schedule.actions[r][i - 1]]) if i > 0 else [-1] * P
+        for d, _ in deps(a):
+            dv = clock.get(d)
+            if dv is not None:
+                v = [max(x, y) for x, y in zip(v, dv)]
+        v[r] = i
+        clock[a] = v
+    return tuple(tuple(tuple(clock[a]) for a in row) for row in schedule.actions)
+
+
+@lru_cache(maxsize=64)
+def plan_rank(schedule: Schedule, rank: int, prepost: bool) -> RankPlan:
+    """The RankPlan of ``rank`` in the lowered ``schedule`` (cached per schedule)."""
+    row = schedule.actions[rank]
+    n = len(row)
+    peer = tuple(_peer(schedule, a) for a in row)
+    recvs = tuple(i for i, a in enumerate(row) if a.kind in (RECV_F, RECV_B))
+    limit = list(range(n))
+    if prepost:
+        nxt = n  # position of the first compute action after i
+        for i in reversed(range(n)):
+            limit[i] = nxt - 1
+            if row[i].is_compute:
+                nxt = i
+    release: list[list[Action]] = [[] for _ in range(n)]
+    sends = [(i, a) for i, a in enumerate(row) if a.kind in (SEND_F, SEND_B)]
+    if sends:
+        clocks = vector_clocks(schedule)
+        pos = {a: i for r, i, a in schedule}
+        # Column q of this rank's clocks never decreases along the list.
+        cols = list(zip(*clocks[rank])) if n else []
+        for i, a in sends:
+            q, j = peer[i], pos[_matching_recv(schedule, a)]
+            k = bisect_left(cols[q], j, lo=i + 1)
+            if k < n:
+                release[k].append(a)
+    return RankPlan(peer, recvs, tuple(limit), tuple(tuple(x) for x in release))
