@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from conveyor.cli.argtypes import int_at_least
+from conveyor.cli.argtypes import check_outputs, int_at_least, int_list
 
 _UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kb": 10 ** 3, "kib": 2 ** 10, "m": 2 ** 20,
           "mb": 10 ** 6, "mib": 2 ** 20, "g": 2 ** 30, "gb": 10 ** 9, "gib": 2 ** 30,
@@ -24,17 +24,6 @@ def bytes_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a memory size; write e.g. 16GiB, "
                                          f"512MiB or 2e9 (bytes)")
     return value
-
-
-def int_list(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
-                                         f"integers") from None
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: every value must be at least 1")
-    return values
 
 
 def add_parser(sub) -> None:
@@ -64,6 +53,7 @@ def run(args) -> int:
     from conveyor.plan import load_profile, plan_to_dict, save_plan, search
     from conveyor.plan.report import plan_table
 
+    check_outputs([args.output])  # before the search, which can take a while
     prof = load_profile(args.profile)
     schedules = args.schedules.split(",") if args.schedules else None
     if schedules:

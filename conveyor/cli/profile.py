@@ -6,7 +6,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from conveyor.cli.argtypes import int_at_least
+from conveyor.cli.argtypes import check_outputs, int_at_least
 from conveyor.errors import PlanError
 
 
@@ -57,8 +57,13 @@ def load_factory(spec: str):
 def run(args) -> int:
     import torch
 
-    from conveyor.runtime.profile import measure_links, profile
+    from conveyor.runtime.profile import OPTIMIZER_STATE, measure_links, profile
 
+    # what can be checked before the model is built and timed
+    check_outputs([args.output])
+    if args.optimizer not in OPTIMIZER_STATE:
+        raise PlanError(f"--optimizer {args.optimizer!r} is unknown; choose one of "
+                        f"{', '.join(OPTIMIZER_STATE)}")
     torch.set_num_threads(args.threads)
     got = load_factory(args.model)()
     if not (isinstance(got, tuple) and len(got) == 2):

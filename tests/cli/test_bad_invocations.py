@@ -105,6 +105,33 @@ CASES = [
     (["demo", "--lr", "nan"], "nan"),
     (["demo", "--width", "0"], "0"),
     (["demo", "--schedule", "nope"], "nope"),
+    # -- profile (each must fail before any layer is timed) ---------------------------
+    (["profile", "--model", "nomodel.py:make"], "nomodel.py"),
+    (["profile", "--model", "make"], "'make'"),
+    (["profile", "--model", "no_such_module_xyz:make"], "no_such_module_xyz"),
+    (["profile", "--model", "model.py:nothing"], "nothing"),
+    (["profile", "--model", "model.py:wrong"], "(model, sample_batch)"),
+    (["profile", "--model", "model.py:make", "--repeats", "0"], "0"),
+    (["profile", "--model", "model.py:make", "--optimizer", "lion"], "lion"),
+    (["profile", "--model", "model.py:make", "-o", "/proc/x.json"], "/proc/x.json"),
+    (["profile", "--model", "model.py:make", "-o", "adir"], "adir"),
+    # -- plan -----------------------------------------------------------------------
+    (["plan", "--profile", "missing.json", "-P", "2", "--batch", "8"], "missing.json"),
+    (["plan", "--profile", "broken.json", "-P", "2", "--batch", "8"], "broken.json"),
+    (["plan", "--profile", "oldprof.json", "-P", "2", "--batch", "8"], "conveyor.profile/0"),
+    (["plan", "--profile", "prof.json", "-P", "0", "--batch", "8"], "0"),
+    (["plan", "--profile", "prof.json", "-P", "2", "--batch", "8", "--memory", "12XB"],
+     "12XB"),
+    (["plan", "--profile", "prof.json", "-P", "2", "--batch", "2", "-M", "4"], "batch 2"),
+    (["plan", "--profile", "prof.json", "-P", "2", "--batch", "8", "-M", "4,x"], "4,x"),
+    (["plan", "--profile", "prof.json", "-P", "2", "--batch", "8", "--schedules", "nope"],
+     "nope"),
+    (["plan", "--profile", "prof.json", "-P", "2", "--batch", "8", "--memory", "1KiB"],
+     "1.00 KiB"),
+    (["plan", "--profile", "prof.json", "-P", "2", "--batch", "8", "-o", "/proc/x.json"],
+     "/proc/x.json"),
+    (["plan", "--profile", "prof.json", "-P", "2", "--batch", "8", "-o", "nodir/p.json"],
+     "nodir"),
     # -- the entry point ----------------------------------------------------------
     (["nope"], "nope"),
     (["schedules", "--bogus"], "--bogus"),
@@ -126,6 +153,15 @@ def scratch(tmp_path, monkeypatch) -> Path:
     (tmp_path / "action.csv").write_text("0F0,0X0\n")
     (tmp_path / "bigP.json").write_text(json.dumps(
         {"P": int(BIG), "M": 4, "S": 4, "schedule": "gpipe", "events": []}))
+    from tests.plan._profiles import synthetic
+    prof = synthetic([1] * 4)
+    prof.save(tmp_path / "prof.json")
+    (tmp_path / "oldprof.json").write_text(json.dumps(
+        dict(prof.to_dict(), format="conveyor.profile/0")))
+    (tmp_path / "model.py").write_text(
+        "import torch\n"
+        "def make():\n    return torch.nn.Sequential(torch.nn.Linear(2, 2)), torch.randn(4, 2)\n"
+        "def wrong():\n    return 3\n")
     from conveyor.sim import CostModel, simulate
     simulate(build_schedule("gpipe", 2, 2), CostModel()).save(tmp_path / "tl.json")
     return tmp_path
