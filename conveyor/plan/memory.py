@@ -89,7 +89,7 @@ def _rank_peak(low: Schedule, r: int, costs, recompute: bool, prepost: bool) -> 
                 break
             nxt += 1
         s, mb, kind = a.stage, a.mb, a.kind
-        n = sizes[mb] if mb < len(sizes) else 0
+        n = sizes[mb]
         if kind in (RECV_F, RECV_B) and a not in h.by:
             if kind == RECV_F:
                 known.add((s - 1, n))  # learnt here, at the receive's own place
