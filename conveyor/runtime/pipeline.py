@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
 from conveyor.runtime.batching import microbatch_sizes, split_batch
+from conveyor.runtime.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.comm import Comm
 from conveyor.runtime.group import RankContext
 from conveyor.runtime.interpreter import Interpreter
@@ -137,6 +138,7 @@ class Pipeline:
         except ConveyorError as e:
             raise _same(e)
         self._setup(stages, sched, ctx, loss_fn, optimizer, config)
+        self.layer_names = layer_names(model, sched.S, balance)  # checkpoint keys
 
     @classmethod
     def from_stages(cls, stages, *, loss_fn: Callable, optimizer: Callable | None,
@@ -261,6 +263,21 @@ class Pipeline:
             for s, m in self.stages.items():
                 m.train(modes[s])
         return res.output
+
+    # -- checkpoints (conveyor.runtime.checkpoint_io) -----------------------------------
+    layer_names: dict[int, list[str]] | None = None  # None: built by from_stages
+
+    def save(self, path, *, scheduler=None):
+        """Collective: write a checkpoint at directory ``path`` (model keyed by the
+        unsplit model's names, optimizer, ``scheduler``, step count, RNG),
+        atomically. Returns the path. See docs/checkpoints.md."""
+        return save_pipeline(self, path, scheduler=scheduler)
+
+    def load(self, path, *, scheduler=None) -> dict:
+        """Load a checkpoint saved at any P into this rank's stages, optimizer,
+        ``scheduler``, step count and (same P only) RNG. Every rank calls it.
+        Returns {"step", "saved_P", "rng_restored"}; raises CheckpointError."""
+        return load_pipeline(self, path, scheduler=scheduler)
 
     # -- the step ------------------------------------------------------------------
     def _run(self, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
