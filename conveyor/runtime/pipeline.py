@@ -32,6 +32,7 @@ from conveyor.runtime.batching import microbatch_sizes, split_batch
 from conveyor.runtime.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.comm import Comm
 from conveyor.runtime.group import RankContext
+from conveyor.runtime.hang import watch as watch_hangs
 from conveyor.runtime.interpreter import Interpreter
 from conveyor.runtime.recorder import (
     ActivationMemory, Recorder, estimate_clock_offset, gather_timeline,
@@ -210,6 +211,7 @@ class Pipeline:
                                                    rounds=config.clock_rounds)
                              if ctx.world_size > 1 else 0.0)
         self.steps = 0
+        self.hang_watched = watch_hangs(self)  # a hang prints every rank's position
 
     def _comm(self) -> Comm:
         return Comm(rank=self.ctx.rank, placement=self.schedule.placement,

@@ -9,6 +9,7 @@ restores the RNG reproduces the losses.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -104,3 +105,35 @@ def reshard_then_crash_job(ctx, src: str, out_dir: str, crash_dir: str) -> None:
             os._exit(9)
         checkpoint_io._write_rank_file = half_then_die
     pipe.save(crash_dir, scheduler=sched)
+
+
+# -- hang forensics (not checkpoints, but the same kind of rank job) ----------------
+
+class SleepOnMb3(nn.Module):
+    """Identity that sleeps "forever" in its forward of micro-batch 3."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        mb, self.calls = self.calls, self.calls + 1
+        if mb == 3:
+            time.sleep(3600)
+        return x
+
+
+def hang_job(ctx, pid_dir: str, timeout_s: float) -> None:
+    """P=4, 1f1b, M=8: stage 2 sleeps in its forward of micro-batch 3."""
+    from conveyor.runtime import PipelineConfig
+
+    (Path(pid_dir) / f"rank{ctx.rank}.pid").write_text(str(os.getpid()))
+    torch.manual_seed(0)
+    layers = [nn.Linear(4, 4) for _ in range(4)]
+    layers.insert(3, SleepOnMb3())  # balance [1, 1, 2, 1]: the second layer of stage 2
+    pipe = Pipeline(layers, loss_fn=lambda o, t: ((o - t) ** 2).mean(), optimizer=None,
+                    schedule="1f1b", microbatches=8, balance=[1, 1, 2, 1], ctx=ctx,
+                    config=PipelineConfig(timeout_s=timeout_s))
+    assert pipe.hang_watched
+    x = torch.randn(16, 4)
+    pipe.step(x, x)
