@@ -17,8 +17,9 @@ attributes as it goes (``Progress``); the watch reads them.
    the main thread may be stuck in user code or in C, where nothing else
    reaches it).
 
-The comm's own timeout stays as a backstop, ``BACKSTOP_S`` later, for when
-the store is unreachable.
+A pipeline's first step waits ``FIRST_STEP`` times longer (its handshakes and
+lazy start-up are slow). The comm's own timeout stays as a backstop,
+``BACKSTOP_S`` after the longest of those, for when the store is unreachable.
 
 Instrumentation: ``watch(pipe)`` wraps the pipeline's interpreters (their run
 and action handlers) and its comms' ``wait`` from outside, so the interpreter
@@ -41,6 +42,7 @@ __all__ = ["Progress", "watch", "format_table", "EXIT_CODE", "BACKSTOP_S"]
 
 EXIT_CODE = 75       # what every rank exits with after a hang report
 BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
+FIRST_STEP = 2.0     # the first step (handshakes, lazy start-up) gets this times timeout_s
 POLL_S = 0.25
 ANSWER_S = 5.0       # how long the reporter waits for the other ranks' progress
 _KEY = "conveyor/hang/"
@@ -62,7 +64,7 @@ class Progress:
     doing_since: float = 0.0
     peer: int | None = None
     wait_since: float = 0.0
-    timeout_s: float = 300.0
+    timeout_s: float = 300.0  # for the step running
 
     def row(self, rank: int, now: float) -> dict:
         if self.step is None:
@@ -90,7 +92,8 @@ def format_table(rows: list[dict], *, reporter: int, timeout_s: float) -> str:
     lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(head))).rstrip() for c in cells]
     me = next(r for r in rows if r["rank"] == reporter)
     return (f"conveyor: hang: rank {reporter} waited on rank {me['peer']} longer than "
-            f"timeout_s={timeout_s:g} s; every rank's position:\n" + "\n".join(lines) +
+            f"{timeout_s:g} s (timeout_s, x{FIRST_STEP:g} on the first step); every "
+            f"rank's position:\n" + "\n".join(lines) +
             "\n(busy: in this action; waiting: blocked on that peer; raise "
             "PipelineConfig(timeout_s=...) if a rank is only slow)")
 
@@ -180,7 +183,8 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
     run = interp.run
 
     def watched_run(*args, **kwargs):
-        p.step, p.last, p.doing, p.peer, p.timeout_s = pipe.steps, None, None, None, timeout_s
+        p.step, p.last, p.doing, p.peer = pipe.steps, None, None, None
+        p.timeout_s = timeout_s * (FIRST_STEP if pipe.steps == 0 else 1.0)
         try:
             return run(*args, **kwargs)
         finally:
@@ -199,7 +203,7 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
 
 def _wrap_comm(comm, p: Progress, timeout_s: float) -> None:
     wait = comm.wait
-    comm.timeout = timedelta(seconds=timeout_s + BACKSTOP_S)
+    comm.timeout = timedelta(seconds=timeout_s * FIRST_STEP + BACKSTOP_S)
 
     def watched_wait(works, *, peer, action):
         if p.doing is None:  # the sends' wait after the last action

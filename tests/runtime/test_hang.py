@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,7 @@ from tests.runtime import _ckpt_jobs
 pytestmark = pytest.mark.runtime
 
 TIMEOUT_S = 3.0
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def alive(pid: int) -> bool:
@@ -33,8 +37,25 @@ def test_a_stuck_forward_is_named_and_every_rank_exits(tmp_path, capfd):
         launch(_ckpt_jobs.hang_job, nprocs=4, args=(str(tmp_path), TIMEOUT_S))
     took = time.monotonic() - t0
     assert f"stopped on a hang (exit code {EXIT_CODE})" in str(err.value)
-    err_text = capfd.readouterr().err
-    assert err_text.count("conveyor: hang:") == 1  # one table, printed once
+    check_report(capfd.readouterr().err, tmp_path)
+    print(f"\nhang reported and all exited {took:.1f} s after launch (timeout_s={TIMEOUT_S})")
+
+
+def test_the_same_under_torchrun(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "4", str(ROOT / "tests/runtime/_hang_script.py"),
+                          str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    took = time.monotonic() - t0
+    assert run.returncode != 0
+    check_report(run.stderr + run.stdout, tmp_path)
+    print(f"\ntorchrun: hang reported and all exited {took:.1f} s after start")
+
+
+def check_report(err_text: str, pid_dir) -> None:
+    assert err_text.count("conveyor: hang:") == 1, err_text[-3000:]  # one table, once
     table = err_text[err_text.index("conveyor: hang:"):].splitlines()
     rows = {int(m.group(1)): line for line in table
             if (m := re.match(r"(\d)\s{2,}", line))}
@@ -43,6 +64,5 @@ def test_a_stuck_forward_is_named_and_every_rank_exits(tmp_path, capfd):
     for r in (0, 1, 3):  # each other rank waits on a neighbour
         m = re.match(r"\d\s+waiting\s+(\d)\s", rows[r])
         assert m and abs(int(m.group(1)) - r) == 1, rows[r]
-    pids = [int((tmp_path / f"rank{r}.pid").read_text()) for r in range(4)]
+    pids = [int((pid_dir / f"rank{r}.pid").read_text()) for r in range(4)]
     assert not any(alive(p) for p in pids)
-    print(f"\nhang reported and all exited {took:.1f} s after launch (timeout_s={TIMEOUT_S})")
