@@ -45,7 +45,6 @@ BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
 FIRST_STEP = 2.0     # the first step (handshakes, lazy start-up) gets this times timeout_s
 POLL_S = 0.25
 ANSWER_S = 5.0       # how long the reporter waits for the other ranks' progress
-_KEY = "conveyor/hang/"
 
 
 @dataclass
@@ -103,6 +102,9 @@ class _Watch:
 
     def __init__(self, rank: int, world_size: int, store):
         self.rank, self.world_size, self.store = rank, world_size, store
+        # torchrun's agent store outlives a restart of the workers: keys of an
+        # earlier attempt (its "exit") must not reach this one.
+        self.key = f"conveyor/hang/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self.progress = Progress()
         threading.Thread(target=self._loop, name="conveyor-hang-watch", daemon=True).start()
 
@@ -111,26 +113,26 @@ class _Watch:
         while True:
             time.sleep(POLL_S)
             try:
-                if self.store.check([_KEY + "exit"]):
+                if self.store.check([self.key + "exit"]):
                     os._exit(EXIT_CODE)
-                if self.store.check([_KEY + "report"]) and not published:
+                if self.store.check([self.key + "report"]) and not published:
                     self._publish()
                     published = True
                 p = self.progress
                 if (p.peer is not None and time.monotonic() - p.wait_since > p.timeout_s
-                        and self.store.add(_KEY + "claims", 1) == 1):
+                        and self.store.add(self.key + "claims", 1) == 1):
                     self._report(p.timeout_s)
             except Exception:  # the store went away: the run is ending anyway
                 return
 
     def _publish(self) -> None:
         row = self.progress.row(self.rank, time.monotonic())
-        self.store.set(f"{_KEY}state/{self.rank}", json.dumps(row))
+        self.store.set(f"{self.key}state/{self.rank}", json.dumps(row))
 
     def _report(self, timeout_s: float) -> None:
-        self.store.set(_KEY + "report", str(self.rank))
+        self.store.set(self.key + "report", str(self.rank))
         self._publish()
-        keys = [f"{_KEY}state/{r}" for r in range(self.world_size)]
+        keys = [f"{self.key}state/{r}" for r in range(self.world_size)]
         deadline = time.monotonic() + ANSWER_S
         while time.monotonic() < deadline and not self.store.check(keys):
             time.sleep(POLL_S)
@@ -141,7 +143,7 @@ class _Watch:
         print(format_table(rows, reporter=self.rank, timeout_s=timeout_s), file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
-        self.store.set(_KEY + "exit", "1")
+        self.store.set(self.key + "exit", "1")
         os._exit(EXIT_CODE)
 
 
@@ -157,7 +159,7 @@ def _the_watch(rank: int, world_size: int) -> _Watch | None:
         import torch.distributed as dist
         try:
             store = dist.TCPStore(host, int(port), is_master=False,
-                                  timeout=timedelta(seconds=30), wait_for_workers=False)
+                                  timeout=timedelta(seconds=10), wait_for_workers=False)
         except Exception:  # no store to reach: the comm's own timeout remains
             return None
         _WATCH = _Watch(rank, world_size, store)
