@@ -160,10 +160,10 @@ def save_pipeline(pipe, path, *, scheduler=None) -> Path:
     path = Path(path)
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     rank = pipe.ctx.rank
+    if path.exists() and not (path / "manifest.json").exists():  # every rank sees it: all fail
+        raise CheckpointError(f"{path} exists and is not a conveyor checkpoint; save into "
+                              f"a new directory or remove it")
     if rank == 0:
-        if path.exists() and not (path / "manifest.json").exists():
-            raise CheckpointError(f"{path} exists and is not a conveyor checkpoint; save into "
-                                  f"a new directory or remove it")
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed save
         tmp.mkdir(parents=True)
     _barrier(pipe)
@@ -266,12 +266,12 @@ def load_pipeline(pipe, path, *, scheduler=None) -> dict:
     pipe.steps = manifest["step"]
     rng_restored = manifest["P"] == pipe.ctx.world_size
     if rng_restored:
-        own = _read(d, f"rank{pipe.ctx.rank}.pt")
+        own = files.get(f"rank{pipe.ctx.rank}.pt") or _read(d, f"rank{pipe.ctx.rank}.pt")
         torch.set_rng_state(own["rng"]["cpu"])
         if "cuda" in own["rng"] and pipe.ctx.device.type == "cuda":
             torch.cuda.set_rng_state(own["rng"]["cuda"], pipe.ctx.device)
     if scheduler is not None:
-        sched_state = _read(d, "rank0.pt").get("scheduler")
+        sched_state = (files.get("rank0.pt") or _read(d, "rank0.pt")).get("scheduler")
         if sched_state is None:
             raise CheckpointError(f"checkpoint {d} has no scheduler state; save with "
                                   f"scheduler= or load without it")
