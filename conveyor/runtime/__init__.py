@@ -15,6 +15,7 @@
 Needs torch. See docs/runtime.md.
 """
 
+from conveyor.runtime.checkpoint_io import CheckpointError, export_state_dict
 from conveyor.runtime.errors import (
     AgreementError, FailureReport, PeerFailedError, RankFailedError, StageError,
 )
@@ -27,6 +28,6 @@ from conveyor.runtime.stages import SequentialStage, split_model
 __all__ = [
     "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",
     "launch", "LaunchOptions", "measure", "RankContext", "init_rank",
-    "split_model", "SequentialStage",
+    "split_model", "SequentialStage", "export_state_dict", "CheckpointError",
     "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport",
 ]

@@ -317,10 +317,13 @@ def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
             if not (messaged[r] or closed[r]) and conns[r].poll():
                 read(r)
             if not messaged[r]:
+                from conveyor.runtime.hang import EXIT_CODE as HANG  # the report is printed
                 reports.append(FailureReport(
                     rank=r, kind="cause", summary=f"rank {r} died (exit code "
                     f"{procs[r].exitcode}) without reporting an error; look for a crash "
-                    f"(segmentation fault, out of memory, os._exit) in its output"))
+                    f"(segmentation fault, out of memory, os._exit) in its output"
+                    if procs[r].exitcode != HANG else f"rank {r} stopped on a hang (exit "
+                    f"code {HANG}); the table above shows where every rank was"))
                 failed_at = failed_at or time.monotonic()
     if reports:
         raise RankFailedError(_primary(reports), reports)

@@ -33,8 +33,10 @@ from conveyor.runtime.checks import check_callables, check_config
 from conveyor.runtime.batching import microbatch_sizes, split_batch
 from conveyor.runtime.checkpoint import apply_checkpoint, resolve_checkpoint
 from conveyor.runtime.planned import from_plan, named_balance
+from conveyor.runtime.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.comm import Comm
 from conveyor.runtime.group import RankContext
+from conveyor.runtime.hang import watch as watch_hangs
 from conveyor.runtime.interpreter import Interpreter
 from conveyor.runtime import trainloop
 from conveyor.runtime.recorder import (
@@ -186,6 +188,7 @@ class Pipeline:
             raise _same(e)
         self._setup(stages, sched, ctx, loss_fn, optimizer, config,
                     trainloop.Extras(tied, before_step, scheduler, stages))
+        self.layer_names = layer_names(model, sched.S, balance)  # checkpoint keys
 
     @classmethod
     def from_stages(cls, stages, *, loss_fn: Callable, optimizer: Callable | None,
@@ -273,6 +276,7 @@ class Pipeline:
                                                    rounds=config.clock_rounds)
                              if ctx.world_size > 1 else 0.0)
         self.steps = 0
+        self.hang_watched = watch_hangs(self)  # a hang prints every rank's position
 
     def _comm(self) -> Comm:
         strict = self.config.strict_order or os.environ.get("CONVEYOR_STRICT_ORDER") == "1"
@@ -348,6 +352,24 @@ class Pipeline:
         norm before clipping. Collective: call it on every rank, e.g. from
         ``before_step``."""
         return self.loop.clip(max_norm)
+    # -- checkpoints (conveyor.runtime.checkpoint_io) -----------------------------------
+    layer_names: dict[int, list[str]] | None = None  # None: built by from_stages
+
+    def save(self, path, *, scheduler=None):
+        """Collective: write a checkpoint at directory ``path`` (model keyed by the
+        unsplit model's names, optimizer, ``scheduler``, step count, RNG),
+        atomically. Returns the path. See docs/checkpoints.md."""
+        if scheduler is None:
+            scheduler = self.loop.scheduler  # the one Pipeline(scheduler=...) built, if any
+        return save_pipeline(self, path, scheduler=scheduler)
+
+    def load(self, path, *, scheduler=None) -> dict:
+        """Load a checkpoint saved at any P into this rank's stages, optimizer,
+        ``scheduler``, step count and (same P only) RNG. Every rank calls it.
+        Returns {"step", "saved_P", "rng_restored"}; raises CheckpointError."""
+        if scheduler is None:
+            scheduler = self.loop.scheduler
+        return load_pipeline(self, path, scheduler=scheduler)
 
     # -- the step ------------------------------------------------------------------
     def _run(self, interp: Interpreter, comm: Comm, inputs, targets, batch_size,

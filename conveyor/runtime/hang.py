@@ -1,0 +1,219 @@
+"""Hang forensics: when a rank waits on a peer longer than ``timeout_s``, every
+rank says what it last completed and what it is doing or waiting on, in one
+table printed once, and every process exits.
+
+How: one daemon thread per rank process (the "watch") polls a private client
+connection to the launcher's rendezvous store (the local launcher's, or
+torchrun's agent store), which stays reachable while the main thread is stuck
+in a forward or blocked in a receive. The main thread only sets a few
+attributes as it goes (``Progress``); the watch reads them.
+
+1. A rank whose ``Comm.wait`` has lasted longer than ``timeout_s`` claims the
+   report (``store.add`` of a counter: the first claim wins, so it prints once).
+2. The reporter raises a flag; every watch publishes its rank's progress.
+3. The reporter collects them (ranks that do not answer within a few seconds
+   show as "no answer"), prints the table to stderr, raises the exit flag and
+   leaves; every watch sees the flag and leaves too (``os._exit(EXIT_CODE)``:
+   the main thread may be stuck in user code or in C, where nothing else
+   reaches it).
+
+A pipeline's first step waits ``FIRST_STEP`` times longer (its handshakes and
+lazy start-up are slow). The comm's own timeout stays as a backstop,
+``BACKSTOP_S`` after the longest of those, for when the store is unreachable.
+
+Instrumentation: ``watch(pipe)`` wraps the pipeline's interpreters (their run
+and action handlers) and its comms' ``wait`` from outside, so the interpreter
+and comm stay unaware of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from conveyor.runtime.errors import describe
+
+__all__ = ["Progress", "watch", "format_table", "EXIT_CODE", "BACKSTOP_S"]
+
+EXIT_CODE = 75       # what every rank exits with after a hang report
+BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
+FIRST_STEP = 2.0     # the first step (handshakes, lazy start-up) gets this times timeout_s
+POLL_S = 0.25
+ANSWER_S = 5.0       # how long the reporter waits for the other ranks' progress
+
+
+@dataclass
+class Progress:
+    """What this rank's main thread is doing; written by it, read by the watch.
+
+    step:     the pipeline step running, None outside a step.
+    last:     the last action completed in this step.
+    doing:    the action in progress, and since when (monotonic seconds).
+    peer:     while waiting inside ``doing``: the peer waited on, and since when.
+    """
+
+    step: int | None = None
+    last: object = None
+    doing: object = None
+    doing_since: float = 0.0
+    peer: int | None = None
+    wait_since: float = 0.0
+    timeout_s: float = 300.0  # for the step running
+
+    def row(self, rank: int, now: float) -> dict:
+        if self.step is None:
+            state, what, since = "outside a step", "", None
+        elif self.peer is not None:
+            state, what, since = "waiting", describe(self.doing), self.wait_since
+        elif self.doing is not None:
+            state, what, since = "busy", describe(self.doing), self.doing_since
+        else:
+            state, what, since = "between actions", "", None
+        return {"rank": rank, "state": state, "step": self.step, "action": what,
+                "peer": self.peer, "mb": getattr(self.doing, "mb", None),
+                "for_s": None if since is None else round(now - since, 1),
+                "last": describe(self.last) if self.last is not None else "nothing yet"}
+
+
+def format_table(rows: list[dict], *, reporter: int, timeout_s: float) -> str:
+    """The one report: a line naming who waited too long, then a row per rank."""
+    head = ("rank", "state", "peer", "mb", "for", "doing / waiting in", "last completed")
+    cells = [head] + [(str(r["rank"]), r["state"], "" if r.get("peer") is None else str(r["peer"]),
+                       "" if r.get("mb") is None else str(r["mb"]),
+                       "" if r.get("for_s") is None else f"{r['for_s']:g} s",
+                       r.get("action", ""), r.get("last", "")) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
+    lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(head))).rstrip() for c in cells]
+    me = next(r for r in rows if r["rank"] == reporter)
+    return (f"conveyor: hang: rank {reporter} waited on rank {me['peer']} longer than "
+            f"{timeout_s:g} s (timeout_s, x{FIRST_STEP:g} on the first step); every "
+            f"rank's position:\n" + "\n".join(lines) +
+            "\n(busy: in this action; waiting: blocked on that peer; raise "
+            "PipelineConfig(timeout_s=...) if a rank is only slow)")
+
+
+class _Watch:
+    """The one watch thread of this process (one process = one rank)."""
+
+    def __init__(self, rank: int, world_size: int, store):
+        self.rank, self.world_size, self.store = rank, world_size, store
+        # torchrun's agent store outlives a restart of the workers: keys of an
+        # earlier attempt (its "exit") must not reach this one.
+        self.key = f"conveyor/hang/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+        self.progress = Progress()
+        threading.Thread(target=self._loop, name="conveyor-hang-watch", daemon=True).start()
+
+    def _loop(self) -> None:
+        published = False
+        while True:
+            time.sleep(POLL_S)
+            try:
+                if self.store.check([self.key + "exit"]):
+                    os._exit(EXIT_CODE)
+                if self.store.check([self.key + "report"]) and not published:
+                    self._publish()
+                    published = True
+                p = self.progress
+                if (p.peer is not None and time.monotonic() - p.wait_since > p.timeout_s
+                        and self.store.add(self.key + "claims", 1) == 1):
+                    self._report(p.timeout_s)
+            except Exception:  # the store went away: the run is ending anyway
+                return
+
+    def _publish(self) -> None:
+        row = self.progress.row(self.rank, time.monotonic())
+        self.store.set(f"{self.key}state/{self.rank}", json.dumps(row))
+
+    def _report(self, timeout_s: float) -> None:
+        self.store.set(self.key + "report", str(self.rank))
+        self._publish()
+        keys = [f"{self.key}state/{r}" for r in range(self.world_size)]
+        deadline = time.monotonic() + ANSWER_S
+        while time.monotonic() < deadline and not self.store.check(keys):
+            time.sleep(POLL_S)
+        rows = []
+        for r, k in enumerate(keys):
+            rows.append(json.loads(self.store.get(k)) if self.store.check([k]) else
+                        {"rank": r, "state": "no answer", "action": "", "last": ""})
+        print(format_table(rows, reporter=self.rank, timeout_s=timeout_s), file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        self.store.set(self.key + "exit", "1")
+        os._exit(EXIT_CODE)
+
+
+_WATCH: _Watch | None = None  # one per process: a process is one rank
+
+
+def _the_watch(rank: int, world_size: int) -> _Watch | None:
+    global _WATCH
+    if _WATCH is None:
+        host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+        if not host or not port:
+            return None
+        import torch.distributed as dist
+        try:
+            store = dist.TCPStore(host, int(port), is_master=False,
+                                  timeout=timedelta(seconds=10), wait_for_workers=False)
+        except Exception:  # no store to reach: the comm's own timeout remains
+            return None
+        _WATCH = _Watch(rank, world_size, store)
+    return _WATCH
+
+
+def watch(pipe) -> bool:
+    """Put the pipeline's steps under this process's hang watch. Returns
+    False (and changes nothing) for one process or without a reachable store."""
+    ctx = pipe.ctx
+    w = _the_watch(ctx.rank, ctx.world_size) if ctx.world_size > 1 else None
+    if w is None:
+        return False
+    p, timeout_s = w.progress, pipe.config.timeout_s
+    for interp in (pipe.interp, pipe._eval_interp):
+        _wrap_interpreter(interp, p, pipe, timeout_s)
+    for comm in (pipe.comm, pipe._eval_comm):
+        _wrap_comm(comm, p, timeout_s)
+    return True
+
+
+def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
+    run = interp.run
+
+    def watched_run(*args, **kwargs):
+        p.step, p.last, p.doing, p.peer = pipe.steps, None, None, None
+        p.timeout_s = timeout_s * (FIRST_STEP if pipe.steps == 0 else 1.0)
+        try:
+            return run(*args, **kwargs)
+        finally:
+            p.step = p.doing = p.peer = None
+
+    def watched(handler):
+        def run_action(a):
+            p.doing, p.doing_since = a, time.monotonic()
+            handler(a)
+            p.last, p.doing = a, None
+        return run_action
+
+    interp.run = watched_run
+    interp._handlers = {k: watched(h) for k, h in interp._handlers.items()}
+
+
+def _wrap_comm(comm, p: Progress, timeout_s: float) -> None:
+    wait = comm.wait
+    comm.timeout = timedelta(seconds=timeout_s * FIRST_STEP + BACKSTOP_S)
+
+    def watched_wait(works, *, peer, action):
+        if p.doing is None:  # the sends' wait after the last action
+            p.doing, p.doing_since = action, time.monotonic()
+        p.peer, p.wait_since = peer, time.monotonic()
+        try:
+            wait(works, peer=peer, action=action)
+        finally:
+            p.peer = None
+
+    comm.wait = watched_wait

@@ -1,0 +1,68 @@
+"""A rank stuck in its forward: every rank's position, printed once, and no
+process left (P=4, gloo, real processes)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conveyor.runtime import launch
+from conveyor.runtime.errors import RankFailedError
+from conveyor.runtime.hang import EXIT_CODE
+from tests.runtime import _ckpt_jobs
+
+pytestmark = pytest.mark.runtime
+
+TIMEOUT_S = 3.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_stuck_forward_is_named_and_every_rank_exits(tmp_path, capfd):
+    t0 = time.monotonic()
+    with pytest.raises(RankFailedError) as err:
+        launch(_ckpt_jobs.hang_job, nprocs=4, args=(str(tmp_path), TIMEOUT_S))
+    took = time.monotonic() - t0
+    assert f"stopped on a hang (exit code {EXIT_CODE})" in str(err.value)
+    check_report(capfd.readouterr().err, tmp_path)
+    print(f"\nhang reported and all exited {took:.1f} s after launch (timeout_s={TIMEOUT_S})")
+
+
+def test_the_same_under_torchrun(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t0 = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "4", str(ROOT / "tests/runtime/_hang_script.py"),
+                          str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    took = time.monotonic() - t0
+    assert run.returncode != 0
+    check_report(run.stderr + run.stdout, tmp_path)
+    print(f"\ntorchrun: hang reported and all exited {took:.1f} s after start")
+
+
+def check_report(err_text: str, pid_dir) -> None:
+    assert err_text.count("conveyor: hang:") == 1, err_text[-3000:]  # one table, once
+    table = err_text[err_text.index("conveyor: hang:"):].splitlines()
+    rows = {int(m.group(1)): line for line in table
+            if (m := re.match(r"(\d)\s{2,}", line))}
+    assert sorted(rows) == [0, 1, 2, 3]
+    assert re.search(r"^2\s+busy\s+3\s+[\d.]+ s\s+2F3 \(forward of micro-batch 3\)", rows[2])
+    for r in (0, 1, 3):  # each other rank waits on a neighbour
+        m = re.match(r"\d\s+waiting\s+(\d)\s", rows[r])
+        assert m and abs(int(m.group(1)) - r) == 1, rows[r]
+    pids = [int((pid_dir / f"rank{r}.pid").read_text()) for r in range(4)]
+    assert not any(alive(p) for p in pids)
