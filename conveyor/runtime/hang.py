@@ -201,6 +201,8 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
 
     interp.run = watched_run
     interp._handlers = {k: watched(h) for k, h in interp._handlers.items()}
+    # The interpreter plans its dispatch once, per position, from _handlers.
+    interp._dispatch = tuple(interp._handlers[a.kind] for a in interp.row)
 
 
 def _wrap_comm(comm, p: Progress, timeout_s: float) -> None:
