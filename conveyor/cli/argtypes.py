@@ -75,7 +75,6 @@ def port(text: str) -> int:
     return value
 
 
-
 def positive_float(text: str) -> float:
     """An argparse type: a finite number > 0."""
     try:
