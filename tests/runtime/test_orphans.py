@@ -53,6 +53,14 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             "--nproc-per-node", "2"]
 
 
+def _default_signals() -> None:
+    """The script under test starts with SIGTERM and SIGHUP at their defaults:
+    a test run under nohup (or a CI agent that ignores SIGHUP) would hand the
+    ignore down, and the launcher rightly keeps an inherited ignore."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def kill_mid_step(tmp_path: Path, sig: int, launcher: list[str]) -> tuple[float, int | None]:
     """Start the script, wait until it steps, send ``sig`` to it; returns the
     seconds until no rank is alive (or +inf after 10 s) and the script's status."""
@@ -61,7 +69,8 @@ def kill_mid_step(tmp_path: Path, sig: int, launcher: list[str]) -> tuple[float,
     pids = tmp_path / "pids"
     pids.mkdir()
     proc = subprocess.Popen(launcher + [str(script), str(pids)], cwd=ROOT, env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=_default_signals)
     try:
         deadline = time.monotonic() + 90
         while not (pids / "stepping").exists():
