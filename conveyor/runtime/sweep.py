@@ -260,9 +260,9 @@ def finish(cfg: SweepConfig, result: dict, launched: float | None = None) -> dic
     print(sweep_summary(rows))
     if cfg.out is not None:
         out = Path(cfg.out)
-        middle = out / rows[len(rows) // 2]["timeline"]
         print(f"sweep timelines: {out / rows[0]['timeline']} ... {rows[-1]['timeline']} and "
-              f"{out / 'sweep.json'} (see one: conveyor viz --timeline {middle})")
+              f"{out / 'sweep.json'} (see them, one chart per M: conveyor viz --timeline "
+              f"{out})")
     if cfg.json_path is not None:
         print(f"sweep table: {cfg.json_path}")
     print(f"sweep done in {sweep_s:.1f} s" + (f" ({wall:.1f} s with the launch)"
