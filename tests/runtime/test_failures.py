@@ -8,7 +8,6 @@ error must be printed once, and no process may be left behind.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,10 +17,10 @@ import pytest
 
 from conveyor.runtime import RankFailedError, launch
 from tests.runtime import _jobs
+from tests.runtime._procs import ROOT, env, alive
 
 pytestmark = pytest.mark.runtime
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys
 from conveyor.runtime import launch
@@ -31,21 +30,6 @@ if __name__ == "__main__":
     launch(boom_job, nprocs=4, args=(sys.argv[1],))
 """
 CAUSE = "rank 2 (stage 2) failed in 2F3 (forward of micro-batch 3): ValueError: boom on micro-batch 3"
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH")
-                                                     else []))
-    return e
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")  # a zombie has exited
 
 
 def run_boom(tmp_path: Path, launcher: list[str]) -> tuple[subprocess.CompletedProcess, float, list[int]]:

@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -16,19 +15,11 @@ from conveyor.runtime import launch
 from conveyor.runtime.errors import RankFailedError
 from conveyor.runtime.hang import EXIT_CODE
 from tests.runtime import _ckpt_jobs
+from tests.runtime._procs import ROOT, alive
 
 pytestmark = pytest.mark.runtime
 
 TIMEOUT_S = 3.0
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_stuck_forward_is_named_and_every_rank_exits(tmp_path, capfd):

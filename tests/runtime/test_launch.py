@@ -7,23 +7,15 @@ import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
 from conveyor.runtime import launch
+from tests.runtime._procs import ROOT, env
 
 pytestmark = pytest.mark.runtime
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "train_mlp.py"
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH")
-                                                     else []))
-    return e
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:

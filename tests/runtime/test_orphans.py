@@ -20,10 +20,10 @@ import pytest
 
 from conveyor.runtime import launch
 from tests.runtime import _hardening_jobs as jobs
+from tests.runtime._procs import ROOT, env, alive
 
 pytestmark = pytest.mark.runtime
 
-ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = """
 import sys
 from conveyor.runtime import launch
@@ -32,21 +32,6 @@ from tests.runtime._hardening_jobs import forever_job
 if __name__ == "__main__":
     launch(forever_job, nprocs=2, args=(sys.argv[1],))
 """
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH")
-                                                     else []))
-    return e
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone",
