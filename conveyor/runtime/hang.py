@@ -200,9 +200,7 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
         return run_action
 
     interp.run = watched_run
-    interp._handlers = {k: watched(h) for k, h in interp._handlers.items()}
-    # The interpreter plans its dispatch once, per position, from _handlers.
-    interp._dispatch = tuple(interp._handlers[a.kind] for a in interp.row)
+    interp.wrap_actions(watched)
 
 
 def _wrap_comm(comm, p: Progress, timeout_s: float) -> None:

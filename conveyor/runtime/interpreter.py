@@ -110,6 +110,27 @@ class Interpreter(Transfers):
                           SEND_B: self._send_b, RECV_B: self._recv_b}
         self._dispatch = tuple(self._handlers[a.kind] for a in self.row)
 
+    # -- extension points ----------------------------------------------------------
+    def wrap_actions(self, wrapper: Callable[[Callable[[Action], None]], Callable]) -> None:
+        """Replace every action's handler ``h`` with ``wrapper(h)`` (e.g. to
+        watch progress). Wrappers stack; ``wrapper(h)(a)`` must call ``h(a)``."""
+        self._dispatch = tuple(wrapper(h) for h in self._dispatch)
+
+    def after(self, index: int, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` once the action at ``index`` of this rank's row has
+        run, on every step (e.g. to start a stage's gradient all-reduce when
+        its last backward is done). Costs nothing at the other positions."""
+        if not 0 <= index < len(self.row):
+            raise IndexError(f"action index {index} outside rank {self.rank}'s "
+                             f"{len(self.row)} actions")
+        inner = self._dispatch[index]
+
+        def run_then(a: Action) -> None:
+            inner(a)
+            fn()
+
+        self._dispatch = self._dispatch[:index] + (run_then,) + self._dispatch[index + 1:]
+
     # -- the loop ------------------------------------------------------------------
     def run(self, data: StepData, *, recorder: Recorder | None = None,
             memory: ActivationMemory | None = None) -> tuple[torch.Tensor | None, dict]:
