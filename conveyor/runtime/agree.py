@@ -91,8 +91,10 @@ class Agreement:
     """
 
     def __init__(self, schedule, stages: Sequence[torch.nn.Module] | None, *, rank: int,
-                 world_size: int, device: torch.device, check_weights: bool = False):
+                 world_size: int, device: torch.device, check_weights: bool = False,
+                 group=None):
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.group = group  # the pipeline's process group (None: the whole world)
         self.P, self.M = schedule.P, schedule.M
         self.schedule_text = [f"{schedule.name} (P={schedule.P}, M={schedule.M}, S="
                               f"{schedule.S}, placement {list(schedule.placement)})"] + [
@@ -112,8 +114,8 @@ class Agreement:
         weights = self.digests["weights"] if step == 0 else 0
         record = [kind, started, step, self.P, self.M, batch, self.digests["schedule"],
                   self.digests["model"], weights]
-        rows = _gather(record, self.device, self.world_size)
-        _compare(rows, self.rank, describe=self._describe)
+        rows = _gather(record, self.device, self.world_size, self.group)
+        _compare(rows, self.rank, describe=self._describe, group=self.group)
 
     def _describe(self, name: str) -> list[str]:
         return {"schedule": self.schedule_text, "model": self.layers,
@@ -126,15 +128,17 @@ def finish(ctx) -> None:
     still starting a step instead."""
     if ctx.world_size == 1:
         return
-    rows = _gather([LEAVING, _started["n"], 0, 0, 0, 0, 0, 0, 0], ctx.device, ctx.world_size)
-    _compare(rows, ctx.rank, describe=None)
+    rows = _gather([LEAVING, _started["n"], 0, 0, 0, 0, 0, 0, 0], ctx.device, ctx.world_size,
+                   ctx.pp_group)
+    _compare(rows, ctx.rank, describe=None, group=ctx.pp_group)
 
 
-def _gather(record: list[int], device: torch.device, world_size: int) -> list[list[int]]:
+def _gather(record: list[int], device: torch.device, world_size: int,
+            group=None) -> list[list[int]]:
     mine = torch.tensor([_MAGIC] + record, dtype=torch.int64, device=device)
     parts = [torch.empty_like(mine) for _ in range(world_size)]
     try:
-        dist.all_gather(parts, mine)
+        dist.all_gather(parts, mine, group=group)
     except RuntimeError as e:
         from conveyor.runtime.errors import PeerFailedError
 
@@ -145,7 +149,7 @@ def _gather(record: list[int], device: torch.device, world_size: int) -> list[li
     return [p.tolist() for p in parts]
 
 
-def _compare(rows: list[list[int]], rank: int, *, describe) -> None:
+def _compare(rows: list[list[int]], rank: int, *, describe, group=None) -> None:
     if any(row[0] != _MAGIC for row in rows):
         bad = [r for r, row in enumerate(rows) if row[0] != _MAGIC]
         raise AgreementError(f"rank(s) {bad} sent something other than conveyor's step record; "
@@ -168,7 +172,7 @@ def _compare(rows: list[list[int]], rank: int, *, describe) -> None:
     for name in ("schedule", "model", "weights"):
         values = {r: rec[name] for r, rec in enumerate(recs)}
         if len(set(values.values())) > 1:
-            raise _digest_error(name, values, describe(name))
+            raise _digest_error(name, values, describe(name), group)
 
 
 def _kind_error(recs: list[dict]) -> AgreementError:
@@ -187,9 +191,9 @@ def _kind_error(recs: list[dict]) -> AgreementError:
                           field="kind", values=values)
 
 
-def _digest_error(name: str, values: dict, mine: list[str]) -> AgreementError:
+def _digest_error(name: str, values: dict, mine: list[str], group=None) -> AgreementError:
     texts = [None] * len(values)
-    dist.all_gather_object(texts, mine)
+    dist.all_gather_object(texts, mine, group=group)
     what = {"schedule": "the schedule", "model": "the model (layer types and parameter "
             "shapes per stage)", "weights": "the initial weights"}[name]
     fix = {"schedule": "build the schedule alike on every rank",

@@ -30,6 +30,13 @@ the manifest there and swaps it into place (``<dir>`` -> ``<dir>.old``,
 swap leaves ``<dir>`` as it was; a crash between the two renames leaves
 ``<dir>.old``, which ``load`` falls back to. All ranks must see the same
 filesystem (a shared one across nodes).
+
+Data parallelism: the replicas hold the same weights and optimizer state, so
+replica 0 (dp rank 0) writes the checkpoint alone (its pipeline ranks' files,
+the manifest saying its P and dp) and every replica loads it; the checkpoint
+is the same as one saved without data parallelism and loads at any dp and P.
+The RNG state is restored only when saved and loaded at the same P with
+dp = 1 (replicas draw different random streams; only replica 0's is saved).
 """
 
 from __future__ import annotations
@@ -146,8 +153,8 @@ def _rng_state(device: torch.device) -> dict:
 # -- save -----------------------------------------------------------------------------
 
 def _barrier(pipe) -> None:
-    if pipe.ctx.world_size > 1:
-        dist.barrier()
+    if pipe.ctx.global_size > 1:
+        dist.barrier()  # the whole world: no replica reads before the files are in place
 
 
 def _write_rank_file(path: Path, state: dict) -> None:
@@ -173,6 +180,10 @@ def save_pipeline(pipe, path, *, scheduler=None) -> Path:
     if path.exists() and not (path / "manifest.json").exists():  # every rank sees it: all fail
         raise CheckpointError(f"{path} exists and is not a conveyor checkpoint; save into "
                               f"a new directory or remove it")
+    if pipe.ctx.dp_rank != 0:  # replica 0 writes for all (same weights and state)
+        _barrier(pipe)
+        _barrier(pipe)
+        return path
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed save
         tmp.mkdir(parents=True)
@@ -182,11 +193,12 @@ def save_pipeline(pipe, path, *, scheduler=None) -> Path:
     names = sorted(state["model"])
     gathered = [None] * pipe.ctx.world_size if rank == 0 else None
     if pipe.ctx.world_size > 1:
-        dist.gather_object(names, gathered, dst=0)
+        dist.gather_object(names, gathered, group=pipe.ctx.pp_group, group_dst=0)
     else:
         gathered = [names]
     if rank == 0:
         manifest = {"format": FORMAT, "version": VERSION, "P": pipe.ctx.world_size,
+                    "dp": pipe.ctx.dp_size,
                     "S": pipe.schedule.S, "step": pipe.steps,
                     "portable": pipe.layer_names is not None,
                     "files": {f"rank{r}.pt": n for r, n in enumerate(gathered)}}
@@ -274,7 +286,8 @@ def load_pipeline(pipe, path, *, scheduler=None) -> dict:
                                   f"optimizer=None")
         _load_optim(pipe.optimizer, _param_names(pipe), saved)
     pipe.steps = manifest["step"]
-    rng_restored = manifest["P"] == pipe.ctx.world_size
+    rng_restored = (manifest["P"] == pipe.ctx.world_size and pipe.ctx.dp_size == 1
+                    and manifest.get("dp", 1) == 1)
     if rng_restored:
         own = files.get(f"rank{pipe.ctx.rank}.pt") or _read(d, f"rank{pipe.ctx.rank}.pt")
         torch.set_rng_state(own["rng"]["cpu"])

@@ -114,7 +114,8 @@ class Pending(NamedTuple):
 
 class Comm:
     """One rank's transfers. ``placement[s]`` is the rank of stage s; cut c lies
-    between stage c and stage c+1.
+    between stage c and stage c+1. Ranks are pipeline ranks: ranks in
+    ``group`` (the pipeline's process group; None: the whole world).
 
     Counters (payload bytes, this rank, since the last ``reset_counts``):
     sent_bytes / recv_bytes for activations and gradients, meta_bytes for the
@@ -160,7 +161,7 @@ class Comm:
     # -- sending -------------------------------------------------------------------
     def _isend(self, t: torch.Tensor, dst: int, tag: int, action):
         try:
-            return dist.isend(t, dst, group=self.group, tag=tag)
+            return dist.isend(t, group=self.group, tag=tag, group_dst=dst)
         except RuntimeError as e:
             raise self._lost(dst, action, e) from e
 
@@ -217,7 +218,8 @@ class Comm:
         buf = torch.empty(META_LEN, dtype=torch.int64, device=self.device)
         src = self.placement[cut]
         try:
-            work = dist.irecv(buf, src, group=self.group, tag=self._meta_tag(size, cut))
+            work = dist.irecv(buf, group=self.group, tag=self._meta_tag(size, cut),
+                               group_src=src)
         except RuntimeError as e:
             raise self._lost(src, action, e) from e
         self.wait([work], peer=src, action=action)
@@ -267,7 +269,7 @@ class Comm:
         works = []
         for b, tag in zip(bufs, tags):
             try:
-                works.append(dist.irecv(b, src, group=self.group, tag=tag))
+                works.append(dist.irecv(b, group=self.group, tag=tag, group_src=src))
             except RuntimeError as e:
                 raise self._lost(src, action, e) from e
             self.recv_bytes += nbytes(b)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from datetime import timedelta
 
 import torch
@@ -30,10 +31,11 @@ __all__ = ["RankContext", "init_rank", "env_is_distributed", "default_backend"]
 
 @dataclass(frozen=True)
 class RankContext:
-    """Where this process sits in the pipeline.
+    """Where this process sits in the pipeline (and, with data parallelism, in
+    the dp x pp mesh; see ``conveyor.runtime.mesh``).
 
-    rank:        this process's rank, 0 .. world_size-1 (one pipeline rank each).
-    world_size:  number of processes, the pipeline's P.
+    rank:        this process's pipeline rank, 0 .. world_size-1.
+    world_size:  the pipeline's P (the whole world when dp_size is 1).
     local_rank:  rank on this node; picks the GPU.
     device:      where this rank's stages and tensors live.
     backend:     "gloo" or "nccl".
@@ -48,6 +50,34 @@ class RankContext:
     device: torch.device
     backend: str
     launcher: str
+    dp_rank: int = 0
+    dp_size: int = 1
+    pp_group: Any = None  # the pipeline's process group; None: the whole world
+    dp_group: Any = None  # this pipeline rank's replicas; None when dp_size is 1
+
+    # dp_rank / dp_size: this rank's replica of the pipeline and the number of
+    # replicas. Global rank = dp_rank * world_size + rank.
+
+    @property
+    def pp_rank(self) -> int:
+        return self.rank
+
+    @property
+    def pp_size(self) -> int:
+        return self.world_size
+
+    @property
+    def global_rank(self) -> int:
+        """This process's rank in the whole world (dp x pp)."""
+        return self.dp_rank * self.world_size + self.rank
+
+    @property
+    def global_size(self) -> int:
+        return self.dp_size * self.world_size
+
+    def to_global(self, r: int) -> int:
+        """The global rank of pipeline rank ``r`` of this rank's replica."""
+        return self.dp_rank * self.world_size + r
 
 
 def env_is_distributed() -> bool:

@@ -170,7 +170,8 @@ def watch(pipe) -> bool:
     """Put the pipeline's steps under this process's hang watch. Returns
     False (and changes nothing) for one process or without a reachable store."""
     ctx = pipe.ctx
-    w = _the_watch(ctx.rank, ctx.world_size) if ctx.world_size > 1 else None
+    # Keyed by global rank: the replicas of a dp x pp mesh share the store.
+    w = _the_watch(ctx.global_rank, ctx.global_size) if ctx.global_size > 1 else None
     if w is None:
         return False
     p, timeout_s = w.progress, pipe.config.timeout_s

@@ -15,6 +15,14 @@ Inputs are read on the rank of the first stage, targets on the rank of the
 last; every rank must know the batch size (pass the batch everywhere, which is
 what a single script does naturally, or ``batch_size=``), because each needs
 the micro-batch sizes to size its receive buffers without extra messages.
+
+Data parallel x pipeline parallel: ``Pipeline(..., dp=N)`` on a world of
+N x P processes runs N replicas of a P-rank pipeline (global rank d*P + p is
+pipeline rank p of replica d, see ``conveyor.runtime.mesh``). Every rank
+still passes the global batch; replica d trains on its slice of the rows
+and the gradients are summed over the replicas before the update
+(``conveyor.runtime.dataparallel``), so a step equals one unsplit step on the
+global batch.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ from conveyor.runtime.checkpoint import apply_checkpoint, resolve_checkpoint
 from conveyor.runtime.planned import from_plan, named_balance
 from conveyor.runtime.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.comm import Comm
+from conveyor.runtime import dataparallel
+from conveyor.runtime.mesh import resolve_mesh
 from conveyor.runtime.group import RankContext
 from conveyor.runtime.hang import watch as watch_hangs
 from conveyor.runtime.interpreter import Interpreter
@@ -78,6 +88,10 @@ class PipelineConfig:
     accumulate:     calls of ``step`` per update: gradients add up over this
                     many calls, are divided by it (the mean over the batches)
                     and the update happens on the last call.
+    dp_overlap:     with data parallelism (dp > 1): start each stage's gradient
+                    all-reduce as soon as its last backward on this rank is
+                    done, overlapping the rest of the backward; False: all of
+                    them after the backward, before the update.
     varying_shapes: activation shapes may change between the micro-batches of
                     a step (e.g. each trimmed to its longest sequence): a shape
                     handshake precedes every micro-batch at every cut.
@@ -97,6 +111,7 @@ class PipelineConfig:
     max_grad_norm: float | None = None
     accumulate: int = 1
     varying_shapes: bool = False
+    dp_overlap: bool = True
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -106,8 +121,10 @@ class PipelineConfig:
 class StepResult:
     """What a step returns, on every rank.
 
-    loss:      the step's loss (the whole batch's, as the unsplit model's).
-    timeline:  the measured timeline, on rank 0 of a recorded step, else None.
+    loss:      the step's loss (the whole batch's, as the unsplit model's; with
+               dp > 1 the global batch's, the same on every replica).
+    timeline:  the measured timeline, on rank 0 of a recorded step, else None
+               (with dp > 1: on pipeline rank 0 of each replica, its own).
     stats:     this rank's counters: sent_bytes / recv_bytes (activations and
                gradients), meta_bytes (shape handshake), messages,
                peak_activation_bytes (if tracked), peak_device_bytes (CUDA).
@@ -151,7 +168,8 @@ class Pipeline:
                  balance: Sequence[int] | str | None = None, ctx: RankContext | None = None,
                  config: PipelineConfig | None = None, tied=None,
                  before_step: Callable | None = None, scheduler: Callable | None = None,
-                 checkpoint="none", plan=None, profile=None):
+                 checkpoint="none", plan=None, profile=None, dp: int | None = None,
+                 mesh=None):
         """``model``: an ``nn.Sequential`` or list of layers; it is cut by
         ``balance`` (or evenly, see ``conveyor.partition``) into the schedule's
         S stages, and this rank keeps its own. ``loss_fn(output, target)``
@@ -174,9 +192,13 @@ class Pipeline:
         ``checkpoint="none" | "full" | [bool per stage]`` recomputes stages'
         activations in the backward; ``plan="plan.json"`` (from ``conveyor
         plan``) sets schedule, M, balance and checkpointing at once.
+
+        Data parallelism: ``dp=N`` runs N replicas of the pipeline over a world
+        of N x P processes (N must divide the world size), or ``mesh=`` a torch
+        DeviceMesh with dims ("dp", "pp"); see the module docstring.
         """
-        ctx = ctx or _context()
         try:
+            ctx = resolve_mesh(ctx or _context(), dp=dp, mesh=mesh)
             if plan is not None:
                 schedule, balance, checkpoint = from_plan(plan, model)
                 microbatches = None
@@ -196,13 +218,17 @@ class Pipeline:
                     ctx: RankContext | None = None,
                     config: PipelineConfig | None = None, tied=None,
                     before_step: Callable | None = None,
-                    scheduler: Callable | None = None) -> "Pipeline":
+                    scheduler: Callable | None = None, dp: int | None = None,
+                    mesh=None) -> "Pipeline":
         """A pipeline of stages you built: a list of S modules, or a function
         ``stage -> module`` (called only for this rank's stages, so no rank
         builds the whole model). Stage s is called as ``stage(*inputs)`` with
-        the tensors stage s-1 returned."""
+        the tensors stage s-1 returned. ``dp``, ``mesh``: as for ``Pipeline``."""
         self = cls.__new__(cls)
-        ctx = ctx or _context()
+        try:
+            ctx = resolve_mesh(ctx or _context(), dp=dp, mesh=mesh)
+        except ConveyorError as e:
+            raise _same(e)
         sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
         every = None  # all S stages, when given: tied weights are then detected
         if callable(stages) and not isinstance(stages, torch.nn.Module):
@@ -254,9 +280,12 @@ class Pipeline:
         # Ranks must agree on schedule, model and batch: checked at each step.
         self._agreement = agree.Agreement(
             sched, stages if isinstance(stages, list) else None, rank=ctx.rank,
-            world_size=ctx.world_size, device=ctx.device, check_weights=config.check_weights)
+            world_size=ctx.world_size, device=ctx.device, check_weights=config.check_weights,
+            group=ctx.pp_group)
         # ``stages`` is a list of all S stages or a dict of this rank's.
         self.stages = {s: stages[s].to(ctx.device) for s in sched.stages_of(ctx.rank)}
+        if ctx.dp_size > 1:
+            dataparallel.broadcast_from_replica0(self.stages.values(), ctx)
         self.first_rank = sched.placement[0]
         self.last_rank = sched.placement[-1]
         self.params = parameters_of(self.stages.values())
@@ -272,8 +301,12 @@ class Pipeline:
         self._eval_interp = Interpreter(add_comms(sched.without_backward()), rank=ctx.rank,
                                         stages=self.stages, comm=self._eval_comm,
                                         loss_fn=loss_fn, prepost=prepost)
+        self.dp_sync = (dataparallel.GradSync(self.interp, self.stages, ctx,
+                                              overlap=config.dp_overlap)
+                        if ctx.dp_size > 1 else None)
         self.clock_offset = (estimate_clock_offset(ctx.rank, ctx.world_size, device=ctx.device,
-                                                   rounds=config.clock_rounds)
+                                                   rounds=config.clock_rounds,
+                                                   group=ctx.pp_group)
                              if ctx.world_size > 1 else 0.0)
         self.steps = 0
         self.hang_watched = watch_hangs(self)  # a hang prints every rank's position
@@ -281,7 +314,8 @@ class Pipeline:
     def _comm(self) -> Comm:
         strict = self.config.strict_order or os.environ.get("CONVEYOR_STRICT_ORDER") == "1"
         return Comm(rank=self.ctx.rank, placement=self.schedule.placement,
-                    device=self.ctx.device, timeout_s=self.config.timeout_s, strict_order=strict)
+                    device=self.ctx.device, timeout_s=self.config.timeout_s, strict_order=strict,
+                    group=self.ctx.pp_group)
 
     # -- public -------------------------------------------------------------------
     @property
@@ -315,7 +349,8 @@ class Pipeline:
                          zero_grad: bool = True) -> StepResult:
         """``step`` without the optimizer update: the parameters' ``.grad`` hold
         the step's gradients afterwards (for checks, or your own update); tied
-        weights' gradients are not yet summed (``step`` does that).
+        weights' gradients are not yet summed, nor (dp > 1) the replicas'
+        (``step`` does both).
         ``zero_grad=False`` adds to the gradients already there."""
         if zero_grad:
             for p in self.params:
@@ -376,13 +411,19 @@ class Pipeline:
              record, *, normalizer=None, side=None) -> StepResult:
         t_start = time.perf_counter()
         record = self.config.record if record is None else record
+        total, targets_all = batch_size, targets
+        if self.ctx.dp_size > 1:  # this replica's rows of the global batch
+            inputs, targets, side, total, batch_size = dataparallel.replica_batch(
+                self.ctx, inputs, targets, side, batch_size)
         data = split_batch(inputs, targets, batch_size, rank=self.ctx.rank,
                            stages=self.stages, S=self.schedule.S, M=self.schedule.M,
                            device=self.ctx.device, forward_only=interp.forward_only,
                            mean=self.config.loss_reduction == "mean")
+        if total is not None and self.ctx.dp_size > 1 and self.config.loss_reduction == "mean":
+            data.weights = [n / total for n in data.sizes]  # against the global batch
         self._agreement.check(kind=agree.PREDICT if interp.forward_only else agree.STEP,
                               step=self.steps, batch=sum(data.sizes))
-        self.loop.prepare(data, targets, normalizer, side)
+        self.loop.prepare(data, targets_all, normalizer, side)
         comm.reset_counts()
         track = self.config.track_memory if self.config.track_memory is not None else record
         memory = ActivationMemory(self.params) if track and not interp.forward_only else None
@@ -395,7 +436,8 @@ class Pipeline:
             if self.ctx.world_size > 1:
                 # Start a recorded step together: otherwise the skew left by
                 # the previous step (rank 0 gathering its timeline, say)
-                # shows up as this step's bubble.
+                # shows up as this step's bubble. (The whole world: replicas
+                # meet in the gradient all-reduce, so they start together too.)
                 dist.barrier()
         loss, outputs = interp.run(data, recorder=recorder, memory=memory)
         stats = comm.counts()
@@ -409,6 +451,7 @@ class Pipeline:
             timeline = gather_timeline(
                 recorder, rank=self.ctx.rank, world_size=self.ctx.world_size,
                 offset=self.clock_offset, stats=stats, device=device, schedule=self.schedule,
+                group=self.ctx.pp_group,
                 meta={"step": self.steps, "loss": loss_value, "batch": sum(data.sizes),
                       "microbatch_sizes": data.sizes, "backend": self.ctx.backend,
                       "launcher": self.ctx.launcher})
@@ -422,9 +465,13 @@ class Pipeline:
                           wall_s=time.perf_counter() - t_start, output=output)
 
     def _share_loss(self, loss) -> float:
-        if self.ctx.world_size == 1:
+        ctx = self.ctx
+        if ctx.world_size == 1 and ctx.dp_size == 1:
             return float(loss)
-        buf = (loss.to(self.ctx.device) if loss is not None
-               else torch.zeros((), dtype=torch.float64, device=self.ctx.device))
-        dist.broadcast(buf, src=self.last_rank)
+        buf = (loss.to(ctx.device) if loss is not None
+               else torch.zeros((), dtype=torch.float64, device=ctx.device))
+        if ctx.world_size > 1:
+            dist.broadcast(buf, group=ctx.pp_group, group_src=self.last_rank)
+        if ctx.dp_size > 1:  # each replica's loss is its share of the global batch's
+            dist.all_reduce(buf, group=ctx.dp_group)
         return float(buf.item())

@@ -34,8 +34,8 @@ def estimate_clock_offset(rank: int, world_size: int, *, device: torch.device,
                           rounds: int = 8, group=None) -> float:
     """Seconds to add to this rank's ``perf_counter`` to read rank 0's.
 
-    Collective over all ranks (rank 0 answers each other rank in turn). Rank 0
-    returns 0.0.
+    Collective over the ranks of ``group`` (None: all; ranks are ranks in the
+    group): rank 0 answers each other rank in turn and returns 0.0.
     """
     if world_size == 1:
         return 0.0
@@ -43,15 +43,15 @@ def estimate_clock_offset(rank: int, world_size: int, *, device: torch.device,
     if rank == 0:
         for r in range(1, world_size):
             for _ in range(rounds):
-                dist.recv(buf, r, group=group)
+                dist.recv(buf, group=group, group_src=r)
                 buf.fill_(time.perf_counter())
-                dist.send(buf, r, group=group)
+                dist.send(buf, group=group, group_dst=r)
         return 0.0
     best_rtt, best = math.inf, 0.0
     for _ in range(rounds):
         t1 = time.perf_counter()
-        dist.send(buf, 0, group=group)
-        dist.recv(buf, 0, group=group)
+        dist.send(buf, group=group, group_dst=0)
+        dist.recv(buf, group=group, group_src=0)
         t3 = time.perf_counter()
         if t3 - t1 < best_rtt:
             # Rank 0 stamped its reply half-way through the round trip.
@@ -158,7 +158,8 @@ class ActivationMemory:
 def gather_timeline(recorder: Recorder, *, rank: int, world_size: int, offset: float,
                     stats: dict[str, float], device: torch.device, schedule, meta: dict,
                     group=None) -> Timeline | None:
-    """Collective: send every rank's events and stats to rank 0.
+    """Collective over ``group`` (the pipeline's; None: all ranks): send every
+    rank's events and stats to rank 0 (ranks in the group).
 
     Returns, on rank 0, a Timeline with ``source="measured"``, ``unit="s"``,
     times relative to the step's first event, and ``meta["ranks"]`` holding
@@ -169,18 +170,19 @@ def gather_timeline(recorder: Recorder, *, rank: int, world_size: int, offset: f
     mine = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)  # (events, 5)
     mine_stats = torch.tensor([float(stats.get(k, 0)) for k in _STATS], dtype=torch.float64)
     if rank != 0:
-        dist.send(torch.tensor([mine.shape[0]], dtype=torch.int64, device=device), 0, group=group)
-        dist.send(mine.to(device), 0, group=group)
-        dist.send(mine_stats.to(device), 0, group=group)
+        dist.send(torch.tensor([mine.shape[0]], dtype=torch.int64, device=device), group=group,
+                  group_dst=0)
+        dist.send(mine.to(device), group=group, group_dst=0)
+        dist.send(mine_stats.to(device), group=group, group_dst=0)
         return None
     per_rank = [(mine, mine_stats)]
     for r in range(1, world_size):
         n = torch.zeros(1, dtype=torch.int64, device=device)
-        dist.recv(n, r, group=group)
+        dist.recv(n, group=group, group_src=r)
         buf = torch.zeros(int(n.item()), 5, dtype=torch.float64, device=device)
-        dist.recv(buf, r, group=group)
+        dist.recv(buf, group=group, group_src=r)
         st = torch.zeros(len(_STATS), dtype=torch.float64, device=device)
-        dist.recv(st, r, group=group)
+        dist.recv(st, group=group, group_src=r)
         per_rank.append((buf.cpu(), st.cpu()))
     events = []
     for r, (rows_t, _) in enumerate(per_rank):

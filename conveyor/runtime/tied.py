@@ -182,13 +182,19 @@ class TiedParams:
     """This rank's side of every tie: the subgroups, the gradient sum and the
     initial agreement of values. Build it on every rank (collective)."""
 
-    def __init__(self, ties: list[Tie], *, rank: int, world_size: int):
+    def __init__(self, ties: list[Tie], *, rank: int, world_size: int, dp_rank: int = 0,
+                 dp_size: int = 1):
         self.ties = ties
         self.rank = rank
+        self.base = dp_rank * world_size  # global rank of this replica's pipeline rank 0
         for tie in ties:
-            # new_group is collective over the whole world, members or not.
+            # new_group is collective over the whole world, members or not:
+            # every rank creates every replica's group, replica by replica.
             if len(tie.ranks) > 1 and world_size > 1:
-                tie.group = dist.new_group(list(tie.ranks))
+                for d in range(dp_size):
+                    g = dist.new_group([d * world_size + r for r in tie.ranks])
+                    if d == dp_rank:
+                        tie.group = g
         self.mine = [t for t in ties if t.local]
         self._check_and_align()
 
@@ -212,7 +218,7 @@ class TiedParams:
                     f"tied parameters {tie} have different shapes on ranks {tie.ranks} "
                     f"(this rank: {tuple(p0.shape)}); only equal shapes can be tied")
             with torch.no_grad():
-                dist.broadcast(p0.data, src=tie.ranks[0], group=tie.group)
+                dist.broadcast(p0.data, src=self.base + tie.ranks[0], group=tie.group)
                 for p in tie.local[1:]:
                     p.copy_(p0)
 

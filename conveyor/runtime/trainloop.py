@@ -3,6 +3,8 @@
 ``Pipeline.step`` runs forward and backward (``forward_backward``), then, on
 the last call of an accumulation window (``PipelineConfig.accumulate``):
 
+0. with data parallelism, waits for the replicas' gradient sum (started
+   during the backward, see ``conveyor.runtime.dataparallel``);
 1. sums the gradients of tied weights over the ranks that own them
    (``conveyor.runtime.tied``);
 2. divides every gradient by ``accumulate`` (the mean over the window);
@@ -43,24 +45,27 @@ __all__ = ["global_grad_norm", "clip_grad_norm", "Extras", "TrainLoop"]
 
 
 def global_grad_norm(counted: Sequence[torch.nn.Parameter], *, world_size: int,
-                     device: torch.device) -> float:
-    """L2 norm of the gradient of the whole pipeline. Collective: every rank
-    passes its parameters to count (see ``TiedParams.counted_here``)."""
+                     device: torch.device, group=None) -> float:
+    """L2 norm of the gradient of the whole pipeline. Collective over the
+    pipeline's ``group`` (None: all ranks): every rank passes its parameters
+    to count (see ``TiedParams.counted_here``). With data parallelism the
+    gradients are already summed over the replicas, so each replica's
+    pipeline computes the same norm on its own."""
     sq = torch.zeros((), dtype=torch.float64, device=device)
     for p in counted:
         if p.grad is not None:
             sq += p.grad.detach().to(torch.float64).pow(2).sum()
     if world_size > 1:
-        dist.all_reduce(sq)
+        dist.all_reduce(sq, group=group)
     return math.sqrt(float(sq))
 
 
 def clip_grad_norm(params: Sequence[torch.nn.Parameter], counted, max_norm: float, *,
-                   world_size: int, device: torch.device) -> float:
+                   world_size: int, device: torch.device, group=None) -> float:
     """Scale every local gradient so the global norm is at most ``max_norm``
     (torch's rule: factor max_norm / (norm + 1e-6), only when below 1).
     Returns the norm before clipping. Collective."""
-    norm = global_grad_norm(counted, world_size=world_size, device=device)
+    norm = global_grad_norm(counted, world_size=world_size, device=device, group=group)
     coef = max_norm / (norm + 1e-6)
     if coef < 1.0:
         for p in params:
@@ -108,11 +113,12 @@ class TrainLoop:
                 # Stages built apart: a tie cannot be seen by identity, so look
                 # for weights with equal values on different ranks.
                 got: list = [None] * pipe.ctx.world_size
-                dist.all_gather_object(got, fingerprints(pipe.stages))
+                dist.all_gather_object(got, fingerprints(pipe.stages), group=pipe.ctx.pp_group)
                 check_undeclared(got, pipe.schedule.placement, ties)
         except ConveyorError as e:
             raise _same(e)
-        self.tied = TiedParams(ties, rank=pipe.ctx.rank, world_size=pipe.ctx.world_size)
+        self.tied = TiedParams(ties, rank=pipe.ctx.rank, world_size=pipe.ctx.world_size,
+                               dp_rank=pipe.ctx.dp_rank, dp_size=pipe.ctx.dp_size)
         self.counted = self.tied.counted_here(pipe.params)
         opt = pipe.optimizer
         self.scheduler = (extras.scheduler(opt) if extras.scheduler is not None
@@ -120,6 +126,8 @@ class TrainLoop:
         self.micro = 0  # calls of step in the current accumulation window
 
     def step(self, inputs, targets, **kw):
+        if self.pipe.dp_sync is not None:  # the replicas' sum overlaps the last backward
+            self.pipe.dp_sync.arm(self.micro + 1 == self.pipe.config.accumulate)
         res = self.pipe.forward_backward(inputs, targets, zero_grad=self.micro == 0, **kw)
         self.micro += 1
         if self.micro == self.pipe.config.accumulate:
@@ -129,6 +137,8 @@ class TrainLoop:
 
     def update(self) -> None:
         pipe = self.pipe
+        if pipe.dp_sync is not None:
+            pipe.dp_sync.finish()  # the replicas' sum first: clipping needs whole gradients
         self.tied.sync_grads()
         k = pipe.config.accumulate
         if k > 1:
@@ -147,7 +157,7 @@ class TrainLoop:
     def clip(self, max_norm: float) -> float:
         ctx = self.pipe.ctx
         return clip_grad_norm(self.pipe.params, self.counted, max_norm,
-                              world_size=ctx.world_size, device=ctx.device)
+                              world_size=ctx.world_size, device=ctx.device, group=ctx.pp_group)
 
     def prepare(self, data, targets, normalizer, side) -> None:
         """Fill in a step's per-batch normaliser weights and side inputs."""
@@ -182,6 +192,13 @@ class TrainLoop:
             B = out[0].shape[0] if isinstance(out, tuple) else out.shape[0]
             sizes = microbatch_sizes(B, pipe.M)
             norm = batch_normalizer(pipe.loss_fn, targets, normalizer)
+            if pipe.ctx.dp_size > 1:  # this replica's rows, weighted against the global batch
+                from conveyor.runtime.dataparallel import replica_rows, take_rows
+
+                total = _rows(targets)
+                targets = take_rows(targets, replica_rows(total, pipe.ctx.dp_size,
+                                                          pipe.ctx.dp_rank))
+                B = total
             mean = pipe.config.loss_reduction == "mean"
             outs = (torch.split(out, sizes) if isinstance(out, torch.Tensor)
                     else list(zip(*(torch.split(t, sizes) for t in out))))
@@ -195,6 +212,10 @@ class TrainLoop:
                     part = pipe.loss_fn(o, t).detach().to(torch.float64) * w
                     loss = part if loss is None else loss + part
         return pipe._share_loss(loss)
+
+
+def _rows(targets) -> int:
+    return (targets if isinstance(targets, torch.Tensor) else targets[0]).shape[0]
 
 
 def split_side(side: dict, sizes: list[int], device) -> list[dict]:
