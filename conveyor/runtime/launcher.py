@@ -81,6 +81,10 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     fresh processes (the "spawn" start method), and the script must guard its
     entry point with ``if __name__ == "__main__":``.
 
+    Data parallel x pipeline parallel: ``nprocs`` counts every process,
+    dp x P; ``ctx`` describes the whole world and ``Pipeline(..., ctx=ctx,
+    dp=N)`` splits it (global rank d*P + p is pipeline rank p of replica d).
+
     Returns the list of per-rank return values, in rank order, where the
     script is the driver: in the parent of a local run, and on rank 0 under
     torchrun. Other torchrun ranks get None. Under torchrun, ``nprocs`` is

@@ -35,35 +35,50 @@ def _loss(cfg: dict):
 
 
 def _reference(cfg: dict, B: int, seed: int, steps: int):
-    """The unsplit model trained on the global batches with plain SGD: per step
-    (loss, {name: grad}) and the final {name: weight}."""
+    """The unsplit model trained on the global batches with plain SGD (an
+    update every ``accumulate`` batches, on their mean gradient): the loss of
+    every batch, the gradient of every update ({name: grad}), the final
+    weights and the model."""
     model = _model(cfg)
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = _loss(cfg)
-    out = []
+    k_acc = cfg.get("accumulate", 1)
+    losses, grads = [], []
     for k in range(steps):
         x, y = _batch(cfg, B, seed + k)
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        if cfg["model"] == "tied":
-            loss = loss / loss_fn.normalizer(y)
-        loss.backward()
-        if cfg.get("clip"):
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
-        out.append((float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}))
-        opt.step()
-    return out, {n: p.detach().clone() for n, p in model.named_parameters()}
+        loss = _full_loss(cfg, model, x, y)
+        (loss / k_acc).backward()
+        losses.append(float(loss.detach()))
+        if (k + 1) % k_acc == 0:
+            if cfg.get("clip"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["clip"])
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+            opt.step()
+            opt.zero_grad()
+    return losses, grads, {n: p.detach().clone() for n, p in model.named_parameters()}, model
+
+
+def _full_loss(cfg, model, x, y):
+    loss_fn = _loss(cfg)
+    loss = loss_fn(model(x), y)
+    return loss / loss_fn.normalizer(y) if cfg["model"] == "tied" else loss
 
 
 def _pipe(cfg: dict, ctx, dp: int):
     model = _model(cfg)
     names = {id(p): n for n, p in model.named_parameters()}
     seen: list[dict] = []
-    config = PipelineConfig(dp_overlap=cfg.get("overlap", True), max_grad_norm=cfg.get("clip"))
+    config = PipelineConfig(dp_overlap=cfg.get("overlap", True), max_grad_norm=cfg.get("clip"),
+                            accumulate=cfg.get("accumulate", 1))
+    mesh = None
+    if cfg.get("mesh"):  # torch's own DeviceMesh instead of dp=
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh, dp = init_device_mesh("cpu", (dp, 4 // dp), mesh_dim_names=("dp", "pp")), None
     pipe = Pipeline(model, loss_fn=_loss(cfg),
                     optimizer=lambda ps: torch.optim.SGD(ps, lr=LR),
                     schedule=cfg["schedule"], microbatches=cfg.get("M", 2), ctx=ctx, dp=dp,
-                    config=config,
+                    config=config, mesh=mesh,
                     before_step=lambda p: seen.append(
                         {names[id(q)]: q.grad.clone() for q in p.params}))
     return pipe, names, seen
@@ -83,21 +98,28 @@ def exact_job(ctx, configs: list[dict]) -> list[dict]:
     results = []
     for cfg in configs:
         B, steps, seed = cfg.get("B", 8), cfg.get("steps", 2), cfg.get("data_seed", 1)
-        ref, ref_w = _reference(cfg, B, seed, steps)
+        ref_losses, ref_grads, ref_w, ref_model = _reference(cfg, B, seed, steps)
         pipe, names, seen = _pipe(cfg, ctx, cfg["dp"])
-        early, losses = [], []
+        early, losses, timelines = [], [], []
         for k in range(steps):
             x, y = _batch(cfg, B, seed + k)
-            losses.append(pipe.step(x, y).loss)
+            res = pipe.step(x, y, record=cfg.get("record", False))
+            losses.append(res.loss)
             early.append(pipe.dp_sync.early if pipe.dp_sync is not None else 0)
+            if res.timeline is not None:
+                timelines.append(sorted({e.rank for e in res.timeline.events}))
         weights = {names[id(p)]: p.detach() for p in pipe.params}
         if not steps:
             results.append({"id": cfg["id"]})
         else:
             results.append({
                 "id": cfg["id"], "losses": losses,
-                "loss_err": max(abs(a - r[0]) for a, r in zip(losses, ref)),
-                "grad_err": max(_err(g, r[1]) for g, r in zip(seen, ref)),
+                "loss_err": max(abs(a - r) for a, r in zip(losses, ref_losses)),
+                "grad_err": max(_err(g, r) for g, r in zip(seen, ref_grads)),
+                "updates": len(seen), "timelines": timelines,
+                "eval_err": abs(pipe.evaluate(x, y)
+                                - float(_full_loss(cfg, ref_model, x, y).detach())),
+                "watch_rank": _watch_rank(),
                 "weight_err": _err(weights, ref_w), "n_params": len(weights),
                 "early": early, "dp_rank": pipe.ctx.dp_rank, "pp_rank": pipe.ctx.rank,
                 "local_stages": sum(1 for m in pipe.stages.values()
@@ -110,6 +132,12 @@ def exact_job(ctx, configs: list[dict]) -> list[dict]:
             fresh.load(cfg["load"])
             results[-1]["loaded"] = _weights(fresh)
     return results
+
+
+def _watch_rank():
+    from conveyor.runtime import hang
+
+    return None if hang._WATCH is None else hang._WATCH.rank
 
 
 def _weights(pipe) -> dict[str, list]:

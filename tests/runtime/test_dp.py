@@ -27,6 +27,12 @@ CONFIGS = [
     {"id": "uneven-clip", "model": "mlp", "schedule": "1f1b", "B": 11, "clip": 0.05},
     {"id": "tied-1f1b", "model": "tied", "schedule": "1f1b", "overlap": True},
     {"id": "tied-zbh1", "model": "tied", "schedule": "zb-h1", "overlap": True, "M": 4},
+    # the V puts the embedding and the tied head on rank 0: one parameter, two local stages
+    {"id": "tied-zbv", "model": "tied", "schedule": "zbv", "overlap": True, "M": 4},
+    # two calls per update: the replicas' sum waits for the window's last backward
+    {"id": "accumulate", "model": "mlp", "schedule": "1f1b", "accumulate": 2, "steps": 4},
+    # torch's DeviceMesh instead of dp=; recorded steps gather each replica's timeline
+    {"id": "mesh-record", "model": "mlp", "schedule": "1f1b", "mesh": True, "record": True},
 ]
 
 
@@ -56,6 +62,17 @@ def test_dp2_pp2_equals_the_unsplit_model_on_the_global_batch(runs, cid):
         assert r["loss_err"] < 1e-10, r
         assert r["grad_err"] < 1e-10, r  # after the dp sum (and the tie sum), before the step
         assert r["weight_err"] < 1e-10, r  # after the optimizer steps
+        assert r["eval_err"] < 1e-10, r  # evaluate: the global batch's loss too
+    cfg = next(c for c in CONFIGS if c["id"] == cid)
+    steps = cfg.get("steps", 2)
+    assert all(r["updates"] == steps // cfg.get("accumulate", 1) for r in per_rank)
+
+
+def test_recorded_steps_give_each_replica_its_own_timeline_and_the_watch_global_ranks(runs):
+    per_rank = by_id(runs[2])["mesh-record"]
+    # pipeline rank 0 of each replica gathers its pipeline's two ranks
+    assert [r["timelines"] for r in per_rank] == [[[0, 1]] * 2, [], [[0, 1]] * 2, []]
+    assert [r["watch_rank"] for r in per_rank] == [0, 1, 2, 3]  # no two replicas share a key
 
 
 def test_every_rank_returns_the_global_loss(runs):
@@ -68,6 +85,8 @@ def test_overlap_starts_every_bucket_during_the_backward_and_after_does_not(runs
     got = by_id(runs[2])
     for cid in ("1f1b-overlap", "zbh1-overlap", "tied-zbh1"):
         assert all(r["early"] == [r["local_stages"]] * 2 for r in got[cid]), cid
+    # the tie shared by two stages of rank 0 joins one bucket, so one fewer
+    assert [r["early"] for r in got["tied-zbv"]] == [[1, 1], [2, 2], [1, 1], [2, 2]]
     for cid in ("1f1b-after", "zbh1-after"):
         assert all(r["early"] == [0, 0] for r in got[cid]), cid
 
