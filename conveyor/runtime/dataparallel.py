@@ -98,6 +98,7 @@ class GradSync:
         self.armed = False
         self.pending: dict[int, list] = {}
         self.early = 0  # buckets started during the last armed step's backward
+        self._flat: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # reused each step
         row = interp.row
         last = {s: max((i for i, a in enumerate(row) if a.stage == s and a.kind in (B, I, W)),
                        default=-1) for s in stages}
@@ -130,8 +131,13 @@ class GradSync:
         for p in self.buckets[s]:
             if p.grad is not None:  # None on every replica alike (same model, same code)
                 by_dtype.setdefault(p.grad.dtype, []).append(p)
-        for ps in by_dtype.values():
-            flat = torch.cat([p.grad.detach().reshape(-1) for p in ps])
+        for dtype, ps in by_dtype.items():
+            n = sum(p.grad.numel() for p in ps)
+            flat = self._flat.get((s, dtype))
+            if flat is None or flat.numel() != n or flat.device != ps[0].grad.device:
+                flat = self._flat[(s, dtype)] = torch.empty(n, dtype=dtype,
+                                                            device=ps[0].grad.device)
+            torch.cat([p.grad.detach().reshape(-1) for p in ps], out=flat)
             work = dist.all_reduce(flat, group=self.group, async_op=True)
             started.append((work, flat, ps))
         self.pending[s] = started
