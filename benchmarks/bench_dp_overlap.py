@@ -166,7 +166,19 @@ def main() -> None:
         f"Load average (1 min) before: {load0[0]:.2f}, after: {load1[0]:.2f} (the machine is "
         f"shared; rerun on a quiet one for clean figures).",
         "",
-        *rows, ""])
+        *rows, "",
+        "How to read it. A rank's step ends with the all-reduce of the bucket whose last "
+        "backward it runs last, so overlap can hide only the buckets that finish earlier: "
+        "with one stage per rank (1f1b) nothing on the rank that finishes last (pipeline "
+        "rank 0), and with two chunks per rank at most the earlier chunk's bucket (about "
+        "one \"one all-reduce\" of this table). With one stage per rank, what overlap can "
+        "still win on this machine is that the later pipeline ranks' all-reduces run "
+        "while rank 0 finishes its backward instead of at the same time as rank 0's, "
+        "competing for the two cores (gloo reduces on the CPU; loopback TCP copies in "
+        "the kernel); with a network or NCCL that contention, and that gain, would "
+        "largely go. The step times include the load of the other processes on the "
+        "machine (emulated compute alone would be about (M + P - 1) x 60 ms = 540 ms "
+        "for 1f1b before the all-reduce).", ""])
     print(text)
     with open(args.out, "w") as f:
         f.write(text)

@@ -115,6 +115,8 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
+        if not isinstance(self.dp_overlap, bool):
+            raise PipelineError(f"dp_overlap={self.dp_overlap!r}; use True or False")
 
 
 @dataclass
@@ -400,7 +402,8 @@ class Pipeline:
 
     def load(self, path, *, scheduler=None) -> dict:
         """Load a checkpoint saved at any P into this rank's stages, optimizer,
-        ``scheduler``, step count and (same P only) RNG. Every rank calls it.
+        ``scheduler``, step count and (same P, dp=1 only) RNG. Every rank
+        calls it; with dp > 1 every replica loads (any saved dp and P).
         Returns {"step", "saved_P", "rng_restored"}; raises CheckpointError."""
         if scheduler is None:
             scheduler = self.loop.scheduler

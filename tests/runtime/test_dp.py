@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conveyor.errors import PipelineError
-from conveyor.runtime import Pipeline, launch
+from conveyor.runtime import Pipeline, PipelineConfig, launch
 from conveyor.runtime.dataparallel import replica_rows
 from tests.runtime import _dp_jobs, _models
 
@@ -122,3 +122,5 @@ def test_dp_that_does_not_divide_the_world_names_the_value_and_the_fix():
         Pipeline(model, loss_fn=_models.loss_fn, optimizer=None, dp=2)
     with pytest.raises(PipelineError, match=r"dp=0; use a positive integer"):
         Pipeline(model, loss_fn=_models.loss_fn, optimizer=None, dp=0)
+    with pytest.raises(PipelineError, match=r"dp_overlap='yes'; use True or False"):
+        PipelineConfig(dp_overlap="yes")
