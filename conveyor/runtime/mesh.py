@@ -29,7 +29,8 @@ from conveyor.runtime.group import RankContext
 
 __all__ = ["split_mesh", "from_device_mesh", "resolve_mesh"]
 
-_GROUPS: dict[tuple[int, int], tuple[list, list]] = {}  # (world, dp) -> (pp groups, dp groups)
+# (default group, world, dp) -> (pp groups, dp groups): made once per process group
+_GROUPS: dict[tuple[int, int, int], tuple[list, list]] = {}
 
 
 def _check_dp(dp, world: int) -> int:
@@ -47,12 +48,13 @@ def _check_dp(dp, world: int) -> int:
 def _groups(world: int, dp: int) -> tuple[list, list]:
     """Every rank's pp and dp groups, created once per (world, dp) in the same
     order on every rank (new_group is collective over the world)."""
-    if (world, dp) not in _GROUPS:
+    key = (id(dist.group.WORLD), world, dp)
+    if key not in _GROUPS:
         P = world // dp
         pp = [dist.new_group([d * P + p for p in range(P)]) for d in range(dp)]
         dpg = [dist.new_group([d * P + p for d in range(dp)]) for p in range(P)]
-        _GROUPS[(world, dp)] = (pp, dpg)
-    return _GROUPS[(world, dp)]
+        _GROUPS[key] = (pp, dpg)
+    return _GROUPS[key]
 
 
 def split_mesh(ctx: RankContext, dp: int) -> RankContext:

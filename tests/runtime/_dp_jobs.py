@@ -122,6 +122,7 @@ def exact_job(ctx, configs: list[dict]) -> list[dict]:
                 "watch_rank": _watch_rank(),
                 "weight_err": _err(weights, ref_w), "n_params": len(weights),
                 "early": early, "dp_rank": pipe.ctx.dp_rank, "pp_rank": pipe.ctx.rank,
+                "launcher": pipe.ctx.launcher,
                 "local_stages": sum(1 for m in pipe.stages.values()
                                     if any(True for _ in m.parameters()))})
         if cfg.get("save"):

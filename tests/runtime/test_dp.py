@@ -8,6 +8,12 @@ single-process pipeline (dp1 x pp1) runs in the test process.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,6 +23,7 @@ from conveyor.runtime.dataparallel import replica_rows
 from tests.runtime import _dp_jobs, _models
 
 pytestmark = pytest.mark.runtime
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIGS = [
     {"id": "1f1b-overlap", "model": "mlp", "schedule": "1f1b", "overlap": True},
@@ -124,3 +131,19 @@ def test_dp_that_does_not_divide_the_world_names_the_value_and_the_fix():
         Pipeline(model, loss_fn=_models.loss_fn, optimizer=None, dp=0)
     with pytest.raises(PipelineError, match=r"dp_overlap='yes'; use True or False"):
         PipelineConfig(dp_overlap="yes")
+
+
+def test_dp2_pp2_under_torchrun_is_exact(tmp_path):
+    out = tmp_path / "result.json"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "4", str(ROOT / "tests" / "runtime" / "_dp_torchrun.py"), str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    ranks = [r[0] for r in json.loads(out.read_text())]
+    assert [(r["dp_rank"], r["pp_rank"]) for r in ranks] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert all(r["loss_err"] < 1e-10 and r["grad_err"] < 1e-10 and r["weight_err"] < 1e-10
+               for r in ranks), ranks
+    assert len({tuple(r["losses"]) for r in ranks}) == 1
+    assert {r["launcher"] for r in ranks} == {"torchrun"}
