@@ -27,7 +27,7 @@ import torch.distributed as dist
 from conveyor.errors import PipelineError
 from conveyor.runtime.group import RankContext
 
-__all__ = ["split_mesh", "from_device_mesh", "resolve_mesh"]
+__all__ = ["split_mesh", "from_device_mesh", "from_groups", "resolve_mesh"]
 
 # (default group, world, dp) -> (pp groups, dp groups): made once per process group
 _GROUPS: dict[tuple[int, int, int], tuple[list, list]] = {}
@@ -95,6 +95,32 @@ def from_device_mesh(ctx: RankContext, mesh) -> RankContext:
     return dataclasses.replace(ctx, rank=mesh.get_local_rank("pp"), world_size=P,
                                dp_rank=mesh.get_local_rank("dp"), dp_size=dp,
                                pp_group=mesh.get_group("pp"), dp_group=mesh.get_group("dp"))
+
+
+def from_groups(ctx: RankContext, *, pp_group, dp_group) -> RankContext:
+    """``ctx`` (a whole world) on process groups you made: ``pp_group`` this
+    rank's pipeline, ``dp_group`` its replicas. Pass the result as
+    ``Pipeline(..., ctx=...)``.
+
+    Raises PipelineError unless the groups follow the layout global rank =
+    d * P + p (pipeline: consecutive ranks; replicas: every P-th rank)."""
+    pp = dist.get_process_group_ranks(pp_group)
+    dpr = dist.get_process_group_ranks(dp_group)
+    P, dp, g = len(pp), len(dpr), ctx.rank
+    if g not in pp or g not in dpr or ctx.world_size != P * dp:
+        raise PipelineError(f"rank {g}: pipeline group {pp} and data-parallel group {dpr} "
+                            f"must both hold this rank and multiply to the world size "
+                            f"{ctx.world_size}")
+    d, p = divmod(g, P)
+    if pp != [d * P + q for q in range(P)] or dpr != [e * P + p for e in range(dp)]:
+        raise PipelineError(f"rank {g}: pipeline group {pp} and data-parallel group {dpr} do "
+                            f"not follow global rank = d * P + p; the pipeline group must be "
+                            f"{[d * P + q for q in range(P)]} and the data-parallel group "
+                            f"{[e * P + p for e in range(dp)]}")
+    if dp == 1:
+        return dataclasses.replace(ctx, pp_group=pp_group if P != ctx.world_size else None)
+    return dataclasses.replace(ctx, rank=p, world_size=P, dp_rank=d, dp_size=dp,
+                               pp_group=pp_group, dp_group=dp_group)
 
 
 def resolve_mesh(ctx: RankContext, *, dp: int | None, mesh) -> RankContext:

@@ -75,6 +75,15 @@ def _pipe(cfg: dict, ctx, dp: int):
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh, dp = init_device_mesh("cpu", (dp, 4 // dp), mesh_dim_names=("dp", "pp")), None
+    if cfg.get("groups"):  # groups made by the caller, in the same order on every rank
+        import torch.distributed as dist
+
+        from conveyor.runtime.mesh import from_groups
+
+        pp = [dist.new_group([2 * d, 2 * d + 1]) for d in range(2)]
+        dpg = [dist.new_group([p, 2 + p]) for p in range(2)]
+        g = ctx.rank
+        ctx, dp = from_groups(ctx, pp_group=pp[g // 2], dp_group=dpg[g % 2]), None
     pipe = Pipeline(model, loss_fn=_loss(cfg),
                     optimizer=lambda ps: torch.optim.SGD(ps, lr=LR),
                     schedule=cfg["schedule"], microbatches=cfg.get("M", 2), ctx=ctx, dp=dp,

@@ -36,8 +36,10 @@ CONFIGS = [
     {"id": "tied-zbh1", "model": "tied", "schedule": "zb-h1", "overlap": True, "M": 4},
     # the V puts the embedding and the tied head on rank 0: one parameter, two local stages
     {"id": "tied-zbv", "model": "tied", "schedule": "zbv", "overlap": True, "M": 4},
-    # two calls per update: the replicas' sum waits for the window's last backward
-    {"id": "accumulate", "model": "mlp", "schedule": "1f1b", "accumulate": 2, "steps": 4},
+    # two calls per update: the replicas' sum waits for the window's last backward;
+    # the pipeline and data-parallel groups made by the caller (mesh.from_groups)
+    {"id": "accumulate", "model": "mlp", "schedule": "1f1b", "accumulate": 2, "steps": 4,
+     "groups": True},
     # torch's DeviceMesh instead of dp=; recorded steps gather each replica's timeline
     {"id": "mesh-record", "model": "mlp", "schedule": "1f1b", "mesh": True, "record": True},
 ]
