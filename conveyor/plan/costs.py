@@ -28,7 +28,7 @@ from conveyor.plan.profile import Profile
 from conveyor.schedule.ir import B, F, I, W
 from conveyor.sim.cost import CostModel
 
-__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "inner_bytes"]
+__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "inner_bytes", "backward_times"]
 
 
 @dataclass(frozen=True)
@@ -104,13 +104,36 @@ def inner_bytes(layers, j: int) -> float:
     return prev.out_bytes if layers[j].saves_input and not prev.saves_output else 0.0
 
 
-def _block_times(ls, n: float) -> tuple[float, float, float, float]:
+def backward_times(layers, n: float, first: bool) -> list[float]:
+    """Per layer of a block, the full backward the runtime runs at n samples.
+
+    On the first stage the model's input needs no gradient, so the layers up
+    to and including the first one with parameters run only their
+    weight-gradient part (what the profile's ``weight_grad`` measured: the
+    gradient of the parameters alone); a layer after one with parameters
+    must pass the input gradient down, so it runs its whole backward."""
+    out, seen = [], not first
+    for x in layers:
+        out.append(x.backward.at(n) if seen else x.weight_grad.at(n))
+        seen = seen or x.param_bytes > 0
+    return out
+
+
+def _block_times(ls, n: float, first: bool) -> tuple[float, float, float, float]:
     """(F, B, I, W) of a block of layers at n samples, each as measured alone.
 
     I + W need not equal B: a layer whose gradients come from one autograd
     node runs all of it for I and again for W (the runtime's split backward
-    does the same), so a split schedule pays what I and W cost, not B."""
-    return (sum(x.forward.at(n) for x in ls), sum(x.backward.at(n) for x in ls),
+    does the same), so a split schedule pays what I and W cost, not B.
+
+    On the first stage (``first``) no input gradient is wanted: the runtime's
+    I does nothing there and W runs the whole backward from the stage's
+    outputs to its parameters (``backward_times``), which is also B."""
+    f = sum(x.forward.at(n) for x in ls)
+    if first:
+        b = sum(backward_times(ls, n, True))
+        return f, b, 0.0, b
+    return (f, sum(x.backward.at(n) for x in ls),
             sum(x.input_grad.at(n) for x in ls), sum(x.weight_grad.at(n) for x in ls))
 
 
@@ -124,7 +147,7 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     for s, r in enumerate(stage_ranges(balance)):
         ls = layers[r.start:r.stop]
         # Sizes differ by at most one: price each distinct size once.
-        per = {n: _block_times(ls, n) for n in set(sizes)}
+        per = {n: _block_times(ls, n, s == 0) for n in set(sizes)}
         f, b, i, w = ([per[n][k] for n in sizes] for k in range(4))
         saved = sum(x.saved_bytes for x in ls) + sum(
             inner_bytes(layers, j) for j in range(r.start + 1, r.stop))
@@ -132,9 +155,12 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
         kept_out = 0.0 if s == S - 1 else ls[-1].out_bytes
         out = 0.0 if ls[-1].saves_output else kept_out
         outs.append(kept_out)
-        if checkpoint[s]:  # the forward runs again before B (or I)
+        if checkpoint[s]:  # the forward runs again before B (or I; W on stage 0)
             b = [x + y for x, y in zip(b, f)]
-            i = [x + y for x, y in zip(i, f)]
+            if s == 0:
+                w = [x + y for x, y in zip(w, f)]
+            else:
+                i = [x + y for x, y in zip(i, f)]
             held.append(cut_in[r.start] + kept_out)
             rec.append(saved)
         else:

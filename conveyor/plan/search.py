@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from conveyor.errors import ConveyorError, PlanError
 from conveyor.partition import balanced_partition
-from conveyor.plan.costs import inner_bytes, stage_costs
+from conveyor.plan.costs import backward_times, inner_bytes, stage_costs
 from conveyor.plan.memory import rank_memory
 from conveyor.plan.messages import check_request, explain, fmt_bytes, fmt_time, over_budget
 from conveyor.plan.profile import Profile
@@ -136,7 +136,13 @@ class _Searcher:
         self.static_pre = _pre([x.static_bytes for x in layers])
 
     def layer_times(self, n: float, ckpt: bool) -> list[float]:
-        return [x.forward.at(n) * (2 if ckpt else 1) + x.backward.at(n) for x in self.prof.layers]
+        """Forward (twice when checkpointed) + backward per layer; the layers
+        that always sit on stage 0 need no input gradient (``backward_times``)."""
+        layers = self.prof.layers
+        back = [x.backward.at(n) for x in layers]
+        head = backward_times(layers[:1], n, True)
+        return [x.forward.at(n) * (2 if ckpt else 1) + b
+                for x, b in zip(layers, head + back[1:])]
 
     def fits_fn(self, schedule: Schedule, n_max: int, checkpoint: list[bool]):
         """A monotone per-stage memory check for the solver: the cut bytes are
