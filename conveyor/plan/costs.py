@@ -78,6 +78,7 @@ class StageCosts:
     in_per_sample: tuple[float, ...] = ()       # the stage's input, per sample
     out_per_sample: tuple[float, ...] = ()      # its output kept for B (0 on the last stage)
     loss_bytes: float = 0.0                     # the weighted loss the last stage keeps
+    w_kept: tuple = ()  # per stage: ((tag, bytes per sample), ...) kept from I for W
 
     def cost_model(self, latency: float = 0.0, bandwidth: float = float("inf")
                    ) -> MicrobatchCostModel:
@@ -137,6 +138,29 @@ def _block_times(ls, n: float, first: bool) -> tuple[float, float, float, float]
             sum(x.input_grad.at(n) for x in ls), sum(x.weight_grad.at(n) for x in ls))
 
 
+def _kept_for_w(layers, r: range, s: int, S: int) -> tuple:
+    """What a split backward keeps from I until W on the stage of layers r, as
+    (tag, bytes per sample): tag "gout" is the gradient the stage received
+    (the same storage), an int j a gradient made inside the stage at layer j.
+
+    On the first stage no input wants a gradient: I keeps just the received
+    gradient and W runs from the outputs (``splitgrad``). Elsewhere each
+    layer keeps what the profile measured at its frontier nodes; the output
+    gradient of the stage's last layer is the received one (on the last
+    stage it comes from the loss, a new tensor)."""
+    if s == 0:
+        return (("gout", 1.0),) if S > 1 else ()
+    out = []
+    for j in r:
+        lay = layers[j]
+        if lay.w_out_bytes > 0:
+            own = j == r.stop - 1 and s < S - 1
+            out.append(("gout", 1.0) if own else ((j, "out"), lay.w_out_bytes))
+        if lay.w_bytes > 0:
+            out.append(((j, "inner"), lay.w_bytes))
+    return tuple(out)
+
+
 def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     """Costs of ``balance`` (layer counts per stage) for micro-batches of
     ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward."""
@@ -176,4 +200,6 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
                       tuple(fw), tuple(bw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
                       tuple(static), tuple(cuts),
                       tuple(cut_in[r.start] for r in stage_ranges(balance)), tuple(outs),
-                      float(profile.meta.get("loss_bytes", 0.0)))
+                      float(profile.meta.get("loss_bytes", 0.0)),
+                      tuple(_kept_for_w(layers, r, s, S)
+                            for s, r in enumerate(stage_ranges(balance))))
