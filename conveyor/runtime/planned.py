@@ -13,6 +13,7 @@ from __future__ import annotations
 from conveyor.errors import PipelineError, PlanError
 from conveyor.partition import balanced_partition
 from conveyor.plan import Profile, load_plan, load_profile
+from conveyor.plan.costs import backward_times
 from conveyor.runtime.profile import fingerprint
 from conveyor.runtime.stages import layers_of
 
@@ -40,8 +41,10 @@ def named_balance(balance, model, S: int, profile=None, batch: int | None = None
         return balance
     prof = _profile_for(model, profile)
     n = batch or prof.batch[0]
-    if balance == "time":
-        costs = [x.forward.at(n) + x.backward.at(n) for x in prof.layers]
+    if balance == "time":  # layer 0 needs no input gradient (see backward_times)
+        back = backward_times(prof.layers[:1], n, True) + [x.backward.at(n)
+                                                          for x in prof.layers[1:]]
+        costs = [x.forward.at(n) + b for x, b in zip(prof.layers, back)]
     else:
         costs = [x.static_bytes + x.saved_bytes * n for x in prof.layers]
     return balanced_partition(costs, S, what=balance)
