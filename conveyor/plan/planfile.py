@@ -2,8 +2,8 @@
 
 Schema ``conveyor.plan/1``. It is also a conveyor schedule file: the keys
 ``name``, ``P``, ``M``, ``placement`` and ``actions`` are the chosen schedule
-(``conveyor simulate --file plan.json`` and ``conveyor viz --file plan.json``
-read it as one). The plan's own keys:
+(``conveyor simulate --file plan.json`` reads it as one; ``conveyor viz --plan
+plan.json`` draws it with its costs). The plan's own keys:
 
     format        "conveyor.plan/1"
     model         the profile's model identity (name, layers, fingerprint)
