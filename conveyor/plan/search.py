@@ -251,9 +251,11 @@ class _Searcher:
         try:
             if len(set(placement)) == len(placement):
                 return balanced_partition(times, len(placement), fits=fits)
-            # A small search budget: large S rarely closes the gap to the
-            # bound, and the simulator (and ``improve``) decide among near ties.
-            return placed_partition(times, placement, fits=fits, budget=3000)[0]
+            # A small search budget, smaller as S grows (each node costs O(P)):
+            # large S rarely closes the gap to the bound, and the simulator
+            # (and ``improve``) decide among near ties.
+            budget = max(300, 24_000 // len(placement))
+            return placed_partition(times, placement, fits=fits, budget=budget)[0]
         except ConveyorError:
             return None
 
