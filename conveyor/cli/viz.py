@@ -131,13 +131,11 @@ def run(args) -> int:
 def plan_summary(plan, tl) -> list[str]:
     """The plan's title line and its summary lines, from the plan and the
     timeline simulated with its costs (``tl``)."""
-    from conveyor.plan.messages import fmt_bytes, fmt_time
+    from conveyor.plan.messages import checkpoint_text, fmt_bytes, fmt_time
 
     sched, pred = plan.schedule, plan.predicted
     v = sched.S // sched.P
-    ck = plan.checkpoint
-    ck_text = "none" if not any(ck) else "full" if all(ck) else ",".join(
-        str(s) for s, c in enumerate(ck) if c)
+    ck_text = checkpoint_text(plan.checkpoint)
     title = (f"plan: {sched.name}, P={sched.P}, M={sched.M}" + (f", v={v}" if v > 1 else "")
              + f", layers per stage {','.join(map(str, plan.balance))}, checkpoint {ck_text}"
              + f" | predicted step {fmt_time(tl.step_time)}, bubble "

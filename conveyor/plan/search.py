@@ -29,7 +29,9 @@ from conveyor.errors import ConveyorError, PlanError
 from conveyor.partition import balanced_partition, placed_partition
 from conveyor.plan.costs import backward_times, inner_bytes, stage_costs
 from conveyor.plan.memory import rank_memory
-from conveyor.plan.messages import check_request, explain, fmt_bytes, fmt_time, over_budget
+from conveyor.plan.messages import (
+    check_request, checkpoint_text, explain, fmt_bytes, fmt_time, over_budget,
+)
 from conveyor.plan.profile import Profile
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.ir import B, F, W, Schedule
@@ -72,11 +74,7 @@ class Candidate:
 
     @property
     def checkpoint_text(self) -> str:
-        if not any(self.checkpoint):
-            return "none"
-        if all(self.checkpoint):
-            return "full"
-        return ",".join(str(s) for s, c in enumerate(self.checkpoint) if c)
+        return checkpoint_text(self.checkpoint)
 
 
 @dataclass
