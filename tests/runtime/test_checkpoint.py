@@ -137,3 +137,27 @@ def test_inner_layers_that_keep_their_input_are_counted():
     assert [x.saved_bytes for x in p.layers] == [0, 0, 0]
     sc = stage_costs(p, [3], [1], [False])
     assert sc.held_per_sample == (3 * 16,)  # input + two inner activations, float32 x 4
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_emulated_backward_time_leaves_out_the_recompute(monkeypatch, split):
+    """An emulated layer's backward clock starts after its saved tensors are
+    unpacked, so a checkpointed stage's recompute adds its forward time (on a
+    fake clock that moves only while an emulated layer sleeps)."""
+    from torch import nn
+
+    from conveyor.runtime import emulated
+    from conveyor.runtime.checkpoint import CheckpointedStage
+    from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
+
+    now = [0.0]
+    monkeypatch.setattr(emulated.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(emulated, "_sleep_until", lambda t: now.__setitem__(0, max(now[0], t)))
+    times = EmulatedTimes(forward=1.0, backward=2.0)
+    stage = nn.Sequential(*[EmulatedLayer(4, times, split_backward=split) for _ in range(3)])
+    for module, recompute in ((stage, 0.0), (CheckpointedStage(stage), 3.0)):
+        x = torch.randn(2, 4, requires_grad=True)
+        y = module(x)
+        start = now[0]
+        y.sum().backward()
+        assert now[0] - start == pytest.approx(3 * 2.0 + recompute)
