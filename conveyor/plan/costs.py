@@ -5,8 +5,9 @@ checkpointed, the schedule's placement) this gives:
 
 - a cost model whose F/B/I/W times are per stage *and* per micro-batch (sizes
   may differ by one when M does not divide the batch), each as profiled, with
-  the recomputed forward of a checkpointed stage charged to its backward (to B,
-  and to I when the backward is split, since I runs first);
+  the recomputed forward of a checkpointed stage charged to its backward (to B;
+  when the backward is split, to I and again to W once per backward call W
+  makes, since torch's checkpoint recomputes per backward call);
 - the bytes per sample each stage keeps for a micro-batch in flight, its
   input and output, and its recomputed bytes, from which
   ``conveyor.plan.memory.rank_memory`` gives each rank's peak.
@@ -184,7 +185,11 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
             if s == 0:
                 w = [x + y for x, y in zip(w, f)]
             else:
+                # torch's checkpoint recomputes once per backward call: once
+                # for I, and once for each call W makes (one per weight group)
+                calls = sum(x.w_backward_calls for x in ls)
                 i = [x + y for x, y in zip(i, f)]
+                w = [x + calls * y for x, y in zip(w, f)]
             held.append(cut_in[r.start] + kept_out)
             rec.append(saved)
         else:

@@ -121,15 +121,16 @@ def _saved_bytes(layer, x, param_ptrs: set) -> tuple[int, bool, bool, object]:
     return sum(seen.values()), saves_input, bool(out_ptrs & set(seen)), y
 
 
-def _kept_for_w(layer, x, params) -> tuple[int, int]:
-    """Bytes a split backward keeps from I for W on this layer alone (the
-    gradients recorded at its frontier nodes, see ``splitgrad``): (those that
-    are the output's own gradient, the others), each storage once."""
+def _kept_for_w(layer, x, params) -> tuple[int, int, int]:
+    """What a split backward keeps from I for W on this layer alone (the
+    gradients recorded at its frontier nodes, see ``splitgrad``): bytes of
+    those that are the output's own gradient, bytes of the others (each
+    storage once), and how many backward calls W makes (its groups)."""
     xi = _grad_leaf(x)
     outs = [t for t in _tensors(layer(xi)) if t.requires_grad]
     ins = [t for t in _tensors(xi) if t.requires_grad]
     if not outs or not ins or not params:
-        return 0, 0
+        return 0, 0, 0
     gs = [torch.ones_like(t) for t in outs]
     _, pending = backward_input(outs, gs, ins, params)
     given = {g.data_ptr() for g in gs}
@@ -137,7 +138,7 @@ def _kept_for_w(layer, x, params) -> tuple[int, int]:
     for t in pending.tensors():
         seen[t.data_ptr()] = t.numel() * t.element_size()
     own = sum(b for p, b in seen.items() if p in given)
-    return own, sum(seen.values()) - own
+    return own, sum(seen.values()) - own, len(pending.groups)
 
 
 def _measure_layer(layer, x, n: int, repeats: int, warmup: int, device) -> tuple[dict, object]:
@@ -165,8 +166,8 @@ def _measure_layer(layer, x, n: int, repeats: int, warmup: int, device) -> tuple
                                     allow_unused=True)
         return go
 
-    own, other = _kept_for_w(layer, x, params)
-    result["w_out_bytes"], result["w_bytes"] = own / n, other / n
+    own, other, groups = _kept_for_w(layer, x, params)
+    result["w_out_bytes"], result["w_bytes"], result["w_calls"] = own / n, other / n, groups
     has_input_grad = any(t.requires_grad for t in _tensors(_grad_leaf(x)))
     for key, which, needed in (("backward", "full", True), ("input_grad", "input", has_input_grad),
                                ("weight_grad", "weight", bool(params))):
@@ -244,7 +245,8 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
                for k in ("forward", "backward", "input_grad", "weight_grad")},
             out_bytes=a["out_bytes"], saved_bytes=a["saved_bytes"],
             saves_input=a["saves_input"], saves_output=a["saves_output"], param_bytes=pbytes,
-            optim_bytes=state * pbytes, w_out_bytes=a["w_out_bytes"], w_bytes=a["w_bytes"]))
+            optim_bytes=state * pbytes, w_out_bytes=a["w_out_bytes"], w_bytes=a["w_bytes"],
+            w_calls=a["w_calls"]))
     in_bytes = _nbytes(sample_batch) / n0
     return Profile(model={"name": name or type(model).__name__, "layers": len(layers),
                           "fingerprint": fingerprint(model)},

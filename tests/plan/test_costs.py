@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from conveyor.plan import Affine, LayerProfile, Profile, stage_costs
@@ -24,6 +26,14 @@ def test_first_stage_runs_no_input_gradient():
     assert ck.weight_grad[0][0] == pytest.approx(10e-3 + 7e-3)
     assert ck.input_grad[0][0] == 0.0
     assert ck.input_grad[1][0] == pytest.approx(3e-3 + 3e-3)
+    # W recomputes once per backward call it makes (one per layer with weights here)
+    assert ck.weight_grad[1][0] == pytest.approx(3e-3 + 3e-3)
+    two = stage_costs(synthetic([4, 1, 2, 3], fixed=1e-3, per_sample=0.0), [1, 3], [8],
+                      [False, True])
+    assert two.weight_grad[1][0] == pytest.approx(6e-3 + 3 * 6e-3)
+    prof.layers[3] = dataclasses.replace(prof.layers[3], w_calls=2)
+    assert stage_costs(prof, [3, 1], [8], [False, True]).weight_grad[1][0] == pytest.approx(
+        3e-3 + 2 * 3e-3)
 
 
 def test_first_stage_layers_without_parameters_skip_their_backward():

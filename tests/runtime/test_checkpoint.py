@@ -161,3 +161,20 @@ def test_emulated_backward_time_leaves_out_the_recompute(monkeypatch, split):
         start = now[0]
         y.sum().backward()
         assert now[0] - start == pytest.approx(3 * 2.0 + recompute)
+
+
+def test_profile_measures_what_a_split_backward_keeps_for_w():
+    from torch import nn
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 4))
+    model = nn.Sequential(nn.Linear(3, 4), block, nn.Tanh())
+    prof = profile(model, torch.randn(8, 3, dtype=torch.float32), repeats=1, warmup=1,
+                   progress=False)
+    lin, blk, act = prof.layers
+    # a Linear keeps its output's gradient (the one it received), one W call
+    assert (lin.w_out_bytes, lin.w_bytes, lin.w_calls) == (4 * 4, 0, 1)
+    # the block also keeps the gradient at its inner Linear's output (6 floats)
+    assert (blk.w_out_bytes, blk.w_bytes, blk.w_calls) == (4 * 4, 6 * 4, 2)
+    # no weights, nothing kept
+    assert (act.w_out_bytes, act.w_bytes, act.w_calls) == (0, 0, 0)
