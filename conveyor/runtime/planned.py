@@ -11,7 +11,7 @@ made for this model.
 from __future__ import annotations
 
 from conveyor.errors import PipelineError, PlanError
-from conveyor.partition import balanced_partition
+from conveyor.partition import balanced_partition, placed_partition
 from conveyor.plan import Profile, load_plan, load_profile
 from conveyor.plan.costs import backward_times
 from conveyor.runtime.profile import fingerprint
@@ -34,9 +34,14 @@ def _profile_for(model, profile) -> Profile:
     return prof
 
 
-def named_balance(balance, model, S: int, profile=None, batch: int | None = None):
+def named_balance(balance, model, S: int, profile=None, batch: int | None = None,
+                  placement=None):
     """``balance`` as layer counts: "time" and "memory" solved from ``profile``
-    (at micro-batch size ``batch`` or the profile's batch), anything else as given."""
+    (at micro-batch size ``batch`` or the profile's batch), anything else as given.
+
+    ``placement`` (stage -> rank, S entries): where a rank holds several
+    stages, the cut minimises the largest rank total instead of the largest
+    stage (``placed_partition``); None: one stage per rank."""
     if balance not in ("time", "memory"):
         return balance
     prof = _profile_for(model, profile)
@@ -47,6 +52,11 @@ def named_balance(balance, model, S: int, profile=None, batch: int | None = None
         costs = [x.forward.at(n) + b for x, b in zip(prof.layers, back)]
     else:
         costs = [x.static_bytes + x.saved_bytes * n for x in prof.layers]
+    if placement is not None and len(set(placement)) < len(placement):
+        if len(placement) != S:
+            raise PipelineError(f"placement {list(placement)} has {len(placement)} entries for "
+                                f"{S} stages; give one rank per stage")
+        return placed_partition(costs, placement)[0]
     return balanced_partition(costs, S, what=balance)
 
 
