@@ -2,6 +2,7 @@
 
     python benchmarks/bench_planner.py               # measured comparison, P = 4 (~2 min)
     python benchmarks/bench_planner.py --speed       # planner search time, P <= 64, L <= 1024
+    python benchmarks/bench_planner.py --split --every   # I/W layers; every schedule's best plan
     conveyor profile --model benchmarks/bench_planner.py:unbalanced   # the model, by hand
 
 The model: an embedding-heavy first layer (8 units), 8 narrow blocks (1 unit),
@@ -127,7 +128,32 @@ def _predict(prof, name, M, balance, ckpt=None):
             "bubble": tl.bubble_overall, "peak_bytes": rank_memory(sched, sc)}
 
 
-def comparison(steps: int, warmup: int, repeats: int, split: bool) -> dict:
+def _every(prof, budget) -> tuple[list, dict]:
+    """Per registered schedule (naive aside), the planner's best plan of that
+    schedule alone under the budget: (configs, predictions)."""
+    from conveyor.errors import PlanError
+    from conveyor.plan import plan_to_dict, search
+    from conveyor.schedule import schedule_names
+
+    configs, predicted = [], {}
+    for name in schedule_names():
+        if name == "naive":
+            continue
+        try:
+            best = search(prof, P=P, batch=BATCH, memory=budget, schedules=[name]).best
+        except PlanError as e:
+            print(f"every: {name} has no plan within the budget ({e})")
+            continue
+        key = f"every:{name}"
+        configs.append({"name": key, "kw": {"plan": plan_to_dict(best, prof, batch=BATCH,
+                                                                  budget=budget)}})
+        predicted[key] = {"schedule": name, "M": best.M, "v": best.v, "balance": best.balance,
+                          "checkpoint": best.checkpoint, "step": best.step,
+                          "bubble": best.bubble, "peak_bytes": best.peak_bytes}
+    return configs, predicted
+
+
+def comparison(steps: int, warmup: int, repeats: int, split: bool, every: bool = False) -> dict:
     import torch
 
     from conveyor.partition import uniform_balance
@@ -167,6 +193,8 @@ def comparison(steps: int, warmup: int, repeats: int, split: bool) -> dict:
         {"name": "planner", "kw": {"plan": plan}},
         {"name": "torch-pick", "kw": {"schedule": pick["schedule"], "microbatches": pick["M"]}},
     ]
+    extra, extra_pred = _every(prof, budget) if every else ([], {})
+    configs += extra
     rows = launch(_run_rank, nprocs=P, args=(configs, steps, warmup, split))
     measured = {}
     for cfg in configs:
@@ -179,11 +207,11 @@ def comparison(steps: int, warmup: int, repeats: int, split: bool) -> dict:
                  "planner": {"schedule": best.name, "M": best.M, "v": best.v,
                              "balance": best.balance, "checkpoint": best.checkpoint,
                              "step": best.step, "bubble": best.bubble,
-                             "peak_bytes": best.peak_bytes}}
+                             "peak_bytes": best.peak_bytes}, **extra_pred}
     return {"machine": _machine(), "profile_s": t_prof, "plan_s": t_plan,
             "candidates": len(result.candidates), "budget_bytes": budget, "links": links,
             "predicted": predicted, "measured": measured, "steps": steps, "warmup": warmup,
-            "profile_repeats": repeats, "split_backward": split}
+            "profile_repeats": repeats, "split_backward": split, "profile": prof.to_dict()}
 
 
 def _machine() -> dict:
@@ -224,24 +252,28 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7, help="profile: timed calls per layer")
     ap.add_argument("--split", action="store_true",
                     help="layers with separate I and W backward (zero-bubble schedules gain)")
+    ap.add_argument("--every", action="store_true",
+                    help="also run the planner's best plan of every registered schedule "
+                         "(predicted vs measured per schedule)")
     ap.add_argument("--out", default=str(HERE / "planner.json"))
     args = ap.parse_args()
     if args.speed:
         res = {"machine": _machine(), "speed": speed([(4, 16), (8, 64), (16, 256), (32, 512),
                                                       (64, 1024)])}
     else:
-        res = comparison(args.steps, args.warmup, args.repeats, args.split)
+        res = comparison(args.steps, args.warmup, args.repeats, args.split, args.every)
         m, p = res["measured"], res["predicted"]
-        for name in ("seed", "planner", "torch-pick"):
+        for name in m:
             err = m[name]["median_step"] / p[name]["step"] - 1
-            print(f"{name:10s} {p[name]['schedule']:>8s} M={p[name]['M']:<3d} balance "
+            print(f"{name:16s} {p[name]['schedule']:>16s} M={p[name]['M']:<3d} balance "
                   f"{p[name]['balance']}: predicted {p[name]['step'] * 1e3:7.1f} ms, measured "
                   f"{m[name]['median_step'] * 1e3:7.1f} ms ({err:+.1%})")
         print(f"planner vs seed: {m['seed']['median_step'] / m['planner']['median_step']:.2f}x "
               f"measured; vs torch-pick: "
               f"{m['torch-pick']['median_step'] / m['planner']['median_step']:.2f}x")
     old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-    old.update(res if args.speed else {"comparison_split" if args.split else "comparison": res})
+    key = "comparison" + ("_split" if args.split else "") + ("_every" if args.every else "")
+    old.update(res if args.speed else {key: res})
     Path(args.out).write_text(json.dumps(old, indent=1))
     print(f"results in {args.out}")
 

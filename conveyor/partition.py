@@ -15,13 +15,14 @@ per-layer costs) belongs here as well; the runtime only consumes balances.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Sequence
 
 from conveyor.checks import check_int
 from conveyor.errors import PartitionError
 
 __all__ = ["uniform_balance", "check_balance", "stage_ranges", "resolve_balance",
-           "balanced_partition", "bottleneck"]
+           "balanced_partition", "bottleneck", "placed_partition", "rank_loads"]
 
 
 def uniform_balance(L: int, S: int) -> list[int]:
@@ -234,3 +235,102 @@ def _no_fit_message(pre: list[float], S: int, fits) -> str:
     return (f"no split of {L} layers into {S} stages fits the memory limit (the last "
             f"stage cannot hold the layers left to it); raise the memory limit, use more "
             f"stages, or checkpoint activations")
+
+
+# -- several stages per rank -------------------------------------------------------
+# With v chunks per rank (interleaved, V-shaped placements) a rank's time is the
+# sum of its stages', so the split should minimise the largest rank total, not
+# the largest stage. Bisection on that total T again; feasibility ("can the
+# stages, in order, be cut so every rank's total stays within T?") is a
+# depth-first search over each stage's end, largest block first, that prunes
+# when the layers left exceed the room left on the ranks still to come, and
+# remembers the (stage, start, loads) states that failed.
+
+class _Budget(Exception):
+    pass
+
+
+def rank_loads(times: Sequence[float], balance: Sequence[int], placement: Sequence[int]
+               ) -> list[float]:
+    """Per rank, the summed time of the stages ``placement`` puts on it."""
+    loads = [0.0] * (max(placement) + 1)
+    for s, r in enumerate(stage_ranges(balance)):
+        loads[placement[s]] += sum(times[r.start:r.stop])
+    return loads
+
+
+def _placed_under(pre: list[float], placement: Sequence[int], T: float, fits,
+                  budget: list[int]) -> list[int] | None:
+    """A balance whose rank totals all stay within T (and whose blocks fit), or
+    None. Raises _Budget once ``budget[0]`` search nodes are spent."""
+    L, S = len(pre) - 1, len(placement)
+    eps = 1e-12 * max(1.0, abs(T))
+    future = [sorted(set(placement[s:])) for s in range(S)]  # ranks with stages s..S-1
+    loads = [0.0] * (max(placement) + 1)
+    ends: list[int] = [0] * S
+    failed: set = set()
+
+    def rec(s: int, a: int) -> bool:
+        if s == S:
+            return a == L
+        key = (s, a, tuple(loads[q] for q in future[s]))
+        if key in failed:
+            return False
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise _Budget
+        r = placement[s]
+        if pre[L] - pre[a] <= sum(T - loads[q] for q in future[s]) + eps:
+            room = T - loads[r] + eps
+            top = L if s == S - 1 else L - (S - s - 1)
+            lo = top if s == S - 1 else a + 1
+            # times are >= 0, so pre is sorted: skip the ends past the room at once
+            for b in range(min(top, bisect_right(pre, pre[a] + room) - 1), lo - 1, -1):
+                if fits is not None and not fits(s, a, b):
+                    continue
+                old = loads[r]
+                loads[r] = old + pre[b] - pre[a]
+                ok = rec(s + 1, b)
+                loads[r] = old
+                if ok:
+                    ends[s] = b
+                    return True
+        failed.add(key)
+        return False
+
+    if not rec(0, 0):
+        return None
+    starts = [0] + ends[:-1]
+    return [b - a for a, b in zip(starts, ends)]
+
+
+def placed_partition(times: Sequence[float], placement: Sequence[int], *, fits=None,
+                     budget: int = 100_000) -> tuple[list[int], bool]:
+    """The contiguous split of L layers into S = len(placement) stages that
+    minimises the largest rank total, stage s running on rank placement[s].
+
+    ``fits`` as in ``balanced_partition``. Returns (balance, exact): exact is
+    False when the search spent ``budget`` nodes before closing the gap, and
+    the balance is then the best found (never worse than the min-bottleneck
+    split). Raises PartitionError as ``balanced_partition`` does.
+    """
+    S = len(placement)
+    best = balanced_partition(times, S, fits=fits)
+    times = [float(t) for t in times]
+    pre = _prefix(times)
+    hi = max(rank_loads(times, best, placement))
+    lo = max(pre[-1] / len(set(placement)), max(times))
+    left = [budget]
+    for _ in range(200):
+        if hi - lo <= 1e-12 * max(1.0, hi):
+            return best, True
+        mid = (lo + hi) / 2
+        try:
+            got = _placed_under(pre, placement, mid, fits, left)
+        except _Budget:
+            return best, False
+        if got is None:
+            lo = mid
+        else:
+            best, hi = got, max(rank_loads(times, got, placement))
+    return best, True

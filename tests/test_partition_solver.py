@@ -8,7 +8,9 @@ import random
 import pytest
 
 from conveyor.errors import PartitionError
-from conveyor.partition import balanced_partition, bottleneck, stage_ranges
+from conveyor.partition import (
+    balanced_partition, bottleneck, placed_partition, rank_loads, stage_ranges,
+)
 
 
 def all_balances(L: int, S: int):
@@ -88,3 +90,72 @@ def test_no_fit_names_the_fix():
     with pytest.raises(PartitionError, match="raise the memory limit, use more stages, or "
                                              "checkpoint"):
         balanced_partition([1, 1, 1], 2, fits=lambda s, a, b: False)
+
+
+# -- several stages per rank: minimise the largest rank total -----------------------
+
+def brute_placed(times, placement, fits=None):
+    best = None
+    for bal in all_balances(len(times), len(placement)):
+        if fits is not None and not all(fits(s, r.start, r.stop)
+                                        for s, r in enumerate(stage_ranges(bal))):
+            continue
+        value = max(rank_loads(times, bal, placement))
+        if best is None or value < best:
+            best = value
+    return best
+
+
+def _placement(kind: str, P: int, v: int) -> list[int]:
+    if kind == "looped":  # interleaved 1F1B, looped BFS: 0..P-1, 0..P-1, ...
+        return [s % P for s in range(P * v)]
+    out = []  # V: 0..P-1, P-1..0, ...
+    for k in range(v):
+        out += list(range(P)) if k % 2 == 0 else list(range(P - 1, -1, -1))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_rank_totals_are_the_exhaustive_minimum(seed):
+    rng = random.Random(500 + seed)
+    P, v = rng.choice([(2, 2), (2, 3), (3, 2), (4, 2)])
+    placement = _placement(rng.choice(["looped", "vee"]), P, v)
+    L = rng.randint(len(placement), len(placement) + 5)
+    times = [rng.choice([rng.randint(0, 20), rng.random() * 10]) for _ in range(L)]
+    fits = None
+    if seed % 3 == 0:  # a memory limit on each block too
+        act = [rng.randint(1, 5) for _ in range(L)]
+        limit = rng.randint(6, 15)
+        fits = lambda s, a, b: sum(act[a:b]) <= limit  # noqa: E731
+    want = brute_placed(times, placement, fits)
+    if want is None:
+        with pytest.raises(PartitionError):
+            placed_partition(times, placement, fits=fits)
+        return
+    bal, exact = placed_partition(times, placement, fits=fits)
+    assert exact and sum(bal) == L and len(bal) == len(placement) and min(bal) >= 1
+    if fits is not None:
+        assert all(fits(s, r.start, r.stop) for s, r in enumerate(stage_ranges(bal)))
+    assert max(rank_loads(times, bal, placement)) == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_rank_totals_beat_the_stage_bottleneck():
+    # V on 2 ranks: rank 0 holds stages 0 and 3, rank 1 stages 1 and 2. The
+    # min-bottleneck split [2, 2, 2, 2] (stages 5, 8, 7, 4) loads rank 1 with 15.
+    times = [3, 2, 4, 4, 3, 4, 3, 1]
+    placement = [0, 1, 1, 0]
+    stage_best = balanced_partition(times, 4)
+    assert rank_loads(times, stage_best, placement) == [9, 15]
+    bal, exact = placed_partition(times, placement)
+    assert exact and bal == [3, 2, 1, 2] and rank_loads(times, bal, placement) == [13, 11]
+
+
+def test_a_spent_budget_returns_the_best_found():
+    rng = random.Random(7)
+    times = [rng.random() for _ in range(400)]
+    placement = _placement("looped", 16, 2)
+    bal, exact = placed_partition(times, placement, budget=50)
+    stage_best = balanced_partition(times, 32)
+    assert not exact
+    assert max(rank_loads(times, bal, placement)) <= max(rank_loads(times, stage_best,
+                                                                    placement))

@@ -67,5 +67,5 @@ def run(args) -> int:
     path = save_plan(plan_to_dict(result.best, prof, batch=args.batch, budget=args.memory),
                      args.output)
     print(f"plan written to {path} (run it: Pipeline(model, plan={str(path)!r}); "
-          f"draw it: conveyor simulate --file {path})")
+          f"draw it: conveyor viz --plan {path} -o plan.svg)")
     return 0

@@ -25,8 +25,12 @@ def add_parser(sub) -> None:
                     "any costs, the bubble from the formula and from the simulator, memory "
                     "per rank, and the state in the link. With --timeline it also shows a "
                     "measured run above its simulation, or a measured M sweep.")
-    p.add_argument("-o", "--output", default="conveyor-explorer.html",
-                   help="the page to write (conveyor-explorer.html)")
+    p.add_argument("-o", "--output", default=None,
+                   help="the page to write (conveyor-explorer.html); with --plan the "
+                        "figure, .svg or .png (plan.svg)")
+    p.add_argument("--plan", metavar="FILE",
+                   help="draw a plan written by `conveyor plan`: its schedule simulated with "
+                        "the planner's costs, titled with the split and the predicted step")
     p.add_argument("--timeline", metavar="FILE",
                    help="a measured timeline (runtime JSON) to show above its simulation, or "
                         "a measured M sweep (the folder `conveyor demo` writes, or its "
@@ -64,6 +68,10 @@ def run(args) -> int:
     from conveyor.views.serve import SERVE_RATIOS, make_server
     from conveyor.views.sweep import is_sweep, sweep_section
 
+    if args.plan:
+        return draw_plan(args)
+    if args.output is None:
+        args.output = "conveyor-explorer.html"
     if not args.serve:
         check_outputs([args.output])
     ratios = _ratios(args.ratios) if args.ratios else list(SERVE_RATIOS if args.serve else DEFAULT_RATIOS)
@@ -117,4 +125,55 @@ def run(args) -> int:
         import webbrowser
         if not webbrowser.open(path.resolve().as_uri()):
             print(f"conveyor viz: no web browser found; open {path} yourself", file=sys.stderr)
+    return 0
+
+
+def plan_summary(plan, tl) -> list[str]:
+    """The plan's title line and its summary lines, from the plan and the
+    timeline simulated with its costs (``tl``)."""
+    from conveyor.plan.messages import checkpoint_text, fmt_bytes, fmt_time
+
+    sched, pred = plan.schedule, plan.predicted
+    v = sched.S // sched.P
+    ck_text = checkpoint_text(plan.checkpoint)
+    title = (f"plan: {sched.name}, P={sched.P}, M={sched.M}" + (f", v={v}" if v > 1 else "")
+             + f", layers per stage {','.join(map(str, plan.balance))}, checkpoint {ck_text}"
+             + f" | predicted step {fmt_time(tl.step_time)}, bubble "
+             f"{100 * tl.bubble_overall:.1f}% (simulated, profiled costs)")
+    lines = [title, f"micro-batch sizes: {_sizes_text(plan.data.get('microbatch_sizes', []))}"
+             f" (batch {plan.batch})"]
+    peaks = pred.get("peak_bytes") or []
+    if peaks:
+        budget = plan.data.get("memory_budget")
+        lines.append("peak memory per rank: " + ", ".join(fmt_bytes(b) for b in peaks)
+                     + (f" (budget {fmt_bytes(budget)})" if budget else " (no budget)"))
+    return lines
+
+
+def _sizes_text(sizes) -> str:
+    from collections import Counter
+
+    return " + ".join(f"{k} x {n}" for n, k in sorted(Counter(sizes).items(), reverse=True))
+
+
+def draw_plan(args) -> int:
+    """``viz --plan``: the plan's schedule simulated with the plan's own
+    costs (so the bubble drawn is the planner's), as a PNG or SVG figure."""
+    from conveyor.plan import load_plan
+    from conveyor.sim import simulate
+    from conveyor.views.errors import ViewError
+    from conveyor.views.plot import figure_format, gantt_figure, save_figure
+
+    out = "plan.svg" if args.output is None else args.output
+    if args.timeline or args.serve:
+        raise ViewError(f"--plan draws one plan as a figure; drop "
+                        f"{'--timeline' if args.timeline else '--serve'}")
+    figure_format(out)  # .svg or .png, before any work
+    check_outputs([out])
+    plan = load_plan(args.plan)
+    tl = simulate(plan.schedule, plan.cost_model(), check=False, unit="s")
+    lines = plan_summary(plan, tl)
+    fig = gantt_figure([tl], titles=[lines[0].replace(" | ", "\n")])
+    print("\n".join(lines))
+    print(f"wrote {save_figure(fig, out)}")
     return 0

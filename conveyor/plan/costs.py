@@ -5,8 +5,9 @@ checkpointed, the schedule's placement) this gives:
 
 - a cost model whose F/B/I/W times are per stage *and* per micro-batch (sizes
   may differ by one when M does not divide the batch), each as profiled, with
-  the recomputed forward of a checkpointed stage charged to its backward (to B,
-  and to I when the backward is split, since I runs first);
+  the recomputed forward of a checkpointed stage charged to its backward (to B;
+  when the backward is split, to I and again to W once per backward call W
+  makes, since torch's checkpoint recomputes per backward call);
 - the bytes per sample each stage keeps for a micro-batch in flight, its
   input and output, and its recomputed bytes, from which
   ``conveyor.plan.memory.rank_memory`` gives each rank's peak.
@@ -28,7 +29,7 @@ from conveyor.plan.profile import Profile
 from conveyor.schedule.ir import B, F, I, W
 from conveyor.sim.cost import CostModel
 
-__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "inner_bytes"]
+__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "inner_bytes", "backward_times"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class StageCosts:
     in_per_sample: tuple[float, ...] = ()       # the stage's input, per sample
     out_per_sample: tuple[float, ...] = ()      # its output kept for B (0 on the last stage)
     loss_bytes: float = 0.0                     # the weighted loss the last stage keeps
+    w_kept: tuple = ()  # per stage: ((tag, bytes per sample), ...) kept from I for W
 
     def cost_model(self, latency: float = 0.0, bandwidth: float = float("inf")
                    ) -> MicrobatchCostModel:
@@ -104,14 +106,60 @@ def inner_bytes(layers, j: int) -> float:
     return prev.out_bytes if layers[j].saves_input and not prev.saves_output else 0.0
 
 
-def _block_times(ls, n: float) -> tuple[float, float, float, float]:
+def backward_times(layers, n: float, first: bool) -> list[float]:
+    """Per layer of a block, the full backward the runtime runs at n samples.
+
+    On the first stage the model's input needs no gradient, so the layers up
+    to and including the first one with parameters run only their
+    weight-gradient part (what the profile's ``weight_grad`` measured: the
+    gradient of the parameters alone); a layer after one with parameters
+    must pass the input gradient down, so it runs its whole backward."""
+    out, seen = [], not first
+    for x in layers:
+        out.append(x.backward.at(n) if seen else x.weight_grad.at(n))
+        seen = seen or x.param_bytes > 0
+    return out
+
+
+def _block_times(ls, n: float, first: bool) -> tuple[float, float, float, float]:
     """(F, B, I, W) of a block of layers at n samples, each as measured alone.
 
     I + W need not equal B: a layer whose gradients come from one autograd
     node runs all of it for I and again for W (the runtime's split backward
-    does the same), so a split schedule pays what I and W cost, not B."""
-    return (sum(x.forward.at(n) for x in ls), sum(x.backward.at(n) for x in ls),
+    does the same), so a split schedule pays what I and W cost, not B.
+
+    On the first stage (``first``) no input gradient is wanted: the runtime's
+    I does nothing there and W runs the whole backward from the stage's
+    outputs to its parameters (``backward_times``), which is also B."""
+    f = sum(x.forward.at(n) for x in ls)
+    if first:
+        b = sum(backward_times(ls, n, True))
+        return f, b, 0.0, b
+    return (f, sum(x.backward.at(n) for x in ls),
             sum(x.input_grad.at(n) for x in ls), sum(x.weight_grad.at(n) for x in ls))
+
+
+def _kept_for_w(layers, r: range, s: int, S: int) -> tuple:
+    """What a split backward keeps from I until W on the stage of layers r, as
+    (tag, bytes per sample): tag "gout" is the gradient the stage received
+    (the same storage), an int j a gradient made inside the stage at layer j.
+
+    On the first stage no input wants a gradient: I keeps just the received
+    gradient and W runs from the outputs (``splitgrad``). Elsewhere each
+    layer keeps what the profile measured at its frontier nodes; the output
+    gradient of the stage's last layer is the received one (on the last
+    stage it comes from the loss, a new tensor)."""
+    if s == 0:
+        return (("gout", 1.0),) if S > 1 else ()
+    out = []
+    for j in r:
+        lay = layers[j]
+        if lay.w_out_bytes > 0:
+            own = j == r.stop - 1 and s < S - 1
+            out.append(("gout", 1.0) if own else ((j, "out"), lay.w_out_bytes))
+        if lay.w_bytes > 0:
+            out.append(((j, "inner"), lay.w_bytes))
+    return tuple(out)
 
 
 def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
@@ -124,7 +172,7 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
     for s, r in enumerate(stage_ranges(balance)):
         ls = layers[r.start:r.stop]
         # Sizes differ by at most one: price each distinct size once.
-        per = {n: _block_times(ls, n) for n in set(sizes)}
+        per = {n: _block_times(ls, n, s == 0) for n in set(sizes)}
         f, b, i, w = ([per[n][k] for n in sizes] for k in range(4))
         saved = sum(x.saved_bytes for x in ls) + sum(
             inner_bytes(layers, j) for j in range(r.start + 1, r.stop))
@@ -132,9 +180,16 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
         kept_out = 0.0 if s == S - 1 else ls[-1].out_bytes
         out = 0.0 if ls[-1].saves_output else kept_out
         outs.append(kept_out)
-        if checkpoint[s]:  # the forward runs again before B (or I)
+        if checkpoint[s]:  # the forward runs again before B (or I; W on stage 0)
             b = [x + y for x, y in zip(b, f)]
-            i = [x + y for x, y in zip(i, f)]
+            if s == 0:
+                w = [x + y for x, y in zip(w, f)]
+            else:
+                # torch's checkpoint recomputes once per backward call: once
+                # for I, and once for each call W makes (one per weight group)
+                calls = sum(x.w_backward_calls for x in ls)
+                i = [x + y for x, y in zip(i, f)]
+                w = [x + calls * y for x, y in zip(w, f)]
             held.append(cut_in[r.start] + kept_out)
             rec.append(saved)
         else:
@@ -150,4 +205,6 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
                       tuple(fw), tuple(bw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
                       tuple(static), tuple(cuts),
                       tuple(cut_in[r.start] for r in stage_ranges(balance)), tuple(outs),
-                      float(profile.meta.get("loss_bytes", 0.0)))
+                      float(profile.meta.get("loss_bytes", 0.0)),
+                      tuple(_kept_for_w(layers, r, s, S)
+                            for s, r in enumerate(stage_ranges(balance))))

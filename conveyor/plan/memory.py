@@ -11,12 +11,15 @@ what ``conveyor.runtime.recorder.ActivationMemory`` counts:
   with the stage output, so it costs only once that output is dropped by B);
 - a receive's buffer from posting until consumed (an activation receive then
   becomes the next stage's input; a gradient receive is let go by B or I);
+- from a split backward's I to its W, the gradients I recorded for W
+  (``StageCosts.w_kept``: the received gradient itself, or gradients made
+  inside the stage, as the profile measured them per layer);
 - while a checkpointed stage runs its backward, its recomputed activations
-  (``recompute=True``; the counter does not see them).
+  (``recompute=True``; the counter does not see them). On the first stage
+  that is W, since its I has nothing to do.
 
-Not modelled: the output gradients a split backward keeps from I for W (the
-profile has no figure for them), and the loss function's own saved tensors
-(the counter does not see them either).
+Not modelled: the loss function's own saved tensors (the counter does not
+see them either).
 """
 
 from __future__ import annotations
@@ -71,6 +74,13 @@ def _rank_peak(low: Schedule, r: int, costs, recompute: bool, prepost: bool) -> 
         per = costs.in_per_sample[0] if c < 0 else costs.in_per_sample[c + 1]
         return (("cut", c, mb), per * sizes[mb])
 
+    def kept(s: int, mb: int):
+        """What I keeps for W (see ``StageCosts.w_kept``), as named storages."""
+        n = sizes[mb]
+        return [(("gout", s, mb), costs.out_per_sample[s] * n) if tag == "gout"
+                else (("wkept", s, mb, tag), per * n)
+                for tag, per in (costs.w_kept[s] if costs.w_kept else ())]
+
     def post(a: Action) -> bool:
         s, n = a.stage, sizes[a.mb]
         if a.kind == RECV_F:
@@ -102,13 +112,18 @@ def _rank_peak(low: Schedule, r: int, costs, recompute: bool, prepost: bool) -> 
             h.release(Action(s, RECV_F, mb))
             done_f.add((s, mb))
         elif kind in (B, I):
-            if recompute:
+            if recompute and (kind == B or s > 0):
                 h.peak = max(h.peak, h.current + costs.recompute_per_sample[s] * n)
             if kind == B:
                 h.release((s, mb))
+            else:
+                h.hold(("W", s, mb), kept(s, mb))
             h.release(Action(s, RECV_B, mb))
         elif kind == W:
+            if recompute and s == 0:
+                h.peak = max(h.peak, h.current + costs.recompute_per_sample[s] * n)
             h.release((s, mb))
+            h.release(("W", s, mb))
         elif kind == SEND_F:
             h.hold(a, [cut(s, mb)])
         elif kind == SEND_B:

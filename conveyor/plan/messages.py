@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from conveyor.errors import PlanError
 
-__all__ = ["check_request", "over_budget", "explain", "fmt_bytes", "fmt_time"]
+__all__ = ["check_request", "over_budget", "explain", "fmt_bytes", "fmt_time",
+           "checkpoint_text"]
 
 
 def check_request(profile, P, batch, memory, microbatches) -> None:
@@ -59,3 +60,12 @@ def fmt_bytes(n: float) -> str:
         if abs(n) >= k:
             return f"{n / k:.2f} {unit}"
     return f"{n:.0f} B"
+
+
+def checkpoint_text(flags) -> str:
+    """"none", "full", or the checkpointed stages: ``[True, False, True] -> "0,2"``."""
+    if not any(flags):
+        return "none"
+    if all(flags):
+        return "full"
+    return ",".join(str(s) for s, c in enumerate(flags) if c)

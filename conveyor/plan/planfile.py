@@ -2,8 +2,8 @@
 
 Schema ``conveyor.plan/1``. It is also a conveyor schedule file: the keys
 ``name``, ``P``, ``M``, ``placement`` and ``actions`` are the chosen schedule
-(``conveyor simulate --file plan.json`` and ``conveyor viz --file plan.json``
-read it as one). The plan's own keys:
+(``conveyor simulate --file plan.json`` reads it as one; ``conveyor viz --plan
+plan.json`` draws it with its costs). The plan's own keys:
 
     format        "conveyor.plan/1"
     model         the profile's model identity (name, layers, fingerprint)
@@ -12,6 +12,11 @@ read it as one). The plan's own keys:
     checkpoint    per stage, whether its activations are recomputed
     memory_budget bytes per rank the plan was made for (null: none)
     predicted     {"step_s", "bubble", "peak_bytes": per rank}
+    costs         what the prediction was simulated with: "sizes" (the distinct
+                  micro-batch sizes, largest first), "F", "B", "I", "W" (per
+                  stage, seconds at each of those sizes), "latency" (s),
+                  "bandwidth" (bytes/s, null: free), "cut_bytes" (per cut, the
+                  largest micro-batch's); ``Plan.cost_model()`` rebuilds it
 """
 
 from __future__ import annotations
@@ -51,6 +56,51 @@ class Plan:
                 f"again")
 
 
+    def cost_model(self):
+        """The MicrobatchCostModel the planner simulated this plan with.
+        PlanError for a plan written before plans kept their costs."""
+        from conveyor.plan.costs import MicrobatchCostModel
+        from conveyor.schedule.ir import B, F, I, W
+
+        c = self.data.get("costs")
+        if not isinstance(c, dict):
+            raise PlanError("this plan holds no costs (written by an older conveyor); run "
+                            "`conveyor plan` again")
+        try:
+            col = {int(n): k for k, n in enumerate(c["sizes"])}
+            sizes = [int(n) for n in self.data["microbatch_sizes"]]
+            table = {kind: [[row[col[n]] for n in sizes] for row in c[key]]
+                     for kind, key in ((F, "F"), (B, "B"), (I, "I"), (W, "W"))}
+            bw = c.get("bandwidth")
+            return MicrobatchCostModel(
+                forward=_means(table[F]), backward=_means(table[B]),
+                input_grad=_means(table[I]), weight_grad=_means(table[W]),
+                latency=float(c.get("latency") or 0.0),
+                bandwidth=float(bw) if bw else float("inf"),
+                activation_bytes=[float(x) for x in c.get("cut_bytes", [])], per_mb=table)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise PlanError(f"malformed costs in the plan ({type(e).__name__}: {e}); run "
+                            f"`conveyor plan` again") from None
+
+
+def _means(rows) -> list[float]:
+    return [sum(r) / len(r) for r in rows]
+
+
+def _costs(sc, profile) -> dict:
+    """The plan's ``costs`` entry from a candidate's StageCosts."""
+    distinct = sorted(set(sc.sizes), reverse=True)
+    first = {n: sc.sizes.index(n) for n in distinct}  # a micro-batch of each size
+
+    def at(rows):
+        return [[row[first[n]] for n in distinct] for row in rows]
+
+    return {"sizes": distinct, "F": at(sc.forward), "B": at(sc.backward),
+            "I": at(sc.input_grad), "W": at(sc.weight_grad), "latency": profile.latency,
+            "bandwidth": None if profile.bandwidth == float("inf") else profile.bandwidth,
+            "cut_bytes": [c * max(sc.sizes) for c in sc.cut_per_sample]}
+
+
 def plan_to_dict(cand, profile, *, batch: int, budget: float | None) -> dict:
     d = schedule_to_dict(cand.schedule)
     d.update({"format": FORMAT, "model": profile.model, "batch": batch,
@@ -58,6 +108,8 @@ def plan_to_dict(cand, profile, *, batch: int, budget: float | None) -> dict:
               "checkpoint": list(cand.checkpoint), "memory_budget": budget,
               "predicted": {"step_s": cand.step, "bubble": cand.bubble,
                             "peak_bytes": list(cand.peak_bytes)}})
+    if cand._costs is not None:
+        d["costs"] = _costs(cand._costs, profile)
     return d
 
 

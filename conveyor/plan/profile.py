@@ -23,6 +23,14 @@ docs/planning.md):
         saves_output       whether the saved tensors include the output
         param_bytes        bytes of the layer's parameters
         optim_bytes        bytes of optimizer state (2x params for Adam)
+        w_out_bytes        bytes per sample a split backward keeps from I for W
+                           that are the layer's output gradient (0 if none)
+        w_bytes            bytes per sample of the other gradients it keeps
+                           from I for W (inner nodes with weights); both
+                           optional, 0 in profiles written before them
+        w_calls            backward calls a split backward's W makes for this
+                           layer (one per group of weights, see splitgrad);
+                           optional: 1 for a layer with parameters, else 0
     links       {"latency": s, "bandwidth": bytes/s} or null (free links)
 """
 
@@ -84,6 +92,16 @@ class LayerProfile:
     param_bytes: int
     optim_bytes: int
     saves_input: bool = False
+    w_out_bytes: float = 0.0
+    w_bytes: float = 0.0
+    w_calls: int | None = None
+
+    @property
+    def w_backward_calls(self) -> int:
+        """``w_calls``, or 1 for a layer with parameters where not measured."""
+        if self.w_calls is not None:
+            return self.w_calls
+        return 1 if self.param_bytes > 0 else 0
 
     @property
     def static_bytes(self) -> int:
@@ -140,7 +158,9 @@ class Profile:
                                                 "weight_grad")},
                 out_bytes=float(x["out_bytes"]), saved_bytes=float(x["saved_bytes"]),
                 saves_output=bool(x["saves_output"]), param_bytes=int(x["param_bytes"]),
-                optim_bytes=int(x["optim_bytes"]), saves_input=bool(x.get("saves_input")))
+                optim_bytes=int(x["optim_bytes"]), saves_input=bool(x.get("saves_input")),
+                w_out_bytes=float(x.get("w_out_bytes", 0.0)), w_bytes=float(x.get("w_bytes", 0.0)),
+                w_calls=None if x.get("w_calls") is None else int(x["w_calls"]))
                 for x in d["layers"]]
             prof = cls(model=dict(d["model"]), layers=layers,
                        input_bytes=float(d["input_bytes"]), batch=list(d.get("batch", [])),

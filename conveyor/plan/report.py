@@ -16,11 +16,11 @@ def plan_table(result: PlanResult, *, top: int = 8) -> str:
     shown = set()
     for k, c in enumerate(result.candidates[:top]):
         shown.add(c.name)
-        rows.append(_row(k + 1, c))
+        rows.append(_row(k + 1, c, result.peaks(c)))
     for k, c in enumerate(result.candidates[top:], start=top):
         if c.name not in shown:
             shown.add(c.name)
-            rows.append(_row(k + 1, c))
+            rows.append(_row(k + 1, c, result.peaks(c)))
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(head, widths))]
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in rows]
@@ -36,13 +36,13 @@ def plan_table(result: PlanResult, *, top: int = 8) -> str:
     return "\n".join(lines)
 
 
-def _row(k: int, c) -> list:
+def _row(k: int, c, peak_bytes: list[float]) -> list:
     bal = ",".join(map(str, c.balance))
     if len(bal) > 24:
         bal = bal[:21] + "..."
-    peaks = " ".join(fmt_bytes(x).replace(" ", "") for x in c.peak_bytes[:4]) or "-"
-    if len(c.peak_bytes) > 4:
-        peaks += f" ..max {fmt_bytes(max(c.peak_bytes)).replace(' ', '')}"
+    peaks = " ".join(fmt_bytes(x).replace(" ", "") for x in peak_bytes[:4]) or "-"
+    if len(peak_bytes) > 4:
+        peaks += f" ..max {fmt_bytes(max(peak_bytes)).replace(' ', '')}"
     simulated = bool(c.fits) and c.bubble == c.bubble  # NaN: not simulated
     return [k, c.name, c.M, c.v, bal, c.checkpoint_text,
             fmt_time(c.step) if simulated else "-", f"{c.bubble:.1%}" if simulated else "-",

@@ -5,8 +5,10 @@ every micro-batch count M in a small geometric set (M need not divide the
 batch: sizes then differ by one), and every chunk count the schedule offers,
 the planner
 
-1. cuts the layers with the exact min-bottleneck solver under the per-layer
-   forward + backward times at the mean micro-batch size;
+1. cuts the layers under the per-layer forward + backward times at the mean
+   micro-batch size: with one stage per rank, the exact min-bottleneck
+   split; with several (chunks), the split with the least largest rank
+   total (``conveyor.partition.placed_partition``);
 2. checks each rank's peak memory against the budget (walking the schedule's
    order, see ``conveyor.plan.costs``); when a rank is over, it checkpoints
    the stages of the ranks over budget, then all stages, and re-solves the
@@ -24,10 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from conveyor.errors import ConveyorError, PlanError
-from conveyor.partition import balanced_partition
-from conveyor.plan.costs import inner_bytes, stage_costs
+from conveyor.partition import balanced_partition, placed_partition
+from conveyor.plan.costs import backward_times, inner_bytes, stage_costs
 from conveyor.plan.memory import rank_memory
-from conveyor.plan.messages import check_request, explain, fmt_bytes, fmt_time, over_budget
+from conveyor.plan.messages import (
+    check_request, checkpoint_text, explain, fmt_bytes, fmt_time, over_budget,
+)
 from conveyor.plan.profile import Profile
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.ir import B, F, W, Schedule
@@ -70,11 +74,7 @@ class Candidate:
 
     @property
     def checkpoint_text(self) -> str:
-        if not any(self.checkpoint):
-            return "none"
-        if all(self.checkpoint):
-            return "full"
-        return ",".join(str(s) for s, c in enumerate(self.checkpoint) if c)
+        return checkpoint_text(self.checkpoint)
 
 
 @dataclass
@@ -82,6 +82,12 @@ class PlanResult:
     best: Candidate
     candidates: list[Candidate]   # fastest first; those over budget last
     budget: float | None
+    _peaks: object = None         # Candidate -> its peak bytes per rank
+
+    def peaks(self, c: Candidate) -> list[float]:
+        """Per rank peak bytes of ``c`` (without a budget the search replays
+        memory only for the best; other rows on demand)."""
+        return self._peaks(c) if self._peaks is not None else c.peak_bytes
 
 
 def microbatch_sizes(batch: int, M: int) -> list[int]:
@@ -136,7 +142,13 @@ class _Searcher:
         self.static_pre = _pre([x.static_bytes for x in layers])
 
     def layer_times(self, n: float, ckpt: bool) -> list[float]:
-        return [x.forward.at(n) * (2 if ckpt else 1) + x.backward.at(n) for x in self.prof.layers]
+        """Forward (twice when checkpointed) + backward per layer; the layers
+        that always sit on stage 0 need no input gradient (``backward_times``)."""
+        layers = self.prof.layers
+        back = [x.backward.at(n) for x in layers]
+        head = backward_times(layers[:1], n, True)
+        return [x.forward.at(n) * (2 if ckpt else 1) + b
+                for x, b in zip(layers, head + back[1:])]
 
     def fits_fn(self, schedule: Schedule, n_max: int, checkpoint: list[bool]):
         """A monotone per-stage memory check for the solver: the cut bytes are
@@ -189,9 +201,20 @@ class _Searcher:
         return c
 
     def memory(self, c: Candidate) -> Candidate:
+        """Each rank's peak and whether it fits. Without a budget everything
+        fits: the replay (costly at large P) waits until a row shows it."""
+        if self.budget is None:
+            c.fits = True
+            return c
         c.peak_bytes = rank_memory(c.schedule, c._costs)
-        c.fits = self.budget is None or max(c.peak_bytes) <= self.budget
+        c.fits = max(c.peak_bytes) <= self.budget
         return c
+
+    def peaks(self, c: Candidate) -> list[float]:
+        """``c.peak_bytes``, replayed now if the search skipped it."""
+        if not c.peak_bytes and c.schedule is not None and c._costs is not None:
+            c.peak_bytes = rank_memory(c.schedule, c._costs)
+        return c.peak_bytes
 
     def variant(self, c: Candidate, balance, checkpoint) -> Candidate:
         """The same schedule with another cut or checkpointing, costed and sized."""
@@ -211,17 +234,26 @@ class _Searcher:
             times = self.layer_times(n, checkpoint[0])
         else:  # mixed: charge the recompute everywhere (a bound), memory decides the rest
             times = self.layer_times(n, True)
-        if not constrained:  # the same for every schedule with S stages at this size
-            key = (c.S, n, tuple(checkpoint))
+        if not constrained:  # the same for every schedule of this placement at this size
+            key = (tuple(c.placement), n, tuple(checkpoint))
             if key not in self._cuts:
-                self._cuts[key] = self._partition(times, c.S, None)
+                self._cuts[key] = self._partition(times, c.placement, None)
             return self._cuts[key]
-        return self._partition(times, c.S, self.fits_fn(c.schedule, max(c.sizes), checkpoint))
+        return self._partition(times, c.placement,
+                               self.fits_fn(c.schedule, max(c.sizes), checkpoint))
 
     @staticmethod
-    def _partition(times, S, fits) -> list[int] | None:
+    def _partition(times, placement, fits) -> list[int] | None:
+        """One stage per rank: the least bottleneck. Several (chunks): the
+        least largest rank total, a rank's stages summed."""
         try:
-            return balanced_partition(times, S, fits=fits)
+            if len(set(placement)) == len(placement):
+                return balanced_partition(times, len(placement), fits=fits)
+            # A small search budget, smaller as S grows (each node costs O(P)):
+            # large S rarely closes the gap to the bound, and the simulator
+            # (and ``improve``) decide among near ties.
+            budget = max(300, 24_000 // len(placement))
+            return placed_partition(times, placement, fits=fits, budget=budget)[0]
         except ConveyorError:
             return None
 
@@ -312,8 +344,9 @@ def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
     best = cands[0]
     if not best.fits:
         raise PlanError(over_budget(best, memory, P))
+    srch.peaks(best)
     explain(cands, best, memory)
-    return PlanResult(best, cands, memory)
+    return PlanResult(best, cands, memory, srch.peaks)
 
 
 def _rank(c: Candidate):

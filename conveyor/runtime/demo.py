@@ -95,7 +95,51 @@ def _data(seed: int):
     return f(Xtr), torch.tensor(ytr), f(Xte), torch.tensor(yte)
 
 
-def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float) -> dict:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def predict_step(cfg: DemoConfig, balance: list[int], out: Path) -> dict:
+    """The planner's prediction of one training step, before the launch.
+
+    Profiles the demo's model here, on one thread as a rank runs, at twice
+    the micro-batch size and below (``conveyor.profile``), writes
+    ``profile.json`` into ``out``, and simulates the schedule with those
+    per-layer costs for ``balance`` (links free: not measured here). Returns
+    {"step_s", "bubble", "profile", "sizes", "profile_s"}."""
+    import torch
+
+    from conveyor.plan import stage_costs
+    from conveyor.plan.search import microbatch_sizes
+    from conveyor.runtime.profile import profile
+    from conveyor.schedule import build_schedule
+    from conveyor.sim import simulate
+
+    t0 = time.time()
+    Xtr = _data(cfg.seed)[0]
+    sizes = microbatch_sizes(cfg.batch_size, cfg.microbatches)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank here: 1 thread (cores / ranks, at least 1)
+    try:
+        prof = profile(build_model(cfg), Xtr[:max(2, 2 * max(sizes))], repeats=5, warmup=2,
+                       name="demo-mlp", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    path = prof.save(out / "profile.json")
+    sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
+    costs = stage_costs(prof, balance, sizes, [False] * sched.S)
+    tl = simulate(sched, costs.cost_model(prof.latency, prof.bandwidth), check=False, unit="s")
+    return {"step_s": tl.step_time, "bubble": tl.bubble_overall, "profile": str(path),
+            "sizes": sizes, "profile_s": time.time() - t0}
+
+
+def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float,
+                plan: dict | None = None) -> dict:
     """One rank's work: train, test, then (``sweep`` not None) the measured
     sweep in the same processes, which spares a second launch. Rank 0 prints
     the training report before the sweep starts, and returns the summary and
@@ -147,7 +191,7 @@ def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float)
         if sweep is not None:
             sweep_rank(ctx, sweep)
         return {}
-    summary = _report(cfg, losses, timelines, int(score[0]), int(score[1]), started)
+    summary = _report(cfg, losses, timelines, int(score[0]), int(score[1]), started, plan)
     if sweep is None:
         return {"summary": summary}
     announce(sweep)
@@ -179,7 +223,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     print(f"conveyor demo: an MLP of {L} layers ({cfg.blocks + 2} Linear) on scikit-learn's "
           f"digits, {cfg.stages} processes ({backend}, {where}), schedule {cfg.schedule}, "
           f"M={M}, layers per stage {'/'.join(map(str, balance))}", flush=True)
-    first = launch(_train_rank, nprocs=cfg.stages, args=(cfg, sweep, started),
+    S = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches).S
+    plan = predict_step(cfg, uniform_balance(L, S), Path(cfg.out))
+    first = launch(_train_rank, nprocs=cfg.stages, args=(cfg, sweep, started, plan),
                    options=LaunchOptions(backend=backend))[0]
     summary = first["summary"]
     summary["balance"] = balance
@@ -198,17 +244,18 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 
 def _report(cfg: DemoConfig, losses: list, timelines: list, correct: int, tested: int,
-            started: float) -> dict:
-    """Rank 0, after training: print the accuracy and the bubble of the median
-    recorded step beside the simulator's and the formula's, write
-    ``timeline.json``; return the summary so far."""
+            started: float, plan: dict | None = None) -> dict:
+    """Rank 0, after training: print the accuracy, the planner's predicted
+    step (``plan``, from ``predict_step``) beside the measured one, and the
+    bubble of the median recorded step beside the simulator's and the
+    formula's, write ``timeline.json``; return the summary so far."""
     from conveyor.schedule import build_schedule
 
     sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
     acc = correct / tested
     summary = {"config": asdict(cfg), "epoch_loss": losses, "accuracy": acc}
     print(f"test accuracy: {100 * acc:.1f}% ({correct}/{tested} images)")
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if timelines:
@@ -226,6 +273,10 @@ def _report(cfg: DemoConfig, losses: list, timelines: list, correct: int, tested
         print(f"  median of {len(timelines)} recorded steps: step time "
               f"{1000 * measured.step_time:.2f} ms measured, "
               f"{1000 * sim.step_time:.2f} ms simulated")
+        if plan is not None:
+            _print_prediction(cfg, plan, timelines)
+            summary.update(predicted_step_s=plan["step_s"], predicted_bubble=plan["bubble"],
+                           profile=plan["profile"])
         if cores < cfg.stages:
             print(f"  note: {cfg.stages} processes share {cores} CPU cores here, so at most "
                   f"{cores} compute at once and the measured bubble cannot fall below "
@@ -240,6 +291,23 @@ def _report(cfg: DemoConfig, losses: list, timelines: list, correct: int, tested
     summary["wall_s"] = time.time() - started
     print(f"training done in {summary['wall_s']:.1f} s", flush=True)
     return summary
+
+
+def _print_prediction(cfg: DemoConfig, plan: dict, timelines: list) -> None:
+    """The planner's step beside the measured median, and, where ranks
+    outnumber cores, a plain word that the prediction does not model it."""
+    import statistics
+
+    med = statistics.median(t.step_time for t in timelines)
+    ratio = med / plan["step_s"]
+    print(f"step: predicted {1000 * plan['step_s']:.2f} ms (simulated, profiled costs, "
+          f"bubble {100 * plan['bubble']:.1f}%)  |  measured {1000 * med:.2f} ms (median of "
+          f"{len(timelines)} steps; {ratio:.2f}x the prediction)")
+    cores = usable_cores()
+    if cfg.stages > cores:
+        print(f"  the prediction cannot model this machine: it assumes a core per rank, but "
+              f"{cfg.stages} ranks share {cores} cores here (and it leaves out the runtime's "
+              f"own work per action), so the measured step is longer")
 
 
 def _formula_text(name: str) -> str:

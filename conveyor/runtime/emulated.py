@@ -124,8 +124,10 @@ class _TimedAffine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        t0 = time.perf_counter()
+        # Unpack first: under activation checkpointing that reruns the forward
+        # (its own device time), which must not count towards this backward's.
         x, w = ctx.saved_tensors
+        t0 = time.perf_counter()
         gx = g * w if ctx.needs_input_grad[0] else None
         gw = _sum_to(g * x, w) if ctx.needs_input_grad[1] else None
         gb = _sum_to(g, w) if ctx.needs_input_grad[2] else None
@@ -147,8 +149,8 @@ class _TimedInputBranch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        (w,) = ctx.saved_tensors  # before the clock starts (see _TimedAffine)
         t0 = time.perf_counter()
-        (w,) = ctx.saved_tensors
         gx = g * w
         _sleep_until(t0 + ctx.igrad)
         return gx, None, None, None, None
@@ -169,8 +171,8 @@ class _TimedWeightBranch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        x, w = ctx.saved_tensors  # before the clock starts (see _TimedAffine)
         t0 = time.perf_counter()
-        x, w = ctx.saved_tensors
         gw = _sum_to(g * x, w)
         gb = _sum_to(g, w)
         _sleep_until(t0 + ctx.wgrad)

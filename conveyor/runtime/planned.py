@@ -11,8 +11,9 @@ made for this model.
 from __future__ import annotations
 
 from conveyor.errors import PipelineError, PlanError
-from conveyor.partition import balanced_partition
+from conveyor.partition import balanced_partition, placed_partition
 from conveyor.plan import Profile, load_plan, load_profile
+from conveyor.plan.costs import backward_times
 from conveyor.runtime.profile import fingerprint
 from conveyor.runtime.stages import layers_of
 
@@ -33,17 +34,29 @@ def _profile_for(model, profile) -> Profile:
     return prof
 
 
-def named_balance(balance, model, S: int, profile=None, batch: int | None = None):
+def named_balance(balance, model, S: int, profile=None, batch: int | None = None,
+                  placement=None):
     """``balance`` as layer counts: "time" and "memory" solved from ``profile``
-    (at micro-batch size ``batch`` or the profile's batch), anything else as given."""
+    (at micro-batch size ``batch`` or the profile's batch), anything else as given.
+
+    ``placement`` (stage -> rank, S entries): where a rank holds several
+    stages, the cut minimises the largest rank total instead of the largest
+    stage (``placed_partition``); None: one stage per rank."""
     if balance not in ("time", "memory"):
         return balance
     prof = _profile_for(model, profile)
     n = batch or prof.batch[0]
-    if balance == "time":
-        costs = [x.forward.at(n) + x.backward.at(n) for x in prof.layers]
+    if balance == "time":  # layer 0 needs no input gradient (see backward_times)
+        back = backward_times(prof.layers[:1], n, True) + [x.backward.at(n)
+                                                          for x in prof.layers[1:]]
+        costs = [x.forward.at(n) + b for x, b in zip(prof.layers, back)]
     else:
         costs = [x.static_bytes + x.saved_bytes * n for x in prof.layers]
+    if placement is not None and len(set(placement)) < len(placement):
+        if len(placement) != S:
+            raise PipelineError(f"placement {list(placement)} has {len(placement)} entries for "
+                                f"{S} stages; give one rank per stage")
+        return placed_partition(costs, placement)[0]
     return balanced_partition(costs, S, what=balance)
 
 

@@ -10,7 +10,9 @@ as fixed + per sample, see ``conveyor.plan.profile.Affine``):
 - bytes of its output per sample (the activation at the cut after it);
 - bytes autograd saves for its backward, other than its input
   (``saved_tensors_hooks``, each storage once, parameters excluded);
-- bytes of its parameters and of the optimizer's state for them.
+- bytes of its parameters and of the optimizer's state for them;
+- bytes per sample a split backward keeps from I for W (``splitgrad``): the
+  layer's output gradient, and any other gradient recorded inside it.
 
 Returns a torch-free ``Profile`` (``conveyor.plan.profile``) that the planner
 reads. ``measure_links`` times a gloo ping-pong between two local ranks.
@@ -27,6 +29,7 @@ import torch
 from conveyor.progress import ProgressBar
 from conveyor.errors import PlanError
 from conveyor.plan.profile import Affine, LayerProfile, Profile
+from conveyor.runtime.splitgrad import backward_input
 from conveyor.runtime.stages import layers_of
 
 __all__ = ["profile", "fingerprint", "measure_links", "OPTIMIZER_STATE"]
@@ -118,6 +121,26 @@ def _saved_bytes(layer, x, param_ptrs: set) -> tuple[int, bool, bool, object]:
     return sum(seen.values()), saves_input, bool(out_ptrs & set(seen)), y
 
 
+def _kept_for_w(layer, x, params) -> tuple[int, int, int]:
+    """What a split backward keeps from I for W on this layer alone (the
+    gradients recorded at its frontier nodes, see ``splitgrad``): bytes of
+    those that are the output's own gradient, bytes of the others (each
+    storage once), and how many backward calls W makes (its groups)."""
+    xi = _grad_leaf(x)
+    outs = [t for t in _tensors(layer(xi)) if t.requires_grad]
+    ins = [t for t in _tensors(xi) if t.requires_grad]
+    if not outs or not ins or not params:
+        return 0, 0, 0
+    gs = [torch.ones_like(t) for t in outs]
+    _, pending = backward_input(outs, gs, ins, params)
+    given = {g.data_ptr() for g in gs}
+    seen: dict[int, int] = {}
+    for t in pending.tensors():
+        seen[t.data_ptr()] = t.numel() * t.element_size()
+    own = sum(b for p, b in seen.items() if p in given)
+    return own, sum(seen.values()) - own, len(pending.groups)
+
+
 def _measure_layer(layer, x, n: int, repeats: int, warmup: int, device) -> tuple[dict, object]:
     """One layer at batch size n: times (s), bytes per sample; and its output."""
     params = [p for p in layer.parameters() if p.requires_grad]
@@ -143,6 +166,8 @@ def _measure_layer(layer, x, n: int, repeats: int, warmup: int, device) -> tuple
                                     allow_unused=True)
         return go
 
+    own, other, groups = _kept_for_w(layer, x, params)
+    result["w_out_bytes"], result["w_bytes"], result["w_calls"] = own / n, other / n, groups
     has_input_grad = any(t.requires_grad for t in _tensors(_grad_leaf(x)))
     for key, which, needed in (("backward", "full", True), ("input_grad", "input", has_input_grad),
                                ("weight_grad", "weight", bool(params))):
@@ -219,7 +244,9 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
             **{k: Affine.fit([(n, rows[j][k]) for n, rows in zip(sizes, per_size)])
                for k in ("forward", "backward", "input_grad", "weight_grad")},
             out_bytes=a["out_bytes"], saved_bytes=a["saved_bytes"],
-            saves_input=a["saves_input"], saves_output=a["saves_output"], param_bytes=pbytes, optim_bytes=state * pbytes))
+            saves_input=a["saves_input"], saves_output=a["saves_output"], param_bytes=pbytes,
+            optim_bytes=state * pbytes, w_out_bytes=a["w_out_bytes"], w_bytes=a["w_bytes"],
+            w_calls=a["w_calls"]))
     in_bytes = _nbytes(sample_batch) / n0
     return Profile(model={"name": name or type(model).__name__, "layers": len(layers),
                           "fingerprint": fingerprint(model)},

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from conveyor.errors import PipelineError, PlanError
-from conveyor.partition import bottleneck
+from conveyor.partition import bottleneck, rank_loads
 from conveyor.plan import Affine
 from conveyor.runtime.planned import from_plan, named_balance
 from conveyor.runtime.profile import profile
@@ -36,6 +36,26 @@ def test_memory_balance_minimises_the_fullest_stage(prof):
     costs = [x.static_bytes + x.saved_bytes * 8 for x in prof.layers]
     best = min(bottleneck(costs, [k, 7 - k]) for k in range(1, 7))
     assert bottleneck(costs, bal) == best
+
+
+def test_time_balance_of_chunked_placements_minimises_rank_totals(prof):
+    # a V on 2 ranks: stages 0 and 3 on rank 0, 1 and 2 on rank 1
+    placement = [0, 1, 1, 0]
+    bal = named_balance("time", _models.mlp(3), 4, prof, placement=placement)
+    times = [prof.layers[0].forward.at(8) + prof.layers[0].weight_grad.at(8)] + [
+        x.forward.at(8) + x.backward.at(8) for x in prof.layers[1:]]
+    best = min(max(rank_loads(times, b, placement)) for b in _splits(7, 4))
+    assert max(rank_loads(times, bal, placement)) == pytest.approx(best, rel=1e-12)
+    with pytest.raises(PipelineError, match="has 3 entries for 4 stages"):
+        named_balance("time", _models.mlp(3), 4, prof, placement=[0, 1, 0])
+
+
+def _splits(L: int, S: int):
+    import itertools
+
+    for cuts in itertools.combinations(range(1, L), S - 1):
+        ends = (0,) + cuts + (L,)
+        yield [ends[i + 1] - ends[i] for i in range(S)]
 
 
 def test_counts_pass_through_and_names_need_a_profile(prof):

@@ -5,6 +5,8 @@ with what the profile predicts."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from tests.runtime._plan_jobs import planned_job
 from tests.runtime.test_exactness import split_backward_1f1b
 
 DEPTH, BATCH = 4, 10          # 9 layers; micro-batches of 4, 3, 3 at M=3
+SPLIT_CASES = [("zb-h1", [4, 5]), ("zbv", [2, 2, 2, 3])]
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +49,9 @@ def runs(prof, tmp_path_factory):
     cfgs.append({"id": "time", "depth": DEPTH, "batch": BATCH, "schedule": "1f1b",
                  "microbatches": 3, "balance": "time", "profile": str(path)})
     cfgs.append({"id": "plan", "depth": DEPTH, "batch": BATCH, "plan": plan})
+    # split backward schedules: what I keeps for W is in the counter and the model
+    for name, bal in SPLIT_CASES:
+        cfgs.append(dict(base, id=name, schedule=name, balance=bal))
     rows = launch(planned_job, nprocs=2, args=(cfgs,))
     return {(row["id"], row["rank"]): row for rank_rows in rows for row in rank_rows}, plan
 
@@ -83,6 +89,24 @@ def test_memory_falls_by_what_the_profile_predicts(runs, prof, schedule):
     assert none - full >= (kept[0] - kept[1]) * min(sizes) > 0
 
 
+@pytest.mark.parametrize("schedule, balance", SPLIT_CASES)
+def test_split_backward_memory_is_predicted_exactly(runs, prof, schedule, balance):
+    """Zero-bubble schedules keep gradients from I until W: the model counts
+    them (per layer, as the profile measured) and matches the counter."""
+    rows, _ = runs
+    sched = build_schedule(schedule, 2, 3)
+    costs = stage_costs(prof, balance, [4, 3, 3], [False] * sched.S)
+    want = rank_memory(sched, costs, static=False, recompute=False)
+    got = [rows[(schedule, r)]["peak_activation_bytes"] for r in range(2)]
+    assert got == pytest.approx(want, rel=1e-12)
+    # and the kept gradients matter: without them the model falls short
+    bare = rank_memory(sched, dataclasses.replace(costs, w_kept=()), static=False,
+                       recompute=False)
+    assert max(b - w for b, w in zip(got, bare)) > 0
+    assert all(row["loss_err"] < 1e-10 and row["grad_err"] < 1e-10
+               for (cid, _), row in rows.items() if cid == schedule)
+
+
 def test_balance_time_and_plan_run(runs, prof):
     rows, plan = runs
     assert rows[("time", 0)]["loss_err"] < 1e-10
@@ -113,3 +137,44 @@ def test_inner_layers_that_keep_their_input_are_counted():
     assert [x.saved_bytes for x in p.layers] == [0, 0, 0]
     sc = stage_costs(p, [3], [1], [False])
     assert sc.held_per_sample == (3 * 16,)  # input + two inner activations, float32 x 4
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_emulated_backward_time_leaves_out_the_recompute(monkeypatch, split):
+    """An emulated layer's backward clock starts after its saved tensors are
+    unpacked, so a checkpointed stage's recompute adds its forward time (on a
+    fake clock that moves only while an emulated layer sleeps)."""
+    from torch import nn
+
+    from conveyor.runtime import emulated
+    from conveyor.runtime.checkpoint import CheckpointedStage
+    from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
+
+    now = [0.0]
+    monkeypatch.setattr(emulated.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(emulated, "_sleep_until", lambda t: now.__setitem__(0, max(now[0], t)))
+    times = EmulatedTimes(forward=1.0, backward=2.0)
+    stage = nn.Sequential(*[EmulatedLayer(4, times, split_backward=split) for _ in range(3)])
+    for module, recompute in ((stage, 0.0), (CheckpointedStage(stage), 3.0)):
+        x = torch.randn(2, 4, requires_grad=True)
+        y = module(x)
+        start = now[0]
+        y.sum().backward()
+        assert now[0] - start == pytest.approx(3 * 2.0 + recompute)
+
+
+def test_profile_measures_what_a_split_backward_keeps_for_w():
+    from torch import nn
+
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 4))
+    model = nn.Sequential(nn.Linear(3, 4), block, nn.Tanh())
+    prof = profile(model, torch.randn(8, 3, dtype=torch.float32), repeats=1, warmup=1,
+                   progress=False)
+    lin, blk, act = prof.layers
+    # a Linear keeps its output's gradient (the one it received), one W call
+    assert (lin.w_out_bytes, lin.w_bytes, lin.w_calls) == (4 * 4, 0, 1)
+    # the block also keeps the gradient at its inner Linear's output (6 floats)
+    assert (blk.w_out_bytes, blk.w_bytes, blk.w_calls) == (4 * 4, 6 * 4, 2)
+    # no weights, nothing kept
+    assert (act.w_out_bytes, act.w_bytes, act.w_calls) == (0, 0, 0)

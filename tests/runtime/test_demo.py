@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.sim import load_timeline
+from conveyor.plan import load_profile, stage_costs
+from conveyor.plan.search import microbatch_sizes
+from conveyor.runtime.demo import usable_cores
+from conveyor.schedule import build_schedule
+from conveyor.sim import load_timeline, simulate
 
 pytestmark = pytest.mark.runtime
 
@@ -52,6 +56,23 @@ def test_demo_trains_to_90_percent_and_measures_the_bubble_shrinking(tmp_path):
     assert abs(100 * timeline.bubble_overall - float(m.group(1))) < 0.06
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["balance"] == [5, 5, 4, 4] and summary["accuracy"] >= 0.9
+
+    # The planner's prediction beside the measurement: the simulator replaying
+    # 1F1B with the per-layer costs of the profile the demo wrote.
+    pred = re.search(r"^step: predicted ([0-9.]+) ms \(simulated, profiled costs, bubble "
+                     r"([0-9.]+)%\)  \|  measured ([0-9.]+) ms \(median of (\d+) steps; "
+                     r"([0-9.]+)x the prediction\)$", out, re.M)
+    assert pred, out
+    prof = load_profile(tmp_path / "profile.json")
+    costs = stage_costs(prof, [5, 5, 4, 4], microbatch_sizes(64, 8), [False] * 4)
+    sim = simulate(build_schedule("1f1b", 4, 8), costs.cost_model(), check=False, unit="s")
+    assert summary["predicted_step_s"] == pytest.approx(sim.step_time, rel=1e-9)
+    assert float(pred.group(1)) == pytest.approx(1000 * sim.step_time, abs=0.0051)
+    assert float(pred.group(2)) == pytest.approx(100 * sim.bubble_overall, abs=0.051)
+    assert float(pred.group(3)) / float(pred.group(1)) == pytest.approx(
+        float(pred.group(5)), abs=0.0051 + 0.01 * float(pred.group(5)))
+    shared = "the prediction cannot model this machine: it assumes a core per rank" in out
+    assert shared == (4 > usable_cores())
 
     # The sweep: the table as JSON, for scripts, and the same file beside the timelines.
     doc = json.loads(table.read_text())
