@@ -205,7 +205,8 @@ class Pipeline:
                 schedule, balance, checkpoint = from_plan(plan, model)
                 microbatches = None
             sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
-            balance = named_balance(balance, model, sched.S, profile)
+            balance = named_balance(balance, model, sched.S, profile,
+                                    placement=sched.placement)
             stages = apply_checkpoint(split_model(model, sched.S, balance=balance),
                                       resolve_checkpoint(checkpoint, sched.S))
         except ConveyorError as e:
