@@ -2,28 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import re
-
-from conveyor.cli.argtypes import check_outputs, int_at_least, int_list
-
-_UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kb": 10 ** 3, "kib": 2 ** 10, "m": 2 ** 20,
-          "mb": 10 ** 6, "mib": 2 ** 20, "g": 2 ** 30, "gb": 10 ** 9, "gib": 2 ** 30,
-          "t": 2 ** 40, "tb": 10 ** 12, "tib": 2 ** 40}
-
-
-def bytes_arg(text: str) -> float:
-    """``16GiB``, ``512MiB``, ``2e9``: a positive number of bytes."""
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
-    unit = m.group(2).lower() if m else None
-    try:
-        value = float(m.group(1)) * _UNITS[unit] if m else None
-    except (ValueError, KeyError):
-        value = None
-    if value is None or not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size; write e.g. 16GiB, "
-                                         f"512MiB or 2e9 (bytes)")
-    return value
+from conveyor.cli.argtypes import bytes_arg, check_outputs, int_at_least, int_list
 
 
 def add_parser(sub) -> None:

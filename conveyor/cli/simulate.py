@@ -7,6 +7,7 @@ import json
 import sys
 
 from conveyor.cli.argtypes import int_at_least
+from conveyor.cli.dpargs import add_dp_options, dp_fields, dp_report
 from conveyor.errors import ScheduleError
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.io import load_schedule
@@ -46,10 +47,12 @@ def add_cost_options(p: argparse.ArgumentParser) -> None:
                    help="bytes of one micro-batch's activation at each cut (0)")
 
 
-def cost_model(args) -> CostModel:
+def cost_model(args, P: int | None = None) -> CostModel:
+    """The cost model the flags give; with P, the data-parallel and node flags too."""
+    extra = dp_fields(args, P) if P is not None else {}
     return CostModel(forward=args.forward, backward=args.backward, input_grad=args.input_grad,
                      weight_grad=args.weight_grad, latency=args.latency,
-                     bandwidth=args.bandwidth, activation_bytes=args.activation_bytes)
+                     bandwidth=args.bandwidth, activation_bytes=args.activation_bytes, **extra)
 
 
 def add_parser(sub) -> None:
@@ -73,6 +76,7 @@ def add_parser(sub) -> None:
     p.add_argument("--forward-only", action="store_true",
                    help="forward passes only, as in the seed's picture")
     add_cost_options(p)
+    add_dp_options(p)
     p.add_argument("--json", action="store_true", help="print the timeline and metrics as JSON")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="colour the chart (auto: when writing to a terminal)")
@@ -113,7 +117,7 @@ def run(args) -> int:
         schedule = build_schedule(args.schedule, args.P, args.M, **schedule_options(args))
     if args.forward_only:
         schedule = schedule.without_backward()
-    timeline = simulate(schedule, cost_model(args))
+    timeline = simulate(schedule, cost_model(args, schedule.P))
     # The registry's fraction assumes the default options (v=2, default costs).
     formula = None if args.file or args.forward_only or args.v not in (None, 2) \
         else formula_bubble(schedule.name, schedule.P, schedule.M)
@@ -137,6 +141,7 @@ def report(schedule, timeline, formula) -> str:
     lines = [f"schedule {schedule.name}: P={P} ranks, S={schedule.S} stages, M={M} micro-batches"]
     if schedule.meta.get("requested_M", M) != M:
         lines.append(f"  note: {schedule.name} runs the whole batch as one micro-batch, so M={M}")
+    lines += dp_report(timeline)
     lines.append(f"step time           {timeline.step_time:g} {timeline.unit}s")
     from conveyor.schedule.generators import get_spec, schedule_names
     spec = get_spec(schedule.name) if schedule.name in schedule_names() else None
