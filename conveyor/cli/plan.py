@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conveyor.cli.argtypes import bytes_arg, check_outputs, int_at_least, int_list
+from conveyor.cli.dpargs import add_dp_options, dp_fields
 
 
 def add_parser(sub) -> None:
@@ -25,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-refine", action="store_true",
                    help="skip the simulated refinement of the split")
     p.add_argument("-o", "--output", default="plan.json", help="plan file to write")
+    add_dp_options(p, param_bytes=False)  # each stage's parameter bytes come from the profile
     p.set_defaults(func=run)
 
 
@@ -33,6 +35,7 @@ def run(args) -> int:
     from conveyor.plan.report import plan_table
 
     check_outputs([args.output])  # before the search, which can take a while
+    cluster = dp_fields(args, args.ranks) if args.dp > 1 or args.nodes > 1 else None
     prof = load_profile(args.profile)
     schedules = args.schedules.split(",") if args.schedules else None
     if schedules:
@@ -41,7 +44,7 @@ def run(args) -> int:
             get_spec(name)  # unknown names fail here, with close matches
     result = search(prof, P=args.ranks, batch=args.batch, memory=args.memory,
                     schedules=schedules, microbatches=args.microbatches,
-                    chunks=tuple(args.chunks), refine=not args.no_refine)
+                    chunks=tuple(args.chunks), refine=not args.no_refine, cluster=cluster)
     print(plan_table(result, top=args.top))
     path = save_plan(plan_to_dict(result.best, prof, batch=args.batch, budget=args.memory),
                      args.output)

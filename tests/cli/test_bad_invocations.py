@@ -146,6 +146,9 @@ CASES = [
      "/proc/x.json"),
     (["plan", "--profile", "prof.json", "-P", "2", "--batch", "8", "-o", "nodir/p.json"],
      "nodir"),
+    (["plan", "--profile", "prof.json", "-P", "2", "--batch", "8", "--nodes", "3"],
+     "--nodes 3 does not divide the 2 ranks"),
+    (["plan", "--profile", "prof.json", "-P", "2", "--batch", "8", "--dp", "0"], "got 0"),
     # -- the entry point ----------------------------------------------------------
     (["nope"], "nope"),
     (["schedules", "--bogus"], "--bogus"),

@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -174,3 +175,25 @@ def test_cost_dict_round_trips_with_dp_fields():
     c = CostModel(dp=8, ranks_per_node=16, inter_latency=0.5, inter_bandwidth=math.inf,
                   param_bytes=[1.0, 2.0], allreduce_overlap=False)
     assert CostModel.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_the_planner_times_the_all_reduce():
+    # A planner search with dp=4 over two nodes: every simulated step is the
+    # one simulate() gives with each stage's profiled parameter bytes
+    # all-reduced, and none is shorter than without DP.
+    from conveyor.plan import search
+    from conveyor.partition import stage_ranges
+    from tests.plan._profiles import UNEQUAL, synthetic
+
+    prof = synthetic(UNEQUAL, params=2_000_000)
+    cluster = dict(dp=4, ranks_per_node=4, inter_bandwidth=1e9, inter_latency=1e-5)
+    plain = search(prof, P=2, batch=16, schedules=["1f1b"], microbatches=[4], refine=False)
+    dp = search(prof, P=2, batch=16, schedules=["1f1b"], microbatches=[4], refine=False,
+                cluster=cluster)
+    best = dp.best
+    params = [2_000_000 * len(r) for r in stage_ranges(best.balance)]
+    costs = replace(best._costs.cost_model(prof.latency, prof.bandwidth), **cluster,
+                    param_bytes=params)
+    again = simulate(best.schedule, costs, check=False, unit="s")
+    assert best.step == again.step_time
+    assert again.collectives and best.step > plain.best.step
