@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 
-from conveyor.cli.argtypes import int_at_least
+from conveyor.cli.argtypes import check_outputs, int_at_least
 from conveyor.cli.dpargs import add_dp_options, dp_fields, dp_report
 from conveyor.errors import ScheduleError
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.io import load_schedule
 from conveyor.sim.cost import CostModel
 from conveyor.sim.simulate import formula_bubble, simulate
+from conveyor.views.files import atomic_write
 from conveyor.views.terminal import render_gantt, use_colour
 
 
@@ -78,6 +79,9 @@ def add_parser(sub) -> None:
     add_cost_options(p)
     add_dp_options(p)
     p.add_argument("--json", action="store_true", help="print the timeline and metrics as JSON")
+    p.add_argument("-o", "--output", metavar="FILE", default=None,
+                   help="also write the timeline to FILE (for `conveyor plot gantt --timeline` "
+                        "and `conveyor viz --timeline`)")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="colour the chart (auto: when writing to a terminal)")
     p.add_argument("--width", type=positive_int, default=None,
@@ -104,6 +108,8 @@ def schedule_options(args) -> dict:
 
 
 def run(args) -> int:
+    if args.output is not None:
+        check_outputs([args.output])
     if args.file:
         given = [opt for opt, v in (("-P", args.P), ("-M", args.M), ("--schedule", args.schedule),
                                     ("--chunks", args.v), ("--cap", args.cap),
@@ -118,6 +124,8 @@ def run(args) -> int:
     if args.forward_only:
         schedule = schedule.without_backward()
     timeline = simulate(schedule, cost_model(args, schedule.P))
+    if args.output is not None:
+        atomic_write(args.output, lambda tmp: timeline.save(tmp))
     # The registry's fraction assumes the default options (v=2, default costs).
     formula = None if args.file or args.forward_only or args.v not in (None, 2) \
         else formula_bubble(schedule.name, schedule.P, schedule.M)
