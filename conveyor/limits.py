@@ -23,7 +23,7 @@ __all__ = ["MAX_P", "MAX_M", "MAX_CELLS", "MAX_FILE_BYTES", "check_size", "check
 
 MAX_P = 1024
 MAX_M = 65536
-MAX_CELLS = 2 ** 16
+MAX_CELLS = 2 ** 19
 # Schedule and timeline files are read whole; at the cell bound they stay
 # under a few tens of MiB.
 MAX_FILE_BYTES = 256 * 2 ** 20

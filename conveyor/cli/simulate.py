@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from conveyor.cli.argtypes import check_outputs, int_at_least
+from conveyor.cli.argtypes import bytes_arg, check_outputs, int_at_least
 from conveyor.cli.dpargs import add_dp_options, dp_fields, dp_report
 from conveyor.errors import ScheduleError
 from conveyor.schedule.generators import build_schedule, schedule_names
@@ -32,6 +32,18 @@ def costs_arg(text: str):
 positive_int = int_at_least(1)
 
 
+def bandwidth_arg(text: str) -> float:
+    """Bytes per time unit, with an optional size suffix (100GB); inf: free."""
+    return float("inf") if text.strip().lower() == "inf" else bytes_arg(text)
+# Beyond this many (row, column) cells a terminal chart is thousands of lines.
+CHART_CELLS = 200_000
+
+
+def min_duration(timeline) -> float:
+    """The shortest compute action (the chart's column), 1 when there is none."""
+    return min([e[3] - e[2] for e in timeline.events if e[3] > e[2]], default=1.0)
+
+
 def add_cost_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cost model (per micro-batch; one number, or one per stage)")
     g.add_argument("--forward", type=costs_arg, default=1.0, metavar="T", help="F time (1)")
@@ -42,8 +54,9 @@ def add_cost_options(p: argparse.ArgumentParser) -> None:
                    help="W time (B minus I)")
     g.add_argument("--latency", type=costs_arg, default=0.0, metavar="T",
                    help="fixed time per transfer across a cut (0)")
-    g.add_argument("--bandwidth", type=costs_arg, default=float("inf"), metavar="BYTES/T",
-                   help="link bandwidth (unlimited)")
+    g.add_argument("--bandwidth", type=bandwidth_arg, default=float("inf"), metavar="BYTES/T",
+                   help="link bandwidth within a node, bytes per time unit, e.g. 1e9 or "
+                        "100GB (unlimited)")
     g.add_argument("--activation-bytes", type=costs_arg, default=0.0, metavar="BYTES",
                    help="bytes of one micro-batch's activation at each cut (0)")
 
@@ -84,6 +97,8 @@ def add_parser(sub) -> None:
                         "and `conveyor viz --timeline`)")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="colour the chart (auto: when writing to a terminal)")
+    p.add_argument("--chart", choices=["auto", "always", "never"], default="auto",
+                   help=f"print the chart (auto: up to {CHART_CELLS:,} cells)")
     p.add_argument("--width", type=positive_int, default=None,
                    help="fold the chart at this many columns (terminal width)")
     p.set_defaults(func=run)
@@ -138,7 +153,13 @@ def run(args) -> int:
         print()
         return 0
     colour = args.color == "always" or (args.color == "auto" and use_colour())
-    print(render_gantt(timeline, colour=colour, width=args.width))
+    cells = schedule.S * timeline.step_time / min_duration(timeline)
+    if args.chart == "always" or (args.chart == "auto" and cells <= CHART_CELLS):
+        print(render_gantt(timeline, colour=colour, width=args.width))
+    elif args.chart == "auto":
+        print(f"(chart left out: {schedule.S} rows of {cells / schedule.S:,.0f} columns; "
+              f"--chart always prints it, `-o FILE` then `conveyor plot gantt --timeline "
+              f"FILE` draws it)")
     print(report(schedule, timeline, formula))
     return 0
 

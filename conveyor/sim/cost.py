@@ -20,7 +20,7 @@ from typing import Sequence, Union
 
 from conveyor.checks import check_int
 from conveyor.errors import CostModelError
-from conveyor.schedule.ir import B, F, I, W, Action
+from conveyor.schedule.ir import B, F, I, KINDS, W, Action
 from conveyor.sim.dp import crosses_nodes, group_spans_nodes, ring_allreduce_time
 
 __all__ = ["CostModel"]
@@ -135,6 +135,9 @@ class CostModel:
             per = t.get(a.kind)
             return per[a.stage] if per is not None else 0.0
 
+        # The same times as a table the replay reads without a call per action.
+        zero = [0.0] * S
+        duration.table = {k: t.get(k, zero) for k in KINDS}
         return duration, (lambda cut: link[cut])
 
     # -- nodes and data parallelism ------------------------------------------

@@ -72,7 +72,7 @@ def group_spans_nodes(r: int, P: int, dp: int, per_node: int | None) -> bool:
     return any(_node(d * P + r, per_node) != first for d in range(1, dp))
 
 
-def _ready_times(actions: Sequence[Sequence], end: dict, stages_of: list[list[int]],
+def _ready_times(actions: Sequence[Sequence], end_of, stages_of: list[list[int]],
                  overlap: bool) -> list[list[tuple[float, int]]]:
     """Per rank, (ready time, stage) of each of its stages that has a backward."""
     out = []
@@ -87,22 +87,22 @@ def _ready_times(actions: Sequence[Sequence], end: dict, stages_of: list[list[in
         for a in reversed(row):
             s, kind = a[0], a[1]
             if s not in last and (kind in BACKWARD_KINDS or kind == W):
-                last[s] = end[a]
+                last[s] = end_of(a)
                 if len(last) == want:
                     break
         if not overlap:
-            done = end[row[-1]]
+            done = end_of(row[-1])
             last = {s: done for s in last}
         out.append(sorted((t, s) for s, t in last.items()))
     return out
 
 
-def schedule_allreduces(actions: Sequence[Sequence], end: dict, placement: Sequence[int],
+def schedule_allreduces(actions: Sequence[Sequence], end_of, placement: Sequence[int],
                         times: Sequence[float], overlap: bool) -> list[Collective]:
     """The all-reduce of every stage that ran a backward, on its rank.
 
     actions:   per rank, its action list (as the replay ran it).
-    end:       end time of every action.
+    end_of:    the end time of an action (e.g. ``Replay.end_of``).
     placement: rank of each stage.
     times:     all-reduce time of each stage (0: none is drawn).
     overlap:   start after the stage's last backward (B, I or W) on its rank;
@@ -113,7 +113,7 @@ def schedule_allreduces(actions: Sequence[Sequence], end: dict, placement: Seque
     for s, r in enumerate(placement):
         stages_of[r].append(s)
     out = []
-    for r, ready in enumerate(_ready_times(actions, end, stages_of, overlap)):
+    for r, ready in enumerate(_ready_times(actions, end_of, stages_of, overlap)):
         free = None
         for t, s in ready:
             if times[s] <= 0:

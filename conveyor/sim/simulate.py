@@ -50,29 +50,30 @@ def simulate(schedule: Schedule, costs: CostModel | None = None, *,
         r, (step, a, dep) = min(result.stuck.items())
         raise ValidationError(f"schedule {schedule.name!r} cannot finish: rank {r} waits at "
                               f"step {step} ({a}) for {dep}", rank=r, step=step, action=a)
-    start, end, place = result.start, result.end, schedule.placement
+    place = schedule.placement
     new = tuple.__new__  # Event(...) without its Python-level __new__: 100k+ events
     with paused_gc():
-        events = [new(Event, (place[a[0]], a, start[a], end[a])) for a in start]
+        events = [new(Event, (place[a[0]], a, t0, t1))
+                  for a, t0, t1 in zip(result.order, result.starts, result.ends)]
     meta = {"costs": costs.to_dict()}
     collectives = []
     if costs.dp > 1 and not schedule.forward_only:
-        collectives, meta["allreduce"] = _allreduce(schedule, costs, end)
+        collectives, meta["allreduce"] = _allreduce(schedule, costs, result.end_of)
     return Timeline(P=schedule.P, M=schedule.M, S=schedule.S, schedule=schedule.name,
                     events=events, source="simulated", unit=unit,
                     forward_only=schedule.forward_only, meta=meta, collectives=collectives)
 
 
-def _allreduce(schedule: Schedule, costs: CostModel, end: dict):
+def _allreduce(schedule: Schedule, costs: CostModel, end_of):
     """The all-reduces under ``costs`` and their summary for ``meta``:
     per-stage times, which ranks' rings cross nodes, and the step's end with
     the all-reduces overlapped and after the step, for the overlap's saving."""
     times = costs.allreduce_times(schedule.placement, schedule.S)
     ends = {}
     for overlap in (True, False):
-        ends[overlap] = schedule_allreduces(schedule.actions, end, schedule.placement, times,
+        ends[overlap] = schedule_allreduces(schedule.actions, end_of, schedule.placement, times,
                                             overlap)
-    pipeline_end = max((end[row[-1]] for row in schedule.actions if row), default=0.0)
+    pipeline_end = max((end_of(row[-1]) for row in schedule.actions if row), default=0.0)
     step = {k: max([c.end for c in v], default=0.0) for k, v in ends.items()}
     summary = {"dp": costs.dp, "overlap": costs.allreduce_overlap, "stage_time": times,
                "inter_node": [costs.allreduce_inter(r, schedule.P) for r in range(schedule.P)],

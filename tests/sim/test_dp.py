@@ -83,11 +83,11 @@ def test_allreduces_on_one_rank_run_one_at_a_time():
     end = {rows[0][0]: 1.0, rows[0][1]: 2.0, rows[0][2]: 4.0, rows[0][3]: 6.0,
            rows[1][0]: 1.5, rows[1][1]: 5.0}
     times = [3.0, 1.0, 3.0]
-    over = schedule_allreduces(rows, end, (0, 1, 0), times, overlap=True)
+    over = schedule_allreduces(rows, end.__getitem__, (0, 1, 0), times, overlap=True)
     # Stage 2 is ready at 4 (runs 4-7); stage 0 at 6 waits for it (7-10).
     assert [(c.rank, c.stage, c.ready, c.start, c.end) for c in over] == [
         (0, 2, 4.0, 4.0, 7.0), (0, 0, 6.0, 7.0, 10.0), (1, 1, 5.0, 5.0, 6.0)]
-    after = schedule_allreduces(rows, end, (0, 1, 0), times, overlap=False)
+    after = schedule_allreduces(rows, end.__getitem__, (0, 1, 0), times, overlap=False)
     # After the step both of rank 0's wait for its last action (6): 6-9, 9-12.
     assert [(c.stage, c.start, c.end) for c in after] == [(0, 6.0, 9.0), (2, 9.0, 12.0),
                                                           (1, 5.0, 6.0)]
