@@ -20,7 +20,8 @@ saving of the overlapped data-parallel all-reduce.
    two-node case (P = 8, M = 32, dp = 8, a 7B-class model's gradients).
 
 Every figure depends on the machine's load: the file states the load average
-before and after. Rerun on a quiet machine for clean figures.
+before and after. Rerun on a quiet machine for clean figures. A "## Notes"
+section at the end of the file, written by hand, is kept.
 """
 
 from __future__ import annotations
@@ -237,7 +238,11 @@ def main() -> None:
              "ends; off: after the rank's whole backward. The simulator prices the ring "
              "with no contention with the pipeline's transfers (see docs/scale.md).", ""]
     text += overlap + [""]
-    Path(args.out).write_text("\n".join(text))
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    if "\n## Notes" in old:  # the hand-written reading of the figures stays
+        text += [old[old.index("\n## Notes") + 1:].rstrip("\n"), ""]
+    out.write_text("\n".join(text))
     print("\n".join(text))
 
 
