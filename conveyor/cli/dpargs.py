@@ -99,7 +99,8 @@ def dp_report(timeline) -> list[str]:
     lines = [f"data parallel       dp={info['dp']} replicas x P={timeline.P} ranks on {nodes} "
              f"node{'s' if nodes > 1 else ''}; one replica simulated, all-reduces added",
              f"all-reduce          {per_rank[r]:g} {unit} on rank {r} (the longest), ring over "
-             f"{info['dp']} replicas {where}",
+             f"{info['dp']} replicas {where}"
+             + ("" if per_rank[r] else " (no bytes or free links: give --param-bytes and a bandwidth)"),
              f"  exposed           {exposed:g} {unit}: the step ends that long after the "
              f"pipeline ({info['pipeline_end'] - timeline.t0:g} {unit})"]
     if info["overlap"]:
