@@ -21,10 +21,10 @@ lost, for the table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from conveyor.errors import ConveyorError, PlanError
-from conveyor.partition import balanced_partition, stage_ranges
+from conveyor.partition import balanced_partition
 from conveyor.plan.costs import inner_bytes, stage_costs
 from conveyor.plan.memory import rank_memory
 from conveyor.plan.messages import check_request, explain, fmt_bytes, fmt_time, over_budget
@@ -203,8 +203,11 @@ class _Searcher:
     def time(self, c: Candidate) -> Candidate:
         costs = c._costs.cost_model(self.prof.latency, self.prof.bandwidth)
         if self.cluster:  # data parallelism: each stage all-reduces its parameters' gradients
-            params = [sum(x.param_bytes for x in self.prof.layers[r.start:r.stop])
-                      for r in stage_ranges(c.balance)]
+            from dataclasses import replace
+            params, j = [], 0
+            for n in c.balance:  # layers per stage
+                params.append(sum(x.param_bytes for x in self.prof.layers[j:j + n]))
+                j += n
             costs = replace(costs, **self.cluster, param_bytes=params)
         tl = simulate(c.schedule, costs, check=False, unit="s")
         c.step, c.bubble = tl.step_time, tl.bubble_overall
