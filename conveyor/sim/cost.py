@@ -151,11 +151,12 @@ class CostModel:
         """Whether ranks sit on several nodes with their own link costs."""
         return self.ranks_per_node is not None
 
-    def cut_links(self, placement: Sequence[int], S: int) -> list[float]:
+    def cut_links(self, placement: Sequence[int], S: int, P: int | None = None) -> list[float]:
         """Time to cross each cut when ranks sit on nodes: the intra-node link
-        time, or the inter-node one for a cut between nodes (any replica)."""
+        time, or the inter-node one for a cut between nodes (any replica).
+        P: pipeline ranks (default: the highest rank in ``placement`` + 1)."""
         nbytes = self._per("activation_bytes", max(S - 1, 0), "cuts")
-        P = max(placement) + 1 if len(placement) else 1
+        P = P or (max(placement) + 1 if len(placement) else 1)
         lat, bw = self._inter()
         out = []
         for c, x in enumerate(nbytes):
@@ -169,13 +170,14 @@ class CostModel:
         """Whether rank r's data-parallel ring crosses nodes."""
         return group_spans_nodes(r, P, self.dp, self.ranks_per_node)
 
-    def allreduce_times(self, placement: Sequence[int], S: int) -> list[float]:
+    def allreduce_times(self, placement: Sequence[int], S: int,
+                        P: int | None = None) -> list[float]:
         """Per stage, its ring all-reduce time over dp replicas on the link its
-        rank's data-parallel group needs (all 0 when dp is 1)."""
+        rank's data-parallel group needs (all 0 when dp is 1). P as in cut_links."""
         if self.dp <= 1:
             return [0.0] * S
         nbytes = self._per("param_bytes", S, "stages")
-        P = max(placement) + 1
+        P = P or max(placement) + 1
         out = []
         for s in range(S):
             lat, bw = self._inter() if self.allreduce_inter(placement[s], P) \

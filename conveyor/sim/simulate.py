@@ -41,7 +41,7 @@ def simulate(schedule: Schedule, costs: CostModel | None = None, *,
     costs = costs or CostModel()
     duration, link = costs.duration_fn(schedule.S)
     if costs.multi_node:
-        link = costs.cut_links(schedule.placement, schedule.S).__getitem__
+        link = costs.cut_links(schedule.placement, schedule.S, schedule.P).__getitem__
     if check:
         result = checked_replay(schedule, lambda: replay(schedule, duration, link))
     else:
@@ -68,7 +68,7 @@ def _allreduce(schedule: Schedule, costs: CostModel, end_of):
     """The all-reduces under ``costs`` and their summary for ``meta``:
     per-stage times, which ranks' rings cross nodes, and the step's end with
     the all-reduces overlapped and after the step, for the overlap's saving."""
-    times = costs.allreduce_times(schedule.placement, schedule.S)
+    times = costs.allreduce_times(schedule.placement, schedule.S, schedule.P)
     ends = {}
     for overlap in (True, False):
         ends[overlap] = schedule_allreduces(schedule.actions, end_of, schedule.placement, times,
