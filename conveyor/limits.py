@@ -2,17 +2,21 @@
 
 A schedule holds a few actions per (stage, micro-batch), and every view and the
 simulator walk all of them, so the work and the memory grow with P x M. These
-bounds keep any one input to seconds (measured at the cell bound, P = M = 256,
-on a loaded 2-core machine: `conveyor simulate` 4.5 s and 130 MiB resident);
-anything larger is refused at once with the estimate and the bound, never
-after minutes of growth. They are far beyond any pipeline that pays off (the bubble is already
-under 1 % at P = 8, M = 1024).
+bounds let the largest pipelines the issues ask for through (P = 128,
+M = 4096) and keep any one input to seconds of CPU (measured at the cell
+bound, P = 128, M = 4096, on the shared 2-core machine at load average ~7:
+`conveyor simulate -s zbv`, 3.1 million actions, 9.6 s of CPU, 37 s wall,
+1.1 GiB resident; `-s 1f1b` 3.4 s of CPU, 0.4 GiB); anything larger is
+refused at once with the estimate and the bound, never after minutes of
+growth.
 
     P (ranks / stages)           <= MAX_P = 1024
     M (micro-batches)            <= MAX_M = 65536
     schedule / timeline file     <= MAX_FILE_BYTES = 256 MiB
-    P x M (compute cells)        <= MAX_CELLS = 2**16 = 65536 (about a quarter
-                                    million actions with backward and transfers)
+    P x M (compute cells)        <= MAX_CELLS = 2**19 = 524288 (1 to 3 million
+                                    compute actions, 2 per cell for 1F1B, 6 for
+                                    a V with a split backward; lowering adds up
+                                    to 4 transfers per cell)
 
 No torch: the core uses it.
 """
@@ -23,7 +27,7 @@ __all__ = ["MAX_P", "MAX_M", "MAX_CELLS", "MAX_FILE_BYTES", "check_size", "check
 
 MAX_P = 1024
 MAX_M = 65536
-MAX_CELLS = 2 ** 16
+MAX_CELLS = 2 ** 19
 # Schedule and timeline files are read whole; at the cell bound they stay
 # under a few tens of MiB.
 MAX_FILE_BYTES = 256 * 2 ** 20

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
@@ -17,8 +18,12 @@ from typing import Callable, Iterable
 from conveyor.checks import check_int
 from conveyor.errors import ConveyorError
 
-__all__ = ["int_at_least", "int_list", "milliseconds", "port", "positive_float", "check_outputs",
-           "check_output_dir"]
+__all__ = ["int_at_least", "int_list", "milliseconds", "port", "positive_float", "bytes_arg",
+           "byte_sizes", "check_outputs", "check_output_dir"]
+
+_UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kb": 10 ** 3, "kib": 2 ** 10, "m": 2 ** 20,
+          "mb": 10 ** 6, "mib": 2 ** 20, "g": 2 ** 30, "gb": 10 ** 9, "gib": 2 ** 30,
+          "t": 2 ** 40, "tb": 10 ** 12, "tib": 2 ** 40}
 
 
 class OutputError(ConveyorError):
@@ -84,6 +89,36 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
     return value
+
+
+def _size(text: str) -> float | None:
+    """``16GiB``, ``512MiB``, ``2e9`` as a finite number of bytes >= 0; None if not."""
+    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
+    unit = m.group(2).lower() if m else None
+    try:
+        value = float(m.group(1)) * _UNITS[unit] if m else None
+    except (ValueError, KeyError):
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def bytes_arg(text: str) -> float:
+    """``16GiB``, ``512MiB``, ``2e9``: a positive number of bytes."""
+    value = _size(text)
+    if value is None or not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size; write e.g. 16GiB, "
+                                         f"512MiB or 2e9 (bytes)")
+    return value
+
+
+def byte_sizes(text: str) -> float | list[float]:
+    """One size or a comma-separated list of sizes >= 0, e.g. ``1.5GiB`` or ``2e8,2e8,4e8``."""
+    values = [_size(x) for x in text.split(",")]
+    if not values or any(v is None for v in values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size or a comma-separated list of sizes; write e.g. 1.5GiB, "
+            f"2e9 or 512MiB,1GiB (bytes)")
+    return values[0] if len(values) == 1 else values
 
 
 def _probe(folder: Path, shown: str) -> None:

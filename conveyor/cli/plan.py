@@ -2,28 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
-import re
-
-from conveyor.cli.argtypes import check_outputs, int_at_least, int_list
-
-_UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kb": 10 ** 3, "kib": 2 ** 10, "m": 2 ** 20,
-          "mb": 10 ** 6, "mib": 2 ** 20, "g": 2 ** 30, "gb": 10 ** 9, "gib": 2 ** 30,
-          "t": 2 ** 40, "tb": 10 ** 12, "tib": 2 ** 40}
-
-
-def bytes_arg(text: str) -> float:
-    """``16GiB``, ``512MiB``, ``2e9``: a positive number of bytes."""
-    m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([a-zA-Z]*)\s*", text)
-    unit = m.group(2).lower() if m else None
-    try:
-        value = float(m.group(1)) * _UNITS[unit] if m else None
-    except (ValueError, KeyError):
-        value = None
-    if value is None or not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size; write e.g. 16GiB, "
-                                         f"512MiB or 2e9 (bytes)")
-    return value
+from conveyor.cli.argtypes import bytes_arg, check_outputs, int_at_least, int_list
+from conveyor.cli.dpargs import add_dp_options, dp_fields
 
 
 def add_parser(sub) -> None:
@@ -46,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-refine", action="store_true",
                    help="skip the simulated refinement of the split")
     p.add_argument("-o", "--output", default="plan.json", help="plan file to write")
+    add_dp_options(p, param_bytes=False)  # each stage's parameter bytes come from the profile
     p.set_defaults(func=run)
 
 
@@ -54,6 +35,7 @@ def run(args) -> int:
     from conveyor.plan.report import plan_table
 
     check_outputs([args.output])  # before the search, which can take a while
+    cluster = dp_fields(args, args.ranks) if args.dp > 1 or args.nodes > 1 else None
     prof = load_profile(args.profile)
     schedules = args.schedules.split(",") if args.schedules else None
     if schedules:
@@ -62,7 +44,7 @@ def run(args) -> int:
             get_spec(name)  # unknown names fail here, with close matches
     result = search(prof, P=args.ranks, batch=args.batch, memory=args.memory,
                     schedules=schedules, microbatches=args.microbatches,
-                    chunks=tuple(args.chunks), refine=not args.no_refine)
+                    chunks=tuple(args.chunks), refine=not args.no_refine, cluster=cluster)
     print(plan_table(result, top=args.top))
     path = save_plan(plan_to_dict(result.best, prof, batch=args.batch, budget=args.memory),
                      args.output)

@@ -6,12 +6,14 @@ import argparse
 import json
 import sys
 
-from conveyor.cli.argtypes import int_at_least
+from conveyor.cli.argtypes import bytes_arg, check_outputs, int_at_least
+from conveyor.cli.dpargs import add_dp_options, dp_fields, dp_report
 from conveyor.errors import ScheduleError
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.io import load_schedule
 from conveyor.sim.cost import CostModel
 from conveyor.sim.simulate import formula_bubble, simulate
+from conveyor.views.files import atomic_write
 from conveyor.views.terminal import render_gantt, use_colour
 
 
@@ -30,6 +32,18 @@ def costs_arg(text: str):
 positive_int = int_at_least(1)
 
 
+def bandwidth_arg(text: str) -> float:
+    """Bytes per time unit, with an optional size suffix (100GB); inf: free."""
+    return float("inf") if text.strip().lower() == "inf" else bytes_arg(text)
+# Beyond this many (row, column) cells a terminal chart is thousands of lines.
+CHART_CELLS = 200_000
+
+
+def min_duration(timeline) -> float:
+    """The shortest compute action (the chart's column), 1 when there is none."""
+    return min([e[3] - e[2] for e in timeline.events if e[3] > e[2]], default=1.0)
+
+
 def add_cost_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cost model (per micro-batch; one number, or one per stage)")
     g.add_argument("--forward", type=costs_arg, default=1.0, metavar="T", help="F time (1)")
@@ -40,16 +54,19 @@ def add_cost_options(p: argparse.ArgumentParser) -> None:
                    help="W time (B minus I)")
     g.add_argument("--latency", type=costs_arg, default=0.0, metavar="T",
                    help="fixed time per transfer across a cut (0)")
-    g.add_argument("--bandwidth", type=costs_arg, default=float("inf"), metavar="BYTES/T",
-                   help="link bandwidth (unlimited)")
+    g.add_argument("--bandwidth", type=bandwidth_arg, default=float("inf"), metavar="BYTES/T",
+                   help="link bandwidth within a node, bytes per time unit, e.g. 1e9 or "
+                        "100GB (unlimited)")
     g.add_argument("--activation-bytes", type=costs_arg, default=0.0, metavar="BYTES",
                    help="bytes of one micro-batch's activation at each cut (0)")
 
 
-def cost_model(args) -> CostModel:
+def cost_model(args, P: int | None = None) -> CostModel:
+    """The cost model the flags give; with P, the data-parallel and node flags too."""
+    extra = dp_fields(args, P) if P is not None else {}
     return CostModel(forward=args.forward, backward=args.backward, input_grad=args.input_grad,
                      weight_grad=args.weight_grad, latency=args.latency,
-                     bandwidth=args.bandwidth, activation_bytes=args.activation_bytes)
+                     bandwidth=args.bandwidth, activation_bytes=args.activation_bytes, **extra)
 
 
 def add_parser(sub) -> None:
@@ -73,9 +90,15 @@ def add_parser(sub) -> None:
     p.add_argument("--forward-only", action="store_true",
                    help="forward passes only, as in the seed's picture")
     add_cost_options(p)
+    add_dp_options(p)
     p.add_argument("--json", action="store_true", help="print the timeline and metrics as JSON")
+    p.add_argument("-o", "--output", metavar="FILE", default=None,
+                   help="also write the timeline to FILE (for `conveyor plot gantt --timeline` "
+                        "and `conveyor viz --timeline`)")
     p.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="colour the chart (auto: when writing to a terminal)")
+    p.add_argument("--chart", choices=["auto", "always", "never"], default="auto",
+                   help=f"print the chart (auto: up to {CHART_CELLS:,} cells)")
     p.add_argument("--width", type=positive_int, default=None,
                    help="fold the chart at this many columns (terminal width)")
     p.set_defaults(func=run)
@@ -100,6 +123,8 @@ def schedule_options(args) -> dict:
 
 
 def run(args) -> int:
+    if args.output is not None:
+        check_outputs([args.output])
     if args.file:
         given = [opt for opt, v in (("-P", args.P), ("-M", args.M), ("--schedule", args.schedule),
                                     ("--chunks", args.v), ("--cap", args.cap),
@@ -113,7 +138,9 @@ def run(args) -> int:
         schedule = build_schedule(args.schedule, args.P, args.M, **schedule_options(args))
     if args.forward_only:
         schedule = schedule.without_backward()
-    timeline = simulate(schedule, cost_model(args))
+    timeline = simulate(schedule, cost_model(args, schedule.P))
+    if args.output is not None:
+        atomic_write(args.output, lambda tmp: timeline.save(tmp))
     # The registry's fraction assumes the default options (v=2, default costs).
     formula = None if args.file or args.forward_only or args.v not in (None, 2) \
         else formula_bubble(schedule.name, schedule.P, schedule.M)
@@ -126,7 +153,13 @@ def run(args) -> int:
         print()
         return 0
     colour = args.color == "always" or (args.color == "auto" and use_colour())
-    print(render_gantt(timeline, colour=colour, width=args.width))
+    cells = schedule.S * timeline.step_time / min_duration(timeline)
+    if args.chart == "always" or (args.chart == "auto" and cells <= CHART_CELLS):
+        print(render_gantt(timeline, colour=colour, width=args.width))
+    elif args.chart == "auto":
+        print(f"(chart left out: {schedule.S} rows of {cells / schedule.S:,.0f} columns; "
+              f"--chart always prints it, `-o FILE` then `conveyor plot gantt --timeline "
+              f"FILE` draws it)")
     print(report(schedule, timeline, formula))
     return 0
 
@@ -137,6 +170,7 @@ def report(schedule, timeline, formula) -> str:
     lines = [f"schedule {schedule.name}: P={P} ranks, S={schedule.S} stages, M={M} micro-batches"]
     if schedule.meta.get("requested_M", M) != M:
         lines.append(f"  note: {schedule.name} runs the whole batch as one micro-batch, so M={M}")
+    lines += dp_report(timeline)
     lines.append(f"step time           {timeline.step_time:g} {timeline.unit}s")
     from conveyor.schedule.generators import get_spec, schedule_names
     spec = get_spec(schedule.name) if schedule.name in schedule_names() else None

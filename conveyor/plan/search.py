@@ -131,8 +131,9 @@ def _in_flight(schedule: Schedule) -> list[int]:
 
 class _Searcher:
     def __init__(self, profile: Profile, P: int, batch: int, budget: float | None,
-                 refine: bool):
+                 refine: bool, cluster: dict | None = None):
         self.prof, self.P, self.batch, self.budget, self.refine = profile, P, batch, budget, refine
+        self.cluster = cluster or {}
         self._cuts: dict = {}
         layers = profile.layers
         self.cut_max = max([profile.input_bytes] + [x.out_bytes for x in layers])
@@ -223,8 +224,15 @@ class _Searcher:
         return self.memory(self.cost(new))
 
     def time(self, c: Candidate) -> Candidate:
-        tl = simulate(c.schedule, c._costs.cost_model(self.prof.latency, self.prof.bandwidth),
-                      check=False, unit="s")
+        costs = c._costs.cost_model(self.prof.latency, self.prof.bandwidth)
+        if self.cluster:  # data parallelism: each stage all-reduces its parameters' gradients
+            from dataclasses import replace
+            params, j = [], 0
+            for n in c.balance:  # layers per stage
+                params.append(sum(x.param_bytes for x in self.prof.layers[j:j + n]))
+                j += n
+            costs = replace(costs, **self.cluster, param_bytes=params)
+        tl = simulate(c.schedule, costs, check=False, unit="s")
         c.step, c.bubble = tl.step_time, tl.bubble_overall
         return c
 
@@ -307,9 +315,12 @@ def _pre(values) -> list[float]:
 
 def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
            schedules: list[str] | None = None, microbatches: list[int] | None = None,
-           chunks: tuple[int, ...] = (1, 2), refine: bool = True) -> PlanResult:
+           chunks: tuple[int, ...] = (1, 2), refine: bool = True,
+           cluster: dict | None = None) -> PlanResult:
     """Find the fastest plan for ``profile`` on P ranks, a batch of ``batch``
-    samples and ``memory`` bytes per rank (None: unlimited).
+    samples and ``memory`` bytes per rank (None: unlimited). ``cluster``: the
+    CostModel fields of data parallelism and nodes (dp, ranks_per_node, ...);
+    each stage then all-reduces its parameters' gradients in the simulated step.
 
     Returns a PlanResult with every candidate, fastest first. Raises PlanError
     when P, batch or M are invalid, when the budget is below what one layer
@@ -319,7 +330,7 @@ def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
     check_request(profile, P, batch, memory, microbatches)
     names = schedules or [n for n in schedule_names()]
     Ms = microbatches or default_microbatches(P, batch)
-    srch = _Searcher(profile, P, batch, memory, refine)
+    srch = _Searcher(profile, P, batch, memory, refine, cluster)
     cands: list[Candidate] = []
     for name in names:
         seen_S: set[int] = set()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 from collections import deque
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 from conveyor.schedule.ir import (
@@ -102,40 +102,91 @@ def paused_gc():
             gc.enable()
 
 
-@dataclass
 class Replay:
     """Result of an in-order replay.
 
-    start, end: time of every action that ran.
+    order:      the actions in the order they ran (over all ranks).
+    starts, ends: their start and end times, in that order.
+    start, end: time of every action that ran, as dicts (built on first use).
     stuck:      for each rank that could not finish, (step, action, dependency)
                 where it stopped; empty when the whole schedule ran.
     """
 
-    start: dict[Action, float]
-    end: dict[Action, float]
-    stuck: dict[int, tuple[int, Action, Action]]
+    def __init__(self, order: list, starts: list[float], ends: list[float],
+                 stuck: dict[int, tuple[int, Action, Action]], end_by_key=None, M: int = 1):
+        self.order, self.starts, self.ends, self.stuck = order, starts, ends, stuck
+        self._end_by_key, self._M = end_by_key, M
+
+    def end_of(self, a) -> float:
+        """The end of action ``a`` (KeyError if it did not run), without the dict."""
+        if self._end_by_key is None:
+            return self.end[a]
+        s, kind, mb = a
+        t = self._end_by_key[(s * 8 + _KIND[kind]) * self._M + mb]
+        if t is None:
+            raise KeyError(a)
+        return t
+
+    @cached_property
+    def start(self) -> dict[Action, float]:
+        return dict(zip(self.order, self.starts))
+
+    @cached_property
+    def end(self) -> dict[Action, float]:
+        return dict(zip(self.order, self.ends))
 
 
 def replay(schedule: Schedule, duration: Callable[[int, Action], float],
            link: Callable[[int], float] = lambda cut: 0.0) -> Replay:
     """Run every rank's list in order under ``duration(rank, action)`` and
     ``link(cut)`` (time for data to cross cut c). Linear in the number of
-    actions: a blocked rank sleeps until the action it waits for ends."""
+    actions: a blocked rank sleeps until the action it waits for ends.
+
+    ``duration`` may carry a ``table`` attribute, ``{kind: [time of stage s]}``
+    for every kind, that gives the same times (CostModel's does): the replay
+    then reads it instead of calling ``duration`` per action."""
     with paused_gc():
         return _replay(schedule, duration, link)
 
 
+# Kind numbers of the replay's integer keys: (s * 8 + kind) * M + mb.
+_KIND = {F: 0, B: 1, I: 2, W: 3, SEND_F: 4, RECV_F: 5, SEND_B: 6, RECV_B: 7}
+_KIND_NAME = tuple(_KIND)
+
+
 def _replay(schedule, duration, link) -> Replay:
-    deps_of = Dependencies(schedule)
+    # The rules of Dependencies.__call__, inlined on integer keys: at P = 128,
+    # M = 4096 a call, an Action and a tuple hash per dependency were most of
+    # the time. tests/sim/test_replay_rules.py holds the two to the same result.
     rows = schedule.actions
-    P = len(rows)
-    pos = [0] * P
-    clock = [0.0] * P
-    start: dict[Action, float] = {}
-    end: dict[Action, float] = {}
-    end_get = end.get
-    waiting: dict[Action, list[int]] = {}
-    blocked_on: dict[int, Action] = {}
+    place = schedule.placement
+    S, P, comms = len(place), len(rows), False
+    last = S - 1
+    M = schedule.M
+    if not _in_range(rows, M):  # an unchecked schedule: keys must not collide
+        M = 1 + max([a[2] for row in rows for a in row] + [M])
+    KM = 8 * M
+    end: list = [None] * (S * KM)
+    has_i = bytearray(S * M)  # (s, mb) whose input gradient comes from I, not B
+    compute = (F, B, W)
+    for row in rows:  # one pass for I and for communication (Schedule.has_comms)
+        for a in row:
+            kind = a[1]
+            if kind in compute:
+                continue
+            if kind == I:
+                has_i[a[0] * M + a[2]] = 1
+            else:
+                comms = True
+    lk = [link(c) for c in range(max(S - 1, 0))]
+    table = getattr(duration, "table", None)
+    pos, clock = [0] * P, [0.0] * P
+    order: list = []
+    starts: list[float] = []
+    ends: list[float] = []
+    o_add, s_add, e_add = order.append, starts.append, ends.append
+    waiting: dict[int, list[int]] = {}
+    blocked_on: dict[int, int] = {}
     ready = deque(range(P))
     while ready:
         r = ready.popleft()
@@ -144,30 +195,81 @@ def _replay(schedule, duration, link) -> Replay:
         blocked_on.pop(r, None)
         while i < n:
             a = row[i]
+            s, kind, mb = a
+            base = s * KM + mb
+            key = base + _KIND[kind] * M
+            # Up to two dependencies: d1 on this rank or across cut c1 (-1: none).
+            d2 = -1
+            if kind == F:
+                if s == 0:
+                    d1 = -1
+                elif place[s - 1] == place[s]:
+                    d1, c1 = base - KM, -1
+                elif comms:
+                    d1, c1 = base + 5 * M, -1
+                else:
+                    d1, c1 = base - KM, s - 1
+            elif kind == B or kind == I:
+                d1, c1 = base, -1
+                if s < last:
+                    if place[s + 1] == place[s] or not comms:
+                        d2 = base + KM + (2 * M if has_i[(s + 1) * M + mb] else M)
+                        c2 = -1 if place[s + 1] == place[s] else s
+                    else:
+                        d2, c2 = base + 7 * M, -1
+            elif kind == W:
+                d1, c1 = base + 2 * M, -1
+            elif kind == SEND_F:
+                d1, c1 = base, -1
+            elif kind == SEND_B:
+                d1, c1 = base + (2 * M if has_i[s * M + mb] else M), -1
+            elif kind == RECV_F:
+                d1, c1 = base - KM + 4 * M, s - 1
+            else:  # RECV_B
+                d1, c1 = base + KM + 6 * M, s
             t = now
-            missing = None
-            for d, cut in deps_of(a):
-                e = end_get(d)
+            if d1 >= 0:
+                e = end[d1]
                 if e is None:
-                    missing = d
+                    waiting.setdefault(d1, []).append(r)
+                    blocked_on[r] = d1
                     break
-                if cut is not None:
-                    e += link(cut)
+                if c1 >= 0:
+                    e += lk[c1]
                 if e > t:
                     t = e
-            if missing is not None:
-                waiting.setdefault(missing, []).append(r)
-                blocked_on[r] = missing
-                break
-            start[a] = t
-            now = t + duration(r, a)
-            end[a] = now
+            if d2 >= 0:
+                e = end[d2]
+                if e is None:
+                    waiting.setdefault(d2, []).append(r)
+                    blocked_on[r] = d2
+                    break
+                if c2 >= 0:
+                    e += lk[c2]
+                if e > t:
+                    t = e
+            now = t + (table[kind][s] if table is not None else duration(r, a))
+            end[key] = now
+            o_add(a)
+            s_add(t)
+            e_add(now)
             i += 1
             if waiting:  # most actions wake nobody: skip the lookup when none waits
-                woken = waiting.pop(a, None)
+                woken = waiting.pop(key, None)
                 if woken:
                     ready.extend(woken)
         pos[r], clock[r] = i, now
-    stuck = {r: (pos[r], rows[r][pos[r]], Action(*blocked_on[r]))
+    stuck = {r: (pos[r], rows[r][pos[r]], _action(blocked_on[r], M))
              for r in range(P) if pos[r] < len(rows[r])}
-    return Replay(start, end, stuck)
+    return Replay(order, starts, ends, stuck, end, M)
+
+
+def _in_range(rows, M: int) -> bool:
+    """Whether every micro-batch index is below M (the schedule's own)."""
+    return all(0 <= a[2] < M for row in rows for a in row)
+
+
+def _action(key: int, M: int) -> Action:
+    s, rest = divmod(key, 8 * M)
+    k, mb = divmod(rest, M)
+    return Action(s, _KIND_NAME[k], mb)

@@ -3,7 +3,8 @@
 matplotlib is imported inside the functions, and only its object-oriented API
 with the Agg renderer is used (no pyplot), so importing this module is free and
 never changes the caller's backend. Colours follow the explorer page: one hue
-per micro-batch, F solid, B light with a border, I dashed, W hatched.
+per micro-batch, F solid, B light with a border, I dashed, W hatched; a
+data-parallel all-reduce is a grey bar marked "all-reduce" on its rank's row.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def _draw_gantt(ax, tl: Timeline, T: float, title: str) -> None:
                 if w * px_per_unit >= 14:
                     ax.text(x + w / 2, r, str(e.action.mb), ha="center", va="center",
                             fontsize=6.5, color="white" if kind == F else "black")
+    _draw_collectives(ax, tl, scale, px_per_unit)
     labels = [f"rank {r}" if v > 1 else f"stage {r}" for r in range(tl.P)]
     ax.set_yticks(range(tl.P), labels)
     ax.set_ylim(tl.P - 0.5, -0.5)
@@ -68,9 +70,30 @@ def _draw_gantt(ax, tl: Timeline, T: float, title: str) -> None:
         ax.spines[side].set_visible(False)
 
 
+def _draw_collectives(ax, tl: Timeline, scale: float, px_per_unit: float) -> None:
+    """The all-reduces, one collection per rank, under the compute bars: what
+    shows is the part that runs in the rank's idle time."""
+    if not tl.collectives:
+        return
+    t0 = tl.t0
+    for r in range(tl.P):
+        xs = [((c.start - t0) * scale, (c.end - c.start) * scale)
+              for c in tl.collectives if c.rank == r]
+        if not xs:
+            continue
+        ax.broken_barh(xs, (r - 0.4, 0.8), facecolors=(0.42, 0.44, 0.48, 0.75),
+                       edgecolors=(0.25, 0.26, 0.3), linewidth=0.8, hatch="xx", zorder=0.5)
+        for x, w in xs:
+            if w * px_per_unit >= 60:
+                ax.text(x + w - 4 / px_per_unit, r, "all-reduce", ha="right", va="center",
+                        fontsize=6.5, color="white", zorder=0.6)
+
+
 def _describe(tl: Timeline) -> str:
     bub = fraction_text(exact_bubble(tl), tl.bubble_overall)
     view = "forward only" if tl.forward_only else "training step"
+    dp = tl.meta.get("allreduce", {}).get("dp")
+    view += f", dp={dp} (all-reduce in grey)" if dp else ""
     return f"{tl.schedule}, P={tl.P}, M={tl.M}, {view}, {tl.source}: bubble {bub}"
 
 

@@ -2,7 +2,8 @@
 
 Each column is one slot of ``slot`` time units. A forward shows its micro-batch
 number on a plain field, a backward shows it on a ``=`` field (``-`` for I,
-``~`` for W), and idle slots (the bubble) are faint dots. With colour, cells
+``~`` for W), a data-parallel all-reduce is ``#`` on its stage's row, and idle
+slots (the bubble) are faint dots. With colour, cells
 are coloured by micro-batch and backwards are drawn in the reverse style.
 Charts wider than the terminal are folded into bands.
 """
@@ -21,6 +22,7 @@ __all__ = ["render_gantt", "use_colour"]
 _FILL = {F: " ", B: "=", I: "-", W: "~"}
 # 256-colour palette, one hue per micro-batch (cycled); readable with black text.
 _PALETTE = [117, 216, 151, 225, 229, 183, 159, 223, 194, 218]
+_ALLREDUCE = "\033[30;48;5;250m"  # black on light grey: communication, not compute
 _RESET = "\033[0m"
 _FAINT = "\033[2m"
 
@@ -60,6 +62,11 @@ def _cells(timeline: Timeline, slot: float, n_slots: int, w: int, colour: bool):
             text = (label.rjust(w) if k == first and a.kind == F else
                     (fill + label).rjust(w, fill) if k == first else fill * w)
             rows[a.stage][k] = (text, style)
+    for c in timeline.collectives:
+        first = int(round((c.start - t0) / slot))
+        last = max(first + 1, int(round((c.end - t0) / slot)))
+        for k in range(first, min(last, n_slots)):
+            rows[c.stage][k] = ("#" * w, _ALLREDUCE if colour else "")
     return rows
 
 
@@ -91,6 +98,6 @@ def render_gantt(timeline: Timeline, *, slot: float | None = None, colour: bool 
     legend = (f"  one column = {slot:g} {timeline.unit}   "
               f"{'F: number' if not colour else 'F: solid'}   "
               f"B: =number={'' if not colour else ' (dark)'}   I: -number-   W: ~~   "
-              f"bubble: ·")
+              f"bubble: ·" + ("   all-reduce: ##" if timeline.collectives else ""))
     out.append(legend)
     return "\n".join(out)

@@ -2,7 +2,9 @@
 chrome://tracing).
 
 One process for the pipeline, one thread (track) per rank, one complete
-("X") slice per event, named by the action's text form (``2F5``). Trace times
+("X") slice per event, named by the action's text form (``2F5``); with data
+parallelism each rank's all-reduces on a track of their own below the ranks
+(they overlap the rank's compute, and slices on one track must nest). Trace times
 are microseconds: seconds and milliseconds convert exactly; a slot (the
 simulator's unit for pictures) is shown as one millisecond.
 """
@@ -41,6 +43,17 @@ def chrome_trace(tl: Timeline) -> dict:
                     "ph": "X", "pid": 0, "tid": e.rank,
                     "ts": (e.start - t0) * scale, "dur": (e.end - e.start) * scale,
                     "args": {"stage": a.stage, "kind": a.kind, "mb": a.mb}})
+    ar_ranks = sorted({c.rank for c in tl.collectives})
+    for i, r in enumerate(ar_ranks):
+        out.append({"ph": "M", "pid": 0, "tid": tl.P + r, "name": "thread_name",
+                    "args": {"name": f"rank {r} all-reduce"}})
+        out.append({"ph": "M", "pid": 0, "tid": tl.P + r, "name": "thread_sort_index",
+                    "args": {"sort_index": tl.P + i}})
+    for c in sorted(tl.collectives, key=lambda c: (c.rank, c.start)):
+        out.append({"name": f"all-reduce stage {c.stage}", "cat": "allreduce", "ph": "X",
+                    "pid": 0, "tid": tl.P + c.rank, "ts": (c.start - t0) * scale,
+                    "dur": (c.end - c.start) * scale,
+                    "args": {"stage": c.stage, "ready": (c.ready - t0) * scale}})
     return {"traceEvents": out, "displayTimeUnit": "ms",
             "otherData": {"schedule": tl.schedule, "P": tl.P, "M": tl.M, "S": tl.S,
                           "source": tl.source, "unit": tl.unit,

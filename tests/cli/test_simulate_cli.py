@@ -89,3 +89,38 @@ def test_bad_input_is_one_line_exit_2(args, needle):
     assert len(lines) == 1 and lines[0].startswith("conveyor: error:"), proc.stderr
     assert needle in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_dp_report_and_chart(capsys):
+    # 1F1B P=2 M=2 F=1 B=2; dp=2 on 2 nodes (one replica each), 100 bytes per
+    # stage at 10 bytes/slot between nodes: each all-reduce takes 10 slots;
+    # stage 1's runs 7-17, stage 0's 9-19, so the step is 19 and 10 slots are
+    # exposed past the pipeline's 9.
+    assert main(["simulate", "-P", "2", "-M", "2", "--dp", "2", "--nodes", "2",
+                 "--param-bytes", "100", "--inter-bandwidth", "10", "--color", "never",
+                 "--width", "200"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("stage")]
+    assert rows == ["stage 0 │ 0 1 · ·=0== ·=1==" + "##" * 10,
+                    "stage 1 │ · 0=0== 1=1==" + "##" * 10 + " · ·"]
+    assert "data parallel       dp=2 replicas x P=2 ranks on 2 nodes" in out
+    assert "all-reduce          10 slots on rank 0 (the longest), ring over 2 replicas " \
+           "across nodes" in out
+    assert "  exposed           10 slots: the step ends that long after the pipeline (9 " \
+           "slots)" in out
+    assert "  hidden by overlap 0 slots" in out
+    assert "step time           19 slots" in out
+
+
+def test_dp_flags_reach_the_timeline(capsys):
+    assert main(["simulate", "-P", "4", "-M", "4", "-s", "interleaved-1f1b", "--dp", "4",
+                 "--nodes", "2", "--param-bytes", "400", "--bandwidth", "100",
+                 "--inter-bandwidth", "40", "--inter-latency", "0.5", "--no-overlap",
+                 "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    costs = data["timeline"]["meta"]["costs"]
+    assert (costs["dp"], costs["ranks_per_node"], costs["inter_bandwidth"],
+            costs["allreduce_overlap"]) == (4, 8, 40.0, False)
+    # dp groups {r, 4+r, 8+r, 12+r} span both nodes: 1.5 x 400 / 40 + 6 x 0.5 = 18.
+    spans = {round(c[3] - c[2], 9) for c in data["timeline"]["collectives"]}
+    assert spans == {18.0}

@@ -93,6 +93,11 @@ def _random_costs(rng: random.Random, S: int) -> dict:
 
 
 def _python_events(name, P, M, view, c):
+    return [[e.rank, str(e.action), e.start, e.end]
+            for e in _python_timeline(name, P, M, view, c).events]
+
+
+def _python_timeline(name, P, M, view, c, dp=None):
     sched = build_schedule(name, P, M).compute_only()
     if view == "fwd":
         sched = sched.without_backward()
@@ -105,10 +110,13 @@ def _python_events(name, P, M, view, c):
         S = sched.S
         f, i, w = ([x[0]] * S if len(x) == 1 else x for x in (f, i, w))
     b = [x + y for x, y in zip(i, w)] if isinstance(i, list) else i + w
+    extra = {} if dp is None else dict(
+        dp=dp["dp"], ranks_per_node=dp["rpn"] or None, inter_latency=dp["ilat"],
+        inter_bandwidth=float(dp["ibw"]), param_bytes=dp["pb"] if len(dp["pb"]) > 1 else dp["pb"][0],
+        allreduce_overlap=dp["ar"] == "overlap")
     costs = CostModel(forward=f, backward=b, input_grad=i, weight_grad=w, latency=c["lat"],
-                      bandwidth=float(c["bw"]), activation_bytes=c["bytes"])
-    tl = simulate(sched, costs)
-    return [[e.rank, str(e.action), e.start, e.end] for e in tl.events]
+                      bandwidth=float(c["bw"]), activation_bytes=c["bytes"], **extra)
+    return simulate(sched, costs)
 
 
 def test_random_costs_replay_exactly_as_python_simulate(page, default_page, default_data):
@@ -129,6 +137,39 @@ def test_random_costs_replay_exactly_as_python_simulate(page, default_page, defa
     check = page.evaluate("window.conveyor.selfCheck()")
     assert check["n_bad"] == 0, check["mismatches"]
     assert check["checked"] == len(names) * 16 * 64 * (1 + len(default_data["ratios"]))
+
+
+def test_dp_all_reduce_replays_exactly_as_python_simulate(page, default_page):
+    # The page's data-parallel costs (replicas, ranks per node, links between
+    # nodes, parameter bytes, overlap) give Python's events and all-reduces.
+    _open(page, default_page)
+    rng = random.Random(29)
+    for k in range(10):
+        name = rng.choice(["1f1b", "interleaved-1f1b", "zb-h1", "zbv", "gpipe"])
+        P, M = rng.randint(2, 8), rng.randint(1, 16)
+        S = build_schedule(name, P, M).S
+        c = _random_costs(rng, S)
+        pb = [rng.choice([0, 500, 4096]) for _ in range(rng.choice([1, S]))]
+        dp = {"dp": rng.choice([2, 3, 8, 64]), "rpn": rng.choice([0, 1, 2, 3, 8]),
+              "ilat": round(rng.uniform(0, 2), 3), "ibw": rng.choice(["inf", 100, 37]),
+              "pb": pb, "ar": rng.choice(["overlap", "after"])}
+        typed = {k2: ",".join(map(str, v)) if isinstance(v, list) else str(v)
+                 for k2, v in {**c, **dp}.items()}
+        js = page.evaluate("st => window.conveyor.timeline(st)",
+                           {"schedule": name, "compare": "", "P": P, "M": M, "view": "step",
+                            "costs": typed})
+        assert js is not None, (name, P, M, c, dp)
+        tl = _python_timeline(name, P, M, "step", c, dp)
+        assert sorted(js) == sorted([e.rank, str(e.action), e.start, e.end] for e in tl.events)
+        assert sorted(page.evaluate("window.conveyor.collectives()")) == sorted(
+            list(x) for x in tl.collectives), (name, P, M, c, dp)
+    assert tl.collectives  # the last case draws some: the SVG has one rect per all-reduce
+    svg = ET.fromstring(page.evaluate("window.conveyor.svgText()"))
+    ns = "{http://www.w3.org/2000/svg}"
+    rects = [e for e in svg.iter(ns + "rect") if e.get("class") == "allreduce"]
+    assert len(rects) == len(tl.collectives)
+    assert "all-reduce" in page.locator("#legend").text_content()
+    assert "dp=" in page.evaluate("window.conveyor.hash()")
 
 
 def test_side_by_side_on_one_axis_with_the_same_batch(page, default_page, tmp_path):

@@ -48,3 +48,18 @@ def test_comm_actions_are_slices_too():
     trace = chrome_trace(tl)
     _check(trace, tl)
     assert {e["cat"] for e in trace["traceEvents"] if e["ph"] == "X"} == {"compute", "comm"}
+
+
+def test_all_reduces_get_a_track_per_rank():
+    # 1F1B P=2 M=2, dp=2, 100 bytes at 10 bytes/slot: each ring takes 10 slots
+    # (a slot is 1000 us in a trace); rank 1's runs 7-17, rank 0's 9-19.
+    tl = simulate(build_schedule("1f1b", 2, 2),
+                  CostModel(forward=1, backward=2, dp=2, param_bytes=100.0, bandwidth=10.0))
+    events = chrome_trace(tl)["traceEvents"]
+    threads = {e["tid"]: e["args"]["name"] for e in events
+               if e["ph"] == "M" and e["name"] == "thread_name"}
+    assert threads == {0: "rank 0", 1: "rank 1", 2: "rank 0 all-reduce", 3: "rank 1 all-reduce"}
+    ar = sorted((e["tid"], e["name"], e["ts"], e["dur"]) for e in events
+                if e.get("cat") == "allreduce")
+    assert ar == [(2, "all-reduce stage 0", 9000.0, 10000.0),
+                  (3, "all-reduce stage 1", 7000.0, 10000.0)]

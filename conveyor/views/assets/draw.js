@@ -10,6 +10,7 @@ var ConveyorDraw = (function () {
   var PATTERNS = {
     bubble: { bg: "#fde3df", line: "#c62f24", angle: 45 },
     comm: { bg: "#dce8f8", line: "#1f5fae", angle: -45 },
+    allreduce: { bg: "#d9dbe0", line: "#4a4f5c", angle: 0 },
     w: { bg: null, line: "rgba(29,35,48,0.55)", angle: 45 }
   };
 
@@ -177,6 +178,9 @@ var ConveyorDraw = (function () {
     model.events.forEach(function (e) {
       var x = x0 + (e.start - lay.t0) * sx, w = Math.max((e.end - e.start) * sx - 1, 0.5);
       var y = y0 + e.r * rowH + pad;
+      if (e.k === 5) {  // a data-parallel all-reduce (listed first: compute draws over it)
+        p.rect(x, y, w + 1, h, { pattern: "allreduce", cls: "allreduce" }); drawn.allreduce = true; return;
+      }
       if (e.k >= 4) { p.rect(x, y, w + 1, h, { pattern: "comm", cls: "comm" }); drawn.comm = true; return; }
       var kind = KINDS[e.k], H = hue(e.mb), light = kind !== "F";
       drawn[kind] = true;
@@ -266,7 +270,7 @@ var ConveyorDraw = (function () {
     }
   }
 
-  // The legend: only what a drawn chart used. drawn: {F, B, I, W, bubble, comm, chunk, memory}
+  // The legend: only what a drawn chart used. drawn: {F, B, I, W, bubble, comm, allreduce, chunk, memory}
   function legendHtml(drawn, extra) {
     var sw = function (inner) { return '<svg width="22" height="14" aria-hidden="true">' + inner + "</svg>"; };
     var box = function (a) { return '<rect x="1" y="1" width="20" height="12" ' + a + "/>"; };
@@ -283,6 +287,7 @@ var ConveyorDraw = (function () {
     if (drawn.W) items.push(sw(hatch("w")) + "W weight-gradient backward");
     if (drawn.bubble) items.push(sw(hatch("bubble")) + "bubble: the rank is idle");
     if (drawn.comm) items.push(sw(hatch("comm")) + "communication: SEND/RECV (not bubble, not compute)");
+    if (drawn.allreduce) items.push(sw(hatch("allreduce")) + "gradient all-reduce over the dp replicas (where the rank does not compute)");
     if (drawn.chunk) items.push(sw(box('fill="' + strong(2) + '"') + '<rect x="1" y="1" width="20" height="3" fill="#1d2330"/>') +
       "dark top band: the rank's later chunk");
     if (drawn.memory) items.push(sw(box('fill="rgba(60,80,140,0.45)" stroke="#2d3f73"')) + "activations held per rank over time");

@@ -29,7 +29,7 @@
     if (!parts.length) throw new Error(what + " is empty: give a number, e.g. 1");
     return parts.map(function (x) {
       var v = /^inf(inity)?$/i.test(x) ? Infinity : Number(x);
-      if (!(v >= 0) || (v === Infinity && what !== "bandwidth")) throw new Error(what + " " + JSON.stringify(x) + " is not a number >= 0");
+      if (!(v >= 0) || (v === Infinity && !/bandwidth$/.test(what))) throw new Error(what + " " + JSON.stringify(x) + " is not a number >= 0");
       return v;
     });
   }
@@ -39,11 +39,21 @@
     c.latency = parseList($("cost-lat").value, "link latency")[0];
     c.bandwidth = parseList($("cost-bw").value, "bandwidth")[0];
     if (!(c.bandwidth > 0)) throw new Error("bandwidth must be > 0 (inf: free links)");
+    // data parallelism (conveyor.sim.dp): replicas, ranks per node, links between nodes
+    c.dp = parseList($("cost-dp").value, "dp")[0];
+    c.rpn = parseList($("cost-rpn").value, "ranks per node")[0];
+    if (!(c.dp >= 1 && c.dp <= 1024 && c.dp % 1 === 0)) throw new Error("dp must be a whole number from 1 to 1024");
+    if (c.rpn % 1 !== 0) throw new Error("ranks per node must be a whole number (0: one node)");
+    c.ilat = parseList($("cost-ilat").value, "inter-node latency")[0];
+    c.ibw = parseList($("cost-ibw").value, "inter-node bandwidth")[0];
+    if (!(c.ibw > 0)) throw new Error("inter-node bandwidth must be > 0 (inf: free)");
+    c.pbytes = parseList($("cost-pbytes").value, "parameter bytes");
+    c.overlap = $("cost-ar").value !== "after";
     return c;
   }
   // the B/F ratio these costs equal, when they are the simple kind Python embedded
   function simpleRatio(c, scale) {
-    if (scale !== 1 || c.latency !== 0 || c.f.length !== 1 || c.f[0] !== 1 || c.i.length !== 1 ||
+    if (scale !== 1 || c.latency !== 0 || c.dp > 1 || c.rpn > 0 || c.f.length !== 1 || c.f[0] !== 1 || c.i.length !== 1 ||
         c.w.length !== 1 || (c.bytes.some(function (x) { return x; }) && c.bandwidth !== Infinity)) return -1;
     var ratio = c.i[0] + c.w[0];
     return c.i[0] === ratio / 2 && c.w[0] === ratio - ratio / 2 ? DATA.ratios.indexOf(ratio) : -1;
@@ -79,7 +89,10 @@
     // gets proportionally bigger ones; with a fixed batch each costs 1/M of it.
     var scale = st.fixed ? 1 / order.M : st.M / order.M;
     var S = order.placement.length, table = R.costTable(st.costs, S, scale);
+    if (st.costs.rpn > 0) table.link = R.nodeLinks(st.costs, order.placement, table.bytes);
     var events = R.replay(rows, order.placement, table);
+    // Replicas are identical: one is replayed and each rank's all-reduces added.
+    if (!fwd && st.costs.dp > 1) events = R.allreduce(events, order.placement, st.costs).concat(events);
     var m = { name: name, P: st.P, S: S, M: order.M, placement: order.placement, events: events,
       scale: scale, table: table };
     m.lay = R.layout(m);
@@ -115,14 +128,17 @@
 
   // ---- state and the URL hash ----------------------------------------------------
   var ctl = { schedule: $("schedule"), compare: $("compare"), P: $("P"), M: $("M") };
-  var COST_FIELDS = { F: "cost-F", I: "cost-I", W: "cost-W", lat: "cost-lat", bytes: "cost-bytes", bw: "cost-bw" };
+  var COST_FIELDS = { F: "cost-F", I: "cost-I", W: "cost-W", lat: "cost-lat", bytes: "cost-bytes", bw: "cost-bw",
+    dp: "cost-dp", rpn: "cost-rpn", ilat: "cost-ilat", ibw: "cost-ibw", pb: "cost-pbytes", ar: "cost-ar" };
+  // fields left out of the URL while they hold these defaults (no data parallelism)
+  var DP_DEFAULTS = { dp: "1", rpn: "0", ilat: "0", ibw: "inf", pb: "0", ar: "overlap" };
   var lastCosts = null;
 
   function state() {
     var costs;
     try { costs = readCosts(); $("cost-error").hidden = true; lastCosts = costs; }
     catch (e) { $("cost-error").hidden = false; $("cost-error").textContent = e.message + "; keeping the last valid costs"; costs = lastCosts; }
-    costs = costs || { f: [1], i: [1], w: [1], latency: 0, bandwidth: Infinity, bytes: [0] };
+    costs = costs || { f: [1], i: [1], w: [1], latency: 0, bandwidth: Infinity, bytes: [0], dp: 1, rpn: 0 };
     return { schedule: ctl.schedule.value, compare: ctl.compare.value, P: +ctl.P.value, M: +ctl.M.value,
       view: $("view-step").checked ? "step" : "fwd", costs: costs, fixed: $("fixed").checked,
       memory: $("memory").checked };
@@ -131,7 +147,10 @@
     var q = ["s=" + encodeURIComponent(ctl.schedule.value), "P=" + ctl.P.value, "M=" + ctl.M.value,
       "v=" + ($("view-step").checked ? "step" : "fwd")];
     if (ctl.compare.value) q.push("c=" + encodeURIComponent(ctl.compare.value));
-    Object.keys(COST_FIELDS).forEach(function (k) { q.push(k + "=" + encodeURIComponent($(COST_FIELDS[k]).value.replace(/\s+/g, ""))); });
+    Object.keys(COST_FIELDS).forEach(function (k) {
+      var value = $(COST_FIELDS[k]).value.replace(/\s+/g, "");
+      if (DP_DEFAULTS[k] !== value) q.push(k + "=" + encodeURIComponent(value));
+    });
     if ($("fixed").checked) q.push("fix=1");
     if (!$("memory").checked) q.push("mem=0");
     return "#" + q.join("&");
@@ -398,6 +417,7 @@
     if (st.ratio !== undefined) {
       $("cost-F").value = 1; $("cost-I").value = st.ratio / 2; $("cost-W").value = st.ratio - st.ratio / 2;
       $("cost-lat").value = 0; $("cost-bytes").value = 0; $("cost-bw").value = "inf";
+      Object.keys(DP_DEFAULTS).forEach(function (k) { $(COST_FIELDS[k]).value = DP_DEFAULTS[k]; });
     }
     if (st.costs) Object.keys(st.costs).forEach(function (k) { $(COST_FIELDS[k]).value = st.costs[k]; });
     if (st.fixed !== undefined) $("fixed").checked = st.fixed;
@@ -407,7 +427,14 @@
   api.timeline = function (st) {
     if (st) api.set(st);
     var m = api.models[0];
-    return m ? m.events.map(function (e) { return [e.r, e.s + KINDS[e.k] + e.mb, e.start, e.end]; }) : null;
+    return m ? m.events.filter(function (e) { return e.k < 5; })
+      .map(function (e) { return [e.r, e.s + KINDS[e.k] + e.mb, e.start, e.end]; }) : null;
+  };
+  // Its data-parallel all-reduces: [rank, stage, start, end, ready], as Timeline.collectives.
+  api.collectives = function () {
+    var m = api.models[0];
+    return m ? m.events.filter(function (e) { return e.k === 5; })
+      .map(function (e) { return [e.r, e.s, e.start, e.end, e.ready]; }) : null;
   };
   // Replay every embedded configuration and compare step time and bubble with Python's.
   api.selfCheck = function () {
@@ -418,7 +445,7 @@
         if (o.refused) continue;
         var views = [["fwd", 2]].concat(DATA.ratios.map(function (x) { return ["step", x]; }));
         views.forEach(function (vw) {
-          var costs = { f: [1], i: [vw[1] / 2], w: [vw[1] - vw[1] / 2], latency: 0, bandwidth: Infinity, bytes: [0] };
+          var costs = { f: [1], i: [vw[1] / 2], w: [vw[1] - vw[1] / 2], latency: 0, bandwidth: Infinity, bytes: [0], dp: 1, rpn: 0 };
           var st = { schedule: sc.name, P: P, M: o.M, view: vw[0], costs: costs, fixed: false };
           var m = model(sc.name, st, o);
           count++;

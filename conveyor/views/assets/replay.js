@@ -167,6 +167,63 @@ var ConveyorReplay = (function () {
     });
   }
 
+  // ---- data parallelism: mirror of conveyor/sim/dp.py and CostModel's node links
+  // c: {dp, rpn (ranks per node, 0: one node), latency, bandwidth (within a node),
+  // ilat, ibw (between nodes), pbytes (parameter bytes, one or per stage), overlap}.
+  function nodeOf(g, rpn) { return rpn > 0 ? Math.floor(g / rpn) : 0; }
+  function crossesNodes(r1, r2, P, dp, rpn) {
+    if (!(rpn > 0) || r1 === r2) return false;
+    for (var d = 0; d < dp; d++) if (nodeOf(d * P + r1, rpn) !== nodeOf(d * P + r2, rpn)) return true;
+    return false;
+  }
+  function groupSpansNodes(r, P, dp, rpn) {
+    if (!(rpn > 0) || dp <= 1) return false;
+    for (var d = 1; d < dp; d++) if (nodeOf(d * P + r, rpn) !== nodeOf(r, rpn)) return true;
+    return false;
+  }
+  // time to cross each cut when ranks sit on nodes (CostModel.cut_links)
+  function nodeLinks(c, placement, bytes) {
+    var P = Math.max.apply(null, placement) + 1;
+    return bytes.map(function (x, cut) {
+      return crossesNodes(placement[cut], placement[cut + 1], P, c.dp, c.rpn)
+        ? c.ilat + (x ? x / c.ibw : 0) : c.latency + (x ? x / c.bandwidth : 0);
+    });
+  }
+  function ringTime(nbytes, dp, lat, bw) {  // ring_allreduce_time
+    if (dp <= 1) return 0;
+    var steps = 2 * (dp - 1), moved = steps / dp * nbytes;
+    return (moved ? moved / bw : 0) + steps * lat;
+  }
+  // Each rank's all-reduces (schedule_allreduces): a stage's starts when its
+  // last backward ends (or the rank's last action, without overlap), one at a
+  // time per rank in the order they become ready. Events {r, s, k: 5, start, end, ready}.
+  function allreduce(events, placement, c) {
+    var S = placement.length, P = Math.max.apply(null, placement) + 1, r, s;
+    var pb = perStage(c.pbytes, S, "parameter bytes"), last = [], rankEnd = [], out = [];
+    for (r = 0; r < P; r++) rankEnd.push(-Infinity);
+    events.forEach(function (e) {
+      if (e.end > rankEnd[e.r]) rankEnd[e.r] = e.end;
+      if (e.k >= 1 && e.k <= 3 && !(last[e.s] >= e.end)) last[e.s] = e.end;
+    });
+    for (r = 0; r < P; r++) {
+      var ready = [];
+      for (s = 0; s < S; s++) {
+        if (placement[s] !== r || last[s] === undefined) continue;
+        var inter = groupSpansNodes(r, P, c.dp, c.rpn);
+        var time = ringTime(pb[s], c.dp, inter ? c.ilat : c.latency, inter ? c.ibw : c.bandwidth);
+        if (time > 0) ready.push({ t: c.overlap ? last[s] : rankEnd[r], s: s, time: time });
+      }
+      ready.sort(function (a, b) { return a.t - b.t || a.s - b.s; });
+      var free = null;
+      ready.forEach(function (x) {
+        var start = free === null || x.t > free ? x.t : free;
+        free = start + x.time;
+        out.push({ r: r, s: x.s, k: 5, mb: 0, start: start, end: free, ready: x.t });
+      });
+    }
+    return out;
+  }
+
   // ---- metrics from events: mirror of Timeline.idle_intervals -------------
   // Compute events (k 0-3) are busy time; communication events (k 4, measured
   // runs only) span the step but are not busy: gaps are what is neither, and
@@ -197,5 +254,6 @@ var ConveyorReplay = (function () {
   }
 
   return { decodeRow: decodeRow, stagesByRank: stagesByRank, replay: replay,
-    slotCosts: slotCosts, costTable: costTable, memory: memory, layout: layout };
+    slotCosts: slotCosts, costTable: costTable, memory: memory, layout: layout,
+    nodeLinks: nodeLinks, allreduce: allreduce };
 }());
