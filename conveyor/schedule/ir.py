@@ -134,6 +134,20 @@ class Schedule:
             raise ScheduleError(
                 f"placement {list(placement)} names rank {bad[0]}, outside 0..{self.P - 1}")
 
+    def __hash__(self) -> int:
+        # Schedules key the planning caches (rankplan); hashing a million
+        # actions takes ~50 ms, so the hash is computed once per object.
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash((self.name, self.P, self.M, self.actions, self.placement,
+                      self.forward_only))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:
+        # String hashes differ between processes: never carry one across.
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+
     # -- shape -------------------------------------------------------------
     @property
     def S(self) -> int:

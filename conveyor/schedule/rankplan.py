@@ -35,7 +35,7 @@ from conveyor.errors import ScheduleError
 from conveyor.schedule.deps import Dependencies, replay
 from conveyor.schedule.ir import RECV_B, RECV_F, SEND_B, SEND_F, Action, Schedule
 
-__all__ = ["RankPlan", "plan_rank", "vector_clocks"]
+__all__ = ["RankPlan", "peer_columns", "plan_rank", "vector_clocks"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,21 @@ class RankPlan:
     recvs: tuple[int, ...]
     post_limit: tuple[int, ...]
     release_after: tuple[tuple[Action, ...], ...]
+
+
+def _matching_recv(schedule: Schedule, a: Action) -> Action:
+    if a.kind == SEND_F:
+        return Action(a.stage + 1, RECV_F, a.mb)
+    return Action(a.stage - 1, RECV_B, a.mb)
+
+
+def _peer(schedule: Schedule, a: Action) -> int:
+    kind, place = a.kind, schedule.placement
+    if kind == SEND_F or kind == RECV_B:
+        return place[a.stage + 1]
+    if kind == RECV_F or kind == SEND_B:
+        return place[a.stage - 1]
+    return -1
 
 
 def _matching_recv(schedule: Schedule, a: Action) -> Action:
@@ -90,6 +105,79 @@ def vector_clocks(schedule: Schedule) -> tuple[tuple[tuple[int, ...], ...], ...]
     return tuple(tuple(tuple(clock[a]) for a in row) for row in schedule.actions)
 
 
+def _matching_send(a: Action) -> Action:
+    if a.kind == RECV_F:
+        return Action(a.stage - 1, SEND_F, a.mb)
+    return Action(a.stage + 1, SEND_B, a.mb)
+
+
+@lru_cache(maxsize=32)
+def _positions(schedule: Schedule) -> dict[Action, int]:
+    return {a: i for r, i, a in schedule}
+
+
+def _links(schedule: Schedule) -> set[tuple[int, int]]:
+    """The pairs of ranks (low, high) that exchange messages."""
+    return {tuple(sorted((r, _peer(schedule, a)))) for r, row in enumerate(schedule.actions)
+            for a in row if a.kind in (SEND_F, SEND_B)}
+
+
+def _is_forest(P: int, links: set[tuple[int, int]]) -> bool:
+    """True when the ranks' message links form no cycle (a line, a V, a tree)."""
+    parent = list(range(P))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in links:
+        ra, rb = root(a), root(b)
+        if ra == rb:
+            return False
+        parent[ra] = rb
+    return True
+
+
+@lru_cache(maxsize=32)
+def peer_columns(schedule: Schedule) -> tuple[dict[int, tuple[int, ...]], ...]:
+    """``cols[r][q][k] == vector_clocks(schedule)[r][k][q]`` for every rank q
+    that rank r exchanges messages with: all that the release plan needs.
+
+    Where the message links form no cycle (every line or V placement), r can
+    learn of q's progress only from q's own messages: a chain from q that
+    reached r through another neighbour p would have had to cross r first,
+    since in a forest every path from q to p runs through r. The column is
+    then the running maximum of the matching sends' positions over r's
+    receives from q, O(actions) in all instead of the vector clocks' O(P x
+    actions), which at P = 128, M = 4096 is minutes. Cyclic placements (a
+    loop of chunks) take the general vector clocks."""
+    links = _links(schedule)
+    peers = [sorted({q for pair in links if r in pair for q in pair if q != r})
+             for r in range(schedule.P)]
+    if not _is_forest(schedule.P, links):
+        clocks = vector_clocks(schedule)
+        out = []
+        for r, row in enumerate(schedule.actions):
+            cols = list(zip(*clocks[r])) if row else []
+            out.append({q: tuple(cols[q]) for q in peers[r]} if row else {})
+        return tuple(out)
+    pos = _positions(schedule)
+    out = []
+    for r, row in enumerate(schedule.actions):
+        cur = {q: -1 for q in peers[r]}
+        cols: dict[int, list[int]] = {q: [] for q in peers[r]}
+        for a in row:
+            if a.kind == RECV_F or a.kind == RECV_B:
+                q = _peer(schedule, a)
+                cur[q] = max(cur[q], pos[_matching_send(a)])
+            for q, col in cols.items():
+                col.append(cur[q])
+        out.append({q: tuple(col) for q, col in cols.items()})
+    return tuple(out)
+
+
 @lru_cache(maxsize=64)
 def plan_rank(schedule: Schedule, rank: int, prepost: bool) -> RankPlan:
     """The RankPlan of ``rank`` in the lowered ``schedule`` (cached per schedule)."""
@@ -107,10 +195,9 @@ def plan_rank(schedule: Schedule, rank: int, prepost: bool) -> RankPlan:
     release: list[list[Action]] = [[] for _ in range(n)]
     sends = [(i, a) for i, a in enumerate(row) if a.kind in (SEND_F, SEND_B)]
     if sends:
-        clocks = vector_clocks(schedule)
-        pos = {a: i for r, i, a in schedule}
+        cols = peer_columns(schedule)[rank]
+        pos = _positions(schedule)
         # Column q of this rank's clocks never decreases along the list.
-        cols = list(zip(*clocks[rank])) if n else []
         for i, a in sends:
             q, j = peer[i], pos[_matching_recv(schedule, a)]
             k = bisect_left(cols[q], j, lo=i + 1)

@@ -15,7 +15,7 @@ uses ``latency``/``bandwidth``, a cut across nodes ``inter_latency``/
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Sequence, Union
 
 from conveyor.checks import check_int
@@ -192,7 +192,9 @@ class CostModel:
                  "inter_bandwidth": None, "param_bytes": 0.0, "allreduce_overlap": True}
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        # Shallow: the fields are numbers and per-stage sequences (a subclass's
+        # large per-micro-batch table is dropped by it, not deep-copied first).
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
