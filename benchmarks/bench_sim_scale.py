@@ -130,14 +130,15 @@ def planner_table(runs: int) -> list[str]:
 
     lines = ["| P | layers | batch | M tried | schedules | dp x nodes | wall s | best | step |",
              "|---|---|---|---|---|---|---|---|---|"]
-    # P = 128 at M = 512 only: the planner's memory replay (vector clocks over
-    # the ranks, conveyor/schedule/rankplan.py) grows as P^2 M and takes minutes
-    # at M = 4096 (the simulator itself takes seconds there).
-    for P, batch, Ms, names in [(8, 256, [64, 256], ["1f1b", "zb-h1"]),
-                                (32, 1024, [256, 1024], ["1f1b", "zb-h1"]),
-                                (128, 512, [512], ["1f1b"])]:
+    # The largest row is the corner: P = 128, M = 4096, dp = 64.
+    for P, batch, Ms, names, dp in [(8, 256, [64, 256], ["1f1b", "zb-h1"], 8),
+                                    (32, 1024, [256, 1024], ["1f1b", "zb-h1"], 8),
+                                    (128, 512, [512], ["1f1b"], 8),
+                                    (128, 4096, [4096], ["1f1b"], 64)]:
         prof = synthetic([1] * (2 * P), params=50_000_000)
-        cluster = dict(dp=8, ranks_per_node=4 * P, inter_bandwidth=25e9, inter_latency=1e-5)
+        nodes = 2 if dp == 8 else P * dp // 8  # dp 64: 8 ranks (GPUs) per node
+        cluster = dict(dp=dp, ranks_per_node=P * dp // nodes, inter_bandwidth=25e9,
+                       inter_latency=1e-5)
         times = []
         for _ in range(runs):
             t = time.perf_counter()
@@ -145,7 +146,7 @@ def planner_table(runs: int) -> list[str]:
                          chunks=(1,), refine=False, cluster=cluster)
             times.append(time.perf_counter() - t)
         b = res.best
-        lines.append(f"| {P} | {2 * P} | {batch} | {Ms} | {', '.join(names)} | 8 x 2 | "
+        lines.append(f"| {P} | {2 * P} | {batch} | {Ms} | {', '.join(names)} | {dp} x {nodes} | "
                      f"{statistics.median(times):.2f} | {b.name} M={b.M} | {b.step * 1e3:.1f} ms |")
         print(lines[-1], flush=True)
     return lines
