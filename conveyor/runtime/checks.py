@@ -26,7 +26,7 @@ def _positive_seconds(name: str, value, *, allow_none: bool = False, zero: bool 
     if not ok:
         lo = ">= 0" if zero else "> 0"
         raise PipelineError(f"{name}={value!r} is not a number of seconds {lo} and at most "
-                            f"{MAX_TIMEOUT_S:g}; e.g. {name}=300")
+                            f"{MAX_TIMEOUT_S:g}; e.g. {name}=60")
 
 
 def check_config(cfg) -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import zlib
 from datetime import timedelta
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.distributed as dist
@@ -133,6 +133,7 @@ class Comm:
         self.group = group
         self.meta_out: dict[tuple[int, int], tuple[TensorMeta, ...]] = {}
         self.meta_in: dict[tuple[int, int], tuple[TensorMeta, ...]] = {}
+        self._wait_hooks: list[tuple[Callable, Callable]] = []
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -274,13 +275,24 @@ class Comm:
         return Pending(works, bufs)
 
     # -- waiting -------------------------------------------------------------------
+    def on_wait(self, begin: Callable[[int, object], None], end: Callable[[], None]) -> None:
+        """Call ``begin(peer, action)`` before each blocking wait on a peer and
+        ``end()`` after it, also when it fails (e.g. to watch for hangs)."""
+        self._wait_hooks.append((begin, end))
+
     def wait(self, works, *, peer: int, action) -> None:
         """Wait for transfers with ``peer``; PeerFailedError when it is gone."""
-        for w in works:
-            try:
-                w.wait(self.timeout)
-            except RuntimeError as e:
-                raise self._lost(peer, action, e) from e
+        for begin, _ in self._wait_hooks:
+            begin(peer, action)
+        try:
+            for w in works:
+                try:
+                    w.wait(self.timeout)
+                except RuntimeError as e:
+                    raise self._lost(peer, action, e) from e
+        finally:
+            for _, end in self._wait_hooks:
+                end()
 
     def _lost(self, peer: int, action, e: BaseException) -> PeerFailedError:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -17,12 +17,16 @@ attributes as it goes (``Progress``); the watch reads them.
    the main thread may be stuck in user code or in C, where nothing else
    reaches it).
 
-A pipeline's first step waits ``FIRST_STEP`` times longer (its handshakes and
-lazy start-up are slow). The comm's own timeout stays as a backstop,
-``BACKSTOP_S`` after the longest of those, for when the store is unreachable.
+The first step a process runs (per interpreter: training, inference) waits
+``FIRST_STEP`` times longer (its handshakes and lazy start-up are slow; also
+the first step after loading a checkpoint). Outside steps (building the model,
+loading a checkpoint) nothing is watched: the process group's timeout
+(``LaunchOptions.timeout_s``, 300 s) bounds those collectives. The comm's own
+timeout stays as a backstop, ``BACKSTOP_S`` after the first step's, for when
+the store is unreachable.
 
-Instrumentation: ``watch(pipe)`` wraps the pipeline's interpreters (their run
-and action handlers) and its comms' ``wait`` from outside, so the interpreter
+Instrumentation: ``watch(pipe)`` hooks into the pipeline's interpreters
+(``on_step``, ``wrap_actions``) and comms (``on_wait``), so the interpreter
 and comm stay unaware of it.
 """
 
@@ -38,7 +42,8 @@ from datetime import timedelta
 
 from conveyor.runtime.errors import describe
 
-__all__ = ["Progress", "watch", "format_table", "EXIT_CODE", "BACKSTOP_S"]
+__all__ = ["Progress", "watch", "format_table", "backstop_s", "EXIT_CODE", "BACKSTOP_S",
+           "FIRST_STEP"]
 
 EXIT_CODE = 75       # what every rank exits with after a hang report
 BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
@@ -63,7 +68,7 @@ class Progress:
     doing_since: float = 0.0
     peer: int | None = None
     wait_since: float = 0.0
-    timeout_s: float = 300.0  # for the step running
+    timeout_s: float = 60.0  # for the step running
 
     def row(self, rank: int, now: float) -> dict:
         if self.step is None:
@@ -182,15 +187,18 @@ def watch(pipe) -> bool:
 
 
 def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
-    run = interp.run
+    # The first step this process runs with this interpreter gets FIRST_STEP
+    # times longer, whatever pipe.steps says: after a resume from a
+    # checkpoint the step count is high but the handshakes are still ahead.
+    runs = [0]
 
-    def watched_run(*args, **kwargs):
+    def start() -> None:
         p.step, p.last, p.doing, p.peer = pipe.steps, None, None, None
-        p.timeout_s = timeout_s * (FIRST_STEP if pipe.steps == 0 else 1.0)
-        try:
-            return run(*args, **kwargs)
-        finally:
-            p.step = p.doing = p.peer = None
+        p.timeout_s = timeout_s * (FIRST_STEP if runs[0] == 0 else 1.0)
+        runs[0] += 1
+
+    def end() -> None:
+        p.step = p.doing = p.peer = None
 
     def watched(handler):
         def run_action(a):
@@ -199,21 +207,25 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
             p.last, p.doing = a, None
         return run_action
 
-    interp.run = watched_run
+    interp.on_step(start, end)
     interp.wrap_actions(watched)
 
 
 def _wrap_comm(comm, p: Progress, timeout_s: float) -> None:
-    wait = comm.wait
-    comm.timeout = timedelta(seconds=timeout_s * FIRST_STEP + BACKSTOP_S)
+    comm.timeout = timedelta(seconds=backstop_s(timeout_s))
 
-    def watched_wait(works, *, peer, action):
+    def begin(peer: int, action) -> None:
         if p.doing is None:  # the sends' wait after the last action
             p.doing, p.doing_since = action, time.monotonic()
         p.peer, p.wait_since = peer, time.monotonic()
-        try:
-            wait(works, peer=peer, action=action)
-        finally:
-            p.peer = None
 
-    comm.wait = watched_wait
+    def end() -> None:
+        p.peer = None
+
+    comm.on_wait(begin, end)
+
+
+def backstop_s(timeout_s: float) -> float:
+    """The comm's own timeout under the watch: after the longest the watch
+    allows (the first step's), so that the watch's table comes first."""
+    return timeout_s * FIRST_STEP + BACKSTOP_S

@@ -53,7 +53,10 @@ class LaunchOptions:
     """How ranks are started; all fields have working defaults.
 
     backend:    "gloo" or "nccl"; None picks NCCL when CUDA is present.
-    timeout_s:  process-group timeout: the longest any rank waits on a peer.
+    timeout_s:  process-group timeout: bounds rendezvous and every collective
+                outside a pipeline step (building the model, checkpoint
+                save/load barriers), so it is longer than a step's waits
+                (PipelineConfig.timeout_s, 60 s; 120 s on the first step).
     threads:    torch intra-op threads per rank; None: CPU count / ranks (at
                 least 1), so P ranks do not oversubscribe the cores.
     grace_s:    after the first failure, how long the launcher waits for the
