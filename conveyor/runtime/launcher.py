@@ -321,16 +321,31 @@ def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
                 read(r)
             if not messaged[r]:
                 from conveyor.runtime.hang import EXIT_CODE as HANG  # the report is printed
-                reports.append(FailureReport(
-                    rank=r, kind="cause", summary=f"rank {r} died (exit code "
-                    f"{procs[r].exitcode}) without reporting an error; look for a crash "
-                    f"(segmentation fault, out of memory, os._exit) in its output"
-                    if procs[r].exitcode != HANG else f"rank {r} stopped on a hang (exit "
-                    f"code {HANG}); the table above shows where every rank was"))
+                reports.append(FailureReport(rank=r, kind="cause",
+                                             summary=_death(r, procs[r].exitcode, HANG)))
                 failed_at = failed_at or time.monotonic()
     if reports:
         raise RankFailedError(_primary(reports), reports)
     return results
+
+
+def _death(r: int, code: int | None, hang: int) -> str:
+    """What the launcher knows of a rank that ended without a report: its exit
+    code, or the signal that ended it (negative codes)."""
+    if code == hang:
+        return (f"rank {r} stopped on a hang (exit code {hang}); the table above shows "
+                f"where every rank was")
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return (f"rank {r} was killed by signal {-code} ({name}) without reporting an error: "
+                f"something outside Python ended it (kill -9, the out-of-memory killer, a job "
+                f"scheduler, or an abort in C code, whose message is above); the other ranks "
+                f"were stopped")
+    return (f"rank {r} died (exit code {code}) without reporting an error; look for a crash "
+            f"(segmentation fault, out of memory, os._exit) in its output")
 
 
 def _primary(reports: list[FailureReport]) -> FailureReport:
