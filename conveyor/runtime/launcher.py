@@ -62,6 +62,12 @@ class LaunchOptions:
     grace_s:    after the first failure, how long the launcher waits for the
                 failing rank's report before it stops the other ranks.
     deadline_s: optional wall-clock limit for the whole local run.
+    max_restarts: local runs only: when a rank fails, stop every rank and
+                start them all again, up to this many times, as
+                ``torchrun --max-restarts`` does (each attempt sees its number
+                in TORCHELASTIC_RESTART_COUNT; see conveyor.runtime.elastic).
+                A failure every rank met identically (a bad argument) is not
+                retried. Under torchrun, pass --max-restarts to torchrun.
     """
 
     backend: str | None = None
@@ -69,6 +75,7 @@ class LaunchOptions:
     threads: int | None = None
     grace_s: float = 1.0
     deadline_s: float | None = None
+    max_restarts: int = 0
 
     def __post_init__(self) -> None:
         from conveyor.runtime.checks import check_launch_options
@@ -90,8 +97,9 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     ignored: torchrun's world size is the pipeline's P.
 
     Raises RankFailedError (locally) naming the failing rank, stage,
-    micro-batch and the original error. Under torchrun a failing rank prints
-    that report and exits with code 1.
+    micro-batch and the original error (of the last attempt, with
+    ``options.max_restarts``). Under torchrun a failing rank prints that
+    report and exits with code 1.
     """
     from conveyor.runtime.group import env_is_distributed
 
@@ -108,7 +116,18 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or not 1 <= nprocs <= MAX_P:
         raise PipelineError(f"nprocs must be an integer in 1..{MAX_P} (one process per "
                             f"pipeline rank), got {nprocs!r}")
-    return _run_local(fn, nprocs, args, kwargs, options)
+    attempt = 0
+    while True:
+        try:
+            return _run_local(fn, nprocs, args, kwargs, options, attempt)
+        except RankFailedError as e:
+            if attempt == options.max_restarts or e.report.kind == "same":
+                raise
+            # Every rank of this attempt is reaped (``_run_local``'s finally).
+            print(f"conveyor: attempt {attempt} failed: {e.report.summary}\nconveyor: "
+                  f"restarting all {nprocs} ranks ({options.max_restarts - attempt} "
+                  f"restart(s) left)", file=sys.stderr)
+            attempt += 1
 
 
 # -- torchrun ---------------------------------------------------------------------
@@ -117,6 +136,7 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
     import torch
     import torch.distributed as dist
 
+    from conveyor.runtime.elastic import join_attempt_group
     from conveyor.runtime.group import init_rank
 
     rank = int(os.environ["RANK"])
@@ -127,6 +147,7 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
+        join_attempt_group(options.backend, options.timeout_s)  # keys apart per restart
         ctx = init_rank(backend=options.backend, timeout_s=options.timeout_s,
                         launcher="torchrun")
         value = to_cpu(fn(ctx, *args, **kwargs))
@@ -187,13 +208,14 @@ def _die(report: FailureReport) -> None:
 # -- local ------------------------------------------------------------------------
 
 def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
-                options: LaunchOptions, parent_pid: int) -> None:
+                options: LaunchOptions, parent_pid: int, attempt: int = 0) -> None:
     die_with_parent(parent_pid)
     os.environ.update({
         "RANK": str(rank), "WORLD_SIZE": str(nprocs), "LOCAL_RANK": str(rank),
         "LOCAL_WORLD_SIZE": str(nprocs), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
         # The parent hosts the store (as torchrun's agent does): connect as clients.
         "TORCHELASTIC_USE_AGENT_STORE": "True", "CONVEYOR_LOCAL_CHILD": "1",
+        "TORCHELASTIC_RESTART_COUNT": str(attempt),  # as torchrun: which attempt
     })
     # Every rank is on this machine: gloo (and NCCL's bootstrap) listen on
     # loopback only, never on the address the host name resolves to.
@@ -233,7 +255,8 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
     os._exit(code)
 
 
-def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[Any]:
+def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions,
+               attempt: int = 0) -> list[Any]:
     store = loopback_store(nprocs)
     spawn = mp.get_context("spawn")
     procs, conns = [], []
@@ -244,7 +267,7 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[An
             recv_end, send_end = spawn.Pipe(duplex=False)
             p = spawn.Process(target=_child_main, name=f"conveyor-rank{r}",
                               args=(r, nprocs, store.port, fn, args, kwargs, send_end, options,
-                                    os.getpid()))
+                                    os.getpid(), attempt))
             p.start()
             send_end.close()
             procs.append(p)
