@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the tests' process helpers
+
+from tests.runtime._procs import alive, env  # noqa: E402
 SCRIPT = ROOT / "tests/runtime/_fault_script.py"
 LAUNCHERS = {
     "local": [sys.executable],
@@ -38,24 +41,15 @@ LAUNCHERS = {
 }
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def once(launcher: str, fault: str) -> tuple[float, float]:
     with tempfile.TemporaryDirectory() as d:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
         t0 = time.time()
         run = subprocess.run(LAUNCHERS[launcher] + [str(SCRIPT), fault, d, "4"], cwd=ROOT,
-                             env=env, capture_output=True, text=True, timeout=300)
+                             env=env(), capture_output=True, text=True, timeout=300)
         end = time.time()
         assert run.returncode != 0, run.stderr[-2000:]
         pids = [int(p.read_text()) for p in Path(d).glob("rank*.pid")]
-        assert len(pids) == 4 and not any(_alive(p) for p in pids), "ranks left"
+        assert len(pids) == 4 and not any(alive(p) for p in pids), "ranks left"
         fault_at = float((Path(d) / "fault_at").read_text().split()[0])
         return end - fault_at, end - t0
 

@@ -8,6 +8,8 @@ every rank.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from conveyor.errors import PipelineError
 
@@ -106,9 +108,6 @@ def check_policy(policy) -> None:
     """Raise PipelineError for a CheckpointPolicy field out of its range: a
     directory that is not a path (or is an existing file), ``every`` not an
     integer >= 1, ``keep`` outside 1..MAX_KEEP."""
-    import os
-    from pathlib import Path
-
     d = policy.dir
     if not isinstance(d, (str, os.PathLike)) or str(d) == "":
         raise PipelineError(f"dir={d!r}; give the directory for the checkpoints as a str or "
