@@ -36,6 +36,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from conveyor.errors import PipelineError
 from conveyor.runtime.checks import check_policy
 
 __all__ = ["CheckpointPolicy", "latest_checkpoint", "restart_count", "join_attempt_group"]
@@ -108,8 +109,10 @@ class CheckpointPolicy:
 
     dir:   the directory holding ``step-XXXXXXXX`` checkpoints (created on the
            first save; every rank must see the same filesystem).
-    every: save after every ``every``-th step (when ``pipe.steps`` is a
-           multiple of it), an integer >= 1.
+    every: save after every ``every``-th step (when ``pipe.steps``, which
+           counts every step, evaluate and predict call, is a multiple of
+           it), an integer >= 1; with ``PipelineConfig(accumulate=k)`` a
+           multiple of k.
     keep:  how many of the newest checkpoints stay on disk, 1..1000 (default
            2: the newest may be cut short by a crash while the one before
            stays whole). Older ones are deleted after each save, so disk use
@@ -162,7 +165,15 @@ class CheckpointPolicy:
         """Collective: after a step, save ``dir/step-XXXXXXXX`` when
         ``pipe.steps`` is a multiple of ``every``, then (rank 0) delete all
         but the newest ``keep``. Returns the checkpoint path, or None when no
-        save was due. Raises CheckpointError as ``Pipeline.save`` does."""
+        save was due. Raises CheckpointError as ``Pipeline.save`` does, and
+        PipelineError when ``every`` is not a multiple of the pipeline's
+        ``accumulate`` (a save inside an accumulation window would lose the
+        gradients gathered so far: they are not part of a checkpoint)."""
+        k = pipe.config.accumulate
+        if self.every % k:
+            raise PipelineError(f"every={self.every} is not a multiple of accumulate={k}: a "
+                                f"checkpoint inside an accumulation window would lose its "
+                                f"partial gradients; use every={self.every + k - self.every % k}")
         if pipe.steps == 0 or pipe.steps % self.every:
             return None
         path = pipe.save(self.path(pipe.steps), scheduler=scheduler)

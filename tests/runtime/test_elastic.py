@@ -167,3 +167,14 @@ def test_a_checkpoint_left_as_old_by_a_crashed_swap_counts(tmp_path):
     assert latest_checkpoint(tmp_path) == tmp_path / "step-00000010"
     prune(tmp_path, keep=1)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000010.old"]
+
+
+def test_a_save_inside_an_accumulation_window_is_refused(tmp_path):
+    from conveyor.runtime import Pipeline, PipelineConfig
+
+    pipe = Pipeline(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
+                    loss_fn=torch.nn.functional.mse_loss, optimizer=None, microbatches=1,
+                    config=PipelineConfig(accumulate=2))
+    with pytest.raises(PipelineError, match="every=5 is not a multiple of accumulate=2.*every=6"):
+        CheckpointPolicy(tmp_path, every=5).save_if_due(pipe)
+    assert CheckpointPolicy(tmp_path, every=4).save_if_due(pipe) is None  # step 0: not due
