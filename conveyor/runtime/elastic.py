@@ -39,7 +39,8 @@ from pathlib import Path
 from conveyor.errors import PipelineError
 from conveyor.runtime.checks import check_policy
 
-__all__ = ["CheckpointPolicy", "latest_checkpoint", "restart_count", "join_attempt_group"]
+__all__ = ["CheckpointPolicy", "latest_checkpoint", "restart_count", "join_attempt_group",
+           "with_restarts"]
 
 _NAME = re.compile(r"^step-(\d{8,})$")
 
@@ -52,6 +53,27 @@ def restart_count() -> int:
         return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     except ValueError:
         return 0
+
+
+def with_restarts(run, *, max_restarts: int, nprocs: int):
+    """The local launcher's restarts: ``run(attempt)`` for attempt 0, 1, ...
+    until one returns, at most ``max_restarts`` times again after a
+    RankFailedError (``run`` reaps every rank of its attempt before it
+    raises). A failure every rank met alike (a bad argument) would only
+    repeat: it is raised at once, as is the last attempt's."""
+    from conveyor.runtime.errors import RankFailedError
+
+    attempt = 0
+    while True:
+        try:
+            return run(attempt)
+        except RankFailedError as e:
+            if attempt == max_restarts or e.report.kind == "same":
+                raise
+            print(f"conveyor: attempt {attempt} failed: {e.report.summary}\nconveyor: "
+                  f"restarting all {nprocs} ranks ({max_restarts - attempt} restart(s) left)",
+                  file=sys.stderr)
+            attempt += 1
 
 
 def join_attempt_group(backend: str | None, timeout_s: float) -> bool:

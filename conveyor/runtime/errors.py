@@ -16,12 +16,14 @@ the frames of user code that raised it, and the fix where one is known.
 
 from __future__ import annotations
 
+import signal
 import traceback
 from dataclasses import asdict, dataclass
 
 from conveyor.errors import PipelineError
 
-__all__ = ["describe", "cut_of", "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport", "report_of"]
+__all__ = ["describe", "cut_of", "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport", "report_of",
+           "death_summary"]
 
 _NAMES = {"F": "forward", "B": "backward", "I": "input-gradient backward",
           "W": "weight-gradient backward", "SEND_F": "send of the output",
@@ -136,6 +138,25 @@ class RankFailedError(PipelineError):
 # conveyor's runtime, torch's module call and autograd's engine (a backward
 # that raises is reached through it).
 _NOT_USER = ("/conveyor/runtime/", "/torch/nn/modules/module.py", "/torch/autograd/")
+
+
+def death_summary(rank: int, code: int | None, hang_code: int) -> str:
+    """What a launcher can say of a rank that ended without a report: its
+    exit code, or the signal that ended it (a negative code)."""
+    if code == hang_code:
+        return (f"rank {rank} stopped on a hang (exit code {hang_code}); the table above "
+                f"shows where every rank was")
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return (f"rank {rank} was killed by signal {-code} ({name}) without reporting an "
+                f"error: something outside Python ended it (kill -9, the out-of-memory "
+                f"killer, a job scheduler, or an abort in C code, whose message is above); "
+                f"the other ranks were stopped")
+    return (f"rank {rank} died (exit code {code}) without reporting an error; look for a "
+            f"crash (segmentation fault, out of memory, os._exit) in its output")
 
 
 def _user_frames(exc: BaseException) -> str:

@@ -40,7 +40,7 @@ from multiprocessing.connection import wait as mp_wait
 from typing import Any, Callable
 
 from conveyor.errors import PipelineError
-from conveyor.runtime.errors import FailureReport, RankFailedError, report_of
+from conveyor.runtime.errors import FailureReport, RankFailedError, death_summary, report_of
 from conveyor.runtime.lifetime import (
     Signalled, die_with_parent, forward_signals, loopback_interface, loopback_store,
 )
@@ -116,18 +116,10 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or not 1 <= nprocs <= MAX_P:
         raise PipelineError(f"nprocs must be an integer in 1..{MAX_P} (one process per "
                             f"pipeline rank), got {nprocs!r}")
-    attempt = 0
-    while True:
-        try:
-            return _run_local(fn, nprocs, args, kwargs, options, attempt)
-        except RankFailedError as e:
-            if attempt == options.max_restarts or e.report.kind == "same":
-                raise
-            # Every rank of this attempt is reaped (``_run_local``'s finally).
-            print(f"conveyor: attempt {attempt} failed: {e.report.summary}\nconveyor: "
-                  f"restarting all {nprocs} ranks ({options.max_restarts - attempt} "
-                  f"restart(s) left)", file=sys.stderr)
-            attempt += 1
+    from conveyor.runtime.elastic import with_restarts
+
+    return with_restarts(lambda attempt: _run_local(fn, nprocs, args, kwargs, options, attempt),
+                         max_restarts=options.max_restarts, nprocs=nprocs)
 
 
 # -- torchrun ---------------------------------------------------------------------
@@ -345,30 +337,11 @@ def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
             if not messaged[r]:
                 from conveyor.runtime.hang import EXIT_CODE as HANG  # the report is printed
                 reports.append(FailureReport(rank=r, kind="cause",
-                                             summary=_death(r, procs[r].exitcode, HANG)))
+                                             summary=death_summary(r, procs[r].exitcode, HANG)))
                 failed_at = failed_at or time.monotonic()
     if reports:
         raise RankFailedError(_primary(reports), reports)
     return results
-
-
-def _death(r: int, code: int | None, hang: int) -> str:
-    """What the launcher knows of a rank that ended without a report: its exit
-    code, or the signal that ended it (negative codes)."""
-    if code == hang:
-        return (f"rank {r} stopped on a hang (exit code {hang}); the table above shows "
-                f"where every rank was")
-    if code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = "unknown signal"
-        return (f"rank {r} was killed by signal {-code} ({name}) without reporting an error: "
-                f"something outside Python ended it (kill -9, the out-of-memory killer, a job "
-                f"scheduler, or an abort in C code, whose message is above); the other ranks "
-                f"were stopped")
-    return (f"rank {r} died (exit code {code}) without reporting an error; look for a crash "
-            f"(segmentation fault, out of memory, os._exit) in its output")
 
 
 def _primary(reports: list[FailureReport]) -> FailureReport:
