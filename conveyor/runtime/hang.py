@@ -32,6 +32,7 @@ and comm stay unaware of it.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -111,12 +112,24 @@ class _Watch:
         # earlier attempt (its "exit") must not reach this one.
         self.key = f"conveyor/hang/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self.progress = Progress()
-        threading.Thread(target=self._loop, name="conveyor-hang-watch", daemon=True).start()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="conveyor-hang-watch",
+                                       daemon=True)
+        self.thread.start()
+        # Stop the thread before the interpreter finalises: a daemon thread
+        # that returns from a store call (C++, GIL released) during
+        # finalisation is ended by pthread_exit, whose unwinding through
+        # pybind11's frames calls std::terminate ("terminate called without
+        # an active exception"): a rank that finished would die of SIGABRT.
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5.0)
 
     def _loop(self) -> None:
         published = False
-        while True:
-            time.sleep(POLL_S)
+        while not self.stopping.wait(POLL_S):
             try:
                 if self.store.check([self.key + "exit"]):
                     os._exit(EXIT_CODE)
