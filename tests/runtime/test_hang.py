@@ -82,3 +82,24 @@ def test_a_rank_that_finishes_while_its_watch_polls_exits_cleanly(tmp_path):
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
                              text=True, timeout=60)
         assert run.returncode == 0 and "exiting" in run.stdout, run.stderr[-2000:]
+
+
+def test_the_first_step_after_a_resume_still_gets_the_first_step_allowance():
+    # After pipe.load the step count is high, but the handshakes are still
+    # ahead: the allowance follows the steps this process ran, not pipe.steps.
+    import torch
+
+    from conveyor.runtime import Pipeline
+    from conveyor.runtime.hang import FIRST_STEP, Progress, _wrap_interpreter
+
+    pipe = Pipeline(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
+                    loss_fn=torch.nn.functional.mse_loss, optimizer=None, microbatches=2)
+    p, seen = Progress(), []
+    _wrap_interpreter(pipe.interp, p, pipe, 4.0)
+    pipe.interp.after(0, lambda: seen.append(p.timeout_s))
+    pipe.steps = 10  # as pipe.load leaves it
+    x = torch.randn(4, 2)
+    for _ in range(3):
+        pipe.step(x, x)
+    assert seen == [4.0 * FIRST_STEP, 4.0, 4.0]
+    assert p.step is None  # outside a step again
