@@ -140,9 +140,10 @@ class RankFailedError(PipelineError):
 _NOT_USER = ("/conveyor/runtime/", "/torch/nn/modules/module.py", "/torch/autograd/")
 
 
-def death_summary(rank: int, code: int | None, hang_code: int) -> str:
+def death_summary(rank: int, code: int | None, hang_code: int, where: str = "") -> str:
     """What a launcher can say of a rank that ended without a report: its
-    exit code, or the signal that ended it (a negative code)."""
+    exit code, or the signal that ended it (a negative code), and ``where``
+    it was (" while busy in 2F2 (...)", see conveyor.runtime.lastwords)."""
     if code == hang_code:
         return (f"rank {rank} stopped on a hang (exit code {hang_code}); the table above "
                 f"shows where every rank was")
@@ -151,11 +152,11 @@ def death_summary(rank: int, code: int | None, hang_code: int) -> str:
             name = signal.Signals(-code).name
         except ValueError:
             name = "unknown signal"
-        return (f"rank {rank} was killed by signal {-code} ({name}) without reporting an "
-                f"error: something outside Python ended it (kill -9, the out-of-memory "
+        return (f"rank {rank} was killed by signal {-code} ({name}){where} without "
+                f"reporting an error: something outside Python ended it (kill -9, the out-of-memory "
                 f"killer, a job scheduler, or an abort in C code, whose message is above); "
                 f"the other ranks were stopped")
-    return (f"rank {rank} died (exit code {code}) without reporting an error; look for a "
+    return (f"rank {rank} died (exit code {code}){where} without reporting an error; look for a "
             f"crash (segmentation fault, out of memory, os._exit) in its output")
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from conveyor.runtime.errors import describe
+from conveyor.runtime.lastwords import LastWords
 
 __all__ = ["Progress", "watch", "format_table", "backstop_s", "EXIT_CODE", "BACKSTOP_S",
            "FIRST_STEP"]
@@ -112,6 +113,7 @@ class _Watch:
         # earlier attempt (its "exit") must not reach this one.
         self.key = f"conveyor/hang/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self.progress = Progress()
+        self.last_words = LastWords.from_env(rank)  # for a death without a report
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="conveyor-hang-watch",
                                        daemon=True)
@@ -191,15 +193,16 @@ def watch(pipe) -> bool:
     w = _the_watch(ctx.rank, ctx.world_size) if ctx.world_size > 1 else None
     if w is None:
         return False
-    p, timeout_s = w.progress, pipe.config.timeout_s
+    p, timeout_s, lw = w.progress, pipe.config.timeout_s, w.last_words
     for interp in (pipe.interp, pipe._eval_interp):
-        _wrap_interpreter(interp, p, pipe, timeout_s)
+        _wrap_interpreter(interp, p, pipe, timeout_s, lw)
     for comm in (pipe.comm, pipe._eval_comm):
-        _wrap_comm(comm, p, timeout_s)
+        _wrap_comm(comm, p, timeout_s, lw)
     return True
 
 
-def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
+def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float,
+                      lw: LastWords | None = None) -> None:
     # The first step this process runs with this interpreter gets FIRST_STEP
     # times longer, whatever pipe.steps says: after a resume from a
     # checkpoint the step count is high but the handshakes are still ahead.
@@ -212,28 +215,39 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
 
     def end() -> None:
         p.step = p.doing = p.peer = None
+        if lw is not None:
+            lw.idle()
 
     def watched(handler):
         def run_action(a):
             p.doing, p.doing_since = a, time.monotonic()
+            if lw is not None:
+                lw.busy(a)
             handler(a)
             p.last, p.doing = a, None
         return run_action
+
+    if lw is not None:
+        lw.learn(interp.row)
 
     interp.on_step(start, end)
     interp.wrap_actions(watched)
 
 
-def _wrap_comm(comm, p: Progress, timeout_s: float) -> None:
+def _wrap_comm(comm, p: Progress, timeout_s: float, lw: LastWords | None = None) -> None:
     comm.timeout = timedelta(seconds=backstop_s(timeout_s))
 
     def begin(peer: int, action) -> None:
         if p.doing is None:  # the sends' wait after the last action
             p.doing, p.doing_since = action, time.monotonic()
         p.peer, p.wait_since = peer, time.monotonic()
+        if lw is not None:
+            lw.waiting(peer, action)
 
     def end() -> None:
         p.peer = None
+        if lw is not None:
+            lw.busy(p.doing)
 
     comm.on_wait(begin, end)
 

@@ -32,8 +32,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
@@ -41,6 +43,7 @@ from typing import Any, Callable
 
 from conveyor.errors import PipelineError
 from conveyor.runtime.errors import FailureReport, RankFailedError, death_summary, report_of
+from conveyor.runtime.lastwords import ENV as LAST_WORDS, read as read_last_words
 from conveyor.runtime.lifetime import (
     Signalled, die_with_parent, forward_signals, loopback_interface, loopback_store,
 )
@@ -200,7 +203,8 @@ def _die(report: FailureReport) -> None:
 # -- local ------------------------------------------------------------------------
 
 def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
-                options: LaunchOptions, parent_pid: int, attempt: int = 0) -> None:
+                options: LaunchOptions, parent_pid: int, attempt: int = 0,
+                last_words: str = "") -> None:
     die_with_parent(parent_pid)
     os.environ.update({
         "RANK": str(rank), "WORLD_SIZE": str(nprocs), "LOCAL_RANK": str(rank),
@@ -208,6 +212,7 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
         # The parent hosts the store (as torchrun's agent does): connect as clients.
         "TORCHELASTIC_USE_AGENT_STORE": "True", "CONVEYOR_LOCAL_CHILD": "1",
         "TORCHELASTIC_RESTART_COUNT": str(attempt),  # as torchrun: which attempt
+        LAST_WORDS: last_words,  # where a rank that dies without a report was
     })
     # Every rank is on this machine: gloo (and NCCL's bootstrap) listen on
     # loopback only, never on the address the host name resolves to.
@@ -250,6 +255,7 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
 def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions,
                attempt: int = 0) -> list[Any]:
     store = loopback_store(nprocs)
+    last_words = tempfile.mkdtemp(prefix="conveyor-last-words-")
     spawn = mp.get_context("spawn")
     procs, conns = [], []
     saved = forward_signals()
@@ -259,12 +265,12 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions,
             recv_end, send_end = spawn.Pipe(duplex=False)
             p = spawn.Process(target=_child_main, name=f"conveyor-rank{r}",
                               args=(r, nprocs, store.port, fn, args, kwargs, send_end, options,
-                                    os.getpid(), attempt))
+                                    os.getpid(), attempt, last_words))
             p.start()
             send_end.close()
             procs.append(p)
             conns.append(recv_end)
-        return _collect(procs, conns, options)
+        return _collect(procs, conns, options, last_words)
     except Signalled as e:
         caught = e
         raise
@@ -272,6 +278,7 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions,
         _stop(procs)
         for c in conns:
             c.close()
+        shutil.rmtree(last_words, ignore_errors=True)
         del store
         for sig, old in saved.items():
             signal.signal(sig, old)
@@ -281,7 +288,7 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions,
             os.kill(os.getpid(), caught.signum)
 
 
-def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
+def _collect(procs, conns, options: LaunchOptions, last_words: str = "") -> list[Any]:
     n = len(procs)
     results: list[Any] = [None] * n
     finished = [False] * n   # sent its result
@@ -337,7 +344,9 @@ def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
             if not messaged[r]:
                 from conveyor.runtime.hang import EXIT_CODE as HANG  # the report is printed
                 reports.append(FailureReport(rank=r, kind="cause",
-                                             summary=death_summary(r, procs[r].exitcode, HANG)))
+                                             summary=death_summary(
+                                                 r, procs[r].exitcode, HANG,
+                                                 read_last_words(last_words, r))))
                 failed_at = failed_at or time.monotonic()
     if reports:
         raise RankFailedError(_primary(reports), reports)

@@ -19,7 +19,7 @@ from torch import nn
 from conveyor.runtime import Pipeline, PipelineConfig
 from conveyor.runtime import comm as comm_module
 
-FAULTS = ("kill", "backward", "header")
+FAULTS = ("kill", "backward", "header", "oversize")
 MB = 2  # the micro-batch the fault strikes
 
 
@@ -85,6 +85,21 @@ def _bad_header(metas, *, stage):
 _encode = comm_module.encode_meta
 
 
+def _oversize(comm):
+    """Make this rank send micro-batch MB's activation with twice the rows the
+    receiver was told (what a peer running other code might do): gloo aborts
+    the receiving process, which cannot say a word."""
+    isend = comm._isend
+
+    def send(t, dst, tag, action):
+        if action.kind == "SEND_F" and action.mb == MB and t.is_floating_point():
+            _mark("oversize")
+            t = torch.cat([t, t])
+        return isend(t, dst, tag, action)
+
+    comm._isend = send
+
+
 def fault_job(ctx, fault: str, pid_dir: str) -> int:
     """P ranks, one Linear stage each, except stage f = P // 2 which holds the
     fault layer after its Linear; the header fault is rank f-1's, at cut f-1."""
@@ -93,15 +108,19 @@ def fault_job(ctx, fault: str, pid_dir: str) -> int:
     P = ctx.world_size
     f = P // 2
     torch.manual_seed(0)
-    layer = {"kill": KillInForward, "backward": FailInBackward, "header": nn.Identity}[fault]()
+    layer = {"kill": KillInForward, "backward": FailInBackward}.get(fault, nn.Identity)()
     layers = [nn.Linear(4, 4, dtype=torch.float64) for _ in range(P)]
     layers.insert(f + 1, layer)
     if fault == "header" and ctx.rank == f - 1:
         comm_module.encode_meta = _bad_header
+    # oversize: receives posted at their own action, so the receiver is in it
+    # when gloo aborts (posted ahead, it would be in whatever action ran then).
     pipe = Pipeline(layers, loss_fn=lambda o, t: ((o - t) ** 2).mean(), optimizer=None,
                     schedule="1f1b", microbatches=4, ctx=ctx,
                     balance=[2 if s == f else 1 for s in range(P)],
-                    config=PipelineConfig(timeout_s=60))
+                    config=PipelineConfig(timeout_s=60, prepost=fault != "oversize"))
+    if fault == "oversize" and ctx.rank == f - 1:
+        _oversize(pipe.comm)
     x = torch.randn(8, 4, dtype=torch.float64)
     pipe.step(x, x)
     return 0
