@@ -1,11 +1,13 @@
 """Faults beyond a Python exception in the forward (1F1B, M=4, gloo, real
 processes; see _fault_jobs.py): at P=4 a rank SIGKILLed in its forward of
 micro-batch 2; at P=2 (cheaper, and the same code path) a custom autograd
-Function that raises in its backward of micro-batch 2, and a receive that
-gets a shape header it cannot read. Each must end every process
+Function that raises in its backward of micro-batch 2, a receive that gets a
+shape header it cannot read, and one that gets a larger tensor than announced
+(gloo aborts the receiver; the launcher names where it was from its last
+words). Each must end every process
 within 30 s of the fault, name the cause exactly once, and leave no process.
 
-The local launcher runs all three; torchrun runs the kill, the one fault where
+The local launcher runs all four; torchrun runs the kill, the one fault where
 what happens depends on the launcher (its agent sees the death and stops the
 group). The backward and the header fail as a StageError on one rank, the path
 test_failures.py already checks under torchrun. The measured times are
