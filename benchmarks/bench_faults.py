@@ -9,6 +9,8 @@ under ``torchrun --standalone --nproc-per-node 4``:
     kill      rank 2 SIGKILLs itself in its forward of micro-batch 2
     backward  a custom autograd Function raises in rank 2's backward of mb 2
     header    rank 2 gets a shape header it cannot read from rank 1
+    oversize  rank 1 sends rank 2 a larger activation than announced: gloo
+              aborts rank 2 (SIGABRT)
 
 For each it reports the median over ``runs`` of two wall times: from the
 fault (a timestamp the faulting code writes just before it strikes) to the
@@ -61,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for launcher in LAUNCHERS:
-        for fault in ("kill", "backward", "header"):
+        for fault in ("kill", "backward", "header", "oversize"):
             got = [once(launcher, fault) for _ in range(args.runs)]
             after = statistics.median(g[0] for g in got)
             whole = statistics.median(g[1] for g in got)
