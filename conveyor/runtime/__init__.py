@@ -16,6 +16,7 @@ Needs torch. See docs/runtime.md.
 """
 
 from conveyor.runtime.checkpoint_io import CheckpointError, export_state_dict
+from conveyor.runtime.elastic import CheckpointPolicy, latest_checkpoint, restart_count
 from conveyor.runtime.errors import (
     AgreementError, FailureReport, PeerFailedError, RankFailedError, StageError,
 )
@@ -29,5 +30,6 @@ __all__ = [
     "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",
     "launch", "LaunchOptions", "measure", "RankContext", "init_rank",
     "split_model", "SequentialStage", "export_state_dict", "CheckpointError",
+    "CheckpointPolicy", "latest_checkpoint", "restart_count",
     "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport",
 ]

@@ -8,13 +8,23 @@ every rank.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 from conveyor.errors import PipelineError
 
-__all__ = ["check_config", "check_callables", "check_launch_options", "MAX_TIMEOUT_S"]
+__all__ = ["check_config", "check_callables", "check_launch_options", "check_policy",
+           "MAX_TIMEOUT_S", "MAX_KEEP", "MAX_RESTARTS"]
 
 # timedelta and gloo's millisecond timeouts overflow far above this (a year).
 MAX_TIMEOUT_S = 365 * 24 * 3600.0
+MAX_KEEP = 1000      # checkpoints a CheckpointPolicy keeps: disk use stays bounded
+MAX_RESTARTS = 100   # restarts of a local launch
+
+
+def _int_in(name: str, value, lo: int, hi: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise PipelineError(f"{name}={value!r}; use an integer in {lo}..{hi} ({what})")
 
 
 def _positive_seconds(name: str, value, *, allow_none: bool = False, zero: bool = False) -> None:
@@ -26,7 +36,7 @@ def _positive_seconds(name: str, value, *, allow_none: bool = False, zero: bool 
     if not ok:
         lo = ">= 0" if zero else "> 0"
         raise PipelineError(f"{name}={value!r} is not a number of seconds {lo} and at most "
-                            f"{MAX_TIMEOUT_S:g}; e.g. {name}=300")
+                            f"{MAX_TIMEOUT_S:g}; e.g. {name}=60")
 
 
 def check_config(cfg) -> None:
@@ -86,7 +96,25 @@ def check_launch_options(options) -> None:
     if options.backend not in (None, "gloo", "nccl"):
         raise PipelineError(f"backend={options.backend!r}; use 'gloo' (CPU), 'nccl' (CUDA) "
                             f"or None (pick)")
+    _int_in("max_restarts", options.max_restarts, 0, MAX_RESTARTS,
+            "how often a failed local run restarts all its ranks, default 0")
     t = options.threads
     if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 4096):
         raise PipelineError(f"threads={t!r}; use an integer in 1..4096 or None "
                             f"(CPU count / ranks)")
+
+
+def check_policy(policy) -> None:
+    """Raise PipelineError for a CheckpointPolicy field out of its range: a
+    directory that is not a path (or is an existing file), ``every`` not an
+    integer >= 1, ``keep`` outside 1..MAX_KEEP."""
+    d = policy.dir
+    if not isinstance(d, (str, os.PathLike)) or str(d) == "":
+        raise PipelineError(f"dir={d!r}; give the directory for the checkpoints as a str or "
+                            f"Path, e.g. CheckpointPolicy('ckpt', every=500)")
+    if Path(d).exists() and not Path(d).is_dir():
+        raise PipelineError(f"dir={str(d)!r} is a file, not a directory; give a directory "
+                            f"for the step-XXXXXXXX checkpoints")
+    _int_in("every", policy.every, 1, 10**9, "save after every this many steps, e.g. 500")
+    _int_in("keep", policy.keep, 1, MAX_KEEP,
+            "how many of the newest checkpoints to keep on disk, default 2")

@@ -32,12 +32,12 @@ from __future__ import annotations
 import re
 import zlib
 from datetime import timedelta
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.distributed as dist
 
-from conveyor.runtime.errors import PeerFailedError, StageError
+from conveyor.runtime.errors import PeerFailedError, StageError, cut_of, describe
 
 __all__ = ["TensorMeta", "Comm", "encode_meta", "decode_meta", "nbytes"]
 
@@ -96,12 +96,22 @@ def encode_meta(metas: Sequence[TensorMeta], *, stage: int) -> torch.Tensor:
 
 
 def decode_meta(t: torch.Tensor) -> tuple[TensorMeta, ...]:
+    """Unpack a shape header. Raises ValueError saying what in it is not a
+    header this conveyor writes (a peer running other code, or a message
+    paired with the wrong receive)."""
     vals = t.tolist()
+    if not 0 <= vals[0] <= MAX_TENSORS:
+        raise ValueError(f"it announces {vals[0]} tensors (at most {MAX_TENSORS})")
     metas = []
     for i in range(int(vals[0])):
         base = 1 + i * _FIELDS
         code, rg, ndim = vals[base:base + 3]
-        metas.append(TensorMeta(tuple(vals[base + 3:base + 3 + ndim]), _DTYPES[code], bool(rg)))
+        dims = vals[base + 3:base + 3 + ndim] if 0 <= ndim <= MAX_DIMS else None
+        if not 0 <= code < len(_DTYPES) or rg not in (0, 1) or dims is None \
+                or any(d < 0 for d in dims):
+            raise ValueError(f"tensor {i}: dtype code {code}, requires_grad {rg}, {ndim} "
+                             f"dimensions {dims} is not a tensor description")
+        metas.append(TensorMeta(tuple(dims), _DTYPES[code], bool(rg)))
     return tuple(metas)
 
 
@@ -134,6 +144,7 @@ class Comm:
         self.group = group
         self.meta_out: dict[tuple[int, int], tuple[TensorMeta, ...]] = {}
         self.meta_in: dict[tuple[int, int], tuple[TensorMeta, ...]] = {}
+        self._wait_hooks: list[tuple[Callable, Callable]] = []
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -223,7 +234,15 @@ class Comm:
         except RuntimeError as e:
             raise self._lost(src, action, e) from e
         self.wait([work], peer=src, action=action)
-        metas = decode_meta(buf.cpu())
+        try:
+            metas = decode_meta(buf.cpu())
+        except ValueError as e:
+            raise StageError(
+                f"rank {self.rank} cannot read the shape header rank {src} sent{cut_of(action)} "
+                f"for {describe(action)}: {e}; both ranks must run the same conveyor and the "
+                f"same schedule (on NCCL, or with strict_order, a misordered lowering pairs a "
+                f"message with the wrong receive)", rank=self.rank, stage=cut + 1,
+                mb=getattr(action, "mb", None), action=action) from e
         self.meta_in[(cut, size)] = metas
         return metas
 
@@ -276,19 +295,30 @@ class Comm:
         return Pending(works, bufs)
 
     # -- waiting -------------------------------------------------------------------
+    def on_wait(self, begin: Callable[[int, object], None], end: Callable[[], None]) -> None:
+        """Call ``begin(peer, action)`` before each blocking wait on a peer and
+        ``end()`` after it, also when it fails (e.g. to watch for hangs)."""
+        self._wait_hooks.append((begin, end))
+
     def wait(self, works, *, peer: int, action) -> None:
         """Wait for transfers with ``peer``; PeerFailedError when it is gone."""
-        for w in works:
-            try:
-                w.wait(self.timeout)
-            except RuntimeError as e:
-                raise self._lost(peer, action, e) from e
+        for begin, _ in self._wait_hooks:
+            begin(peer, action)
+        try:
+            for w in works:
+                try:
+                    w.wait(self.timeout)
+                except RuntimeError as e:
+                    raise self._lost(peer, action, e) from e
+        finally:
+            for _, end in self._wait_hooks:
+                end()
 
     def _lost(self, peer: int, action, e: BaseException) -> PeerFailedError:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         # gloo prefixes its source location: "[.../pair.cc:553] Connection closed ..."
         first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]
-        what = f" in {action}" if action is not None else ""
+        what = f" in {describe(action)}{cut_of(action)}" if action is not None else ""
         if "timed out" in first.lower():
             return PeerFailedError(
                 f"rank {self.rank} stopped{what}: rank {peer} sent nothing for "
@@ -297,7 +327,8 @@ class Comm:
                 rank=self.rank, peer=peer, action=action)
         return PeerFailedError(
             f"rank {self.rank} stopped{what}: lost rank {peer} ({first[:160]}); the failing "
-            f"rank reports the cause", rank=self.rank, peer=peer, action=action)
+            f"rank reports the cause (or, if it died without a word, the launcher)",
+            rank=self.rank, peer=peer, action=action)
 
 
 _use_count = getattr(torch._C, "_storage_Use_Count", None)

@@ -16,17 +16,32 @@ the frames of user code that raised it, and the fix where one is known.
 
 from __future__ import annotations
 
+import signal
 import traceback
 from dataclasses import asdict, dataclass
 
 from conveyor.errors import PipelineError
 
-__all__ = ["StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport", "report_of"]
+__all__ = ["describe", "cut_of", "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport", "report_of",
+           "death_summary"]
 
 _NAMES = {"F": "forward", "B": "backward", "I": "input-gradient backward",
           "W": "weight-gradient backward", "SEND_F": "send of the output",
           "RECV_F": "receive of the input", "SEND_B": "send of the input gradient",
           "RECV_B": "receive of the output gradient"}
+
+
+def cut_of(action) -> str:
+    """The cut a transfer action crosses: ``" on cut 1 (stage 1 -> stage 2)"``
+    for 2RECV_F0 or 1SEND_F0, etc.; "" for compute actions (and None)."""
+    kind = getattr(action, "kind", None)
+    if kind in ("RECV_F", "SEND_B"):
+        c = action.stage - 1
+    elif kind in ("SEND_F", "RECV_B"):
+        c = action.stage
+    else:
+        return ""
+    return f" on cut {c} (stage {c} -> stage {c + 1})"
 
 
 def describe(action) -> str:
@@ -119,14 +134,39 @@ class RankFailedError(PipelineError):
         super().__init__(report.text())
 
 
+# Frames that are the machinery between the user's code and the failure:
+# conveyor's runtime, torch's module call and autograd's engine (a backward
+# that raises is reached through it).
+_NOT_USER = ("/conveyor/runtime/", "/torch/nn/modules/module.py", "/torch/autograd/")
+
+
+def death_summary(rank: int, code: int | None, hang_code: int, where: str = "") -> str:
+    """What a launcher can say of a rank that ended without a report: its
+    exit code, or the signal that ended it (a negative code), and ``where``
+    it was (" while busy in 2F2 (...)", see conveyor.runtime.lastwords)."""
+    if code == hang_code:
+        return (f"rank {rank} stopped on a hang (exit code {hang_code}); the table above "
+                f"shows where every rank was")
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "unknown signal"
+        return (f"rank {rank} was killed by signal {-code} ({name}){where} without "
+                f"reporting an error: something outside Python ended it (kill -9, the out-of-memory "
+                f"killer, a job scheduler, or an abort in C code, whose message is above); "
+                f"the other ranks were stopped")
+    return (f"rank {rank} died (exit code {code}){where} without reporting an error; look for a "
+            f"crash (segmentation fault, out of memory, os._exit) in its output")
+
+
 def _user_frames(exc: BaseException) -> str:
     """The traceback frames of ``exc`` minus torch's and conveyor's own wrappers,
     without the final "Type: message" line (the summary already says it, and the
     original error must be printed once)."""
     frames = traceback.extract_tb(exc.__traceback__)
-    keep = [f for f in frames
-            if "/conveyor/runtime/" not in f.filename.replace("\\", "/")
-            and "/torch/nn/modules/module.py" not in f.filename.replace("\\", "/")]
+    keep = [f for f in frames if not any(part in f.filename.replace("\\", "/")
+                                         for part in _NOT_USER)]
     if not keep:
         return ""
     return "".join(traceback.format_list(keep)).rstrip()

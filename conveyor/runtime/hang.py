@@ -17,17 +17,22 @@ attributes as it goes (``Progress``); the watch reads them.
    the main thread may be stuck in user code or in C, where nothing else
    reaches it).
 
-A pipeline's first step waits ``FIRST_STEP`` times longer (its handshakes and
-lazy start-up are slow). The comm's own timeout stays as a backstop,
-``BACKSTOP_S`` after the longest of those, for when the store is unreachable.
+The first step a process runs (per interpreter: training, inference) waits
+``FIRST_STEP`` times longer (its handshakes and lazy start-up are slow; also
+the first step after loading a checkpoint). Outside steps (building the model,
+loading a checkpoint) nothing is watched: the process group's timeout
+(``LaunchOptions.timeout_s``, 300 s) bounds those collectives. The comm's own
+timeout stays as a backstop, ``BACKSTOP_S`` after the first step's, for when
+the store is unreachable.
 
-Instrumentation: ``watch(pipe)`` wraps the pipeline's interpreters (their run
-and action handlers) and its comms' ``wait`` from outside, so the interpreter
+Instrumentation: ``watch(pipe)`` hooks into the pipeline's interpreters
+(``on_step``, ``wrap_actions``) and comms (``on_wait``), so the interpreter
 and comm stay unaware of it.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -37,8 +42,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from conveyor.runtime.errors import describe
+from conveyor.runtime.lastwords import LastWords
 
-__all__ = ["Progress", "watch", "format_table", "EXIT_CODE", "BACKSTOP_S"]
+__all__ = ["Progress", "watch", "format_table", "backstop_s", "EXIT_CODE", "BACKSTOP_S",
+           "FIRST_STEP"]
 
 EXIT_CODE = 75       # what every rank exits with after a hang report
 BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
@@ -63,7 +70,7 @@ class Progress:
     doing_since: float = 0.0
     peer: int | None = None
     wait_since: float = 0.0
-    timeout_s: float = 300.0  # for the step running
+    timeout_s: float = 60.0  # for the step running
 
     def row(self, rank: int, now: float) -> dict:
         if self.step is None:
@@ -106,12 +113,25 @@ class _Watch:
         # earlier attempt (its "exit") must not reach this one.
         self.key = f"conveyor/hang/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
         self.progress = Progress()
-        threading.Thread(target=self._loop, name="conveyor-hang-watch", daemon=True).start()
+        self.last_words = LastWords.from_env(rank)  # for a death without a report
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="conveyor-hang-watch",
+                                       daemon=True)
+        self.thread.start()
+        # Stop the thread before the interpreter finalises: a daemon thread
+        # that returns from a store call (C++, GIL released) during
+        # finalisation is ended by pthread_exit, whose unwinding through
+        # pybind11's frames calls std::terminate ("terminate called without
+        # an active exception"): a rank that finished would die of SIGABRT.
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=5.0)
 
     def _loop(self) -> None:
         published = False
-        while True:
-            time.sleep(POLL_S)
+        while not self.stopping.wait(POLL_S):
             try:
                 if self.store.check([self.key + "exit"]):
                     os._exit(EXIT_CODE)
@@ -174,47 +194,66 @@ def watch(pipe) -> bool:
     w = _the_watch(ctx.global_rank, ctx.global_size) if ctx.global_size > 1 else None
     if w is None:
         return False
-    p, timeout_s = w.progress, pipe.config.timeout_s
+    p, timeout_s, lw = w.progress, pipe.config.timeout_s, w.last_words
     for interp in (pipe.interp, pipe._eval_interp):
-        _wrap_interpreter(interp, p, pipe, timeout_s)
+        _wrap_interpreter(interp, p, pipe, timeout_s, lw)
     for comm in (pipe.comm, pipe._eval_comm):
-        _wrap_comm(comm, p, timeout_s)
+        _wrap_comm(comm, p, timeout_s, lw)
     return True
 
 
-def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float) -> None:
-    run = interp.run
+def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float,
+                      lw: LastWords | None = None) -> None:
+    # The first step this process runs with this interpreter gets FIRST_STEP
+    # times longer, whatever pipe.steps says: after a resume from a
+    # checkpoint the step count is high but the handshakes are still ahead.
+    runs = [0]
 
-    def watched_run(*args, **kwargs):
+    def start() -> None:
         p.step, p.last, p.doing, p.peer = pipe.steps, None, None, None
-        p.timeout_s = timeout_s * (FIRST_STEP if pipe.steps == 0 else 1.0)
-        try:
-            return run(*args, **kwargs)
-        finally:
-            p.step = p.doing = p.peer = None
+        p.timeout_s = timeout_s * (FIRST_STEP if runs[0] == 0 else 1.0)
+        runs[0] += 1
+
+    def end() -> None:
+        p.step = p.doing = p.peer = None
+        if lw is not None:
+            lw.idle()
 
     def watched(handler):
         def run_action(a):
             p.doing, p.doing_since = a, time.monotonic()
+            if lw is not None:
+                lw.busy(a)
             handler(a)
             p.last, p.doing = a, None
         return run_action
 
-    interp.run = watched_run
+    if lw is not None:
+        lw.learn(interp.row)
+
+    interp.on_step(start, end)
     interp.wrap_actions(watched)
 
 
-def _wrap_comm(comm, p: Progress, timeout_s: float) -> None:
-    wait = comm.wait
-    comm.timeout = timedelta(seconds=timeout_s * FIRST_STEP + BACKSTOP_S)
+def _wrap_comm(comm, p: Progress, timeout_s: float, lw: LastWords | None = None) -> None:
+    comm.timeout = timedelta(seconds=backstop_s(timeout_s))
 
-    def watched_wait(works, *, peer, action):
+    def begin(peer: int, action) -> None:
         if p.doing is None:  # the sends' wait after the last action
             p.doing, p.doing_since = action, time.monotonic()
         p.peer, p.wait_since = peer, time.monotonic()
-        try:
-            wait(works, peer=peer, action=action)
-        finally:
-            p.peer = None
+        if lw is not None:
+            lw.waiting(peer, action)
 
-    comm.wait = watched_wait
+    def end() -> None:
+        p.peer = None
+        if lw is not None:
+            lw.busy(p.doing)
+
+    comm.on_wait(begin, end)
+
+
+def backstop_s(timeout_s: float) -> float:
+    """The comm's own timeout under the watch: after the longest the watch
+    allows (the first step's), so that the watch's table comes first."""
+    return timeout_s * FIRST_STEP + BACKSTOP_S

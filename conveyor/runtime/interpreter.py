@@ -109,6 +109,7 @@ class Interpreter(Transfers):
                           W: self._weight_grad, SEND_F: self._send_f, RECV_F: self._recv_f,
                           SEND_B: self._send_b, RECV_B: self._recv_b}
         self._dispatch = tuple(self._handlers[a.kind] for a in self.row)
+        self._step_hooks: list[tuple[Callable[[], None], Callable[[], None]]] = []
 
     # -- extension points ----------------------------------------------------------
     def wrap_actions(self, wrapper: Callable[[Callable[[Action], None]], Callable]) -> None:
@@ -131,6 +132,11 @@ class Interpreter(Transfers):
 
         self._dispatch = self._dispatch[:index] + (run_then,) + self._dispatch[index + 1:]
 
+    def on_step(self, start: Callable[[], None], end: Callable[[], None]) -> None:
+        """Call ``start()`` as each step (``run``) begins and ``end()`` as it
+        ends, also when it fails (e.g. to watch for hangs)."""
+        self._step_hooks.append((start, end))
+
     # -- the loop ------------------------------------------------------------------
     def run(self, data: StepData, *, recorder: Recorder | None = None,
             memory: ActivationMemory | None = None) -> tuple[torch.Tensor | None, dict]:
@@ -140,6 +146,8 @@ class Interpreter(Transfers):
         self.inp, self.out, self.gout, self.gin, self.wpend = {}, {}, {}, {}, {}
         self.outputs: dict[int, Any] = {}
         self.loss = None
+        for start, _ in self._step_hooks:
+            start()
         self._start_transfers()
         clock = time.perf_counter
         limit, release, row = self.plan.post_limit, self.plan.release_after, self.row
@@ -161,6 +169,8 @@ class Interpreter(Transfers):
             # Drop this step's tensors (the batch, unsent buffers) between steps.
             self._end_transfers()
             self.data = None
+            for _, end in self._step_hooks:
+                end()
         return self.loss, self.outputs
 
     # -- helpers -------------------------------------------------------------------

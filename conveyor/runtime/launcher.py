@@ -32,15 +32,18 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
 from typing import Any, Callable
 
 from conveyor.errors import PipelineError
-from conveyor.runtime.errors import FailureReport, RankFailedError, report_of
+from conveyor.runtime.errors import FailureReport, RankFailedError, death_summary, report_of
+from conveyor.runtime.lastwords import ENV as LAST_WORDS, read as read_last_words
 from conveyor.runtime.lifetime import (
     Signalled, die_with_parent, forward_signals, loopback_interface, loopback_store,
 )
@@ -53,12 +56,21 @@ class LaunchOptions:
     """How ranks are started; all fields have working defaults.
 
     backend:    "gloo" or "nccl"; None picks NCCL when CUDA is present.
-    timeout_s:  process-group timeout: the longest any rank waits on a peer.
+    timeout_s:  process-group timeout: bounds rendezvous and every collective
+                outside a pipeline step (building the model, checkpoint
+                save/load barriers), so it is longer than a step's waits
+                (PipelineConfig.timeout_s, 60 s; 120 s on the first step).
     threads:    torch intra-op threads per rank; None: CPU count / ranks (at
                 least 1), so P ranks do not oversubscribe the cores.
     grace_s:    after the first failure, how long the launcher waits for the
                 failing rank's report before it stops the other ranks.
     deadline_s: optional wall-clock limit for the whole local run.
+    max_restarts: local runs only: when a rank fails, stop every rank and
+                start them all again, up to this many times, as
+                ``torchrun --max-restarts`` does (each attempt sees its number
+                in TORCHELASTIC_RESTART_COUNT; see conveyor.runtime.elastic).
+                A failure every rank met identically (a bad argument) is not
+                retried. Under torchrun, pass --max-restarts to torchrun.
     """
 
     backend: str | None = None
@@ -66,6 +78,7 @@ class LaunchOptions:
     threads: int | None = None
     grace_s: float = 1.0
     deadline_s: float | None = None
+    max_restarts: int = 0
 
     def __post_init__(self) -> None:
         from conveyor.runtime.checks import check_launch_options
@@ -91,8 +104,9 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     ignored: torchrun's world size is the pipeline's P.
 
     Raises RankFailedError (locally) naming the failing rank, stage,
-    micro-batch and the original error. Under torchrun a failing rank prints
-    that report and exits with code 1.
+    micro-batch and the original error (of the last attempt, with
+    ``options.max_restarts``). Under torchrun a failing rank prints that
+    report and exits with code 1.
     """
     from conveyor.runtime.group import env_is_distributed
 
@@ -109,7 +123,10 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or not 1 <= nprocs <= MAX_P:
         raise PipelineError(f"nprocs must be an integer in 1..{MAX_P} (one process per "
                             f"pipeline rank), got {nprocs!r}")
-    return _run_local(fn, nprocs, args, kwargs, options)
+    from conveyor.runtime.elastic import with_restarts
+
+    return with_restarts(lambda attempt: _run_local(fn, nprocs, args, kwargs, options, attempt),
+                         max_restarts=options.max_restarts, nprocs=nprocs)
 
 
 # -- torchrun ---------------------------------------------------------------------
@@ -118,6 +135,7 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
     import torch
     import torch.distributed as dist
 
+    from conveyor.runtime.elastic import join_attempt_group
     from conveyor.runtime.group import init_rank
 
     rank = int(os.environ["RANK"])
@@ -128,6 +146,7 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
+        join_attempt_group(options.backend, options.timeout_s)  # keys apart per restart
         ctx = init_rank(backend=options.backend, timeout_s=options.timeout_s,
                         launcher="torchrun")
         value = to_cpu(fn(ctx, *args, **kwargs))
@@ -188,13 +207,16 @@ def _die(report: FailureReport) -> None:
 # -- local ------------------------------------------------------------------------
 
 def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
-                options: LaunchOptions, parent_pid: int) -> None:
+                options: LaunchOptions, parent_pid: int, attempt: int = 0,
+                last_words: str = "") -> None:
     die_with_parent(parent_pid)
     os.environ.update({
         "RANK": str(rank), "WORLD_SIZE": str(nprocs), "LOCAL_RANK": str(rank),
         "LOCAL_WORLD_SIZE": str(nprocs), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
         # The parent hosts the store (as torchrun's agent does): connect as clients.
         "TORCHELASTIC_USE_AGENT_STORE": "True", "CONVEYOR_LOCAL_CHILD": "1",
+        "TORCHELASTIC_RESTART_COUNT": str(attempt),  # as torchrun: which attempt
+        LAST_WORDS: last_words,  # where a rank that dies without a report was
     })
     # Every rank is on this machine: gloo (and NCCL's bootstrap) listen on
     # loopback only, never on the address the host name resolves to.
@@ -234,8 +256,10 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
     os._exit(code)
 
 
-def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[Any]:
+def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions,
+               attempt: int = 0) -> list[Any]:
     store = loopback_store(nprocs)
+    last_words = tempfile.mkdtemp(prefix="conveyor-last-words-")
     spawn = mp.get_context("spawn")
     procs, conns = [], []
     saved = forward_signals()
@@ -245,12 +269,12 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[An
             recv_end, send_end = spawn.Pipe(duplex=False)
             p = spawn.Process(target=_child_main, name=f"conveyor-rank{r}",
                               args=(r, nprocs, store.port, fn, args, kwargs, send_end, options,
-                                    os.getpid()))
+                                    os.getpid(), attempt, last_words))
             p.start()
             send_end.close()
             procs.append(p)
             conns.append(recv_end)
-        return _collect(procs, conns, options)
+        return _collect(procs, conns, options, last_words)
     except Signalled as e:
         caught = e
         raise
@@ -258,6 +282,7 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[An
         _stop(procs)
         for c in conns:
             c.close()
+        shutil.rmtree(last_words, ignore_errors=True)
         del store
         for sig, old in saved.items():
             signal.signal(sig, old)
@@ -267,7 +292,7 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions) -> list[An
             os.kill(os.getpid(), caught.signum)
 
 
-def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
+def _collect(procs, conns, options: LaunchOptions, last_words: str = "") -> list[Any]:
     n = len(procs)
     results: list[Any] = [None] * n
     finished = [False] * n   # sent its result
@@ -322,12 +347,10 @@ def _collect(procs, conns, options: LaunchOptions) -> list[Any]:
                 read(r)
             if not messaged[r]:
                 from conveyor.runtime.hang import EXIT_CODE as HANG  # the report is printed
-                reports.append(FailureReport(
-                    rank=r, kind="cause", summary=f"rank {r} died (exit code "
-                    f"{procs[r].exitcode}) without reporting an error; look for a crash "
-                    f"(segmentation fault, out of memory, os._exit) in its output"
-                    if procs[r].exitcode != HANG else f"rank {r} stopped on a hang (exit "
-                    f"code {HANG}); the table above shows where every rank was"))
+                reports.append(FailureReport(rank=r, kind="cause",
+                                             summary=death_summary(
+                                                 r, procs[r].exitcode, HANG,
+                                                 read_last_words(last_words, r))))
                 failed_at = failed_at or time.monotonic()
     if reports:
         raise RankFailedError(_primary(reports), reports)

@@ -70,7 +70,12 @@ class PipelineConfig:
                     override per call).
     track_memory:   count the activation bytes held for backward (peak per
                     rank); None: only on recorded steps.
-    timeout_s:      longest wait on a peer before the rank gives up.
+    timeout_s:      longest wait on a peer inside a step before every rank
+                    reports its position and exits (see hang.py); the first
+                    step a process runs gets twice that (handshakes, lazy
+                    start-up, the first step after a checkpoint load).
+                    Building the model and loading checkpoints happen
+                    outside steps, bounded by LaunchOptions.timeout_s.
     prepost:        post receives before the compute that precedes them, to
                     overlap transfer and compute; None: on for gloo, off for
                     NCCL (which matches messages in order, not by tag).
@@ -103,7 +108,7 @@ class PipelineConfig:
     loss_reduction: str = "mean"
     record: bool = False
     track_memory: bool | None = None
-    timeout_s: float = 300.0
+    timeout_s: float = 60.0
     prepost: bool | None = None
     clock_rounds: int = 8
     strict_order: bool = False

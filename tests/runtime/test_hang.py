@@ -57,3 +57,49 @@ def check_report(err_text: str, pid_dir) -> None:
         assert m and abs(int(m.group(1)) - r) == 1, rows[r]
     pids = [int((pid_dir / f"rank{r}.pid").read_text()) for r in range(4)]
     assert not any(alive(p) for p in pids)
+
+
+EXIT_SCRIPT = """
+import torch.distributed as dist
+from conveyor.runtime import hang
+hang.POLL_S = 0.0  # the watch polls without pause: it is nearly always inside a store call
+server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+client = dist.TCPStore("127.0.0.1", server.port, is_master=False)
+hang._Watch(0, 2, client)
+print("exiting")
+"""
+
+
+def test_a_rank_that_finishes_while_its_watch_polls_exits_cleanly(tmp_path):
+    # A daemon thread inside a C++ store call when the interpreter finalises
+    # is ended by pthread_exit, and std::terminate aborts the process (exit
+    # -6): ranks that had finished died of SIGABRT under torchrun. The watch
+    # is stopped at exit now; without that this fails nearly every time.
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    for _ in range(2):
+        run = subprocess.run([sys.executable, str(script)], cwd=ROOT,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                             text=True, timeout=60)
+        assert run.returncode == 0 and "exiting" in run.stdout, run.stderr[-2000:]
+
+
+def test_the_first_step_after_a_resume_still_gets_the_first_step_allowance():
+    # After pipe.load the step count is high, but the handshakes are still
+    # ahead: the allowance follows the steps this process ran, not pipe.steps.
+    import torch
+
+    from conveyor.runtime import Pipeline
+    from conveyor.runtime.hang import FIRST_STEP, Progress, _wrap_interpreter
+
+    pipe = Pipeline(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
+                    loss_fn=torch.nn.functional.mse_loss, optimizer=None, microbatches=2)
+    p, seen = Progress(), []
+    _wrap_interpreter(pipe.interp, p, pipe, 4.0)
+    pipe.interp.after(0, lambda: seen.append(p.timeout_s))
+    pipe.steps = 10  # as pipe.load leaves it
+    x = torch.randn(4, 2)
+    for _ in range(3):
+        pipe.step(x, x)
+    assert seen == [4.0 * FIRST_STEP, 4.0, 4.0]
+    assert p.step is None  # outside a step again

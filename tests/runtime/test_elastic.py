@@ -1,0 +1,180 @@
+"""Elastic restart: a killed rank restarts the group, which resumes from the
+newest checkpoint by itself, also at another P (gloo, real processes).
+
+The script (_elastic_jobs.py) trains 12 steps with a checkpoint every 5, keep
+2; on its first attempt rank 1 SIGKILLs itself before step 7. The restarted
+group resumes at step 5. Its losses and final weights must equal, bit for
+bit, those of an uninterrupted run (float64); every process of every attempt
+must be gone when the launcher returns.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conveyor.errors import PipelineError
+from conveyor.runtime import CheckpointPolicy, LaunchOptions, RankContext, launch
+from conveyor.runtime.elastic import latest_checkpoint, prune
+from tests.runtime._elastic_jobs import elastic_job, merged
+from tests.runtime._procs import ROOT, alive, env
+
+STEPS, KILL_AT = 12, 7
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    """The uninterrupted run, in this process (P=1: the checkpoint tests show
+    a pipeline's arithmetic does not depend on P)."""
+    single = RankContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"),
+                         backend="none", launcher="single")
+    return elastic_job(single, str(tmp_path_factory.mktemp("reference")), STEPS)
+
+
+def steps_logged(out: Path) -> list[tuple[int, int, int, float]]:
+    rows = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    return [(r["attempt"], r["P"], r["step"], r["loss"]) for r in rows]
+
+
+def no_rank_left(out: Path, attempts: int) -> None:
+    pids = {p.name: int(p.read_text()) for p in (out / "pids").iterdir()}
+    assert {n.split("-")[0] for n in pids} == {f"a{a}" for a in range(attempts)}, pids
+    assert not [n for n, p in pids.items() if alive(p)], "a rank outlived its launcher"
+
+
+def same_as_reference(run: dict, ref: dict, first: int) -> None:
+    assert run["resumed"] == first
+    assert {int(k): v for k, v in run["losses"].items()} == \
+        {k: v for k, v in ref["losses"].items() if k >= first}
+    assert run["weights"] == ref["weights"]  # every weight, exactly
+
+
+@pytest.mark.runtime
+def test_torchrun_restarts_the_group_which_resumes_from_the_checkpoint(tmp_path, reference):
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc-per-node", "2", "--max-restarts", "1",
+                          str(ROOT / "tests/runtime/_elastic_script.py"), str(tmp_path),
+                          str(STEPS), str(KILL_AT)], cwd=ROOT, env=env(), capture_output=True,
+                         text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    no_rank_left(tmp_path, attempts=2)
+    logged = steps_logged(tmp_path)
+    # Attempt 0 ran steps 0..6 and died at 7; attempt 1 redid 5 and 6.
+    assert [(a, k) for a, _, k, _ in logged] == \
+        [(0, k) for k in range(KILL_AT)] + [(1, k) for k in range(5, STEPS)]
+    assert all(loss == reference["losses"][k] for _, _, k, loss in logged)
+    same_as_reference(json.loads((tmp_path / "result.json").read_text()), reference, first=5)
+    assert "resumed from" in run.stderr and "step-00000005 (step 5)" in run.stderr
+    # keep=2: of the checkpoints at 5 and 10, both stay; nothing else is left.
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == \
+        ["step-00000005", "step-00000010"]
+
+
+@pytest.mark.runtime
+def test_a_smaller_world_reshards_and_the_local_launcher_restarts(tmp_path, reference, capfd):
+    # P=4 trains 10 steps (checkpoints at 5 and 10).
+    four = merged(launch(elastic_job, nprocs=4, args=(str(tmp_path), 10)))
+    assert four["resumed"] is None
+    # The same script at P=2 re-plans for 2 ranks and resumes at step 10 from
+    # P=4's checkpoint; on its first attempt rank 1 is killed before step 11,
+    # the launcher restarts both ranks, which resume at 10 again and finish.
+    two = merged(launch(elastic_job, nprocs=2, args=(str(tmp_path), STEPS, 11),
+                        options=LaunchOptions(max_restarts=1)))
+    err = capfd.readouterr().err
+    assert "attempt 0 failed: rank 1 was killed by signal 9 (SIGKILL)" in err
+    assert "restarting all 2 ranks (1 restart(s) left)" in err
+    assert err.count("saved at P=4, re-cut for P=2") == 2  # once per attempt
+    assert two["attempt"] == 1 and two["saved_P"] == 4 and two["P"] == 2
+    assert two["resumed_weights"] == four["weights"]  # exactly what P=4 saved
+    same_as_reference(two, reference, first=10)
+    assert {int(k): v for k, v in four["losses"].items()} == \
+        {k: v for k, v in reference["losses"].items() if k < 10}
+    no_rank_left(tmp_path, attempts=2)
+
+
+@pytest.mark.runtime
+def test_a_failure_every_rank_meets_alike_is_not_restarted(capfd):
+    with pytest.raises(Exception, match="M must be a positive integer"):
+        launch(_bad_argument_job, nprocs=1, options=LaunchOptions(max_restarts=3))
+    assert "restarting" not in capfd.readouterr().err
+
+
+def _bad_argument_job(ctx):
+    from conveyor.runtime import Pipeline
+
+    Pipeline(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
+             loss_fn=torch.nn.functional.mse_loss, optimizer=None, microbatches=0, ctx=ctx)
+
+
+# -- the policy's arguments and retention, no processes -------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"dir": None, "every": 5}, "dir=None"),
+    ({"dir": "", "every": 5}, "dir=''"),
+    ({"dir": "ckpt", "every": 0}, "every=0"),
+    ({"dir": "ckpt", "every": 2.5}, "every=2.5"),
+    ({"dir": "ckpt", "every": True}, "every=True"),
+    ({"dir": "ckpt", "every": 5, "keep": 0}, "keep=0"),
+    ({"dir": "ckpt", "every": 5, "keep": None}, "keep=None"),
+    ({"dir": "ckpt", "every": 5, "keep": 10**6}, r"keep=1000000; use an integer in 1\.\.1000"),
+])
+def test_bad_policy_arguments_name_the_value(kwargs, match):
+    with pytest.raises(PipelineError, match=match):
+        CheckpointPolicy(**kwargs)
+
+
+def test_a_file_where_the_directory_goes_is_refused(tmp_path):
+    (tmp_path / "f").write_text("")
+    with pytest.raises(PipelineError, match="is a file, not a directory"):
+        CheckpointPolicy(tmp_path / "f", every=1)
+
+
+@pytest.mark.parametrize("value, match", [(-1, "max_restarts=-1"), (101, "max_restarts=101"),
+                                          (1.0, "max_restarts=1.0")])
+def test_bad_max_restarts(value, match):
+    with pytest.raises(PipelineError, match=match):
+        LaunchOptions(max_restarts=value)
+
+
+def _fake(d: Path, name: str, complete: bool = True) -> None:
+    (d / name).mkdir(parents=True)
+    if complete:
+        (d / name / "manifest.json").write_text("{}")
+
+
+def test_retention_keeps_the_newest_and_clears_leftovers(tmp_path):
+    assert latest_checkpoint(tmp_path / "none") is None
+    for k in (5, 10, 15, 20):
+        _fake(tmp_path, f"step-{k:08d}")
+    _fake(tmp_path, "step-00000025.tmp", complete=False)   # a save that crashed
+    _fake(tmp_path, "step-00000001.del", complete=False)   # a delete that crashed
+    _fake(tmp_path, "notes")                                # not ours: untouched
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000020"
+    gone = prune(tmp_path, keep=2)
+    assert [p.name for p in gone] == ["step-00000005", "step-00000010"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == \
+        ["notes", "step-00000015", "step-00000020"]
+
+
+def test_a_checkpoint_left_as_old_by_a_crashed_swap_counts(tmp_path):
+    _fake(tmp_path, "step-00000005")
+    _fake(tmp_path, "step-00000010.old")  # crash between the two renames of a re-save
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000010"
+    prune(tmp_path, keep=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000010.old"]
+
+
+def test_a_save_inside_an_accumulation_window_is_refused(tmp_path):
+    from conveyor.runtime import Pipeline, PipelineConfig
+
+    pipe = Pipeline(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
+                    loss_fn=torch.nn.functional.mse_loss, optimizer=None, microbatches=1,
+                    config=PipelineConfig(accumulate=2))
+    with pytest.raises(PipelineError, match="every=5 is not a multiple of accumulate=2.*every=6"):
+        CheckpointPolicy(tmp_path, every=5).save_if_due(pipe)
+    assert CheckpointPolicy(tmp_path, every=4).save_if_due(pipe) is None  # step 0: not due
