@@ -101,13 +101,20 @@ def _run_rank(ctx, configs, steps, warmup):
     y = torch.randn(BATCH, NARROW, generator=torch.Generator().manual_seed(1))
     times = [[] for _ in configs]
     costs = [None] * len(configs)
+    busy = [0.0] * P          # rank 0: each rank's compute wall time, recorded steps
+    cpu = 0.0                 # this rank's main-thread CPU time in recorded steps
     for k in range(warmup + steps):
         for c, pipe in enumerate(pipes):
+            c0 = time.thread_time()
             res = pipe.step(x, y, record=k >= warmup)
+            if k >= warmup:
+                cpu += time.thread_time() - c0
             if res.timeline is not None:
                 times[c].append(res.timeline.step_time)
                 costs[c] = res.timeline.stage_costs()  # the last recorded step's
-    return {"rank": ctx.rank, "pinned": pinned, "times": times, "stage_costs": costs}
+                busy = [b + res.timeline.busy(r) for r, b in enumerate(busy)]
+    return {"rank": ctx.rank, "pinned": pinned, "times": times, "stage_costs": costs,
+            "busy": busy, "cpu": cpu}
 
 
 def comparison(steps: int, warmup: int, repeats: int) -> dict:
@@ -141,6 +148,10 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
     load_before = os.getloadavg()
     rows = launch(_run_rank, nprocs=P, args=(configs, steps, warmup))
     r0 = next(r for r in rows if r["rank"] == 0)
+    # How much of its core each rank had: its CPU time over its compute actions'
+    # wall time (1: its own core; about 0.5: it shared one with another process;
+    # above 1 where the runtime's own work outside the actions counts too).
+    share = [r["cpu"] / r0["busy"][r["rank"]] for r in sorted(rows, key=lambda r: r["rank"])]
     measured = {cfg["name"]: {"median_step": statistics.median(r0["times"][c]),
                               "steps": r0["times"][c],
                               "stage_costs_last_step": r0["stage_costs"][c],
@@ -149,6 +160,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
                 for c, cfg in enumerate(configs)}
     return {"machine": _machine(load_before), "profile_s": t_prof, "links": links,
             "overhead_s": prof.overhead, "pinned": [r["pinned"] for r in rows],
+            "core_share": share,
             "predicted": predicted, "measured": measured, "steps": steps, "warmup": warmup,
             "profile_repeats": repeats, "profile": prof.to_dict()}
 
@@ -177,6 +189,8 @@ def main() -> None:
         print(f"{name:16s} M={p[name]['M']:<3d} balance {p[name]['balance']}: predicted "
               f"{p[name]['step'] * 1e3:7.2f} ms, measured {m[name]['median_step'] * 1e3:7.2f} ms "
               f"({err:+.1%})")
+    print("core share (a rank's CPU time / its compute actions' wall time): "
+          + ", ".join(f"rank {r} {x:.2f}" for r, x in enumerate(res["core_share"])))
     print(f"load average before / after: {res['machine']['load_avg_1_5_15_before_run']} / "
           f"{res['machine']['load_avg_1_5_15_after']}")
     old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}

@@ -32,7 +32,8 @@ from conveyor.plan.profile import Affine, LayerProfile, Profile
 from conveyor.runtime.splitgrad import backward_input
 from conveyor.runtime.stages import layers_of
 
-__all__ = ["profile", "fingerprint", "measure_links", "OPTIMIZER_STATE"]
+__all__ = ["profile", "fingerprint", "measure_links", "tiny_steps", "fit_tiny",
+           "OPTIMIZER_STATE"]
 
 # Optimizer state per parameter byte: Adam keeps two moments, SGD with
 # momentum one buffer.
@@ -263,15 +264,17 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
 
 
 # The tiny pipelines ``measure_links`` times for the runtime's own work per
-# action and per transfer: GPipe and 1F1B on its 2 ranks, M micro-batches of
-# one sample, 4 numbers wide (see conveyor.plan.overhead).
+# action and per transfer: GPipe and 1F1B on its ranks, M micro-batches of
+# one sample, 4 numbers wide, a layer per rank (see conveyor.plan.overhead).
 TINY = ("gpipe", "1f1b")
-TINY_M, TINY_WIDTH, TINY_STEPS, TINY_WARMUP = 8, 4, 9, 3
+TINY_M, TINY_WIDTH, TINY_STEPS, TINY_WARMUP = 8, 4, 7, 2
 
 
-def _tiny_steps(ctx) -> dict[str, list[float]]:
-    """Per schedule of TINY, the step times (rank 0's measured timelines) of a
-    pipeline of tiny layers; the schedules take turns, so load hits both."""
+def tiny_steps(ctx) -> dict[str, float]:
+    """Per schedule of TINY, the median step time (rank 0's measured
+    timelines) of a pipeline of tiny layers on ``ctx``'s ranks; the
+    schedules take turns, so load hits both alike. Rank 0's answer is the
+    one to use (``fit_tiny``); the others return theirs, without timelines."""
     from torch import nn
 
     from conveyor.runtime.pipeline import Pipeline
@@ -279,8 +282,8 @@ def _tiny_steps(ctx) -> dict[str, list[float]]:
     pipes = {}
     for name in TINY:
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(TINY_WIDTH, TINY_WIDTH),
-                              nn.Linear(TINY_WIDTH, TINY_WIDTH))
+        model = nn.Sequential(*[nn.Linear(TINY_WIDTH, TINY_WIDTH)
+                                for _ in range(max(ctx.world_size, 2))])
         pipes[name] = Pipeline(model, loss_fn=_tiny_loss, optimizer=None, schedule=name,
                                microbatches=TINY_M, ctx=ctx)
     x, y = torch.randn(TINY_M, TINY_WIDTH), torch.randn(TINY_M, TINY_WIDTH)
@@ -290,7 +293,23 @@ def _tiny_steps(ctx) -> dict[str, list[float]]:
             res = pipe.step(x, y, record=k >= TINY_WARMUP)
             if res.timeline is not None:
                 times[name].append(res.timeline.step_time)
-    return times
+    return {name: statistics.median(t) for name, t in times.items() if t}
+
+
+def fit_tiny(steps: dict[str, float], P: int,
+             bandwidth: float | None = None) -> tuple[float, float]:
+    """(overhead per action, latency per transfer) in seconds from
+    ``tiny_steps``'s medians on P ranks (``conveyor.plan.overhead``); on one
+    rank there is no transfer and the latency is 0."""
+    from conveyor.plan.overhead import fit_overhead, fit_runtime
+    from conveyor.schedule import build_schedule
+
+    bw = bandwidth or float("inf")
+    flat, chain = (build_schedule(name, P, TINY_M) for name in TINY)
+    if P == 1:
+        return fit_overhead(chain, steps[TINY[1]], bandwidth=bw), 0.0
+    return fit_runtime(flat, steps[TINY[0]], chain, steps[TINY[1]], bandwidth=bw,
+                       activation_bytes=4 * TINY_WIDTH)
 
 
 def _tiny_loss(out, y):
@@ -315,7 +334,7 @@ def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool) -> dict | Non
                 dist.send(buf, 0)
             times.append((time.perf_counter() - t) / 2)  # one way
         out[nbytes] = statistics.median(times)
-    steps = _tiny_steps(ctx) if overhead else {}
+    steps = tiny_steps(ctx) if overhead else {}
     return {"one_way": out, "tiny_steps": steps} if ctx.rank == 0 else None
 
 
@@ -331,9 +350,7 @@ def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True
     cost as the runtime runs them; ``profile(links=...)`` copies "overhead"
     into ``Profile.overhead``. Without it, "latency" is the ping-pong's tiny
     one-way time (kept as "ping_pong_latency" either way)."""
-    from conveyor.plan.overhead import fit_runtime
     from conveyor.runtime.launcher import launch
-    from conveyor.schedule import build_schedule
 
     got = launch(_ping_pong, nprocs=2, args=(list(sizes), rounds, overhead))[0]
     one_way = got["one_way"]
@@ -343,11 +360,8 @@ def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True
            "ping_pong_latency": one_way[small], "measured": {str(k): v for k, v in one_way.items()},
            "method": "gloo ping-pong, 2 ranks"}
     if overhead:
-        med = {name: statistics.median(t) for name, t in got["tiny_steps"].items()}
-        flat, chain = (build_schedule(name, 2, TINY_M) for name in TINY)
-        res["overhead"], res["latency"] = fit_runtime(
-            flat, med[TINY[0]], chain, med[TINY[1]], bandwidth=res["bandwidth"] or float("inf"),
-            activation_bytes=4 * TINY_WIDTH)
+        med = got["tiny_steps"]
+        res["overhead"], res["latency"] = fit_tiny(med, 2, res["bandwidth"])
         res["tiny_steps"] = med
         res["method"] = (f"bandwidth: gloo ping-pong, 2 ranks; latency and overhead fitted to "
                          f"the median of {TINY_STEPS} steps each of {' and '.join(TINY)} on 2 "
