@@ -90,9 +90,11 @@ def _run_rank(ctx, configs, steps, warmup):
     import torch
 
     from conveyor.runtime import Pipeline
+    from conveyor.runtime.profile import tiny_steps
 
     pinned = _pin(ctx.rank)
     torch.set_num_threads(1)
+    tiny = tiny_steps(ctx)  # the runtime's own work again, pinned, in this launch
     pipes = []
     for cfg in configs:
         model, x = real_mlp()
@@ -114,17 +116,18 @@ def _run_rank(ctx, configs, steps, warmup):
                 costs[c] = res.timeline.stage_costs()  # the last recorded step's
                 busy = [b + res.timeline.busy(r) for r, b in enumerate(busy)]
     return {"rank": ctx.rank, "pinned": pinned, "times": times, "stage_costs": costs,
-            "busy": busy, "cpu": cpu}
+            "busy": busy, "cpu": cpu, "tiny": tiny}
 
 
 def comparison(steps: int, warmup: int, repeats: int) -> dict:
     import torch
 
     from conveyor.errors import PlanError
-    from conveyor.plan import plan_to_dict, search
+    from conveyor.plan import Profile, plan_to_dict, search, stage_costs
     from conveyor.runtime import launch
-    from conveyor.runtime.profile import measure_links, profile
+    from conveyor.runtime.profile import fit_tiny, measure_links, profile
     from conveyor.schedule import schedule_names
+    from conveyor.sim import simulate
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -132,7 +135,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
     model, x = real_mlp()
     prof = profile(model, x[:SAMPLE], repeats=repeats, warmup=2, links=links, name="real_mlp")
     t_prof = time.perf_counter() - t0
-    configs, predicted = [], {}
+    configs, predicted, bests = [], {}, {}
     for name in schedule_names():
         if name == "naive":
             continue
@@ -142,6 +145,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
             print(f"{name}: no plan at P={P} ({e})")
             continue
         configs.append({"name": name, "plan": plan_to_dict(best, prof, batch=BATCH, budget=None)})
+        bests[name] = best
         predicted[name] = {"schedule": name, "M": best.M, "v": best.v, "balance": best.balance,
                            "checkpoint": best.checkpoint, "step": best.step,
                            "bubble": best.bubble}
@@ -158,7 +162,16 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
                               "predicted_stage_costs": {k: cfg["plan"]["costs"][k] for k in
                                                         ("sizes", "F", "B", "I", "W")}}
                 for c, cfg in enumerate(configs)}
-    return {"machine": _machine(load_before), "profile_s": t_prof, "links": links,
+    # the same plans, predicted with the runtime's work fitted in the run's launch
+    o2, lat2 = fit_tiny(r0["tiny"], P, prof.bandwidth)
+    again = Profile(**{**vars(prof), "overhead": o2, "links": dict(prof.links, latency=lat2)})
+    for name, best in bests.items():
+        sc = stage_costs(again, best.balance, best.sizes, best.checkpoint)
+        predicted[name]["step_in_run"] = simulate(
+            best.schedule, sc.cost_model(again.latency, again.bandwidth), check=False,
+            unit="s").step_time
+    return {"machine": _machine(load_before), "in_run": {"overhead_s": o2, "latency_s": lat2,
+                                                        "tiny_steps": r0["tiny"]},, "profile_s": t_prof, "links": links,
             "overhead_s": prof.overhead, "pinned": [r["pinned"] for r in rows],
             "core_share": share,
             "predicted": predicted, "measured": measured, "steps": steps, "warmup": warmup,
@@ -182,13 +195,17 @@ def main() -> None:
     args = ap.parse_args()
     res = comparison(args.steps, args.warmup, args.repeats)
     m, p = res["measured"], res["predicted"]
-    print(f"links: latency {res['links']['latency'] * 1e6:.0f} us; runtime overhead per "
-          f"action {res['overhead_s'] * 1e6:.0f} us; ranks pinned to cores {res['pinned']}")
+    run = res["in_run"]
+    print(f"profile: latency {res['links']['latency'] * 1e6:.0f} us per transfer, overhead "
+          f"{res['overhead_s'] * 1e6:.0f} us per action; in the run's launch: "
+          f"{run['latency_s'] * 1e6:.0f} us, {run['overhead_s'] * 1e6:.0f} us; ranks pinned to "
+          f"cores {res['pinned']}")
     for name in m:
-        err = m[name]["median_step"] / p[name]["step"] - 1
+        t = m[name]["median_step"]
         print(f"{name:16s} M={p[name]['M']:<3d} balance {p[name]['balance']}: predicted "
-              f"{p[name]['step'] * 1e3:7.2f} ms, measured {m[name]['median_step'] * 1e3:7.2f} ms "
-              f"({err:+.1%})")
+              f"{p[name]['step'] * 1e3:7.2f} ms, measured {t * 1e3:7.2f} ms "
+              f"({t / p[name]['step'] - 1:+.1%}); with the run's overhead "
+              f"{p[name]['step_in_run'] * 1e3:7.2f} ms ({t / p[name]['step_in_run'] - 1:+.1%})")
     print("core share (a rank's CPU time / its compute actions' wall time): "
           + ", ".join(f"rank {r} {x:.2f}" for r, x in enumerate(res["core_share"])))
     print(f"load average before / after: {res['machine']['load_avg_1_5_15_before_run']} / "
