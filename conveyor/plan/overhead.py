@@ -17,8 +17,10 @@ following forwards) and 1F1B's does (at P = 2 each pair of actions waits
 for a message), so for each latency the overhead that makes the simulated
 GPipe step equal the measured one is found by bisection, and the latency by
 a bisection on 1F1B's simulated step less its measured one (it grows with
-the latency along that curve). The tiny layers' few microseconds of compute
-land in the overhead.
+the latency along that curve). When no latency fits (1F1B measures faster
+than the GPipe-fitted overhead allows even without latency, as on a loaded
+machine), the latency is 0 and the overhead splits the error between them.
+The tiny layers' few microseconds of compute land in the overhead.
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ def fit_runtime(flat, flat_step: float, chain, chain_step: float, *,
     """(overhead, latency) in seconds that make the simulated steps of
     ``flat`` (a schedule whose step barely depends on the latency, GPipe)
     and ``chain`` (one whose step does, 1F1B at P = 2) equal the measured
-    ``flat_step`` and ``chain_step``, with no other compute. The latency is
-    0 when ``chain`` is already slower than measured without it. Raises
+    ``flat_step`` and ``chain_step``, with no other compute. When ``chain``
+    is already slower than measured without latency, the latency is 0 and
+    the overhead the one that leaves both off by the same fraction, one
+    over, one under. Raises
     PlanError for a measured step that is not a time > 0."""
     _check_step("flat", flat_step)
     _check_step("chain", chain_step)
@@ -85,6 +89,11 @@ def fit_runtime(flat, flat_step: float, chain, chain_step: float, *,
         return o, _step(chain, o, lat, bandwidth, activation_bytes) - chain_step
 
     if at(0.0)[1] >= 0:
-        return at(0.0)[0], 0.0
+        # No latency >= 0 fits both: the overhead that splits the relative
+        # error evenly between them (chain slow by as much as flat is fast).
+        def spread(o):
+            return (_step(flat, o, 0.0, bandwidth, activation_bytes) / flat_step
+                    + _step(chain, o, 0.0, bandwidth, activation_bytes) / chain_step - 2)
+        return _bisect(spread, 0.0, flat_step, tol), 0.0
     lat = _bisect(lambda x: at(x)[1], 0.0, chain_step, tol)
     return at(lat)[0], lat

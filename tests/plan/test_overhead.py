@@ -75,3 +75,14 @@ def test_fit_with_links_slower_than_measured_gives_zero():
     assert fit_overhead(sched, 1e-3, latency=1e-3) == 0.0
     with pytest.raises(PlanError, match="not a time"):
         fit_overhead(sched, 0.0)
+
+
+def test_fit_runtime_without_a_fitting_latency_splits_the_error():
+    # 1F1B measured faster than GPipe's overhead allows even without latency
+    (flat, t_flat), (chain, _) = _steps(1e-3, 0.0)
+    t_chain = 0.5 * _steps(1e-3, 0.0)[1][1]
+    o, lat = fit_runtime(flat, t_flat, chain, t_chain)
+    assert lat == 0.0 and 0 < o < 1e-3
+    over = simulate(flat, CostModel(forward=o, backward=o), unit="s").step_time / t_flat
+    under = simulate(chain, CostModel(forward=o, backward=o), unit="s").step_time / t_chain
+    assert over < 1 < under and (1 - over) == pytest.approx(under - 1, rel=1e-4)
