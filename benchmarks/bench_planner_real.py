@@ -10,8 +10,8 @@ parameters, light in time), an MLP of narrow (256) and wide (1024) blocks,
 and a head 4x wider than a narrow block (256 -> 1024 -> 256 outputs). A batch
 of 512: on a CPU each backward writes whole weight gradients whatever the
 micro-batch, a fixed cost worth tens of samples, so micro-batches must be
-large for a pipeline to pay. Loss:
-mean squared error against fixed random targets; Adam.
+large for a pipeline to pay. Loss: mean squared error against fixed random
+targets; Adam.
 
 Steps: profile the model here on one thread (median of repeats after
 warm-up) and measure the links and the runtime's per-action overhead
@@ -22,6 +22,13 @@ all of them in one launch of 2 processes, each pinned to its own core
 (``os.sched_setaffinity``) with one torch thread, steps in turns; the figure
 per schedule is the median of the recorded step times on rank 0's measured
 timeline (the optimizer step is outside it, as in the simulator).
+
+Also printed, as diagnostics: the prediction with the runtime's overhead
+fitted again inside the run's launch; each rank's core share (its CPU time
+over its compute actions' wall time: below 1, it waited for its core); and
+the plan re-simulated with each rank's compute divided by that share (after
+the fact, not a prediction). Each run is appended to ``real_p2_runs`` in
+``--out`` (benchmarks/planner.json).
 """
 
 from __future__ import annotations
@@ -241,8 +248,7 @@ def main() -> None:
     print(f"load average before / after: {res['machine']['load_avg_1_5_15_before_run']} / "
           f"{res['machine']['load_avg_1_5_15_after']}")
     old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-    old["real_p2"] = res  # the latest run; earlier ones stay in real_p2_runs
-    old.setdefault("real_p2_runs", []).append(res)
+    old.setdefault("real_p2_runs", []).append(res)  # every run, the latest last
     Path(args.out).write_text(json.dumps(old, indent=1))
     print(f"results in {args.out}")
 
