@@ -67,7 +67,8 @@ def test_demo_trains_to_90_percent_and_measures_the_bubble_shrinking(tmp_path):
                      r"([0-9.]+)x the prediction\)$", out, re.M)
     assert pred, out
     prof = load_profile(tmp_path / "profile.json")
-    assert prof.overhead > 0 and prof.overhead == summary["runtime_overhead_s"]
+    assert prof.overhead == summary["runtime_overhead_s"] >= 0
+    assert prof.overhead + prof.latency > 0  # the runtime's work is in it
     assert prof.latency == summary["runtime_latency_s"]
     costs = stage_costs(prof, [5, 5, 4, 4], microbatch_sizes(64, 8), [False] * 4)
     sim = simulate(build_schedule("1f1b", 4, 8), costs.cost_model(prof.latency),
