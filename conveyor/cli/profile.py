@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--optimizer", default="adam",
                    help="whose state to count: adam, adamw, momentum, sgd, none (adam)")
     p.add_argument("--links", action="store_true",
-                   help="also measure latency and bandwidth between two local ranks (gloo)")
+                   help="also measure latency and bandwidth between two local ranks (gloo) "
+                        "and the runtime's own time per action (tiny pipelines on them)")
     p.add_argument("--threads", type=int_at_least(1), default=1,
                    help="torch CPU threads, as each rank of the run will use (1)")
     p.add_argument("-o", "--output", default="profile.json", help="profile file to write")
@@ -82,7 +83,9 @@ def run(args) -> int:
           f"heaviest layer {heavy} ({prof.layers[heavy].kind})")
     if links:
         bw = links["bandwidth"]
-        print(f"links: latency {links['latency'] * 1e6:.0f} us, bandwidth "
-              f"{'n/a' if not bw else f'{bw / 2**20:.0f} MiB/s'} ({links['method']})")
+        print(f"links: latency {links['latency'] * 1e6:.0f} us in a pipeline (ping-pong "
+              f"{links['ping_pong_latency'] * 1e6:.0f} us), bandwidth "
+              f"{'n/a' if not bw else f'{bw / 2**20:.0f} MiB/s'}; runtime overhead "
+              f"{prof.overhead * 1e6:.0f} us per action ({links['method']})")
     print(f"profile written to {path}")
     return 0

@@ -12,6 +12,11 @@ checkpointed, the schedule's placement) this gives:
   input and output, and its recomputed bytes, from which
   ``conveyor.plan.memory.rank_memory`` gives each rank's peak.
 
+Every action's time also carries the profile's ``overhead``: what the
+runtime adds per action beyond the layers' compute (dispatch, posting and
+waiting on sends and receives), measured by ``measure_links``. It is charged
+once per F, B, I and W, so the simulator needs no field of its own for it.
+
 Activations held per micro-batch of n samples on a stage of layers a..b-1:
 the stage's input (the cut before a), every layer's saved tensors other than
 its input, the inputs its inner layers save (a layer's output that the next
@@ -195,6 +200,8 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
         else:
             held.append(cut_in[r.start] + saved + out)
             rec.append(0.0)
+        # once per action, after the recompute above added a forward's compute
+        f, b, i, w = ([x + profile.overhead for x in xs] for xs in (f, b, i, w))
         fw.append(tuple(f))
         bw.append(tuple(b))
         ig.append(tuple(i))

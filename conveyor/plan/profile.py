@@ -32,6 +32,10 @@ docs/planning.md):
                            layer (one per group of weights, see splitgrad);
                            optional: 1 for a layer with parameters, else 0
     links       {"latency": s, "bandwidth": bytes/s} or null (free links)
+    overhead    seconds the runtime adds to every action (F, B, I, W) beyond the
+                layers' compute: dispatch, posting and waiting on its sends and
+                receives, shape handshakes. Optional: 0 in profiles written
+                before it or without ``--links`` (see ``measure_links``)
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ class Profile:
     repeats: int = 0
     links: dict | None = None
     meta: dict = field(default_factory=dict)
+    overhead: float = 0.0
 
     @property
     def L(self) -> int:
@@ -137,7 +142,8 @@ class Profile:
     def to_dict(self) -> dict:
         return {"format": FORMAT, "model": self.model, "batch": self.batch,
                 "device": self.device, "repeats": self.repeats,
-                "input_bytes": self.input_bytes, "links": self.links, "meta": self.meta,
+                "input_bytes": self.input_bytes, "links": self.links, "overhead": self.overhead,
+                "meta": self.meta,
                 "layers": [asdict(lay) for lay in self.layers]}
 
     def save(self, path: str | Path) -> Path:
@@ -165,10 +171,14 @@ class Profile:
             prof = cls(model=dict(d["model"]), layers=layers,
                        input_bytes=float(d["input_bytes"]), batch=list(d.get("batch", [])),
                        device=str(d.get("device", "cpu")), repeats=int(d.get("repeats", 0)),
-                       links=d.get("links"), meta=dict(d.get("meta") or {}))
+                       links=d.get("links"), meta=dict(d.get("meta") or {}),
+                       overhead=float(d.get("overhead") or 0.0))
         except (KeyError, TypeError, ValueError) as e:
             raise PlanError(f"{source}: malformed profile ({type(e).__name__}: {e}); "
                             f"re-run `conveyor profile`") from None
+        if not 0 <= prof.overhead < float("inf"):  # also rejects NaN
+            raise PlanError(f"{source}: overhead {prof.overhead!r} is not a time >= 0 s; "
+                            f"re-run `conveyor profile --links`")
         if not layers or prof.model.get("layers") != len(layers):
             raise PlanError(f"{source}: model has {prof.model.get('layers')} layers but the "
                             f"profile lists {len(layers)}; re-run `conveyor profile`")

@@ -135,7 +135,33 @@ def predict_step(cfg: DemoConfig, balance: list[int], out: Path) -> dict:
     costs = stage_costs(prof, balance, sizes, [False] * sched.S)
     tl = simulate(sched, costs.cost_model(prof.latency, prof.bandwidth), check=False, unit="s")
     return {"step_s": tl.step_time, "bubble": tl.bubble_overall, "profile": str(path),
-            "sizes": sizes, "profile_s": time.time() - t0}
+            "sizes": sizes, "balance": list(balance), "profile_s": time.time() - t0}
+
+
+def with_runtime(cfg: DemoConfig, plan: dict, tiny: dict) -> dict:
+    """``plan`` (from ``predict_step``) with the runtime's own work added:
+    the overhead per action and latency per transfer fitted to ``tiny``
+    (``conveyor.runtime.profile.tiny_steps`` on the demo's own ranks, so on
+    its shared cores too), stored into the profile file, and the step
+    simulated again with them. Adds "compute_step_s" (the prediction
+    without them), "overhead_s" and "latency_s"."""
+    from conveyor.plan import load_profile, stage_costs
+    from conveyor.runtime.profile import fit_tiny
+    from conveyor.schedule import build_schedule
+    from conveyor.sim import simulate
+
+    overhead, latency = fit_tiny(tiny, cfg.stages)
+    prof = load_profile(plan["profile"])
+    prof.overhead = overhead
+    prof.links = {"latency": latency, "bandwidth": None, "overhead": overhead,
+                  "tiny_steps": tiny, "method": f"fitted to tiny pipelines on the demo's "
+                                                f"{cfg.stages} ranks"}
+    prof.save(plan["profile"])
+    sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
+    costs = stage_costs(prof, plan["balance"], plan["sizes"], [False] * sched.S)
+    tl = simulate(sched, costs.cost_model(prof.latency, prof.bandwidth), check=False, unit="s")
+    return dict(plan, step_s=tl.step_time, bubble=tl.bubble_overall,
+                compute_step_s=plan["step_s"], overhead_s=overhead, latency_s=latency)
 
 
 def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float,
@@ -149,7 +175,11 @@ def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float,
     from torch import nn
 
     from conveyor.runtime import Pipeline
+    from conveyor.runtime.profile import tiny_steps
 
+    # The runtime's own time per action and per transfer, on these ranks, for
+    # the prediction (about a second: a few steps of two tiny pipelines).
+    tiny = tiny_steps(ctx) if plan is not None and cfg.stages > 1 else None
     Xtr, ytr, Xte, yte = _data(cfg.seed)
     pipe = Pipeline(build_model(cfg), loss_fn=nn.functional.cross_entropy,
                     optimizer=lambda ps: torch.optim.Adam(ps, lr=cfg.lr),
@@ -191,6 +221,8 @@ def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float,
         if sweep is not None:
             sweep_rank(ctx, sweep)
         return {}
+    if tiny:
+        plan = with_runtime(cfg, plan, tiny)
     summary = _report(cfg, losses, timelines, int(score[0]), int(score[1]), started, plan)
     if sweep is None:
         return {"summary": summary}
@@ -276,7 +308,10 @@ def _report(cfg: DemoConfig, losses: list, timelines: list, correct: int, tested
         if plan is not None:
             _print_prediction(cfg, plan, timelines)
             summary.update(predicted_step_s=plan["step_s"], predicted_bubble=plan["bubble"],
-                           profile=plan["profile"])
+                           profile=plan["profile"],
+                           predicted_compute_step_s=plan.get("compute_step_s", plan["step_s"]),
+                           runtime_overhead_s=plan.get("overhead_s"),
+                           runtime_latency_s=plan.get("latency_s"))
         if cores < cfg.stages:
             print(f"  note: {cfg.stages} processes share {cores} CPU cores here, so at most "
                   f"{cores} compute at once and the measured bubble cannot fall below "
@@ -294,8 +329,9 @@ def _report(cfg: DemoConfig, losses: list, timelines: list, correct: int, tested
 
 
 def _print_prediction(cfg: DemoConfig, plan: dict, timelines: list) -> None:
-    """The planner's step beside the measured median, and, where ranks
-    outnumber cores, a plain word that the prediction does not model it."""
+    """The planner's step beside the measured median; what the prediction
+    holds; and, where ranks outnumber cores, a plain word that it does not
+    model the compute sharing its core."""
     import statistics
 
     med = statistics.median(t.step_time for t in timelines)
@@ -303,11 +339,16 @@ def _print_prediction(cfg: DemoConfig, plan: dict, timelines: list) -> None:
     print(f"step: predicted {1000 * plan['step_s']:.2f} ms (simulated, profiled costs, "
           f"bubble {100 * plan['bubble']:.1f}%)  |  measured {1000 * med:.2f} ms (median of "
           f"{len(timelines)} steps; {ratio:.2f}x the prediction)")
+    if "overhead_s" in plan:
+        print(f"  the prediction holds the layers' compute ({1000 * plan['compute_step_s']:.2f} "
+              f"ms alone) and the runtime's own work measured on these ranks: "
+              f"{1e6 * plan['overhead_s']:.0f} us per action, {1e6 * plan['latency_s']:.0f} us "
+              f"per transfer")
     cores = usable_cores()
     if cfg.stages > cores:
         print(f"  the prediction cannot model this machine: it assumes a core per rank, but "
-              f"{cfg.stages} ranks share {cores} cores here (and it leaves out the runtime's "
-              f"own work per action), so the measured step is longer")
+              f"{cfg.stages} ranks share {cores} cores here; it does not model compute "
+              f"waiting for a core, so the measured step is longer")
 
 
 def _formula_text(name: str) -> str:

@@ -32,7 +32,8 @@ from conveyor.plan.profile import Affine, LayerProfile, Profile
 from conveyor.runtime.splitgrad import backward_input
 from conveyor.runtime.stages import layers_of
 
-__all__ = ["profile", "fingerprint", "measure_links", "OPTIMIZER_STATE"]
+__all__ = ["profile", "fingerprint", "measure_links", "tiny_steps", "fit_tiny",
+           "OPTIMIZER_STATE"]
 
 # Optimizer state per parameter byte: Adam keeps two moments, SGD with
 # momentum one buffer.
@@ -197,14 +198,16 @@ def _warm_up(layers, batch, device, rounds: int) -> None:
 
 def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
             optimizer: str = "adam", name: str | None = None, device=None,
-            progress: bool = True, links: dict | None = None) -> Profile:
+            progress: bool = True, links: dict | None = None,
+            overhead: float | None = None) -> Profile:
     """Measure every layer of ``model`` (an ``nn.Sequential`` or list of layers)
     on ``sample_batch`` (the model's input: a tensor or tuple of tensors, batch
     along dim 0, at least 2 samples).
 
     ``optimizer``: whose state to count ("adam", "adamw", "momentum", "sgd",
     "none"). ``links``: a measured ``{"latency", "bandwidth"}`` to store (see
-    ``measure_links``). Returns a Profile. Raises PlanError for an unknown
+    ``measure_links``). ``overhead``: the runtime's seconds per action
+    (default: ``links["overhead"]`` when measured, else 0). Returns a Profile. Raises PlanError for an unknown
     optimizer, a batch of fewer than 2 samples, or a model that is not a chain.
     """
     if optimizer not in OPTIMIZER_STATE:
@@ -235,6 +238,8 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     if bar:
         bar.close()
     state = OPTIMIZER_STATE[optimizer]
+    if overhead is None:
+        overhead = float((links or {}).get("overhead") or 0.0)
     out = []
     for j, layer in enumerate(layers):
         a = per_size[0][j]
@@ -251,16 +256,70 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     return Profile(model={"name": name or type(model).__name__, "layers": len(layers),
                           "fingerprint": fingerprint(model)},
                    layers=out, input_bytes=in_bytes, batch=sizes, device=str(device),
-                   repeats=repeats, links=links,
+                   repeats=repeats, links=links, overhead=float(overhead),
                    meta={"torch": torch.__version__, "optimizer": optimizer,
                          # the runtime keeps each micro-batch's weighted loss, a scalar
                          # of the model output's dtype, until its backward
                          "loss_bytes": _tensors(x)[0].element_size()})
 
 
-def _ping_pong(ctx, sizes: list[int], rounds: int) -> dict | None:
+# The tiny pipelines ``measure_links`` times for the runtime's own work per
+# action and per transfer: GPipe and 1F1B on its ranks, M micro-batches of
+# one sample, 4 numbers wide, a layer per rank (see conveyor.plan.overhead).
+TINY = ("gpipe", "1f1b")
+TINY_M, TINY_WIDTH, TINY_STEPS, TINY_WARMUP = 8, 4, 7, 2
+
+
+def tiny_steps(ctx) -> dict[str, float]:
+    """Per schedule of TINY, the median step time (rank 0's measured
+    timelines) of a pipeline of tiny layers on ``ctx``'s ranks; the
+    schedules take turns, so load hits both alike. Rank 0's answer is the
+    one to use (``fit_tiny``); the others return theirs, without timelines."""
+    from torch import nn
+
+    from conveyor.runtime.pipeline import Pipeline
+
+    pipes = {}
+    for name in TINY:
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(TINY_WIDTH, TINY_WIDTH)
+                                for _ in range(max(ctx.world_size, 2))])
+        pipes[name] = Pipeline(model, loss_fn=_tiny_loss, optimizer=None, schedule=name,
+                               microbatches=TINY_M, ctx=ctx)
+    x, y = torch.randn(TINY_M, TINY_WIDTH), torch.randn(TINY_M, TINY_WIDTH)
+    times: dict[str, list[float]] = {name: [] for name in TINY}
+    for k in range(TINY_WARMUP + TINY_STEPS):
+        for name, pipe in pipes.items():
+            res = pipe.step(x, y, record=k >= TINY_WARMUP)
+            if res.timeline is not None:
+                times[name].append(res.timeline.step_time)
+    return {name: statistics.median(t) for name, t in times.items() if t}
+
+
+def fit_tiny(steps: dict[str, float], P: int,
+             bandwidth: float | None = None) -> tuple[float, float]:
+    """(overhead per action, latency per transfer) in seconds from
+    ``tiny_steps``'s medians on P ranks (``conveyor.plan.overhead``); on one
+    rank there is no transfer and the latency is 0."""
+    from conveyor.plan.overhead import fit_overhead, fit_runtime
+    from conveyor.schedule import build_schedule
+
+    bw = bandwidth or float("inf")
+    flat, chain = (build_schedule(name, P, TINY_M) for name in TINY)
+    if P == 1:
+        return fit_overhead(chain, steps[TINY[1]], bandwidth=bw), 0.0
+    return fit_runtime(flat, steps[TINY[0]], chain, steps[TINY[1]], bandwidth=bw,
+                       activation_bytes=4 * TINY_WIDTH)
+
+
+def _tiny_loss(out, y):
+    return ((out - y) ** 2).mean()
+
+
+def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool) -> dict | None:
     import torch.distributed as dist
 
+    torch.set_num_threads(1)  # as a rank runs
     out = {}
     for nbytes in sizes:
         buf = torch.zeros(max(nbytes // 4, 1), dtype=torch.float32)
@@ -275,17 +334,36 @@ def _ping_pong(ctx, sizes: list[int], rounds: int) -> dict | None:
                 dist.send(buf, 0)
             times.append((time.perf_counter() - t) / 2)  # one way
         out[nbytes] = statistics.median(times)
-    return out if ctx.rank == 0 else None
+    steps = tiny_steps(ctx) if overhead else {}
+    return {"one_way": out, "tiny_steps": steps} if ctx.rank == 0 else None
 
 
-def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20) -> dict:
-    """Latency (s) and bandwidth (bytes/s) between two local ranks over gloo:
-    one-way time of a tiny message, and the slope between a tiny and a large one
-    (median of ``rounds`` ping-pongs each)."""
+def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True) -> dict:
+    """Latency (s) and bandwidth (bytes/s) between two local ranks over gloo,
+    one launch of 2 ranks.
+
+    Bandwidth: the slope of a blocking ping-pong's one-way time between a
+    tiny and a large message (median of ``rounds`` each). With ``overhead``
+    (default), "latency" and "overhead" (the runtime's seconds per action)
+    are fitted to the median steps of two pipelines of tiny layers
+    (``conveyor.plan.overhead.fit_runtime``): what a transfer and an action
+    cost as the runtime runs them; ``profile(links=...)`` copies "overhead"
+    into ``Profile.overhead``. Without it, "latency" is the ping-pong's tiny
+    one-way time (kept as "ping_pong_latency" either way)."""
     from conveyor.runtime.launcher import launch
 
-    got = launch(_ping_pong, nprocs=2, args=(list(sizes), rounds))[0]
+    got = launch(_ping_pong, nprocs=2, args=(list(sizes), rounds, overhead))[0]
+    one_way = got["one_way"]
     small, large = min(sizes), max(sizes)
-    slope = (got[large] - got[small]) / (large - small)
-    return {"latency": got[small], "bandwidth": 1 / slope if slope > 0 else None,
-            "measured": {str(k): v for k, v in got.items()}, "method": "gloo ping-pong, 2 ranks"}
+    slope = (one_way[large] - one_way[small]) / (large - small)
+    res = {"latency": one_way[small], "bandwidth": 1 / slope if slope > 0 else None,
+           "ping_pong_latency": one_way[small], "measured": {str(k): v for k, v in one_way.items()},
+           "method": "gloo ping-pong, 2 ranks"}
+    if overhead:
+        med = got["tiny_steps"]
+        res["overhead"], res["latency"] = fit_tiny(med, 2, res["bandwidth"])
+        res["tiny_steps"] = med
+        res["method"] = (f"bandwidth: gloo ping-pong, 2 ranks; latency and overhead fitted to "
+                         f"the median of {TINY_STEPS} steps each of {' and '.join(TINY)} on 2 "
+                         f"ranks, M={TINY_M} of 1 sample, {TINY_WIDTH}-wide Linear layers")
+    return res

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -58,19 +59,37 @@ def test_demo_trains_to_90_percent_and_measures_the_bubble_shrinking(tmp_path):
     assert summary["balance"] == [5, 5, 4, 4] and summary["accuracy"] >= 0.9
 
     # The planner's prediction beside the measurement: the simulator replaying
-    # 1F1B with the per-layer costs of the profile the demo wrote.
+    # 1F1B with the per-layer costs of the profile the demo wrote, which holds
+    # the runtime's overhead per action and latency per transfer fitted on
+    # the demo's ranks.
     pred = re.search(r"^step: predicted ([0-9.]+) ms \(simulated, profiled costs, bubble "
                      r"([0-9.]+)%\)  \|  measured ([0-9.]+) ms \(median of (\d+) steps; "
                      r"([0-9.]+)x the prediction\)$", out, re.M)
     assert pred, out
     prof = load_profile(tmp_path / "profile.json")
+    assert prof.overhead == summary["runtime_overhead_s"] >= 0
+    assert prof.overhead + prof.latency > 0  # the runtime's work is in it
+    assert prof.latency == summary["runtime_latency_s"]
     costs = stage_costs(prof, [5, 5, 4, 4], microbatch_sizes(64, 8), [False] * 4)
-    sim = simulate(build_schedule("1f1b", 4, 8), costs.cost_model(), check=False, unit="s")
+    sim = simulate(build_schedule("1f1b", 4, 8), costs.cost_model(prof.latency),
+                   check=False, unit="s")
     assert summary["predicted_step_s"] == pytest.approx(sim.step_time, rel=1e-9)
     assert float(pred.group(1)) == pytest.approx(1000 * sim.step_time, abs=0.0051)
     assert float(pred.group(2)) == pytest.approx(100 * sim.bubble_overall, abs=0.051)
     assert float(pred.group(3)) / float(pred.group(1)) == pytest.approx(
         float(pred.group(5)), abs=0.0051 + 0.01 * float(pred.group(5)))
+    # the compute alone: the same profile without the runtime's share
+    bare = stage_costs(dataclasses.replace(prof, overhead=0.0), [5, 5, 4, 4],
+                       microbatch_sizes(64, 8), [False] * 4)
+    alone = simulate(build_schedule("1f1b", 4, 8), bare.cost_model(), check=False, unit="s")
+    assert summary["predicted_compute_step_s"] == pytest.approx(alone.step_time, rel=1e-9)
+    assert summary["predicted_compute_step_s"] < summary["predicted_step_s"]
+    held = re.search(r"^  the prediction holds the layers' compute \(([0-9.]+) ms alone\) and "
+                     r"the runtime's own work measured on these ranks: (\d+) us per action, "
+                     r"(\d+) us per transfer$", out, re.M)
+    assert held, out
+    assert float(held.group(1)) == pytest.approx(1000 * alone.step_time, abs=0.0051)
+    assert int(held.group(2)) == round(1e6 * prof.overhead)
     shared = "the prediction cannot model this machine: it assumes a core per rank" in out
     assert shared == (4 > usable_cores())
 

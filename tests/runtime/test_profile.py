@@ -18,6 +18,9 @@ from conveyor.cli.main import main
 from conveyor.errors import PlanError
 from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
 from conveyor.runtime.profile import fingerprint, profile
+from conveyor.schedule import build_schedule
+from conveyor.sim import simulate
+from conveyor.sim.cost import CostModel
 from tests.runtime import _models
 from tests.test_core_without_torch import BLOCKER
 
@@ -88,7 +91,24 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "profiled 7 layers at batch 8/4/2" in out and "links: latency" in out
     data = json.loads(prof_path.read_text())
-    assert data["format"] == "conveyor.profile/1" and data["links"]["latency"] > 0
+    assert data["format"] == "conveyor.profile/1" and data["links"]["ping_pong_latency"] > 0
+    # fitted to tiny pipelines' steps: what a transfer and an action cost there;
+    # the simulator with them gives back the measured steps (or, where no
+    # latency fits both, 1F1B's by the latency alone)
+    links = data["links"]
+    assert links["latency"] >= 0 and data["overhead"] >= 0
+    assert data["overhead"] == links["overhead"]
+    errs = []
+    for name in ("gpipe", "1f1b"):
+        cm = CostModel(forward=data["overhead"], backward=data["overhead"],
+                       latency=links["latency"], bandwidth=links["bandwidth"] or float("inf"),
+                       activation_bytes=16)
+        t = simulate(build_schedule(name, 2, 8), cm, check=False, unit="s").step_time
+        errs.append(t / links["tiny_steps"][name] - 1)
+    if data["overhead"] > 0:
+        assert errs == pytest.approx([0, 0], abs=1e-4)
+    else:
+        assert errs[1] == pytest.approx(0, abs=1e-4) and errs[0] <= 1e-4
     assert main(["plan", "--profile", str(prof_path), "-P", "2", "--batch", "16",
                  "--schedules", "gpipe,1f1b", "--memory", "1MiB", "-o", str(plan_path)]) == 0
     out = capsys.readouterr().out

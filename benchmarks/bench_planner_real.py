@@ -1,0 +1,257 @@
+"""The planner's prediction on real compute, P = 2, a core per rank (issue #10).
+
+    python benchmarks/bench_planner_real.py            # profile, plan, run every schedule (~2 min)
+    python benchmarks/bench_planner_real.py --steps 9  # more recorded steps per schedule
+    conveyor profile --model benchmarks/bench_planner_real.py:real_mlp --links   # by hand
+
+The model: real float32 layers of unequal cost (``real_mlp``): an embedding
+of token ids (64 ids of 16 dims each per sample, 8192-row table: heavy in
+parameters, light in time), an MLP of narrow (256) and wide (1024) blocks,
+and a head 4x wider than a narrow block (256 -> 1024 -> 256 outputs). A batch
+of 512: on a CPU each backward writes whole weight gradients whatever the
+micro-batch, a fixed cost worth tens of samples, so micro-batches must be
+large for a pipeline to pay. Loss: mean squared error against fixed random
+targets; Adam.
+
+Steps: profile the model here on one thread (median of repeats after
+warm-up) and measure the links and the runtime's per-action overhead
+(``conveyor.runtime.profile.measure_links``, one launch of 2 ranks); for
+every schedule that places on P = 2, the planner's best plan of that
+schedule alone (``search(..., schedules=[name])``, no memory limit); then
+all of them in one launch of 2 processes, each pinned to its own core
+(``os.sched_setaffinity``) with one torch thread, steps in turns; the figure
+per schedule is the median of the recorded step times on rank 0's measured
+timeline (the optimizer step is outside it, as in the simulator).
+
+Also printed, as diagnostics: the prediction with the runtime's overhead
+fitted again inside the run's launch; each rank's core share (its CPU time
+over its compute actions' wall time: below 1, it waited for its core); and
+the plan re-simulated with each rank's compute divided by that share (after
+the fact, not a prediction). Each run is appended to ``real_p2_runs`` in
+``--out`` (benchmarks/planner.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+BATCH, P, TOKENS, VOCAB, EMB = 512, 2, 64, 8192, 16
+NARROW, WIDE = 256, 1024
+SAMPLE = 128            # the profile's batch: sizes 128, 64, 32
+
+
+def real_mlp(seed: int = 0):
+    """(model, sample batch): the unequal real model and one step's input."""
+    import torch
+    from torch import nn
+
+    class Embed(nn.Module):
+        """Token ids (n, TOKENS) -> their embeddings, flattened (n, TOKENS*EMB)."""
+
+        def __init__(self):
+            super().__init__()
+            self.table = nn.Embedding(VOCAB, EMB)
+
+        def forward(self, ids):
+            return self.table(ids).flatten(1)
+
+    def block(a, b):
+        return nn.Sequential(nn.Linear(a, b), nn.GELU())
+
+    torch.manual_seed(seed)
+    layers = [Embed(), block(TOKENS * EMB, NARROW)]
+    layers += [block(NARROW, NARROW) for _ in range(3)]
+    layers += [block(NARROW, WIDE), block(WIDE, WIDE), block(WIDE, NARROW)]
+    layers += [block(NARROW, NARROW) for _ in range(2)]
+    layers += [nn.Sequential(nn.Linear(NARROW, 4 * NARROW), nn.GELU(),
+                             nn.Linear(4 * NARROW, NARROW))]          # the head
+    ids = torch.randint(0, VOCAB, (BATCH, TOKENS))
+    return nn.Sequential(*layers), ids
+
+
+def _loss(out, y):
+    return ((out - y) ** 2).mean()
+
+
+def _pin(rank: int) -> list[int] | None:
+    """Pin this process to one core of those it may use (rank-th, wrapping)."""
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cores[rank % len(cores)]})
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _run_rank(ctx, configs, steps, warmup):
+    """Every config's pipeline, steps in turns; rank 0 returns step times."""
+    import torch
+
+    from conveyor.runtime import Pipeline
+    from conveyor.runtime.profile import tiny_steps
+
+    pinned = _pin(ctx.rank)
+    torch.set_num_threads(1)
+    tiny = tiny_steps(ctx)  # the runtime's own work again, pinned, in this launch
+    pipes = []
+    for cfg in configs:
+        model, x = real_mlp()
+        pipes.append(Pipeline(model, loss_fn=_loss, ctx=ctx, plan=cfg["plan"],
+                              optimizer=lambda ps: torch.optim.Adam(ps, 1e-3)))
+    y = torch.randn(BATCH, NARROW, generator=torch.Generator().manual_seed(1))
+    times = [[] for _ in configs]
+    costs = [None] * len(configs)
+    busy = [0.0] * P          # rank 0: each rank's compute wall time, recorded steps
+    cpu = 0.0                 # this rank's main-thread CPU time in recorded steps
+    for k in range(warmup + steps):
+        for c, pipe in enumerate(pipes):
+            c0 = time.thread_time()
+            res = pipe.step(x, y, record=k >= warmup)
+            if k >= warmup:
+                cpu += time.thread_time() - c0
+            if res.timeline is not None:
+                times[c].append(res.timeline.step_time)
+                costs[c] = res.timeline.stage_costs()  # the last recorded step's
+                busy = [b + res.timeline.busy(r) for r, b in enumerate(busy)]
+    return {"rank": ctx.rank, "pinned": pinned, "times": times, "stage_costs": costs,
+            "busy": busy, "cpu": cpu, "tiny": tiny}
+
+
+def comparison(steps: int, warmup: int, repeats: int) -> dict:
+    import torch
+
+    from conveyor.errors import PlanError
+    from conveyor.plan import Profile, plan_to_dict, search, stage_costs
+    from conveyor.runtime import launch
+    from conveyor.runtime.profile import fit_tiny, measure_links, profile
+    from conveyor.schedule import schedule_names
+    from conveyor.sim import simulate
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    links = measure_links()
+    model, x = real_mlp()
+    prof = profile(model, x[:SAMPLE], repeats=repeats, warmup=2, links=links, name="real_mlp")
+    t_prof = time.perf_counter() - t0
+    configs, predicted, bests = [], {}, {}
+    for name in schedule_names():
+        if name == "naive":
+            continue
+        try:
+            best = search(prof, P=P, batch=BATCH, schedules=[name]).best
+        except PlanError as e:
+            print(f"{name}: no plan at P={P} ({e})")
+            continue
+        configs.append({"name": name, "plan": plan_to_dict(best, prof, batch=BATCH, budget=None)})
+        bests[name] = best
+        predicted[name] = {"schedule": name, "M": best.M, "v": best.v, "balance": best.balance,
+                           "checkpoint": best.checkpoint, "step": best.step,
+                           "bubble": best.bubble}
+    load_before = os.getloadavg()
+    rows = launch(_run_rank, nprocs=P, args=(configs, steps, warmup))
+    r0 = next(r for r in rows if r["rank"] == 0)
+    # How much of its core each rank had: its CPU time over its compute actions'
+    # wall time (1: its own core; about 0.5: it shared one with another process;
+    # above 1 where the runtime's own work outside the actions counts too).
+    share = [r["cpu"] / r0["busy"][r["rank"]] for r in sorted(rows, key=lambda r: r["rank"])]
+    measured = {cfg["name"]: {"median_step": statistics.median(r0["times"][c]),
+                              "steps": r0["times"][c],
+                              "stage_costs_last_step": r0["stage_costs"][c],
+                              "predicted_stage_costs": {k: cfg["plan"]["costs"][k] for k in
+                                                        ("sizes", "F", "B", "I", "W")}}
+                for c, cfg in enumerate(configs)}
+    # the same plans, predicted with the runtime's work fitted in the run's launch
+    o2, lat2 = fit_tiny(r0["tiny"], P, prof.bandwidth)
+    again = Profile(**{**vars(prof), "overhead": o2, "links": dict(prof.links, latency=lat2)})
+    for name, best in bests.items():
+        sc = stage_costs(again, best.balance, best.sizes, best.checkpoint)
+        predicted[name]["step_in_run"] = simulate(
+            best.schedule, sc.cost_model(again.latency, again.bandwidth), check=False,
+            unit="s").step_time
+        # Not a prediction: the plan's own costs with each rank's compute
+        # stretched by the core share it was measured to get (how much of the
+        # gap the shared cores explain).
+        sc = stage_costs(_stretched(prof, best, share), best.balance, best.sizes, best.checkpoint)
+        predicted[name]["step_core_share"] = simulate(
+            best.schedule, sc.cost_model(prof.latency, prof.bandwidth), check=False,
+            unit="s").step_time
+    return {"machine": _machine(load_before), "in_run": {"overhead_s": o2, "latency_s": lat2,
+                                                        "tiny_steps": r0["tiny"]}, "profile_s": t_prof, "links": links,
+            "overhead_s": prof.overhead, "pinned": [r["pinned"] for r in rows],
+            "core_share": share,
+            "predicted": predicted, "measured": measured, "steps": steps, "warmup": warmup,
+            "profile_repeats": repeats, "profile": prof.to_dict()}
+
+
+def _stretched(prof, best, share):
+    """``prof`` with every layer's times divided by the core share of the rank
+    its stage runs on in ``best`` (the runtime's overhead left as it is)."""
+    from dataclasses import replace
+
+    from conveyor.partition import stage_ranges
+    from conveyor.plan import Affine
+
+    layers = list(prof.layers)
+    for s, r in enumerate(stage_ranges(best.balance)):
+        k = 1 / min(share[best.placement[s]], 1.0)
+        for j in r:
+            lay = layers[j]
+            layers[j] = replace(lay, **{f: Affine(getattr(lay, f).fixed * k,
+                                                  getattr(lay, f).per_sample * k)
+                                        for f in ("forward", "backward", "input_grad",
+                                                  "weight_grad")})
+    return replace(prof, layers=layers)
+
+
+def _machine(load_before) -> dict:
+    import platform
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(),
+            "load_avg_1_5_15_before_run": load_before, "load_avg_1_5_15_after": os.getloadavg(),
+            "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=7, help="recorded steps per schedule (7)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7, help="profile: timed calls per layer")
+    ap.add_argument("--out", default=str(HERE / "planner.json"))
+    args = ap.parse_args()
+    res = comparison(args.steps, args.warmup, args.repeats)
+    m, p = res["measured"], res["predicted"]
+    run = res["in_run"]
+    print(f"profile: latency {res['links']['latency'] * 1e6:.0f} us per transfer, overhead "
+          f"{res['overhead_s'] * 1e6:.0f} us per action; in the run's launch: "
+          f"{run['latency_s'] * 1e6:.0f} us, {run['overhead_s'] * 1e6:.0f} us; ranks pinned to "
+          f"cores {res['pinned']}")
+    for name in m:
+        t, fast = m[name]["median_step"], min(m[name]["steps"])
+        print(f"{name:16s} M={p[name]['M']:<3d} balance {p[name]['balance']}: predicted "
+              f"{p[name]['step'] * 1e3:7.2f} ms, measured {t * 1e3:7.2f} ms "
+              f"({t / p[name]['step'] - 1:+.1%}), fastest {fast * 1e3:7.2f} ms "
+              f"({fast / p[name]['step'] - 1:+.1%}); with the run's overhead "
+              f"{p[name]['step_in_run'] * 1e3:7.2f} ms ({t / p[name]['step_in_run'] - 1:+.1%}); "
+              f"stretched by the core share {p[name]['step_core_share'] * 1e3:7.2f} ms "
+              f"({t / p[name]['step_core_share'] - 1:+.1%})")
+    print("core share (a rank's CPU time / its compute actions' wall time): "
+          + ", ".join(f"rank {r} {x:.2f}" for r, x in enumerate(res["core_share"])))
+    print(f"load average before / after: {res['machine']['load_avg_1_5_15_before_run']} / "
+          f"{res['machine']['load_avg_1_5_15_after']}")
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+    old.setdefault("real_p2_runs", []).append(res)  # every run, the latest last
+    Path(args.out).write_text(json.dumps(old, indent=1))
+    print(f"results in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
