@@ -145,8 +145,9 @@ class Schedule:
         return h
 
     def __getstate__(self) -> dict:
-        # String hashes differ between processes: never carry one across.
-        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
+        # String hashes differ between processes: never carry one across, nor
+        # the plans kept on the object (conveyor.schedule.rankplan).
+        return {k: v for k, v in self.__dict__.items() if k not in ("_hash", "_memo")}
 
     # -- shape -------------------------------------------------------------
     @property

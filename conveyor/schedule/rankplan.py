@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from functools import lru_cache
 
 from conveyor.errors import ScheduleError
 from conveyor.schedule.deps import Dependencies, replay
@@ -63,25 +62,30 @@ def _peer(schedule: Schedule, a: Action) -> int:
     return -1
 
 
-def _matching_recv(schedule: Schedule, a: Action) -> Action:
-    if a.kind == SEND_F:
-        return Action(a.stage + 1, RECV_F, a.mb)
-    return Action(a.stage - 1, RECV_B, a.mb)
+def _memo(schedule: Schedule, key, compute):
+    """What is planned for ``schedule``, computed once and kept on the object,
+    so it lives exactly as long as the schedule. (An lru_cache keyed by the
+    schedule would keep old schedules alive and, given an equal schedule that
+    is another object, compare them action by action: ~10 ms a lookup at
+    P = 128, M = 512.)"""
+    memo = schedule.__dict__.get("_memo")
+    if memo is None:
+        memo = {}
+        object.__setattr__(schedule, "_memo", memo)
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
 
 
-def _peer(schedule: Schedule, a: Action) -> int:
-    place = schedule.placement
-    return {SEND_F: lambda: place[a.stage + 1], RECV_F: lambda: place[a.stage - 1],
-            SEND_B: lambda: place[a.stage - 1], RECV_B: lambda: place[a.stage + 1]
-            }.get(a.kind, lambda: -1)()
-
-
-@lru_cache(maxsize=32)
 def vector_clocks(schedule: Schedule) -> tuple[tuple[tuple[int, ...], ...], ...]:
     """``clocks[r][k][q]``: the last position of rank q's list that rank r's
     action k causally follows (runs after, through the schedule's
     dependencies and each rank's list order); -1 when none. Raises
     ScheduleError if the replay does not get through the schedule."""
+    return _memo(schedule, "clocks", lambda: _vector_clocks(schedule))
+
+
+def _vector_clocks(schedule: Schedule) -> tuple[tuple[tuple[int, ...], ...], ...]:
     rp = replay(schedule, lambda r, a: 1.0)
     if rp.stuck:
         r, (i, a, dep) = next(iter(rp.stuck.items()))
@@ -111,9 +115,8 @@ def _matching_send(a: Action) -> Action:
     return Action(a.stage + 1, SEND_B, a.mb)
 
 
-@lru_cache(maxsize=32)
 def _positions(schedule: Schedule) -> dict[Action, int]:
-    return {a: i for r, i, a in schedule}
+    return _memo(schedule, "positions", lambda: {a: i for r, i, a in schedule})
 
 
 def _links(schedule: Schedule) -> set[tuple[int, int]]:
@@ -140,8 +143,11 @@ def _is_forest(P: int, links: set[tuple[int, int]]) -> bool:
     return True
 
 
-@lru_cache(maxsize=32)
 def peer_columns(schedule: Schedule) -> tuple[dict[int, tuple[int, ...]], ...]:
+    return _memo(schedule, "columns", lambda: _peer_columns(schedule))
+
+
+def _peer_columns(schedule: Schedule) -> tuple[dict[int, tuple[int, ...]], ...]:
     """``cols[r][q][k] == vector_clocks(schedule)[r][k][q]`` for every rank q
     that rank r exchanges messages with: all that the release plan needs.
 
@@ -178,9 +184,13 @@ def peer_columns(schedule: Schedule) -> tuple[dict[int, tuple[int, ...]], ...]:
     return tuple(out)
 
 
-@lru_cache(maxsize=64)
 def plan_rank(schedule: Schedule, rank: int, prepost: bool) -> RankPlan:
-    """The RankPlan of ``rank`` in the lowered ``schedule`` (cached per schedule)."""
+    """The RankPlan of ``rank`` in the lowered ``schedule`` (kept on the schedule)."""
+    return _memo(schedule, ("rank", rank, bool(prepost)),
+                 lambda: _plan_rank(schedule, rank, prepost))
+
+
+def _plan_rank(schedule: Schedule, rank: int, prepost: bool) -> RankPlan:
     row = schedule.actions[rank]
     n = len(row)
     peer = tuple(_peer(schedule, a) for a in row)

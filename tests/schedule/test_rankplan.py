@@ -31,3 +31,18 @@ def test_peer_columns_equal_the_vector_clocks_on_every_schedule(name):
 def test_a_ring_of_links_is_not_a_forest():
     assert _is_forest(4, {(0, 1), (1, 2), (2, 3)})
     assert not _is_forest(4, {(0, 1), (1, 2), (2, 3), (0, 3)})
+
+
+def test_plans_live_on_the_schedule_and_never_travel_with_it():
+    import pickle
+
+    from conveyor.schedule.rankplan import plan_rank
+
+    sched = add_comms(build_schedule("1f1b", 4, 8))
+    twin = add_comms(build_schedule("1f1b", 4, 8))
+    plan = plan_rank(sched, 1, True)
+    assert plan_rank(sched, 1, True) is plan          # computed once per object
+    assert plan_rank(twin, 1, True) == plan           # an equal schedule plans alike
+    copy = pickle.loads(pickle.dumps(sched))
+    assert copy == sched and hash(copy) == hash(sched)
+    assert "_memo" not in copy.__dict__ and "_hash" not in copy.__dict__
