@@ -44,5 +44,5 @@ def test_plans_live_on_the_schedule_and_never_travel_with_it():
     assert plan_rank(sched, 1, True) is plan          # computed once per object
     assert plan_rank(twin, 1, True) == plan           # an equal schedule plans alike
     copy = pickle.loads(pickle.dumps(sched))
-    assert copy == sched and hash(copy) == hash(sched)
     assert "_memo" not in copy.__dict__ and "_hash" not in copy.__dict__
+    assert copy == sched and hash(copy) == hash(sched)
