@@ -198,7 +198,7 @@ def watch(pipe) -> bool:
     for interp in (pipe.interp, pipe._eval_interp):
         _wrap_interpreter(interp, p, pipe, timeout_s, lw)
     for comm in (pipe.comm, pipe._eval_comm):
-        _wrap_comm(comm, p, timeout_s, lw)
+        _wrap_comm(comm, p, timeout_s, lw, ctx.to_global)
     return True
 
 
@@ -235,10 +235,14 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float,
     interp.wrap_actions(watched)
 
 
-def _wrap_comm(comm, p: Progress, timeout_s: float, lw: LastWords | None = None) -> None:
+def _wrap_comm(comm, p: Progress, timeout_s: float, lw: LastWords | None = None,
+               to_global=lambda r: r) -> None:
     comm.timeout = timedelta(seconds=backstop_s(timeout_s))
 
     def begin(peer: int, action) -> None:
+        # The comm names pipeline ranks; the table and the launcher's death
+        # summary name global ranks (the same unless dp > 1).
+        peer = to_global(peer)
         if p.doing is None:  # the sends' wait after the last action
             p.doing, p.doing_since = action, time.monotonic()
         p.peer, p.wait_since = peer, time.monotonic()
