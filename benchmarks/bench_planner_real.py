@@ -19,7 +19,8 @@ warm-up) and measure the links and the runtime's per-action overhead
 every schedule that places on P = 2, the planner's best plan of that
 schedule alone (``search(..., schedules=[name])``, no memory limit); then
 all of them in one launch of 2 processes, each pinned to its own core
-(``os.sched_setaffinity``) with one torch thread, steps in turns; the figure
+(``os.sched_setaffinity``, every thread of the process: gloo's transport
+thread too) with one torch thread, steps in turns; the figure
 per schedule is the median of the recorded step times on rank 0's measured
 timeline (the optimizer step is outside it, as in the simulator).
 
@@ -83,10 +84,21 @@ def _loss(out, y):
 
 
 def _pin(rank: int) -> list[int] | None:
-    """Pin this process to one core of those it may use (rank-th, wrapping)."""
+    """Pin every thread of this process to one core of those it may use
+    (rank-th, wrapping). Every thread, not only the calling one: gloo's
+    transport thread (``gloo_tcp_loop``), started with the process group
+    before this runs, moves each message's bytes; left unpinned it ran on
+    either core, taking time from the other rank's compute (see
+    benchmarks/planner.md, "Where the two-stage-per-rank schedules lose
+    their time")."""
     try:
         cores = sorted(os.sched_getaffinity(0))
-        os.sched_setaffinity(0, {cores[rank % len(cores)]})
+        core = {cores[rank % len(cores)]}
+        for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [0]:
+            try:
+                os.sched_setaffinity(int(tid), core)
+            except OSError:  # a thread that ended meanwhile
+                pass
         return sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return None
