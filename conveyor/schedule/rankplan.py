@@ -164,11 +164,9 @@ def _peer_columns(schedule: Schedule) -> tuple[dict[int, tuple[int, ...]], ...]:
              for r in range(schedule.P)]
     if not _is_forest(schedule.P, links):
         clocks = vector_clocks(schedule)
-        out = []
-        for r, row in enumerate(schedule.actions):
-            cols = list(zip(*clocks[r])) if row else []
-            out.append({q: tuple(cols[q]) for q in peers[r]} if row else {})
-        return tuple(out)
+        # A rank with peers has actions, so its clocks have P columns.
+        return tuple({q: tuple(k[q] for k in clocks[r]) for q in peers[r]}
+                     for r in range(schedule.P))
     pos = _positions(schedule)
     out = []
     for r, row in enumerate(schedule.actions):
