@@ -58,7 +58,7 @@ def check_config(cfg) -> None:
             or cfg.accumulate < 1:
         raise PipelineError(f"accumulate={cfg.accumulate!r}; use an integer >= 1 (calls of "
                             f"step per optimizer update, default 1)")
-    for name in ("record", "check_weights", "strict_order", "varying_shapes"):
+    for name in ("record", "check_weights", "strict_order", "varying_shapes", "dp_overlap"):
         if not isinstance(getattr(cfg, name), bool):
             raise PipelineError(f"{name}={getattr(cfg, name)!r}; use True or False")
     for name in ("track_memory", "prepost"):

@@ -120,8 +120,6 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
-        if not isinstance(self.dp_overlap, bool):
-            raise PipelineError(f"dp_overlap={self.dp_overlap!r}; use True or False")
 
 
 @dataclass
