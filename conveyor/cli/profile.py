@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
                         "and the runtime's own time per action (tiny pipelines on them)")
     p.add_argument("--threads", type=int_at_least(1), default=1,
                    help="torch CPU threads, as each rank of the run will use (1)")
+    p.add_argument("--alone", action="store_true",
+                   help="time each layer alone, call after call, instead of as a stage runs "
+                        "the layers (in order, gradients adding up): faster to measure, but "
+                        "on CPUs 5-30 %% below what a stage takes")
     p.add_argument("-o", "--output", default="profile.json", help="profile file to write")
     p.set_defaults(func=run)
 
@@ -72,7 +76,8 @@ def run(args) -> int:
     model, batch = got
     links = measure_links() if args.links else None
     prof = profile(model, batch, repeats=args.repeats, warmup=args.warmup,
-                   optimizer=args.optimizer, name=args.model, links=links)
+                   optimizer=args.optimizer, name=args.model, links=links,
+                   in_context=not args.alone)
     path = prof.save(args.output)
     total_f = sum(x.forward.at(prof.batch[0]) for x in prof.layers)
     total_b = sum(x.backward.at(prof.batch[0]) for x in prof.layers)

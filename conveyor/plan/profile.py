@@ -9,6 +9,9 @@ docs/planning.md):
     batch       the sample batch sizes measured, e.g. [16, 8, 4]
     device      where it ran ("cpu", "cuda:0", ...)
     repeats     timed calls per measurement (median taken after warm-up)
+    meta        free-form facts: torch version, optimizer, "loss_bytes", and
+                "timing": "in context" (forward and backward timed as a stage
+                runs its layers, the default) or "alone" (each layer alone)
     input_bytes bytes per sample of the model's input (the cut before layer 0)
     layers      one object per layer, in order:
         name, kind         the layer's index/name and class

@@ -4,9 +4,12 @@ For every layer (in order, each fed the previous layer's output) it measures,
 at the sample batch size n, n/2 and n/4 (a least-squares line gives each time
 as fixed + per sample, see ``conveyor.plan.profile.Affine``):
 
-- forward time, full backward time, input-gradient time (``autograd.grad``
-  for the layer's input only) and weight-gradient time (for its parameters
-  only): the median of ``repeats`` timed calls after ``warmup`` untimed ones;
+- forward and full backward time in context (``_chained_times``: every
+  layer in order, then every backward in reverse, as a stage runs them),
+  input-gradient time (``autograd.grad`` for the layer's input only) and
+  weight-gradient time (for its parameters only), these two timed alone and
+  scaled to the in-context backward: medians of ``repeats`` timed calls
+  after ``warmup`` untimed ones;
 - bytes of its output per sample (the activation at the cut after it);
 - bytes autograd saves for its backward, other than its input
   (``saved_tensors_hooks``, each storage once, parameters excluded);
@@ -178,6 +181,70 @@ def _measure_layer(layer, x, n: int, repeats: int, warmup: int, device) -> tuple
     return result, _detached(y)
 
 
+def _chained_times(layers, x, repeats: int, warmup: int, device) -> list[tuple[float, float]]:
+    """Per layer, (forward, backward) seconds measured as a stage runs them:
+    each pass runs every layer's forward in order, then every layer's backward
+    in reverse, each fed the next one's input gradient and adding into the
+    parameters' ``.grad``; the median of ``repeats`` passes after ``warmup``.
+
+    A layer timed alone, call after call, finds its weights and inputs in the
+    cache and writes no gradient into an existing ``.grad``; inside a stage
+    the other layers have run in between. On the real-compute benchmark
+    (benchmarks/planner.md) stages ran 5-30 % slower than the sum of their
+    layers timed alone, and about as slow as measured here."""
+    L = len(layers)
+    fwd: list[list[float]] = [[] for _ in range(L)]
+    bwd: list[list[float]] = [[] for _ in range(L)]
+    for k in range(warmup + repeats):
+        keep = k >= warmup
+        ins, outs, y = [], [], x
+        for j, layer in enumerate(layers):
+            xi = _grad_leaf(_detached(y))
+            _sync(device)
+            t = time.perf_counter()
+            y = layer(xi)
+            _sync(device)
+            if keep:
+                fwd[j].append(time.perf_counter() - t)
+            ins.append(xi)
+            outs.append(y)
+        grads = None
+        for j in range(L - 1, -1, -1):
+            ys = [t for t in _tensors(outs[j]) if t.requires_grad]
+            if not ys:
+                if keep:
+                    bwd[j].append(0.0)
+                grads = None
+                continue
+            gs = grads if grads is not None and len(grads) == len(ys) else \
+                [torch.ones_like(t) for t in ys]
+            _sync(device)
+            t = time.perf_counter()
+            torch.autograd.backward(ys, gs)
+            _sync(device)
+            if keep:
+                bwd[j].append(time.perf_counter() - t)
+            leaves = [t for t in _tensors(ins[j]) if t.requires_grad]
+            grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves] \
+                if leaves else None
+        del ins, outs
+    for layer in layers:
+        layer.zero_grad(set_to_none=True)
+    return [(statistics.median(f), statistics.median(b) if b else 0.0)
+            for f, b in zip(fwd, bwd)]
+
+
+def _in_context(row: dict, chained: tuple[float, float]) -> dict:
+    """``row`` (a layer timed alone) with its forward and backward replaced by
+    the chained measurement, and its I and W scaled by the same factor as its
+    backward (their split is only measurable alone)."""
+    f, b = chained
+    alone = row["backward"]
+    k = b / alone if alone > 0 else 1.0
+    return {**row, "forward": f, "backward": b, "input_grad": row["input_grad"] * k,
+            "weight_grad": row["weight_grad"] * k}
+
+
 def _warm_up(layers, batch, device, rounds: int) -> None:
     """Whole-model forward and backward passes first: the first calls in a
     process pay one-off costs (thread pools, allocator, kernel selection)
@@ -199,7 +266,7 @@ def _warm_up(layers, batch, device, rounds: int) -> None:
 def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
             optimizer: str = "adam", name: str | None = None, device=None,
             progress: bool = True, links: dict | None = None,
-            overhead: float | None = None) -> Profile:
+            overhead: float | None = None, in_context: bool = True) -> Profile:
     """Measure every layer of ``model`` (an ``nn.Sequential`` or list of layers)
     on ``sample_batch`` (the model's input: a tensor or tuple of tensors, batch
     along dim 0, at least 2 samples).
@@ -207,7 +274,11 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     ``optimizer``: whose state to count ("adam", "adamw", "momentum", "sgd",
     "none"). ``links``: a measured ``{"latency", "bandwidth"}`` to store (see
     ``measure_links``). ``overhead``: the runtime's seconds per action
-    (default: ``links["overhead"]`` when measured, else 0). Returns a Profile. Raises PlanError for an unknown
+    (default: ``links["overhead"]`` when measured, else 0). ``in_context``
+    (default): forward and backward times are those of layers run one after
+    another as a stage runs them (``_chained_times``); False: each layer
+    timed alone, call after call (faster to measure, biased low on CPUs).
+    Returns a Profile. Raises PlanError for an unknown
     optimizer, a batch of fewer than 2 samples, or a model that is not a chain.
     """
     if optimizer not in OPTIMIZER_STATE:
@@ -222,18 +293,24 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     n0 = first[0].shape[0]
     sizes = sorted({n0, max(n0 // 2, 1), max(n0 // 4, 1)}, reverse=True)
     _warm_up(layers, sample_batch, device, max(warmup, 1))
-    bar = ProgressBar(len(layers) * len(sizes), title="profile ") if progress else None
+    bar = ProgressBar((len(layers) + in_context) * len(sizes), title="profile ") \
+        if progress else None
     per_size = []
     for n in sizes:
         x = _slice(sample_batch, n)
         x = x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)
-        rows = []
+        x_n, rows = x, []
         for j, layer in enumerate(layers):
             layer.to(device)
             row, x = _measure_layer(layer, x, n, repeats, warmup, device)
             rows.append(row)
             if bar:
                 bar.advance(f"n={n} layer {j} {type(layer).__name__}")
+        if in_context:
+            chained = _chained_times(layers, x_n, repeats, warmup, device)
+            rows = [_in_context(row, c) for row, c in zip(rows, chained)]
+            if bar:
+                bar.advance(f"n={n} every layer in order")
         per_size.append(rows)
     if bar:
         bar.close()
@@ -258,6 +335,7 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
                    layers=out, input_bytes=in_bytes, batch=sizes, device=str(device),
                    repeats=repeats, links=links, overhead=float(overhead),
                    meta={"torch": torch.__version__, "optimizer": optimizer,
+                         "timing": "in context" if in_context else "alone",
                          # the runtime keeps each micro-batch's weighted loss, a scalar
                          # of the model output's dtype, until its backward
                          "loss_bytes": _tensors(x)[0].element_size()})

@@ -53,6 +53,47 @@ def test_times_of_emulated_layers():
     assert b[0] >= 0.9 * 0.008 and b[1] >= 0.9 * 0.032 and b[1] > 2 * b[0]
 
 
+def test_in_context_timing_runs_the_layers_as_a_stage_does():
+    """The in-context pass feeds every layer's backward the gradient the
+    unsplit model gives it, adds into no leftover ``.grad``, and times emulated
+    layers at least their set times; ``in_context=False`` is recorded too."""
+    from conveyor.runtime.profile import _chained_times
+
+    torch.manual_seed(0)
+    model = _models.mlp(2)
+    x = _models.batch(6)[0]
+    seen = {}
+    def keep(j):
+        def hook(module, grad_in, grad_out):
+            seen.setdefault(j, grad_out[0].detach().clone())
+        return hook
+
+    hooks = [layer.register_full_backward_hook(keep(j)) for j, layer in enumerate(model)]
+    _chained_times(list(model), x, repeats=1, warmup=0, device=torch.device("cpu"))
+    chained, seen = seen, {}
+    model(x.clone().requires_grad_()).sum().backward()
+    for h in hooks:
+        h.remove()
+    assert sorted(chained) == sorted(seen) == list(range(len(model)))
+    for j in seen:
+        torch.testing.assert_close(chained[j], seen[j], rtol=0, atol=1e-12)
+    model.zero_grad(set_to_none=True)
+    _chained_times(list(model), x, repeats=2, warmup=1, device=torch.device("cpu"))
+    assert all(p.grad is None for p in model.parameters())
+
+    light, heavy = EmulatedTimes(0.004, 0.008), EmulatedTimes(0.012, 0.024)
+    emu = nn.Sequential(EmulatedLayer(4, light), EmulatedLayer(4, heavy))
+    times = _chained_times(list(emu), torch.randn(4, 4), repeats=3, warmup=1,
+                           device=torch.device("cpu"))
+    (f0, b0), (f1, b1) = times
+    assert f0 >= 0.9 * 0.004 and b0 >= 0.9 * 0.008 and f1 >= 0.9 * 0.012 and b1 >= 0.9 * 0.024
+    assert f1 > 2 * f0 and b1 > 2 * b0
+    prof = profile(emu, torch.randn(4, 4), repeats=1, warmup=0, progress=False)
+    assert prof.meta["timing"] == "in context"
+    prof = profile(emu, torch.randn(4, 4), repeats=1, warmup=0, progress=False, in_context=False)
+    assert prof.meta["timing"] == "alone"
+
+
 def test_bad_sample_batch_and_optimizer():
     with pytest.raises(PlanError, match="at least 2 samples"):
         profile(_models.mlp(1), torch.randn(1, 5, dtype=torch.float64), progress=False)
@@ -87,10 +128,14 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
     (tmp_path / "m.py").write_text(MODEL_FILE)
     prof_path, plan_path = tmp_path / "prof.json", tmp_path / "plan.json"
     assert main(["profile", "--model", f"{tmp_path / 'm.py'}:make", "--repeats", "1",
+                 "--alone", "-o", str(prof_path)]) == 0
+    assert json.loads(prof_path.read_text())["meta"]["timing"] == "alone"
+    assert main(["profile", "--model", f"{tmp_path / 'm.py'}:make", "--repeats", "1",
                  "--links", "-o", str(prof_path)]) == 0
     out = capsys.readouterr().out
     assert "profiled 7 layers at batch 8/4/2" in out and "links: latency" in out
     data = json.loads(prof_path.read_text())
+    assert data["meta"]["timing"] == "in context"
     assert data["format"] == "conveyor.profile/1" and data["links"]["ping_pong_latency"] > 0
     # fitted to tiny pipelines' steps: what a transfer and an action cost there;
     # the simulator with them gives back the measured steps (or, where no
