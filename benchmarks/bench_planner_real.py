@@ -14,12 +14,12 @@ large for a pipeline to pay. Loss: mean squared error against fixed random
 targets; Adam.
 
 Steps: profile the model here on one thread (median of repeats after
-warm-up) and measure the links and the runtime's per-action overhead
+warm-up, each layer timed in context: ``conveyor.runtime.profile``) and measure the links and the runtime's per-action overhead
 (``conveyor.runtime.profile.measure_links``, one launch of 2 ranks); for
 every schedule that places on P = 2, the planner's best plan of that
 schedule alone (``search(..., schedules=[name])``, no memory limit); then
 all of them in one launch of 2 processes, each pinned to its own core
-(``os.sched_setaffinity``, every thread of the process: gloo's transport
+(``LaunchOptions(pin=True)``: every thread of the process, gloo's transport
 thread too) with one torch thread, steps in turns; the figure
 per schedule is the median of the recorded step times on rank 0's measured
 timeline (the optimizer step is outside it, as in the simulator).
@@ -47,7 +47,7 @@ sys.path.insert(0, str(HERE.parent))
 
 BATCH, P, TOKENS, VOCAB, EMB = 512, 2, 64, 8192, 16
 NARROW, WIDE = 256, 1024
-SAMPLE = 128            # the profile's batch: sizes 128, 64, 32
+SAMPLE = 256            # the profile's batch: sizes 256, 128, 64 (the plans use 64-256)
 
 
 def real_mlp(seed: int = 0):
@@ -83,27 +83,6 @@ def _loss(out, y):
     return ((out - y) ** 2).mean()
 
 
-def _pin(rank: int) -> list[int] | None:
-    """Pin every thread of this process to one core of those it may use
-    (rank-th, wrapping). Every thread, not only the calling one: gloo's
-    transport thread (``gloo_tcp_loop``), started with the process group
-    before this runs, moves each message's bytes; left unpinned it ran on
-    either core, taking time from the other rank's compute (see
-    benchmarks/planner.md, "Where the two-stage-per-rank schedules lose
-    their time")."""
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-        core = {cores[rank % len(cores)]}
-        for tid in os.listdir("/proc/self/task") if os.path.isdir("/proc/self/task") else [0]:
-            try:
-                os.sched_setaffinity(int(tid), core)
-            except OSError:  # a thread that ended meanwhile
-                pass
-        return sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
-
-
 def _run_rank(ctx, configs, steps, warmup):
     """Every config's pipeline, steps in turns; rank 0 returns step times."""
     import torch
@@ -111,7 +90,7 @@ def _run_rank(ctx, configs, steps, warmup):
     from conveyor.runtime import Pipeline
     from conveyor.runtime.profile import tiny_steps
 
-    pinned = _pin(ctx.rank)
+    pinned = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     torch.set_num_threads(1)
     tiny = tiny_steps(ctx)  # the runtime's own work again, pinned, in this launch
     pipes = []
@@ -143,7 +122,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
 
     from conveyor.errors import PlanError
     from conveyor.plan import Profile, plan_to_dict, search, stage_costs
-    from conveyor.runtime import launch
+    from conveyor.runtime import LaunchOptions, launch
     from conveyor.runtime.profile import fit_tiny, measure_links, profile
     from conveyor.schedule import schedule_names
     from conveyor.sim import simulate
@@ -169,7 +148,8 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
                            "checkpoint": best.checkpoint, "step": best.step,
                            "bubble": best.bubble}
     load_before = os.getloadavg()
-    rows = launch(_run_rank, nprocs=P, args=(configs, steps, warmup))
+    rows = launch(_run_rank, nprocs=P, args=(configs, steps, warmup),
+                  options=LaunchOptions(pin=True, threads=1))
     r0 = next(r for r in rows if r["rank"] == 0)
     # How much of its core each rank had: its CPU time over its compute actions'
     # wall time (1: its own core; about 0.5: it shared one with another process;

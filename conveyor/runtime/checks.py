@@ -98,6 +98,9 @@ def check_launch_options(options) -> None:
                             f"or None (pick)")
     _int_in("max_restarts", options.max_restarts, 0, MAX_RESTARTS,
             "how often a failed local run restarts all its ranks, default 0")
+    if not isinstance(options.pin, bool):
+        raise PipelineError(f"pin={options.pin!r}; use True (each local rank on its own cores) "
+                            f"or False")
     t = options.threads
     if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 4096):
         raise PipelineError(f"threads={t!r}; use an integer in 1..4096 or None "

@@ -42,6 +42,7 @@ from multiprocessing.connection import wait as mp_wait
 from typing import Any, Callable
 
 from conveyor.errors import PipelineError
+from conveyor.runtime.affinity import pin_rank
 from conveyor.runtime.errors import FailureReport, RankFailedError, death_summary, report_of
 from conveyor.runtime.lastwords import ENV as LAST_WORDS, read as read_last_words
 from conveyor.runtime.lifetime import (
@@ -71,6 +72,11 @@ class LaunchOptions:
                 in TORCHELASTIC_RESTART_COUNT; see conveyor.runtime.elastic).
                 A failure every rank met identically (a bad argument) is not
                 retried. Under torchrun, pass --max-restarts to torchrun.
+    pin:        pin each rank on this machine, every thread of it, to its own
+                block of the cores the launcher may use (local rank r of n
+                gets cores r*k .. r*k+k-1, k = cores // n; with more ranks
+                than cores, one core each, shared). Off by default; on CPU
+                ranks it makes step times repeatable (conveyor.runtime.affinity).
     """
 
     backend: str | None = None
@@ -79,6 +85,7 @@ class LaunchOptions:
     grace_s: float = 1.0
     deadline_s: float | None = None
     max_restarts: int = 0
+    pin: bool = False
 
     def __post_init__(self) -> None:
         from conveyor.runtime.checks import check_launch_options
@@ -143,6 +150,9 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
         # Started by torchrun's agent: it stops the ranks on SIGTERM/SIGHUP
         # itself, but a SIGKILLed agent would leave them running.
         die_with_parent(os.getppid())
+    if options.pin:
+        pin_rank(int(os.environ.get("LOCAL_RANK", rank)),
+                 int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1))))
     if options.threads:
         torch.set_num_threads(options.threads)
     try:
@@ -228,6 +238,8 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
 
         from conveyor.runtime.group import init_rank
 
+        if options.pin:  # before the group: its threads inherit the cores
+            pin_rank(rank, nprocs)
         torch.set_num_threads(options.threads or max(1, (os.cpu_count() or 1) // nprocs))
         ctx = init_rank(backend=options.backend, timeout_s=options.timeout_s, launcher="local")
         value = to_cpu(fn(ctx, *args, **kwargs))

@@ -82,3 +82,37 @@ def test_measure_returns_recorded_timelines_with_bytes_and_memory():
         assert all(r["peak_activation_bytes"] > 0 for r in ranks)
         # GPipe keeps all 4 micro-batches of rank 0 in flight.
         assert tl.peak_activations()[0] == 4
+
+
+def _affinities(ctx):
+    """This rank's cores and every thread's (gloo's transport thread included)."""
+    own = sorted(os.sched_getaffinity(0))
+    threads = {int(t): sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
+    return {"rank": ctx.rank, "own": own, "threads": threads}
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not os.path.isdir("/proc/self/task"),
+                    reason="needs Linux CPU affinity")
+def test_pin_puts_every_thread_of_a_rank_on_its_own_cores():
+    from conveyor.runtime import LaunchOptions
+    from conveyor.runtime.affinity import cores_for
+
+    allowed = sorted(os.sched_getaffinity(0))
+    got = launch(_affinities, nprocs=2, options=LaunchOptions(pin=True))
+    for r, row in enumerate(got):
+        want = cores_for(r, 2, allowed)
+        assert row["rank"] == r and row["own"] == want
+        assert len(row["threads"]) > 1  # gloo's thread at least, besides the main one
+        assert all(cores == want for cores in row["threads"].values())
+    if len(allowed) >= 2:
+        assert not set(got[0]["own"]) & set(got[1]["own"])
+    unpinned = launch(_affinities, nprocs=2)
+    assert all(row["own"] == allowed for row in unpinned)
+
+
+def test_cores_for_blocks_and_wraps():
+    from conveyor.runtime.affinity import cores_for
+
+    assert [cores_for(r, 2, [0, 1, 2, 3, 4]) for r in range(2)] == [[0, 1], [2, 3]]
+    assert [cores_for(r, 3, [4, 5]) for r in range(3)] == [[4], [5], [4]]
+    assert cores_for(0, 1, []) == []
