@@ -46,8 +46,22 @@ def run(args) -> int:
                     schedules=schedules, microbatches=args.microbatches,
                     chunks=tuple(args.chunks), refine=not args.no_refine, cluster=cluster)
     print(plan_table(result, top=args.top))
+    note = cpu_caveat(prof.device, result.best.v)
+    if note:
+        print(note)
     path = save_plan(plan_to_dict(result.best, prof, batch=args.batch, budget=args.memory),
                      args.output)
     print(f"plan written to {path} (run it: Pipeline(model, plan={str(path)!r}); "
           f"draw it: conveyor viz --plan {path} -o plan.svg)")
     return 0
+
+
+def cpu_caveat(device: str, v: int) -> str | None:
+    """What to expect of the prediction of a plan with ``v`` stages per rank
+    on CPU ranks over gloo (benchmarks/planner.md), or None elsewhere."""
+    if not str(device).startswith("cpu") or v < 2:
+        return None
+    return (f"note: on CPU ranks over gloo, plans with {v} stages per rank measured up to "
+            f"16 % over their prediction (their messages cross in both directions at once "
+            f"and gloo's transfers take the ranks' own cores); plans with one stage per rank "
+            f"came within 5 % (benchmarks/planner.md)")

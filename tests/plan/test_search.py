@@ -162,3 +162,11 @@ def test_the_bound_never_exceeds_the_simulated_step(name, M):
     c = res.best
     assert c.bound <= c.step * (1 + 1e-12)
     assert c.bound >= 0.5 * c.step  # and not a trivial one
+
+
+def test_plan_cli_warns_of_cpu_spread_only_for_several_stages_per_rank():
+    from conveyor.cli.plan import cpu_caveat
+
+    assert "2 stages per rank measured up to 16 %" in cpu_caveat("cpu", 2)
+    assert cpu_caveat("cpu", 1) is None
+    assert cpu_caveat("cuda:0", 2) is None
