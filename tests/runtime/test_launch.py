@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -108,6 +109,23 @@ def test_pin_puts_every_thread_of_a_rank_on_its_own_cores():
         assert not set(got[0]["own"]) & set(got[1]["own"])
     unpinned = launch(_affinities, nprocs=2)
     assert all(row["own"] == allowed for row in unpinned)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not os.path.isdir("/proc/self/task"),
+                    reason="needs Linux CPU affinity")
+def test_pin_under_torchrun_uses_the_local_rank(tmp_path):
+    from conveyor.runtime.affinity import cores_for
+
+    out = tmp_path / "aff.json"
+    done = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc-per-node", "2", str(ROOT / "tests" / "runtime" / "_pin_script.py"),
+                str(out)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    allowed = sorted(os.sched_getaffinity(0))
+    for r, row in enumerate(json.loads(out.read_text())):
+        want = cores_for(row["local_rank"], 2, allowed)
+        assert row["rank"] == r and row["own"] == want
+        assert len(row["threads"]) > 1 and all(c == want for c in row["threads"].values())
 
 
 def test_cores_for_blocks_and_wraps():
