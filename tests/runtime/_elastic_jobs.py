@@ -3,7 +3,9 @@
 Trains the checkpoint tests' model (7-layer float64 MLP, Adam + StepLR, 1F1B,
 M=4) on batches keyed by the step count, with a CheckpointPolicy(every=5,
 keep=2), resuming from the newest checkpoint. On the first attempt
-(restart_count() == 0), rank 1 SIGKILLs itself before step ``kill_at``.
+(restart_count() == 0), rank 1 SIGKILLs itself before step ``kill_at``; a
+rank whose environment has CONVEYOR_TEST_NODE_DIES_AT=k SIGKILLs its parent
+(the torchrun agent standing for its node) and itself before step k.
 Rank 0 logs each step's loss to ``<dir>/steps.jsonl``; every rank writes its
 pid to ``<dir>/pids/``.
 """
@@ -33,9 +35,13 @@ def elastic_job(ctx, out: str, steps: int, kill_at: int | None = None) -> dict:
     info = policy.resume(pipe, scheduler=sched)
     resumed_weights = _ckpt_jobs.weights(pipe) if info else None
     losses = {}
+    node_dies_at = os.environ.get("CONVEYOR_TEST_NODE_DIES_AT")
     while pipe.steps < steps:
         k = pipe.steps
         if k == kill_at and attempt == 0 and ctx.rank == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if node_dies_at is not None and k == int(node_dies_at) and attempt == 0:
+            os.kill(os.getppid(), signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
         x, y = _models.batch(_ckpt_jobs.BATCH, seed=k + 1)
         losses[k] = pipe.step(x, y).loss

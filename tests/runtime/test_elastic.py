@@ -75,6 +75,66 @@ def test_torchrun_restarts_the_group_which_resumes_from_the_checkpoint(tmp_path,
         ["step-00000005", "step-00000010"]
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.runtime
+def test_torchrun_world_shrinks_when_a_node_dies(tmp_path, reference):
+    """Two torchrun agents on this machine stand for two nodes (--nnodes 1:2,
+    a rank each). When one agent dies with its rank (its rank SIGKILLs both
+    before step 7), the other restarts alone: a world of 1, which re-cuts
+    the P=2 checkpoint of step 5 for P=1 and finishes equal to the
+    uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    port = _free_port()
+
+    def agent(name: str, **extra) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2",
+               "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+               "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "shrink",
+               "--max-restarts", "2", "--rdzv-conf",
+               "last_call_timeout=5,join_timeout=60,keep_alive_interval=1,"
+               "keep_alive_max_attempt=2",
+               "--monitor-interval", "3", str(ROOT / "tests/runtime/_elastic_script.py"),
+               str(tmp_path), str(STEPS)]
+        return subprocess.Popen(cmd, cwd=ROOT, env={**env(), **extra},
+                                stdout=subprocess.DEVNULL,
+                                stderr=open(tmp_path / f"{name}.err", "w"),
+                                start_new_session=True)
+
+    host = agent("host")  # first: it hosts the rendezvous store
+    time.sleep(1.0)
+    other = agent("other", CONVEYOR_TEST_NODE_DIES_AT="7")
+    try:
+        assert host.wait(timeout=240) == 0, (tmp_path / "host.err").read_text()[-3000:]
+        assert other.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        for proc in (host, other):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    logged = steps_logged(tmp_path)
+    resumed_at = next(k for a, _, k, _ in logged if a == 1)
+    assert {p for a, p, _, _ in logged if a == 0} == {2}
+    assert {p for a, p, _, _ in logged if a == 1} == {1}
+    assert resumed_at == 5 and [k for a, _, k, _ in logged if a == 1] == list(range(5, STEPS))
+    assert all(loss == reference["losses"][k] for _, _, k, loss in logged)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["P"] == 1 and result["saved_P"] == 2
+    same_as_reference(result, reference, first=5)
+    assert "saved at P=2, re-cut for P=1" in (tmp_path / "host.err").read_text()
+    pids = [int(p.read_text()) for p in (tmp_path / "pids").iterdir()]
+    assert len(pids) == 3 and not [p for p in pids if alive(p)], "a rank outlived its node"
+
+
 @pytest.mark.runtime
 def test_a_smaller_world_reshards_and_the_local_launcher_restarts(tmp_path, reference, capfd):
     # P=4 trains 10 steps (checkpoints at 5 and 10).
