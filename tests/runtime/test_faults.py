@@ -7,9 +7,9 @@ shape header it cannot read, and one that gets a larger tensor than announced
 words). Each must end every process
 within 30 s of the fault, name the cause exactly once, and leave no process.
 
-The local launcher runs all four; torchrun runs the kill, the one fault where
-what happens depends on the launcher (its agent sees the death and stops the
-group). The backward and the header fail as a StageError on one rank, the path
+The local launcher runs all four; torchrun runs the kill and the oversize
+message, the two faults that end a rank by a signal, where what happens
+depends on the launcher (its agent sees the death and stops the group). The backward and the header fail as a StageError on one rank, the path
 test_failures.py already checks under torchrun. The measured times are
 printed (run with -s); benchmarks/bench_faults.py records them.
 """
@@ -77,24 +77,28 @@ def test_local_launcher(fault, tmp_path, capfd):
     print(f"\nlocal {fault}: every process gone {took:.2f} s after the fault")
 
 
-def test_torchrun_kill(tmp_path):
+@pytest.mark.parametrize("fault, signal_text", [("kill", "Signal 9 (SIGKILL)"),
+                                                ("oversize", "Signal 6 (SIGABRT)")])
+def test_torchrun(fault, signal_text, tmp_path):
+    n = P[fault]
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                          "--nproc-per-node", "4", str(ROOT / "tests/runtime/_fault_script.py"),
-                          "kill", str(tmp_path)], cwd=ROOT, env=env(), capture_output=True,
-                         text=True, timeout=120)
+                          "--nproc-per-node", str(n),
+                          str(ROOT / "tests/runtime/_fault_script.py"), fault, str(tmp_path),
+                          str(n)], cwd=ROOT, env=env(), capture_output=True, text=True,
+                         timeout=120)
     ended = time.time()  # torchrun's agent has reaped its workers
     assert run.returncode != 0
-    pids_gone(tmp_path, 4)
+    pids_gone(tmp_path, n)
     took = fault_to_exit(tmp_path, ended)
     assert took < BOUND_S
     text = run.stderr + run.stdout
     # The agent names the cause (its "Root Cause" block) once; conveyor's
     # survivors only say whom they lost, where, and never claim the cause.
-    assert text.count("Signal 9 (SIGKILL) received by PID") == 1, text[-3000:]
+    assert text.count(f"{signal_text} received by PID") == 1, text[-3000:]
     lines = [line for line in text.splitlines() if line.startswith("conveyor:")]
-    assert all("lost" in line and "SIGKILL" not in line for line in lines), lines
+    assert all("lost" in line and "SIG" not in line for line in lines), lines
     # A neighbour that saw the connection close names the peer and the cut.
     for line in lines:
-        if "lost rank 2" in line and "RECV" in line:
+        if f"lost rank {n // 2}" in line and "RECV" in line:
             assert " on cut " in line, line
-    print(f"\ntorchrun kill: every process gone {took:.2f} s after the fault")
+    print(f"\ntorchrun {fault}: every process gone {took:.2f} s after the fault")
