@@ -24,3 +24,13 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def why_failed(text: str, tail: int = 3000) -> str:
+    """For a failed child's assertion message: every line that names an error
+    (conveyor's own lines, exceptions, torchrun's root cause) first, then the
+    tail. torchrun's agent prints long blocks after a worker's error, so the
+    tail alone can miss the worker's own line."""
+    keys = ("conveyor:", "Error", "error:", "exitcode", "Signal ")
+    named = [line for line in text.splitlines() if any(k in line for k in keys)]
+    return "\n".join(named[:40]) + "\n--- tail ---\n" + text[-tail:]

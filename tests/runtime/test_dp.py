@@ -21,6 +21,7 @@ from conveyor.errors import PipelineError
 from conveyor.runtime import Pipeline, PipelineConfig, launch
 from conveyor.runtime.dataparallel import replica_rows
 from tests.runtime import _dp_jobs, _models
+from tests.runtime._procs import why_failed
 
 pytestmark = pytest.mark.runtime
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,7 +143,7 @@ def test_dp2_pp2_under_torchrun_is_exact(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
            "4", str(ROOT / "tests" / "runtime" / "_dp_torchrun.py"), str(out)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert done.returncode == 0, why_failed(done.stdout + done.stderr)
     ranks = [r[0] for r in json.loads(out.read_text())]
     assert [(r["dp_rank"], r["pp_rank"]) for r in ranks] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     assert all(r["loss_err"] < 1e-10 and r["grad_err"] < 1e-10 and r["weight_err"] < 1e-10

@@ -22,7 +22,7 @@ from conveyor.errors import PipelineError
 from conveyor.runtime import CheckpointPolicy, LaunchOptions, RankContext, launch
 from conveyor.runtime.elastic import latest_checkpoint, prune
 from tests.runtime._elastic_jobs import elastic_job, merged
-from tests.runtime._procs import ROOT, alive, env
+from tests.runtime._procs import ROOT, alive, env, why_failed
 
 STEPS, KILL_AT = 12, 7
 
@@ -61,7 +61,7 @@ def test_torchrun_restarts_the_group_which_resumes_from_the_checkpoint(tmp_path,
                           str(ROOT / "tests/runtime/_elastic_script.py"), str(tmp_path),
                           str(STEPS), str(KILL_AT)], cwd=ROOT, env=env(), capture_output=True,
                          text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, why_failed(run.stdout + run.stderr)
     no_rank_left(tmp_path, attempts=2)
     logged = steps_logged(tmp_path)
     # Attempt 0 ran steps 0..6 and died at 7; attempt 1 redid 5 and 6.
@@ -114,7 +114,7 @@ def test_torchrun_world_shrinks_when_a_node_dies(tmp_path, reference):
     time.sleep(1.0)
     other = agent("other", CONVEYOR_TEST_NODE_DIES_AT="7")
     try:
-        assert host.wait(timeout=240) == 0, (tmp_path / "host.err").read_text()[-3000:]
+        assert host.wait(timeout=240) == 0, why_failed((tmp_path / "host.err").read_text())
         assert other.wait(timeout=30) == -signal.SIGKILL
     finally:
         for proc in (host, other):
