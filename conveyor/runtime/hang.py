@@ -38,6 +38,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -208,9 +209,12 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float,
     # times longer, whatever pipe.steps says: after a resume from a
     # checkpoint the step count is high but the handshakes are still ahead.
     runs = [0]
+    owner = weakref.ref(pipe)  # the pipeline owns the interpreter: no cycle back
 
     def start() -> None:
-        p.step, p.last, p.doing, p.peer = pipe.steps, None, None, None
+        live = owner()
+        p.step, p.last, p.doing, p.peer = (live.steps if live is not None else None), None, \
+            None, None
         p.timeout_s = timeout_s * (FIRST_STEP if runs[0] == 0 else 1.0)
         runs[0] += 1
 

@@ -28,6 +28,7 @@ scales by the same factor: the same as ``clip_grad_norm_`` on the unsplit model.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -96,7 +97,7 @@ class TrainLoop:
     """The update half of ``Pipeline.step``, plus ``evaluate`` and clipping."""
 
     def __init__(self, pipe, extras: Extras):
-        self.pipe = pipe
+        self._pipe = weakref.ref(pipe)  # the pipeline owns this loop: no cycle back
         self.extras = extras
         k = pipe.config.accumulate
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -124,6 +125,10 @@ class TrainLoop:
         self.scheduler = (extras.scheduler(opt) if extras.scheduler is not None
                           and opt is not None else None)
         self.micro = 0  # calls of step in the current accumulation window
+
+    @property
+    def pipe(self):
+        return self._pipe()
 
     def step(self, inputs, targets, **kw):
         if self.pipe.dp_sync is not None:  # the replicas' sum overlaps the last backward

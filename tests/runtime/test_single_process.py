@@ -83,3 +83,27 @@ def test_activation_memory_counts_a_micro_batch_not_the_whole_batch():
         peaks[M] = pipe.forward_backward(x, y, record=True).stats["peak_activation_bytes"]
     assert peaks[8] > 0
     assert abs(peaks[1] / peaks[8] - 8) < 0.5, peaks
+
+
+def test_a_pipeline_nobody_holds_is_freed_without_the_cycle_collector():
+    """The pipeline owns its train loop and interpreters; nothing of them
+    refers back strongly, so dropping the last reference frees it (and, on
+    several ranks, its process groups) at once, not at a later collection."""
+    import gc
+    import weakref
+
+    x, y = _models.batch(8)
+    pipe = Pipeline(_models.mlp(2), loss_fn=_models.loss_fn,
+                    optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1), microbatches=2,
+                    before_step=lambda p: None)
+    pipe.step(x, y)
+    pipe.evaluate(x, y)
+    ref = weakref.ref(pipe)
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        del pipe
+        assert ref() is None
+    finally:
+        if enabled:
+            gc.enable()
