@@ -2,10 +2,11 @@
 
 On CPU ranks the operating system moves a rank's threads between cores, and
 two ranks (or a rank and a peer's transport thread) may share a core while
-another stays idle. Pinned, each rank keeps the cores it was given, so a
-step's time is what the cost model assumes: a core (or a set of cores) per
-rank. On the real-compute planner benchmark pinning every thread took 1-16
-ms off the steps and made them repeatable (benchmarks/planner.md).
+another stays idle. Pinned, each rank keeps the cores it was given, as the
+cost model assumes: a core (or a set of cores) per rank. On the real-compute
+planner benchmark (P = 2) pinning every thread took 1-3 ms off the steps of
+schedules with one stage per rank and 5-16 ms off those with two
+(benchmarks/planner.md); it does not remove their step-to-step spread.
 
 The launcher pins a rank before it joins the process group: threads started
 afterwards (gloo's transport thread, torch's intra-op pool) inherit the

@@ -77,7 +77,8 @@ class LaunchOptions:
                 block of the cores the launcher may use (local rank r of n
                 gets cores r*k .. r*k+k-1, k = cores // n; with more ranks
                 than cores, one core each, shared). Off by default; on CPU
-                ranks it makes step times repeatable (conveyor.runtime.affinity).
+                ranks it keeps each rank off the others' cores
+                (conveyor.runtime.affinity).
     """
 
     backend: str | None = None

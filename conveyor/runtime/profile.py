@@ -416,8 +416,7 @@ def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool) -> dict | Non
     return {"one_way": out, "tiny_steps": steps} if ctx.rank == 0 else None
 
 
-def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True,
-                  pin: bool = False) -> dict:
+def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True) -> dict:
     """Latency (s) and bandwidth (bytes/s) between two local ranks over gloo,
     one launch of 2 ranks.
 
@@ -428,16 +427,14 @@ def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True
     (``conveyor.plan.overhead.fit_runtime``): what a transfer and an action
     cost as the runtime runs them; ``profile(links=...)`` copies "overhead"
     into ``Profile.overhead``. Without it, "latency" is the ping-pong's tiny
-    one-way time (kept as "ping_pong_latency" either way). ``pin``: each
-    rank on its own core (``LaunchOptions(pin=True)``). Off by default: on
-    the 2-core test machine the pinned tiny 1F1B step measured 6-16 ms
-    between launches (unpinned 6-10 ms), so the fitted latency moved 0.3-1.9
-    ms, and predictions of pinned real-compute runs from the unpinned fit
-    were the closer (benchmarks/planner.md)."""
-    from conveyor.runtime.launcher import LaunchOptions, launch
+    one-way time (kept as "ping_pong_latency" either way). The ranks are
+    not pinned: on the 2-core test machine pinned tiny 1F1B steps measured
+    6-16 ms between launches (unpinned 6-10 ms), and predictions of pinned
+    real-compute runs from the unpinned fit were the closer
+    (benchmarks/planner.md)."""
+    from conveyor.runtime.launcher import launch
 
-    got = launch(_ping_pong, nprocs=2, args=(list(sizes), rounds, overhead),
-                 options=LaunchOptions(pin=pin))[0]
+    got = launch(_ping_pong, nprocs=2, args=(list(sizes), rounds, overhead))[0]
     one_way = got["one_way"]
     small, large = min(sizes), max(sizes)
     slope = (one_way[large] - one_way[small]) / (large - small)

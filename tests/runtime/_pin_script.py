@@ -1,5 +1,6 @@
 """Run by tests/runtime/test_launch.py under torchrun: every rank reports its
-cores and each of its threads' cores, with LaunchOptions(pin=True)."""
+cores and each of its threads' cores, with LaunchOptions(pin=True). The same
+``affinities`` serves the test under the local launcher."""
 
 from __future__ import annotations
 

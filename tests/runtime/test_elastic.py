@@ -22,7 +22,7 @@ from conveyor.errors import PipelineError
 from conveyor.runtime import CheckpointPolicy, LaunchOptions, RankContext, launch
 from conveyor.runtime.elastic import latest_checkpoint, prune
 from tests.runtime._elastic_jobs import elastic_job, merged
-from tests.runtime._procs import ROOT, alive, env, why_failed
+from tests.runtime._procs import ROOT, alive, env, free_port, why_failed
 
 STEPS, KILL_AT = 12, 7
 
@@ -75,14 +75,6 @@ def test_torchrun_restarts_the_group_which_resumes_from_the_checkpoint(tmp_path,
         ["step-00000005", "step-00000010"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.runtime
 def test_torchrun_world_shrinks_when_a_node_dies(tmp_path, reference):
     """Two torchrun agents on this machine stand for two nodes (--nnodes 1:2,
@@ -92,17 +84,16 @@ def test_torchrun_world_shrinks_when_a_node_dies(tmp_path, reference):
     uninterrupted run."""
     import os
     import signal
-    import time
 
-    port = _free_port()
+    port = free_port()
 
-    def agent(name: str, **extra) -> subprocess.Popen:
+    def agent(name: str, is_host: int, **extra) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1:2",
                "--nproc-per-node", "1", "--rdzv-backend", "c10d",
                "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "shrink",
                "--max-restarts", "2", "--rdzv-conf",
-               "last_call_timeout=5,join_timeout=60,keep_alive_interval=1,"
-               "keep_alive_max_attempt=2",
+               f"is_host={is_host},last_call_timeout=5,join_timeout=60,"
+               "keep_alive_interval=1,keep_alive_max_attempt=2", "--local-addr", "127.0.0.1",
                "--monitor-interval", "3", str(ROOT / "tests/runtime/_elastic_script.py"),
                str(tmp_path), str(STEPS)]
         return subprocess.Popen(cmd, cwd=ROOT, env={**env(), **extra},
@@ -110,9 +101,8 @@ def test_torchrun_world_shrinks_when_a_node_dies(tmp_path, reference):
                                 stderr=open(tmp_path / f"{name}.err", "w"),
                                 start_new_session=True)
 
-    host = agent("host")  # first: it hosts the rendezvous store
-    time.sleep(1.0)
-    other = agent("other", CONVEYOR_TEST_NODE_DIES_AT="7")
+    host = agent("host", 1)  # it hosts the rendezvous store, so it must survive
+    other = agent("other", 0, CONVEYOR_TEST_NODE_DIES_AT="7")
     try:
         assert host.wait(timeout=240) == 0, why_failed((tmp_path / "host.err").read_text())
         assert other.wait(timeout=30) == -signal.SIGKILL

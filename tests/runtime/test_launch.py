@@ -85,21 +85,15 @@ def test_measure_returns_recorded_timelines_with_bytes_and_memory():
         assert tl.peak_activations()[0] == 4
 
 
-def _affinities(ctx):
-    """This rank's cores and every thread's (gloo's transport thread included)."""
-    own = sorted(os.sched_getaffinity(0))
-    threads = {int(t): sorted(os.sched_getaffinity(int(t))) for t in os.listdir("/proc/self/task")}
-    return {"rank": ctx.rank, "own": own, "threads": threads}
-
-
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or not os.path.isdir("/proc/self/task"),
                     reason="needs Linux CPU affinity")
 def test_pin_puts_every_thread_of_a_rank_on_its_own_cores():
     from conveyor.runtime import LaunchOptions
     from conveyor.runtime.affinity import cores_for
+    from tests.runtime._pin_script import affinities
 
     allowed = sorted(os.sched_getaffinity(0))
-    got = launch(_affinities, nprocs=2, options=LaunchOptions(pin=True))
+    got = launch(affinities, nprocs=2, options=LaunchOptions(pin=True))
     for r, row in enumerate(got):
         want = cores_for(r, 2, allowed)
         assert row["rank"] == r and row["own"] == want
@@ -107,7 +101,7 @@ def test_pin_puts_every_thread_of_a_rank_on_its_own_cores():
         assert all(cores == want for cores in row["threads"].values())
     if len(allowed) >= 2:
         assert not set(got[0]["own"]) & set(got[1]["own"])
-    unpinned = launch(_affinities, nprocs=2)
+    unpinned = launch(affinities, nprocs=2)
     assert all(row["own"] == allowed for row in unpinned)
 
 
