@@ -2,6 +2,7 @@
 
     python benchmarks/bench_planner_real.py            # profile, plan, run every schedule (~2 min)
     python benchmarks/bench_planner_real.py --steps 9  # more recorded steps per schedule
+    python benchmarks/bench_planner_real.py --transport dist   # transfers over gloo
     conveyor profile --model benchmarks/bench_planner_real.py:real_mlp --links   # by hand
 
 The model: real float32 layers of unequal cost (``real_mlp``): an embedding
@@ -83,20 +84,21 @@ def _loss(out, y):
     return ((out - y) ** 2).mean()
 
 
-def _run_rank(ctx, configs, steps, warmup):
+def _run_rank(ctx, configs, steps, warmup, transport):
     """Every config's pipeline, steps in turns; rank 0 returns step times."""
     import torch
 
-    from conveyor.runtime import Pipeline
+    from conveyor.runtime import Pipeline, PipelineConfig
     from conveyor.runtime.profile import tiny_steps
 
     pinned = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     torch.set_num_threads(1)
-    tiny = tiny_steps(ctx)  # the runtime's own work again, pinned, in this launch
+    tiny = tiny_steps(ctx, transport)  # the runtime's own work again, pinned, in this launch
     pipes = []
     for cfg in configs:
         model, x = real_mlp()
         pipes.append(Pipeline(model, loss_fn=_loss, ctx=ctx, plan=cfg["plan"],
+                              config=PipelineConfig(transport=transport),
                               optimizer=lambda ps: torch.optim.Adam(ps, 1e-3)))
     y = torch.randn(BATCH, NARROW, generator=torch.Generator().manual_seed(1))
     times = [[] for _ in configs]
@@ -117,7 +119,7 @@ def _run_rank(ctx, configs, steps, warmup):
             "busy": busy, "cpu": cpu, "tiny": tiny}
 
 
-def comparison(steps: int, warmup: int, repeats: int) -> dict:
+def comparison(steps: int, warmup: int, repeats: int, transport: str = "shm") -> dict:
     import torch
 
     from conveyor.errors import PlanError
@@ -129,7 +131,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    links = measure_links()
+    links = measure_links(transport=transport)
     model, x = real_mlp()
     prof = profile(model, x[:SAMPLE], repeats=repeats, warmup=2, links=links, name="real_mlp")
     t_prof = time.perf_counter() - t0
@@ -148,7 +150,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
                            "checkpoint": best.checkpoint, "step": best.step,
                            "bubble": best.bubble}
     load_before = os.getloadavg()
-    rows = launch(_run_rank, nprocs=P, args=(configs, steps, warmup),
+    rows = launch(_run_rank, nprocs=P, args=(configs, steps, warmup, transport),
                   options=LaunchOptions(pin=True, threads=1))
     r0 = next(r for r in rows if r["rank"] == 0)
     # How much of its core each rank had: its CPU time over its compute actions'
@@ -176,7 +178,7 @@ def comparison(steps: int, warmup: int, repeats: int) -> dict:
         predicted[name]["step_core_share"] = simulate(
             best.schedule, sc.cost_model(prof.latency, prof.bandwidth), check=False,
             unit="s").step_time
-    return {"machine": _machine(load_before), "in_run": {"overhead_s": o2, "latency_s": lat2,
+    return {"machine": _machine(load_before), "transport": transport, "in_run": {"overhead_s": o2, "latency_s": lat2,
                                                         "tiny_steps": r0["tiny"]}, "profile_s": t_prof, "links": links,
             "overhead_s": prof.overhead, "pinned": [r["pinned"] for r in rows],
             "core_share": share,
@@ -217,12 +219,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=7, help="recorded steps per schedule (7)")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7, help="profile: timed calls per layer")
+    ap.add_argument("--transport", choices=("shm", "dist"), default="shm",
+                    help="what transfers go over, in the links' measurement and the run: "
+                         "shm (shared memory) or dist (gloo) (shm)")
     ap.add_argument("--out", default=str(HERE / "planner.json"))
     args = ap.parse_args()
-    res = comparison(args.steps, args.warmup, args.repeats)
+    res = comparison(args.steps, args.warmup, args.repeats, args.transport)
     m, p = res["measured"], res["predicted"]
     run = res["in_run"]
-    print(f"profile: latency {res['links']['latency'] * 1e6:.0f} us per transfer, overhead "
+    print(f"transport: {res['transport']}; profile: latency {res['links']['latency'] * 1e6:.0f} us per transfer, overhead "
           f"{res['overhead_s'] * 1e6:.0f} us per action; in the run's launch: "
           f"{run['latency_s'] * 1e6:.0f} us, {run['overhead_s'] * 1e6:.0f} us; ranks pinned to "
           f"cores {res['pinned']}")

@@ -27,6 +27,10 @@ def add_parser(sub) -> None:
     p.add_argument("--links", action="store_true",
                    help="also measure latency and bandwidth between two local ranks (gloo) "
                         "and the runtime's own time per action (tiny pipelines on them)")
+    p.add_argument("--transport", choices=("dist", "shm"), default="dist",
+                   help="with --links: what the run's transfers will go over, as "
+                        "PipelineConfig(transport=...): dist (gloo) or shm (shared memory "
+                        "between CPU ranks on one host) (dist)")
     p.add_argument("--threads", type=int_at_least(1), default=1,
                    help="torch CPU threads, as each rank of the run will use (1)")
     p.add_argument("--alone", action="store_true",
@@ -66,6 +70,8 @@ def run(args) -> int:
 
     # what can be checked before the model is built and timed
     check_outputs([args.output])
+    if args.transport != "dist" and not args.links:
+        raise PlanError(f"--transport {args.transport} says what --links measures; add --links")
     if args.optimizer not in OPTIMIZER_STATE:
         raise PlanError(f"--optimizer {args.optimizer!r} is unknown; choose one of "
                         f"{', '.join(OPTIMIZER_STATE)}")
@@ -74,7 +80,7 @@ def run(args) -> int:
     if not (isinstance(got, tuple) and len(got) == 2):
         raise PlanError(f"--model {args.model}: the function must return (model, sample_batch)")
     model, batch = got
-    links = measure_links() if args.links else None
+    links = measure_links(transport=args.transport) if args.links else None
     prof = profile(model, batch, repeats=args.repeats, warmup=args.warmup,
                    optimizer=args.optimizer, name=args.model, links=links,
                    in_context=not args.alone)

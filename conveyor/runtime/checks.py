@@ -58,6 +58,9 @@ def check_config(cfg) -> None:
             or cfg.accumulate < 1:
         raise PipelineError(f"accumulate={cfg.accumulate!r}; use an integer >= 1 (calls of "
                             f"step per optimizer update, default 1)")
+    if cfg.transport not in ("dist", "shm"):
+        raise PipelineError(f"transport={cfg.transport!r}; use 'dist' (torch.distributed: gloo "
+                            f"or NCCL) or 'shm' (shared memory between CPU ranks on one host)")
     for name in ("record", "check_weights", "strict_order", "varying_shapes", "dp_overlap"):
         if not isinstance(getattr(cfg, name), bool):
             raise PipelineError(f"{name}={getattr(cfg, name)!r}; use True or False")

@@ -133,8 +133,12 @@ class Comm:
     """
 
     def __init__(self, *, rank: int, placement: Sequence[int], device: torch.device,
-                 timeout_s: float, group=None, strict_order: bool = False, pool: bool = True):
+                 timeout_s: float, group=None, strict_order: bool = False, pool: bool = True,
+                 transport=None):
         self.rank = rank
+        # None: torch.distributed's isend/irecv; else an object with the same
+        # calls (conveyor.runtime.shm.ShmTransport)
+        self.transport = transport
         self.strict_order = strict_order
         self.pool = BufferPool() if pool else None
         self.placement = tuple(placement)
@@ -172,6 +176,8 @@ class Comm:
     # -- sending -------------------------------------------------------------------
     def _isend(self, t: torch.Tensor, dst: int, tag: int, action):
         try:
+            if self.transport is not None:
+                return self.transport.isend(t, dst, tag)
             return dist.isend(t, group=self.group, tag=tag, group_dst=dst)
         except RuntimeError as e:
             raise self._lost(dst, action, e) from e
@@ -229,8 +235,7 @@ class Comm:
         buf = torch.empty(META_LEN, dtype=torch.int64, device=self.device)
         src = self.placement[cut]
         try:
-            work = dist.irecv(buf, group=self.group, tag=self._meta_tag(size, cut),
-                               group_src=src)
+            work = self._irecv(buf, src, self._meta_tag(size, cut))
         except RuntimeError as e:
             raise self._lost(src, action, e) from e
         self.wait([work], peer=src, action=action)
@@ -284,11 +289,16 @@ class Comm:
                 if b is not None:
                     self.pool.give((src, tuple(b.shape), b.dtype), b)
 
+    def _irecv(self, buf: torch.Tensor, src: int, tag: int):
+        if self.transport is not None:
+            return self.transport.irecv(buf, src, tag)
+        return dist.irecv(buf, group=self.group, tag=tag, group_src=src)
+
     def _post(self, bufs, src: int, tags: list[int], action) -> Pending:
         works = []
         for b, tag in zip(bufs, tags):
             try:
-                works.append(dist.irecv(b, group=self.group, tag=tag, group_src=src))
+                works.append(self._irecv(b, src, tag))
             except RuntimeError as e:
                 raise self._lost(src, action, e) from e
             self.recv_bytes += nbytes(b)
@@ -314,7 +324,13 @@ class Comm:
             for _, end in self._wait_hooks:
                 end()
 
-    def _lost(self, peer: int, action, e: BaseException) -> PeerFailedError:
+    def _lost(self, peer: int, action, e: BaseException) -> PeerFailedError | StageError:
+        if type(e).__name__ == "SizeMismatch":  # the shared-memory transport's
+            return StageError(
+                f"rank {self.rank}{cut_of(action)} in {describe(action)}: {e}; both ranks must "
+                f"run the same conveyor and the same schedule (with strict_order, a misordered "
+                f"lowering pairs a message with the wrong receive)", rank=self.rank,
+                mb=getattr(action, "mb", None), action=action)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         # gloo prefixes its source location: "[.../pair.cc:553] Connection closed ..."
         first = re.sub(r"^\[[^\]]*\]\s*", "", first).split(". This is typically")[0]

@@ -103,6 +103,12 @@ class PipelineConfig:
                     Without it shapes are keyed by micro-batch size and the
                     side inputs' shapes, so a new sequence length between steps
                     costs one handshake and a known one none.
+    transport:      how activations and gradients cross the cuts: "dist",
+                    torch.distributed (gloo on CPU, NCCL on CUDA); "shm",
+                    shared memory between CPU ranks on one host (Linux,
+                    x86-64): no transport thread between the ranks, so
+                    transfers cost what the planner's model says more
+                    steadily (conveyor.runtime.shm, docs/runtime.md).
     """
 
     loss_reduction: str = "mean"
@@ -117,6 +123,7 @@ class PipelineConfig:
     accumulate: int = 1
     varying_shapes: bool = False
     dp_overlap: bool = True
+    transport: str = "dist"
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -298,6 +305,7 @@ class Pipeline:
         self.optimizer = optimizer(self.params) if optimizer is not None and self.params else None
         self.loop = trainloop.TrainLoop(self, extras or trainloop.Extras())
         prepost = config.prepost if config.prepost is not None else ctx.backend != "nccl"
+        self.transport = self._transport()
         self.comm = self._comm()
         self.interp = Interpreter(sched, rank=ctx.rank, stages=self.stages, comm=self.comm,
                                   loss_fn=loss_fn, prepost=prepost)
@@ -321,7 +329,27 @@ class Pipeline:
         strict = self.config.strict_order or os.environ.get("CONVEYOR_STRICT_ORDER") == "1"
         return Comm(rank=self.ctx.rank, placement=self.schedule.placement,
                     device=self.ctx.device, timeout_s=self.config.timeout_s, strict_order=strict,
-                    group=self.ctx.pp_group)
+                    group=self.ctx.pp_group, transport=self.transport)
+
+    def _transport(self):
+        """The shared-memory channels of ``transport="shm"`` (one set for the
+        training and the inference comm: their steps never overlap, and
+        messages pair by tag in order); None for torch.distributed."""
+        if self.config.transport != "shm" or self.schedule.P == 1:
+            return None
+        from conveyor.runtime.shm import ShmTransport
+
+        if self.ctx.device.type != "cpu":
+            raise _same(PipelineError(
+                f"transport='shm' moves CPU tensors, but this rank runs on {self.ctx.device}; "
+                f"use transport='dist' (NCCL) there"))
+        pl = self.schedule.placement
+        pairs = {(a, b) for s in range(len(pl) - 1) for a, b in
+                 ((pl[s], pl[s + 1]), (pl[s + 1], pl[s])) if a != b}
+        try:
+            return ShmTransport(rank=self.ctx.rank, pairs=pairs, group=self.ctx.pp_group)
+        except RuntimeError as e:
+            raise PipelineError(str(e)) from None
 
     # -- public -------------------------------------------------------------------
     @property

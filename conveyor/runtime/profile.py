@@ -348,14 +348,15 @@ TINY = ("gpipe", "1f1b")
 TINY_M, TINY_WIDTH, TINY_STEPS, TINY_WARMUP = 8, 4, 7, 2
 
 
-def tiny_steps(ctx) -> dict[str, float]:
+def tiny_steps(ctx, transport: str = "dist") -> dict[str, float]:
     """Per schedule of TINY, the median step time (rank 0's measured
-    timelines) of a pipeline of tiny layers on ``ctx``'s ranks; the
-    schedules take turns, so load hits both alike. Rank 0's answer is the
-    one to use (``fit_tiny``); the others return theirs, without timelines."""
+    timelines) of a pipeline of tiny layers on ``ctx``'s ranks, its
+    transfers over ``transport`` (PipelineConfig.transport); the schedules
+    take turns, so load hits both alike. Rank 0's answer is the one to use
+    (``fit_tiny``); the others return theirs, without timelines."""
     from torch import nn
 
-    from conveyor.runtime.pipeline import Pipeline
+    from conveyor.runtime.pipeline import Pipeline, PipelineConfig
 
     pipes = {}
     for name in TINY:
@@ -363,7 +364,8 @@ def tiny_steps(ctx) -> dict[str, float]:
         model = nn.Sequential(*[nn.Linear(TINY_WIDTH, TINY_WIDTH)
                                 for _ in range(max(ctx.world_size, 2))])
         pipes[name] = Pipeline(model, loss_fn=_tiny_loss, optimizer=None, schedule=name,
-                               microbatches=TINY_M, ctx=ctx)
+                               microbatches=TINY_M, ctx=ctx,
+                               config=PipelineConfig(transport=transport))
     x, y = torch.randn(TINY_M, TINY_WIDTH), torch.randn(TINY_M, TINY_WIDTH)
     times: dict[str, list[float]] = {name: [] for name in TINY}
     for k in range(TINY_WARMUP + TINY_STEPS):
@@ -394,10 +396,28 @@ def _tiny_loss(out, y):
     return ((out - y) ** 2).mean()
 
 
-def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool) -> dict | None:
+def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool,
+               transport: str = "dist") -> dict | None:
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # as a rank runs
+    if transport == "shm":
+        from conveyor.runtime.shm import ShmTransport
+
+        shm = ShmTransport(rank=ctx.rank, pairs={(0, 1), (1, 0)})
+        peer = 1 - ctx.rank
+
+        def send(buf):
+            shm.isend(buf, peer, 0).wait(None)
+
+        def recv(buf):
+            shm.irecv(buf, peer, 0).wait(None)
+    else:
+        def send(buf):
+            dist.send(buf, 1 - ctx.rank)
+
+        def recv(buf):
+            dist.recv(buf, 1 - ctx.rank)
     out = {}
     for nbytes in sizes:
         buf = torch.zeros(max(nbytes // 4, 1), dtype=torch.float32)
@@ -405,20 +425,26 @@ def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool) -> dict | Non
         for _ in range(rounds):
             t = time.perf_counter()
             if ctx.rank == 0:
-                dist.send(buf, 1)
-                dist.recv(buf, 1)
+                send(buf)
+                recv(buf)
             else:
-                dist.recv(buf, 0)
-                dist.send(buf, 0)
+                recv(buf)
+                send(buf)
             times.append((time.perf_counter() - t) / 2)  # one way
         out[nbytes] = statistics.median(times)
-    steps = tiny_steps(ctx) if overhead else {}
+    steps = tiny_steps(ctx, transport) if overhead else {}
     return {"one_way": out, "tiny_steps": steps} if ctx.rank == 0 else None
 
 
-def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True) -> dict:
-    """Latency (s) and bandwidth (bytes/s) between two local ranks over gloo,
-    one launch of 2 ranks.
+_WIRE = {"dist": "gloo", "shm": "shared-memory"}
+
+
+def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True,
+                  transport: str = "dist") -> dict:
+    """Latency (s) and bandwidth (bytes/s) between two local ranks over
+    ``transport`` (PipelineConfig.transport: "dist", gloo here; "shm",
+    shared memory), one launch of 2 ranks; the result names the transport,
+    and a run should use the one its plan was measured on.
 
     Bandwidth: the slope of a blocking ping-pong's one-way time between a
     tiny and a large message (median of ``rounds`` each). With ``overhead``
@@ -434,18 +460,20 @@ def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True
     (benchmarks/planner.md)."""
     from conveyor.runtime.launcher import launch
 
-    got = launch(_ping_pong, nprocs=2, args=(list(sizes), rounds, overhead))[0]
+    if transport not in ("dist", "shm"):
+        raise PlanError(f"transport={transport!r}; use 'dist' or 'shm'")
+    got = launch(_ping_pong, nprocs=2, args=(list(sizes), rounds, overhead, transport))[0]
     one_way = got["one_way"]
     small, large = min(sizes), max(sizes)
     slope = (one_way[large] - one_way[small]) / (large - small)
     res = {"latency": one_way[small], "bandwidth": 1 / slope if slope > 0 else None,
            "ping_pong_latency": one_way[small], "measured": {str(k): v for k, v in one_way.items()},
-           "method": "gloo ping-pong, 2 ranks"}
+           "method": f"{_WIRE[transport]} ping-pong, 2 ranks", "transport": transport}
     if overhead:
         med = got["tiny_steps"]
         res["overhead"], res["latency"] = fit_tiny(med, 2, res["bandwidth"])
         res["tiny_steps"] = med
-        res["method"] = (f"bandwidth: gloo ping-pong, 2 ranks; latency and overhead fitted to "
+        res["method"] = (f"bandwidth: {_WIRE[transport]} ping-pong, 2 ranks; latency and overhead fitted to "
                          f"the median of {TINY_STEPS} steps each of {' and '.join(TINY)} on 2 "
                          f"ranks, M={TINY_M} of 1 sample, {TINY_WIDTH}-wide Linear layers")
     return res

@@ -131,12 +131,14 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
                  "--alone", "-o", str(prof_path)]) == 0
     assert json.loads(prof_path.read_text())["meta"]["timing"] == "alone"
     assert main(["profile", "--model", f"{tmp_path / 'm.py'}:make", "--repeats", "1",
-                 "--links", "-o", str(prof_path)]) == 0
+                 "--links", "--transport", "shm", "-o", str(prof_path)]) == 0
     out = capsys.readouterr().out
     assert "profiled 7 layers at batch 8/4/2" in out and "links: latency" in out
     data = json.loads(prof_path.read_text())
     assert data["meta"]["timing"] == "in context"
     assert data["format"] == "conveyor.profile/1" and data["links"]["ping_pong_latency"] > 0
+    assert data["links"]["transport"] == "shm"
+    assert data["links"]["method"].startswith("bandwidth: shared-memory ping-pong")
     # fitted to tiny pipelines' steps: what a transfer and an action cost there;
     # the simulator with them gives back the measured steps (or, where no
     # latency fits both, 1F1B's by the latency alone)
@@ -168,6 +170,8 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
     (["plan", "--profile", "missing.json", "-P", "2", "--batch", "8"],
      "cannot read profile 'missing.json'"),
     (["profile", "--model", "nofile.py:make"], "no file 'nofile.py'"),
+    (["profile", "--model", "m.py:make", "--transport", "shm"],
+     "--transport shm says what --links measures; add --links"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
