@@ -125,15 +125,18 @@ def comparison(steps: int, warmup: int, repeats: int, transport: str = "shm") ->
     from conveyor.errors import PlanError
     from conveyor.plan import Profile, plan_to_dict, search, stage_costs
     from conveyor.runtime import LaunchOptions, launch
+    from conveyor.runtime.heap import keep_freed_memory
     from conveyor.runtime.profile import fit_tiny, measure_links, profile
     from conveyor.schedule import schedule_names
     from conveyor.sim import simulate
 
     torch.set_num_threads(1)
+    keep_freed_memory()  # as the ranks do (LaunchOptions.keep_heap)
     t0 = time.perf_counter()
     links = measure_links(transport=transport)
     model, x = real_mlp()
-    prof = profile(model, x[:SAMPLE], repeats=repeats, warmup=2, links=links, name="real_mlp")
+    prof = profile(model, x[:SAMPLE], repeats=repeats, warmup=2, links=links, name="real_mlp",
+                   alongside=P - 1)
     t_prof = time.perf_counter() - t0
     configs, predicted, bests = [], {}, {}
     for name in schedule_names():

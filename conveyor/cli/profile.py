@@ -31,6 +31,10 @@ def add_parser(sub) -> None:
                    help="with --links: what the run's transfers will go over, as "
                         "PipelineConfig(transport=...): dist (gloo) or shm (shared memory "
                         "between CPU ranks on one host) (dist)")
+    p.add_argument("--alongside", type=int_at_least(0), default=0, metavar="N",
+                   help="time the layers while N other processes run the model too, each on "
+                        "a core of its own, as the other ranks of a run on this host will "
+                        "(cores computing at once slow each other down); P-1 for P ranks (0)")
     p.add_argument("--threads", type=int_at_least(1), default=1,
                    help="torch CPU threads, as each rank of the run will use (1)")
     p.add_argument("--alone", action="store_true",
@@ -66,6 +70,7 @@ def load_factory(spec: str):
 def run(args) -> int:
     import torch
 
+    from conveyor.runtime.heap import keep_freed_memory
     from conveyor.runtime.profile import OPTIMIZER_STATE, measure_links, profile
 
     # what can be checked before the model is built and timed
@@ -76,6 +81,7 @@ def run(args) -> int:
         raise PlanError(f"--optimizer {args.optimizer!r} is unknown; choose one of "
                         f"{', '.join(OPTIMIZER_STATE)}")
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # time the layers with the heap the ranks will have (LaunchOptions)
     got = load_factory(args.model)()
     if not (isinstance(got, tuple) and len(got) == 2):
         raise PlanError(f"--model {args.model}: the function must return (model, sample_batch)")
@@ -83,7 +89,7 @@ def run(args) -> int:
     links = measure_links(transport=args.transport) if args.links else None
     prof = profile(model, batch, repeats=args.repeats, warmup=args.warmup,
                    optimizer=args.optimizer, name=args.model, links=links,
-                   in_context=not args.alone)
+                   in_context=not args.alone, alongside=args.alongside)
     path = prof.save(args.output)
     total_f = sum(x.forward.at(prof.batch[0]) for x in prof.layers)
     total_b = sum(x.backward.at(prof.batch[0]) for x in prof.layers)

@@ -104,6 +104,9 @@ def check_launch_options(options) -> None:
     if not isinstance(options.pin, bool):
         raise PipelineError(f"pin={options.pin!r}; use True (each local rank on its own cores) "
                             f"or False")
+    if not isinstance(options.keep_heap, bool):
+        raise PipelineError(f"keep_heap={options.keep_heap!r}; use True (each rank keeps the "
+                            f"memory a step frees for the next) or False")
     t = options.threads
     if t is not None and (isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= 4096):
         raise PipelineError(f"threads={t!r}; use an integer in 1..4096 or None "

@@ -263,36 +263,10 @@ def _warm_up(layers, batch, device, rounds: int) -> None:
             layer.zero_grad(set_to_none=True)
 
 
-def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
-            optimizer: str = "adam", name: str | None = None, device=None,
-            progress: bool = True, links: dict | None = None,
-            overhead: float | None = None, in_context: bool = True) -> Profile:
-    """Measure every layer of ``model`` (an ``nn.Sequential`` or list of layers)
-    on ``sample_batch`` (the model's input: a tensor or tuple of tensors, batch
-    along dim 0, at least 2 samples).
-
-    ``optimizer``: whose state to count ("adam", "adamw", "momentum", "sgd",
-    "none"). ``links``: a measured ``{"latency", "bandwidth"}`` to store (see
-    ``measure_links``). ``overhead``: the runtime's seconds per action
-    (default: ``links["overhead"]`` when measured, else 0). ``in_context``
-    (default): forward and backward times are those of layers run one after
-    another as a stage runs them (``_chained_times``); False: each layer
-    timed alone, call after call (faster to measure, biased low on CPUs).
-    Returns a Profile. Raises PlanError for an unknown
-    optimizer, a batch of fewer than 2 samples, or a model that is not a chain.
-    """
-    if optimizer not in OPTIMIZER_STATE:
-        raise PlanError(f"unknown optimizer {optimizer!r} for the state bytes; choose one of "
-                        f"{', '.join(OPTIMIZER_STATE)}")
-    layers = layers_of(model)
-    first = _tensors(sample_batch)
-    if not first or first[0].shape[0] < 2:
-        raise PlanError("the sample batch needs at least 2 samples along dim 0 (the profiler "
-                        "measures at n, n/2 and n/4 to separate fixed from per-sample time)")
-    device = torch.device(device) if device is not None else first[0].device
-    n0 = first[0].shape[0]
-    sizes = sorted({n0, max(n0 // 2, 1), max(n0 // 4, 1)}, reverse=True)
-    _warm_up(layers, sample_batch, device, max(warmup, 1))
+def _measure_sizes(layers, sample_batch, sizes, repeats, warmup, device, in_context,
+                   progress) -> tuple[list[list[dict]], object]:
+    """Per batch size of ``sizes``, every layer's measurement row; and the
+    model's output (at the last size)."""
     bar = ProgressBar((len(layers) + in_context) * len(sizes), title="profile ") \
         if progress else None
     per_size = []
@@ -314,6 +288,113 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
         per_size.append(rows)
     if bar:
         bar.close()
+    return per_size, x
+
+
+def _busy_cores(n: int, layers, batch, device):
+    """A context in which ``n`` forked processes run the model's forward and
+    backward over and over, each pinned to a core of its own, this process
+    pinned to another (its affinity is restored after)."""
+    import contextlib
+    import os
+    import signal
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise PlanError(f"alongside={n!r}; use an integer >= 0 (other processes computing "
+                        f"while the layers are timed, P - 1 for a run of P ranks on this host)")
+    if n == 0:
+        return contextlib.nullcontext()
+    if device.type != "cpu" or not hasattr(os, "sched_setaffinity") or not hasattr(os, "fork"):
+        raise PlanError(f"alongside={n} runs other processes on this machine's other cores; it "
+                        f"needs CPU layers on Linux (this is {device}); leave it at 0")
+    cores = sorted(os.sched_getaffinity(0))
+    if n > len(cores) - 1:
+        raise PlanError(f"alongside={n} needs {n + 1} cores, one each, but this process may use "
+                        f"{len(cores)}; use at most alongside={len(cores) - 1}")
+
+    @contextlib.contextmanager
+    def busy():
+        parent, kids = os.getpid(), []
+        try:
+            for k in range(1, n + 1):
+                pid = os.fork()
+                if pid == 0:  # the child: compute until killed or orphaned, never return
+                    try:
+                        _die_with_parent()
+                        os.sched_setaffinity(0, {cores[k]})
+                        torch.set_num_threads(1)
+                        while os.getppid() == parent:
+                            _warm_up(layers, batch, device, 1)
+                    finally:
+                        os._exit(0)
+                kids.append(pid)
+            os.sched_setaffinity(0, {cores[0]})
+            _warm_up(layers, batch, device, 1)  # with the others running
+            yield
+        finally:
+            os.sched_setaffinity(0, set(cores))
+            for pid in kids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
+
+    return busy()
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent ends (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
+    except (OSError, AttributeError):
+        pass
+
+
+def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
+            optimizer: str = "adam", name: str | None = None, device=None,
+            progress: bool = True, links: dict | None = None,
+            overhead: float | None = None, in_context: bool = True,
+            alongside: int = 0) -> Profile:
+    """Measure every layer of ``model`` (an ``nn.Sequential`` or list of layers)
+    on ``sample_batch`` (the model's input: a tensor or tuple of tensors, batch
+    along dim 0, at least 2 samples).
+
+    ``optimizer``: whose state to count ("adam", "adamw", "momentum", "sgd",
+    "none"). ``links``: a measured ``{"latency", "bandwidth"}`` to store (see
+    ``measure_links``). ``overhead``: the runtime's seconds per action
+    (default: ``links["overhead"]`` when measured, else 0). ``in_context``
+    (default): forward and backward times are those of layers run one after
+    another as a stage runs them (``_chained_times``); False: each layer
+    timed alone, call after call (faster to measure, biased low on CPUs).
+    ``alongside`` (CPU): time the layers while that many other processes run
+    the whole model's forward and backward, each on a core of its own (this
+    process on the first core it may use, they on the next ones), as the
+    other ranks of a run on this host do; cores that compute at once slow
+    each other down (shared caches and memory), 3-6 % on the 2-core test
+    machine. For a run of P ranks on this host, P - 1.
+    Returns a Profile. Raises PlanError for an unknown
+    optimizer, a batch of fewer than 2 samples, a model that is not a chain,
+    or more ``alongside`` than spare cores.
+    """
+    if optimizer not in OPTIMIZER_STATE:
+        raise PlanError(f"unknown optimizer {optimizer!r} for the state bytes; choose one of "
+                        f"{', '.join(OPTIMIZER_STATE)}")
+    layers = layers_of(model)
+    first = _tensors(sample_batch)
+    if not first or first[0].shape[0] < 2:
+        raise PlanError("the sample batch needs at least 2 samples along dim 0 (the profiler "
+                        "measures at n, n/2 and n/4 to separate fixed from per-sample time)")
+    device = torch.device(device) if device is not None else first[0].device
+    n0 = first[0].shape[0]
+    sizes = sorted({n0, max(n0 // 2, 1), max(n0 // 4, 1)}, reverse=True)
+    _warm_up(layers, sample_batch, device, max(warmup, 1))
+    with _busy_cores(alongside, layers, sample_batch, device):
+        per_size, x = _measure_sizes(layers, sample_batch, sizes, repeats, warmup, device,
+                                  in_context, progress)
     state = OPTIMIZER_STATE[optimizer]
     if overhead is None:
         overhead = float((links or {}).get("overhead") or 0.0)
@@ -336,6 +417,7 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
                    repeats=repeats, links=links, overhead=float(overhead),
                    meta={"torch": torch.__version__, "optimizer": optimizer,
                          "timing": "in context" if in_context else "alone",
+                         "alongside": alongside,
                          # the runtime keeps each micro-batch's weighted loss, a scalar
                          # of the model output's dtype, until its backward
                          "loss_bytes": _tensors(x)[0].element_size()})

@@ -66,6 +66,7 @@ CASES = [
     ("launch backend", lambda: LaunchOptions(backend="mpi"), PipelineError, "'mpi'"),
     ("launch threads", lambda: LaunchOptions(threads=0), PipelineError, "threads=0"),
     ("launch pin", lambda: LaunchOptions(pin="yes"), PipelineError, "pin='yes'"),
+    ("launch keep_heap", lambda: LaunchOptions(keep_heap=1), PipelineError, "keep_heap=1"),
     ("nprocs 0", lambda: launch(_f, nprocs=0), PipelineError, "got 0"),
     ("nprocs huge", lambda: launch(_f, nprocs=2000), PipelineError, "2000"),
     ("nprocs bool", lambda: launch(_f, nprocs=True), PipelineError, "True"),
