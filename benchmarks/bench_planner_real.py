@@ -15,15 +15,19 @@ large for a pipeline to pay. Loss: mean squared error against fixed random
 targets; Adam.
 
 Steps: profile the model here on one thread (median of repeats after
-warm-up, each layer timed in context: ``conveyor.runtime.profile``) and measure the links and the runtime's per-action overhead
+warm-up, each layer timed in context: ``conveyor.runtime.profile``; beside
+one other process running the model on the other core, ``alongside=1``,
+with the heap kept as the ranks keep it) and measure the links and the
+runtime's per-action overhead over the run's transport
 (``conveyor.runtime.profile.measure_links``, one launch of 2 ranks); for
 every schedule that places on P = 2, the planner's best plan of that
 schedule alone (``search(..., schedules=[name])``, no memory limit); then
 all of them in one launch of 2 processes, each pinned to its own core
-(``LaunchOptions(pin=True)``: every thread of the process, gloo's transport
-thread too) with one torch thread, steps in turns; the figure
-per schedule is the median of the recorded step times on rank 0's measured
-timeline (the optimizer step is outside it, as in the simulator).
+(``LaunchOptions(pin=True)``: every thread of the process) with one torch
+thread, transfers over shared memory (``--transport shm``, the default) or
+gloo (``--transport dist``), steps in turns; the figure per schedule is the
+median of the recorded step times on rank 0's measured timeline (the
+optimizer step is outside it, as in the simulator).
 
 Also printed, as diagnostics: the prediction with the runtime's overhead
 fitted again inside the run's launch; each rank's core share (its CPU time

@@ -46,7 +46,7 @@ def run(args) -> int:
                     schedules=schedules, microbatches=args.microbatches,
                     chunks=tuple(args.chunks), refine=not args.no_refine, cluster=cluster)
     print(plan_table(result, top=args.top))
-    note = cpu_caveat(prof.device, result.best.v)
+    note = cpu_caveat(prof.device, result.best.v, (prof.links or {}).get("transport"))
     if note:
         print(note)
     path = save_plan(plan_to_dict(result.best, prof, batch=args.batch, budget=args.memory),
@@ -56,12 +56,17 @@ def run(args) -> int:
     return 0
 
 
-def cpu_caveat(device: str, v: int) -> str | None:
+def cpu_caveat(device: str, v: int, transport: str | None = None) -> str | None:
     """What to expect of the prediction of a plan with ``v`` stages per rank
-    on CPU ranks over gloo (benchmarks/planner.md), or None elsewhere."""
+    on CPU ranks (benchmarks/planner.md), given the transport the profile's
+    links were measured over; None where there is nothing to add."""
     if not str(device).startswith("cpu") or v < 2:
         return None
+    if transport == "shm":
+        return (f"note: on CPU ranks over shared memory, plans with {v} stages per rank "
+                f"measured +4 % to +10 % over their prediction on the real-compute benchmark "
+                f"(benchmarks/planner.md); run it with PipelineConfig(transport='shm')")
     return (f"note: on CPU ranks over gloo, plans with {v} stages per rank measured up to "
-            f"16 % over their prediction (their messages cross in both directions at once "
-            f"and gloo's transfers take the ranks' own cores); plans with one stage per rank "
-            f"came within 5 % (benchmarks/planner.md)")
+            f"15 % over their prediction (gloo's transfers take the ranks' own cores); over "
+            f"shared memory they came within +4 % to +10 %: profile with --links --transport "
+            f"shm and run with PipelineConfig(transport='shm') (benchmarks/planner.md)")

@@ -18,7 +18,8 @@ as fixed + per sample, see ``conveyor.plan.profile.Affine``):
   layer's output gradient, and any other gradient recorded inside it.
 
 Returns a torch-free ``Profile`` (``conveyor.plan.profile``) that the planner
-reads. ``measure_links`` times a gloo ping-pong between two local ranks.
+reads. ``measure_links`` times a ping-pong between two local ranks, over
+gloo or shared memory (the transport the run will use).
 """
 
 from __future__ import annotations

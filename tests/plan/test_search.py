@@ -167,6 +167,9 @@ def test_the_bound_never_exceeds_the_simulated_step(name, M):
 def test_plan_cli_warns_of_cpu_spread_only_for_several_stages_per_rank():
     from conveyor.cli.plan import cpu_caveat
 
-    assert "2 stages per rank measured up to 16 %" in cpu_caveat("cpu", 2)
-    assert cpu_caveat("cpu", 1) is None
+    over_gloo = cpu_caveat("cpu", 2)
+    assert "over gloo, plans with 2 stages per rank measured up to 15 %" in over_gloo
+    assert "--transport shm" in over_gloo
+    assert "over shared memory, plans with 2 stages" in cpu_caveat("cpu", 2, "shm")
+    assert cpu_caveat("cpu", 1) is None and cpu_caveat("cpu", 1, "shm") is None
     assert cpu_caveat("cuda:0", 2) is None
