@@ -38,6 +38,7 @@ import torch
 import torch.distributed as dist
 
 from conveyor.runtime.errors import PeerFailedError, StageError, cut_of, describe
+from conveyor.runtime.shm import SizeMismatch
 
 __all__ = ["TensorMeta", "Comm", "encode_meta", "decode_meta", "nbytes"]
 
@@ -325,7 +326,7 @@ class Comm:
                 end()
 
     def _lost(self, peer: int, action, e: BaseException) -> PeerFailedError | StageError:
-        if type(e).__name__ == "SizeMismatch":  # the shared-memory transport's
+        if isinstance(e, SizeMismatch):  # the shared-memory transport's
             return StageError(
                 f"rank {self.rank}{cut_of(action)} in {describe(action)}: {e}; both ranks must "
                 f"run the same conveyor and the same schedule (with strict_order, a misordered "

@@ -5,7 +5,7 @@ returns freed memory at the top of its heap to the system once more than a
 threshold is free, and it serves large blocks with fresh ``mmap`` calls; the
 next step then takes a page fault, and a page of zeroes, for every 4 KiB it
 touches again. On the real-compute planner benchmark (2 CPU ranks) that was
-1,400-4,300 page faults per step, and a looped schedule's steps ran 63-70 ms
+1,360-4,322 page faults per step, and a looped schedule's steps ran 63-70 ms
 against 58-61 ms with the memory kept (benchmarks/planner.md).
 
 ``keep_freed_memory`` sets glibc's mmap threshold to its maximum (32 MiB:

@@ -300,6 +300,8 @@ def _busy_cores(n: int, layers, batch, device):
     import os
     import signal
 
+    from conveyor.runtime.lifetime import die_with_parent
+
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise PlanError(f"alongside={n!r}; use an integer >= 0 (other processes computing "
                         f"while the layers are timed, P - 1 for a run of P ranks on this host)")
@@ -321,7 +323,7 @@ def _busy_cores(n: int, layers, batch, device):
                 pid = os.fork()
                 if pid == 0:  # the child: compute until killed or orphaned, never return
                     try:
-                        _die_with_parent()
+                        die_with_parent(parent)
                         os.sched_setaffinity(0, {cores[k]})
                         torch.set_num_threads(1)
                         while os.getppid() == parent:
@@ -342,17 +344,6 @@ def _busy_cores(n: int, layers, batch, device):
                     pass
 
     return busy()
-
-
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGKILL when its parent ends (PR_SET_PDEATHSIG)."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))
-    except (OSError, AttributeError):
-        pass
 
 
 def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
@@ -392,8 +383,9 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     device = torch.device(device) if device is not None else first[0].device
     n0 = first[0].shape[0]
     sizes = sorted({n0, max(n0 // 2, 1), max(n0 // 4, 1)}, reverse=True)
+    busy = _busy_cores(alongside, layers, sample_batch, device)  # checked before any work
     _warm_up(layers, sample_batch, device, max(warmup, 1))
-    with _busy_cores(alongside, layers, sample_batch, device):
+    with busy:
         per_size, x = _measure_sizes(layers, sample_batch, sizes, repeats, warmup, device,
                                   in_context, progress)
     state = OPTIMIZER_STATE[optimizer]

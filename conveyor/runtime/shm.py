@@ -138,13 +138,15 @@ class _Ring:
 class _Work:
     """A posted send or receive; ``wait`` drives the transport until it is done."""
 
-    __slots__ = ("transport", "peer", "tag", "data", "done", "moved", "hdr")
+    __slots__ = ("transport", "peer", "tag", "data", "done", "moved", "hdr", "holder")
 
-    def __init__(self, transport, peer: int, tag: int, data: torch.Tensor | None):
+    def __init__(self, transport, peer: int, tag: int, data: torch.Tensor | None,
+                 holder: bool = False):
         self.transport, self.peer, self.tag, self.data = transport, peer, tag, data
         self.done = False
         self.moved = 0          # frame bytes after the header done (payload and padding)
-        self.hdr = False        # a send: its header is written; a receive: a holder
+        self.hdr = False        # a send: its header is written
+        self.holder = holder    # a message read before its receive was posted
 
     def is_completed(self) -> bool:
         return self.done
@@ -318,7 +320,7 @@ class ShmTransport:
             if not w.done:
                 break
             self.reading[src] = None
-            if w.hdr:  # it came before its receive (which may have been posted since)
+            if w.holder:  # it came before its receive (which may have been posted since)
                 self._keep(src, w.tag, w.data)
             w.data = None
         if tail != start:
@@ -334,9 +336,7 @@ class ShmTransport:
                 raise SizeMismatch(f"rank {src} sent {n} bytes with tag {tag} to a receive of "
                                    f"{w.data.numel()} bytes")
             return w
-        holder = _Work(self, src, tag, torch.empty(n, dtype=torch.uint8))
-        holder.hdr = True
-        return holder
+        return _Work(self, src, tag, torch.empty(n, dtype=torch.uint8), holder=True)
 
     def _keep(self, src: int, tag: int, msg: torch.Tensor) -> None:
         """A message read whole before its receive was posted: to the first

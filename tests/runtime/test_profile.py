@@ -101,6 +101,59 @@ def test_bad_sample_batch_and_optimizer():
         profile(_models.mlp(1), torch.randn(4, 5), optimizer="lion", progress=False)
 
 
+def _children() -> list[int]:
+    """Live processes whose parent is this one."""
+    me, out = str(os.getpid()), []
+    for d in Path("/proc").iterdir():
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == me and fields[0] not in ("Z", "X"):
+            out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and 2 cores")
+def test_alongside_times_the_layers_beside_a_busy_core(monkeypatch):
+    """While the layers are timed, one forked process computes on a core of
+    its own and this one is pinned to another; after, the process is gone
+    and the affinity is as it was."""
+    import conveyor.runtime.profile as prof_mod
+
+    cores = os.sched_getaffinity(0)
+    seen = {}
+    measure = prof_mod._measure_sizes
+
+    def watched(*args, **kwargs):
+        seen["children"] = [(pid, Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1]
+                             .split()[0]) for pid in _children()]
+        seen["mine"] = os.sched_getaffinity(0)
+        seen["theirs"] = [os.sched_getaffinity(pid) for pid, _ in seen["children"]]
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(prof_mod, "_measure_sizes", watched)
+    before = set(_children())
+    prof = profile(_models.mlp(2), _models.batch(8)[0], repeats=1, warmup=1, progress=False,
+                   alongside=1)
+    new = [(pid, state) for pid, state in seen["children"] if pid not in before]
+    assert len(new) == 1 and new[0][1] == "R", seen  # running, not waiting
+    first, second = sorted(cores)[:2]
+    assert seen["mine"] == {first} and seen["theirs"][-1] == {second}
+    assert prof.meta["alongside"] == 1
+    assert not set(_children()) - before  # killed and reaped
+    assert os.sched_getaffinity(0) == cores
+
+
+def test_alongside_beyond_the_spare_cores_is_refused():
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    with pytest.raises(PlanError, match=f"alongside={n} needs {n + 1} cores, one each"):
+        profile(_models.mlp(1), _models.batch(4)[0], alongside=n, progress=False)
+    with pytest.raises(PlanError, match=r"alongside=-1; use an integer >= 0"):
+        profile(_models.mlp(1), _models.batch(4)[0], alongside=-1, progress=False)
+
+
 def test_import_conveyor_stays_torch_free():
     program = BLOCKER + (
         "import conveyor, conveyor.plan, conveyor.partition, conveyor.cli.plan, "
