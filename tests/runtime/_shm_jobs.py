@@ -35,7 +35,6 @@ def exchange_job(ctx, recv_order: list[int]) -> dict:
     receives of one tag in order). Returns what arrived, the segment's file
     state and the number of bytes kept aside."""
     t = ShmTransport(rank=ctx.rank, pairs={(0, 1), (1, 0)}, ring_bytes=RING)
-    left = glob.glob("/dev/shm/conveyor-*")  # unlinked once every rank mapped it
     peer = 1 - ctx.rank
     mine, theirs = _msgs(ctx.rank), _msgs(peer)
     sends = [t.isend(x, peer, tag) for tag, x in mine]
@@ -45,6 +44,9 @@ def exchange_job(ctx, recv_order: list[int]) -> dict:
     recvs = [t.irecv(bufs[i], peer, theirs[i][0]) for i in recv_order]
     for w in recvs + sends:
         w.wait(None)
+    # Rank 0 unlinks the file right after set-up, before it sends: once its
+    # messages are here, the file must be gone.
+    left = glob.glob("/dev/shm/conveyor-*")
     ok = [torch.equal(bufs[i], theirs[i][1]) for i in recv_order]
     return {"rank": ctx.rank, "equal": ok, "left": left, "done": all(w.is_completed() for w in
                                                                    recvs + sends)}
