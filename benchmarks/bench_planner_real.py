@@ -12,7 +12,7 @@ and a head 4x wider than a narrow block (256 -> 1024 -> 256 outputs). A batch
 of 512: on a CPU each backward writes whole weight gradients whatever the
 micro-batch, a fixed cost worth tens of samples, so micro-batches must be
 large for a pipeline to pay. Loss: mean squared error against fixed random
-targets; Adam.
+targets (the profile times it too, on the last stage); Adam.
 
 Steps: profile the model here on one thread (median of repeats after
 warm-up, each layer timed in context: ``conveyor.runtime.profile``; beside
@@ -88,6 +88,13 @@ def _loss(out, y):
     return ((out - y) ** 2).mean()
 
 
+def _targets():
+    """The fixed random targets of every step (and of the profile's loss)."""
+    import torch
+
+    return torch.randn(BATCH, NARROW, generator=torch.Generator().manual_seed(1))
+
+
 def _run_rank(ctx, configs, steps, warmup, transport):
     """Every config's pipeline, steps in turns; rank 0 returns step times."""
     import torch
@@ -104,7 +111,7 @@ def _run_rank(ctx, configs, steps, warmup, transport):
         pipes.append(Pipeline(model, loss_fn=_loss, ctx=ctx, plan=cfg["plan"],
                               config=PipelineConfig(transport=transport),
                               optimizer=lambda ps: torch.optim.Adam(ps, 1e-3)))
-    y = torch.randn(BATCH, NARROW, generator=torch.Generator().manual_seed(1))
+    y = _targets()
     times = [[] for _ in configs]
     costs = [None] * len(configs)
     busy = [0.0] * P          # rank 0: each rank's compute wall time, recorded steps
@@ -140,7 +147,7 @@ def comparison(steps: int, warmup: int, repeats: int, transport: str = "shm") ->
     links = measure_links(transport=transport)
     model, x = real_mlp()
     prof = profile(model, x[:SAMPLE], repeats=repeats, warmup=2, links=links, name="real_mlp",
-                   alongside=P - 1)
+                   alongside=P - 1, loss_fn=_loss, targets=_targets()[:SAMPLE])
     t_prof = time.perf_counter() - t0
     configs, predicted, bests = [], {}, {}
     for name in schedule_names():

@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
                                    "a profile JSON for `conveyor plan`.")
     p.add_argument("--model", required=True, metavar="FILE.py:FN|module:FN",
                    help="a function returning (model, sample_batch): an nn.Sequential (or "
-                        "list of layers) and the input of one step")
+                        "list of layers) and the input of one step; or (model, sample_batch, "
+                        "loss_fn, targets) to time the loss the last stage runs too")
     p.add_argument("--repeats", type=int_at_least(1), default=5,
                    help="timed calls per measurement, median taken (5)")
     p.add_argument("--warmup", type=int_at_least(0), default=2, help="untimed calls first (2)")
@@ -84,13 +85,15 @@ def run(args) -> int:
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # time the layers with the heap the ranks will have (LaunchOptions)
     got = load_factory(args.model)()
-    if not (isinstance(got, tuple) and len(got) == 2):
-        raise PlanError(f"--model {args.model}: the function must return (model, sample_batch)")
-    model, batch = got
+    if not (isinstance(got, tuple) and len(got) in (2, 4)):
+        raise PlanError(f"--model {args.model}: the function must return (model, sample_batch) "
+                        f"or (model, sample_batch, loss_fn, targets)")
+    model, batch, loss_fn, targets = got if len(got) == 4 else (*got, None, None)
     links = measure_links(transport=args.transport) if args.links else None
     prof = profile(model, batch, repeats=args.repeats, warmup=args.warmup,
                    optimizer=args.optimizer, name=args.model, links=links,
-                   in_context=not args.alone, alongside=args.alongside)
+                   in_context=not args.alone, alongside=args.alongside, loss_fn=loss_fn,
+                   targets=targets)
     path = prof.save(args.output)
     total_f = sum(x.forward.at(prof.batch[0]) for x in prof.layers)
     total_b = sum(x.backward.at(prof.batch[0]) for x in prof.layers)
@@ -99,6 +102,10 @@ def run(args) -> int:
     print(f"profiled {prof.L} layers at batch {'/'.join(map(str, prof.batch))}, median of "
           f"{prof.repeats}: forward {total_f * 1e3:.2f} ms, backward {total_b * 1e3:.2f} ms; "
           f"heaviest layer {heavy} ({prof.layers[heavy].kind})")
+    if prof.loss is not None:
+        n = prof.batch[0]
+        print(f"loss (on the last stage): forward {prof.loss.forward.at(n) * 1e3:.2f} ms, "
+              f"backward {prof.loss.backward.at(n) * 1e3:.2f} ms at batch {n}")
     if links:
         bw = links["bandwidth"]
         print(f"links: latency {links['latency'] * 1e6:.0f} us in a pipeline (ping-pong "

@@ -12,6 +12,9 @@ checkpointed, the schedule's placement) this gives:
   input and output, and its recomputed bytes, from which
   ``conveyor.plan.memory.rank_memory`` gives each rank's peak.
 
+The last stage also pays the loss function's forward and backward where the
+profile timed them (``Profile.loss``).
+
 Every action's time also carries the profile's ``overhead``: what the
 runtime adds per action beyond the layers' compute (dispatch, posting and
 waiting on sends and receives), measured by ``measure_links``. It is charged
@@ -127,11 +130,11 @@ def backward_times(layers, n: float, first: bool) -> list[float]:
 
 
 def _block_times(ls, n: float, first: bool) -> tuple[float, float, float, float]:
-    """(F, B, I, W) of a block of layers at n samples, each as measured alone.
+    """(F, B, I, W) of a block of layers at n samples, each as profiled.
 
-    I + W need not equal B: a layer whose gradients come from one autograd
-    node runs all of it for I and again for W (the runtime's split backward
-    does the same), so a split schedule pays what I and W cost, not B.
+    I and W are what the runtime's split backward (``splitgrad``) took on each
+    layer in the profile; their sum is about B, not exactly (I walks the graph
+    first, and each is a call of its own).
 
     On the first stage (``first``) no input gradient is wanted: the runtime's
     I does nothing there and W runs the whole backward from the stage's
@@ -200,6 +203,18 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
         else:
             held.append(cut_in[r.start] + saved + out)
             rec.append(0.0)
+        if s == S - 1 and profile.loss is not None:
+            # The loss runs after the stage's forward (never recomputed) and its
+            # backward first in B; it has no weights, so a split backward runs
+            # it in I (in W on a lone first stage, where I does nothing).
+            lf = [profile.loss.forward.at(n) for n in sizes]
+            lb = [profile.loss.backward.at(n) for n in sizes]
+            f = [x + y for x, y in zip(f, lf)]
+            b = [x + y for x, y in zip(b, lb)]
+            if s == 0:
+                w = [x + y for x, y in zip(w, lb)]
+            else:
+                i = [x + y for x, y in zip(i, lb)]
         # once per action, after the recompute above added a forward's compute
         f, b, i, w = ([x + profile.overhead for x in xs] for xs in (f, b, i, w))
         fw.append(tuple(f))

@@ -39,6 +39,10 @@ docs/planning.md):
                 layers' compute: dispatch, posting and waiting on its sends and
                 receives, shape handshakes. Optional: 0 in profiles written
                 before it or without ``--links`` (see ``measure_links``)
+    loss        {"forward": {"fixed", "per_sample"}, "backward": {...}}: the
+                loss function's time on the model's output (its forward, and
+                its backward down to the output), which the last stage pays;
+                null (or absent, in older profiles) when profiled without one
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from pathlib import Path
 
 from conveyor.errors import PlanError
 
-__all__ = ["Affine", "LayerProfile", "Profile", "load_profile", "FORMAT"]
+__all__ = ["Affine", "LayerProfile", "LossProfile", "Profile", "load_profile", "FORMAT"]
 
 FORMAT = "conveyor.profile/1"
 
@@ -115,6 +119,15 @@ class LayerProfile:
         return self.param_bytes + self.optim_bytes
 
 
+@dataclass(frozen=True)
+class LossProfile:
+    """The loss function's seconds per micro-batch: its forward on the model's
+    output, and its backward down to that output."""
+
+    forward: Affine
+    backward: Affine
+
+
 @dataclass
 class Profile:
     """Per-layer costs of one model on one device, and the links between ranks."""
@@ -128,6 +141,7 @@ class Profile:
     links: dict | None = None
     meta: dict = field(default_factory=dict)
     overhead: float = 0.0
+    loss: LossProfile | None = None
 
     @property
     def L(self) -> int:
@@ -146,7 +160,7 @@ class Profile:
         return {"format": FORMAT, "model": self.model, "batch": self.batch,
                 "device": self.device, "repeats": self.repeats,
                 "input_bytes": self.input_bytes, "links": self.links, "overhead": self.overhead,
-                "meta": self.meta,
+                "meta": self.meta, "loss": None if self.loss is None else asdict(self.loss),
                 "layers": [asdict(lay) for lay in self.layers]}
 
     def save(self, path: str | Path) -> Path:
@@ -175,7 +189,9 @@ class Profile:
                        input_bytes=float(d["input_bytes"]), batch=list(d.get("batch", [])),
                        device=str(d.get("device", "cpu")), repeats=int(d.get("repeats", 0)),
                        links=d.get("links"), meta=dict(d.get("meta") or {}),
-                       overhead=float(d.get("overhead") or 0.0))
+                       overhead=float(d.get("overhead") or 0.0),
+                       loss=None if d.get("loss") is None else LossProfile(
+                           Affine(**d["loss"]["forward"]), Affine(**d["loss"]["backward"])))
         except (KeyError, TypeError, ValueError) as e:
             raise PlanError(f"{source}: malformed profile ({type(e).__name__}: {e}); "
                             f"re-run `conveyor profile`") from None

@@ -27,12 +27,13 @@ from __future__ import annotations
 import hashlib
 import statistics
 import time
+from typing import NamedTuple
 
 import torch
 
 from conveyor.progress import ProgressBar
 from conveyor.errors import PlanError
-from conveyor.plan.profile import Affine, LayerProfile, Profile
+from conveyor.plan.profile import Affine, LayerProfile, LossProfile, Profile
 from conveyor.runtime.splitgrad import backward_input
 from conveyor.runtime.stages import layers_of
 
@@ -88,6 +89,10 @@ def _slice(batch, n: int):
     if isinstance(batch, torch.Tensor):
         return batch[:n]
     return tuple(t[:n] for t in batch)
+
+
+def _on(x, device):
+    return x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)
 
 
 def _grad_leaf(x):
@@ -182,36 +187,110 @@ def _measure_layer(layer, x, n: int, repeats: int, warmup: int, device) -> tuple
     return result, _detached(y)
 
 
-def _chained_times(layers, x, repeats: int, warmup: int, device) -> list[tuple[float, float]]:
-    """Per layer, (forward, backward) seconds measured as a stage runs them:
+class _Chained(NamedTuple):
+    """In-context seconds per layer (see ``_chained_times``), and the loss's."""
+
+    forward: list[float]
+    backward: list[float]
+    input_grad: list[float] | None    # None: not measured (no split pass)
+    weight_grad: list[float] | None
+    loss: tuple[float, float] | None  # (forward, backward), or None without a loss
+
+
+def _leaves(x) -> list[torch.Tensor]:
+    return [t for t in _tensors(x) if t.requires_grad]
+
+
+def _chain_forward(layers, x, fwd=None):
+    """Every layer's forward in order, each on a fresh leaf of the previous
+    output; appends each forward's seconds to ``fwd[j]`` when given.
+    Returns (inputs, outputs)."""
+    ins, outs, y = [], [], x
+    for j, layer in enumerate(layers):
+        xi = _grad_leaf(_detached(y))
+        t = time.perf_counter()
+        y = layer(xi)
+        if fwd is not None:
+            fwd[j].append(time.perf_counter() - t)
+        ins.append(xi)
+        outs.append(y)
+    return ins, outs
+
+
+def _timed(fn, device):
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - t
+
+
+def _loss_grads(loss, out, device, times=None):
+    """Run ``loss`` = (loss_fn, targets) on the model's output as the last stage
+    does (the loss as a scalar, weighted), then its backward to the output.
+    Returns the output's gradients (None without a loss); appends (forward,
+    backward) seconds to ``times`` when given."""
+    ys = _leaves(out)
+    if loss is None or not ys:
+        return None
+    loss_fn, targets = loss
+
+    def forward():
+        value = loss_fn(out, targets)
+        weighted = value.reshape(()) * 1.0
+        weighted.detach().to(torch.float64)  # the runtime's running sum of the step
+        return weighted
+
+    weighted, tf = _timed(forward, device)
+    grads, tb = _timed(lambda: torch.autograd.grad(weighted, ys), device)
+    if times is not None:
+        times.append((tf, tb))
+    return list(grads)
+
+
+def _next_grads(grads, ins) -> list | None:
+    """The gradients to feed the layer before: those of this layer's inputs
+    (``grads``, one per input leaf; None where unused)."""
+    leaves = _leaves(ins)
+    if not leaves:
+        return None
+    return [g if g is not None else torch.zeros_like(t) for t, g in zip(leaves, grads)]
+
+
+def _chained_times(layers, x, repeats: int, warmup: int, device, *, loss=None,
+                   split: bool = False) -> _Chained:
+    """Per layer, forward and backward seconds measured as a stage runs them:
     each pass runs every layer's forward in order, then every layer's backward
     in reverse, each fed the next one's input gradient and adding into the
     parameters' ``.grad``; the median of ``repeats`` passes after ``warmup``.
+    With ``loss`` (``(loss_fn, targets)``) the last layer's output gradient
+    comes from the loss, as on the last stage, and the loss's own forward and
+    backward are timed too; without, it is all ones.
+
+    With ``split``, a second pass per repeat runs the backward the way a split
+    schedule's I and W run it (``splitgrad.backward_input`` per layer in
+    reverse, then each layer's kept weight gradients), timing each part.
 
     A layer timed alone, call after call, finds its weights and inputs in the
     cache and writes no gradient into an existing ``.grad``; inside a stage
     the other layers have run in between. On the real-compute benchmark
     (benchmarks/planner.md) stages ran 5-30 % slower than the sum of their
-    layers timed alone, and about as slow as measured here."""
+    layers timed alone, and about as slow as measured here. Timing I and W
+    alone, each from the layer's outputs, also mis-splits the backward: the
+    weight gradient alone runs every node on the way to the parameters."""
     L = len(layers)
     fwd: list[list[float]] = [[] for _ in range(L)]
     bwd: list[list[float]] = [[] for _ in range(L)]
+    ig: list[list[float]] = [[] for _ in range(L)]
+    wg: list[list[float]] = [[] for _ in range(L)]
+    lt: list[tuple[float, float]] = []
     for k in range(warmup + repeats):
         keep = k >= warmup
-        ins, outs, y = [], [], x
-        for j, layer in enumerate(layers):
-            xi = _grad_leaf(_detached(y))
-            _sync(device)
-            t = time.perf_counter()
-            y = layer(xi)
-            _sync(device)
-            if keep:
-                fwd[j].append(time.perf_counter() - t)
-            ins.append(xi)
-            outs.append(y)
-        grads = None
+        _sync(device)
+        ins, outs = _chain_forward(layers, x, fwd if keep else None)
+        grads = _loss_grads(loss, outs[-1], device, lt if keep else None)
         for j in range(L - 1, -1, -1):
-            ys = [t for t in _tensors(outs[j]) if t.requires_grad]
+            ys = _leaves(outs[j])
             if not ys:
                 if keep:
                     bwd[j].append(0.0)
@@ -219,27 +298,54 @@ def _chained_times(layers, x, repeats: int, warmup: int, device) -> list[tuple[f
                 continue
             gs = grads if grads is not None and len(grads) == len(ys) else \
                 [torch.ones_like(t) for t in ys]
-            _sync(device)
-            t = time.perf_counter()
-            torch.autograd.backward(ys, gs)
-            _sync(device)
+            _, t = _timed(lambda: torch.autograd.backward(ys, gs), device)
             if keep:
-                bwd[j].append(time.perf_counter() - t)
-            leaves = [t for t in _tensors(ins[j]) if t.requires_grad]
-            grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves] \
-                if leaves else None
+                bwd[j].append(t)
+            grads = _next_grads([t.grad for t in _leaves(ins[j])], ins[j])
         del ins, outs
+        if split:
+            ins, outs = _chain_forward(layers, x)
+            grads = _loss_grads(loss, outs[-1], device)
+            pending = []
+            for j in range(L - 1, -1, -1):
+                ys = _leaves(outs[j])
+                if not ys:
+                    grads = None
+                    continue
+                gs = grads if grads is not None and len(grads) == len(ys) else \
+                    [torch.ones_like(t) for t in ys]
+                params = [p for p in layers[j].parameters() if p.requires_grad]
+                need = _leaves(ins[j])
+                (got, kept), t = _timed(lambda: backward_input(ys, gs, need, params), device)
+                if keep:
+                    ig[j].append(t)
+                pending.append((j, kept))
+                grads = _next_grads(got, ins[j])
+            for j, kept in pending:  # W after every I, as a zero-bubble stage defers it
+                _, t = _timed(kept.run, device)
+                if keep:
+                    wg[j].append(t)
+            del ins, outs, pending
     for layer in layers:
         layer.zero_grad(set_to_none=True)
-    return [(statistics.median(f), statistics.median(b) if b else 0.0)
-            for f, b in zip(fwd, bwd)]
+
+    def med(xs):
+        return statistics.median(xs) if xs else 0.0
+
+    return _Chained([med(f) for f in fwd], [med(b) for b in bwd],
+                    [med(i) for i in ig] if split else None,
+                    [med(w) for w in wg] if split else None,
+                    (med([a for a, _ in lt]), med([b for _, b in lt])) if lt else None)
 
 
-def _in_context(row: dict, chained: tuple[float, float]) -> dict:
-    """``row`` (a layer timed alone) with its forward and backward replaced by
-    the chained measurement, and its I and W scaled by the same factor as its
-    backward (their split is only measurable alone)."""
-    f, b = chained
+def _in_context(row: dict, chained: _Chained, j: int) -> dict:
+    """``row`` (layer j timed alone) with its times replaced by the chained
+    measurement: forward and backward, and I and W where the split pass ran
+    (else I and W alone, scaled by the same factor as the backward)."""
+    f, b = chained.forward[j], chained.backward[j]
+    if chained.input_grad is not None:
+        return {**row, "forward": f, "backward": b, "input_grad": chained.input_grad[j],
+                "weight_grad": chained.weight_grad[j]}
     alone = row["backward"]
     k = b / alone if alone > 0 else 1.0
     return {**row, "forward": f, "backward": b, "input_grad": row["input_grad"] * k,
@@ -265,15 +371,16 @@ def _warm_up(layers, batch, device, rounds: int) -> None:
 
 
 def _measure_sizes(layers, sample_batch, sizes, repeats, warmup, device, in_context,
-                   progress) -> tuple[list[list[dict]], object]:
-    """Per batch size of ``sizes``, every layer's measurement row; and the
-    model's output (at the last size)."""
+                   progress, loss=None) -> tuple[list[list[dict]], list, object]:
+    """Per batch size of ``sizes``, every layer's measurement row; per size the
+    loss's (forward, backward) seconds (None without ``loss``, measured only
+    in context); and the model's output (at the last size). ``loss``:
+    (loss_fn, targets of the whole sample batch)."""
     bar = ProgressBar((len(layers) + in_context) * len(sizes), title="profile ") \
         if progress else None
-    per_size = []
+    per_size, loss_times = [], []
     for n in sizes:
-        x = _slice(sample_batch, n)
-        x = x.to(device) if isinstance(x, torch.Tensor) else tuple(t.to(device) for t in x)
+        x = _on(_slice(sample_batch, n), device)
         x_n, rows = x, []
         for j, layer in enumerate(layers):
             layer.to(device)
@@ -281,15 +388,40 @@ def _measure_sizes(layers, sample_batch, sizes, repeats, warmup, device, in_cont
             rows.append(row)
             if bar:
                 bar.advance(f"n={n} layer {j} {type(layer).__name__}")
+        lt = None
         if in_context:
-            chained = _chained_times(layers, x_n, repeats, warmup, device)
-            rows = [_in_context(row, c) for row, c in zip(rows, chained)]
+            sliced = None if loss is None else (loss[0], _on(_slice(loss[1], n), device))
+            chained = _chained_times(layers, x_n, repeats, warmup, device, loss=sliced,
+                                     split=True)
+            rows = [_in_context(row, chained, j) for j, row in enumerate(rows)]
+            lt = chained.loss
             if bar:
                 bar.advance(f"n={n} every layer in order")
         per_size.append(rows)
+        loss_times.append(lt)
     if bar:
         bar.close()
-    return per_size, x
+    return per_size, loss_times, x
+
+
+def _check_loss(loss_fn, targets, n0: int):
+    """(loss_fn, targets) to time, None for neither; PlanError for half a pair."""
+    if loss_fn is None and targets is None:
+        return None
+    if loss_fn is None or targets is None:
+        given, missing = ("loss_fn", "targets") if targets is None else ("targets", "loss_fn")
+        raise PlanError(f"profile() got {given} but no {missing}; the loss is timed on the "
+                        f"sample batch's targets, so pass both (or neither, to leave the "
+                        f"loss out of the last stage's time)")
+    if not callable(loss_fn):
+        raise PlanError(f"loss_fn={loss_fn!r} is not callable; pass the function the "
+                        f"pipeline will call as loss_fn(output, targets)")
+    ts = _tensors(targets)
+    if not ts or any(t.dim() == 0 or t.shape[0] < n0 for t in ts):
+        shapes = [tuple(t.shape) for t in ts]
+        raise PlanError(f"targets of shapes {shapes} do not cover the sample batch of {n0}; "
+                        f"pass the targets of those {n0} samples, batch along dim 0")
+    return loss_fn, targets
 
 
 def _busy_cores(n: int, layers, batch, device):
@@ -350,7 +482,7 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
             optimizer: str = "adam", name: str | None = None, device=None,
             progress: bool = True, links: dict | None = None,
             overhead: float | None = None, in_context: bool = True,
-            alongside: int = 0) -> Profile:
+            alongside: int = 0, loss_fn=None, targets=None) -> Profile:
     """Measure every layer of ``model`` (an ``nn.Sequential`` or list of layers)
     on ``sample_batch`` (the model's input: a tensor or tuple of tensors, batch
     along dim 0, at least 2 samples).
@@ -370,7 +502,9 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     machine. For a run of P ranks on this host, P - 1.
     Returns a Profile. Raises PlanError for an unknown
     optimizer, a batch of fewer than 2 samples, a model that is not a chain,
-    or more ``alongside`` than spare cores.
+    or more ``alongside`` than spare cores, or a ``loss_fn`` without
+    ``targets`` (or the reverse), targets with fewer samples than the batch,
+    or a loss with ``in_context=False``.
     """
     if optimizer not in OPTIMIZER_STATE:
         raise PlanError(f"unknown optimizer {optimizer!r} for the state bytes; choose one of "
@@ -382,12 +516,16 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
                         "measures at n, n/2 and n/4 to separate fixed from per-sample time)")
     device = torch.device(device) if device is not None else first[0].device
     n0 = first[0].shape[0]
+    loss = _check_loss(loss_fn, targets, n0)
+    if loss is not None and not in_context:
+        raise PlanError("a loss is timed in context only (after the last layer, feeding its "
+                        "backward); drop in_context=False (--alone), or the loss")
     sizes = sorted({n0, max(n0 // 2, 1), max(n0 // 4, 1)}, reverse=True)
     busy = _busy_cores(alongside, layers, sample_batch, device)  # checked before any work
     _warm_up(layers, sample_batch, device, max(warmup, 1))
     with busy:
-        per_size, x = _measure_sizes(layers, sample_batch, sizes, repeats, warmup, device,
-                                  in_context, progress)
+        per_size, loss_times, x = _measure_sizes(layers, sample_batch, sizes, repeats, warmup,
+                                                 device, in_context, progress, loss)
     state = OPTIMIZER_STATE[optimizer]
     if overhead is None:
         overhead = float((links or {}).get("overhead") or 0.0)
@@ -404,13 +542,19 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
             optim_bytes=state * pbytes, w_out_bytes=a["w_out_bytes"], w_bytes=a["w_bytes"],
             w_calls=a["w_calls"]))
     in_bytes = _nbytes(sample_batch) / n0
+    loss_prof = None
+    if loss is not None:
+        loss_prof = LossProfile(*(Affine.fit([(n, lt[k]) for n, lt in zip(sizes, loss_times)])
+                                  for k in (0, 1)))
     return Profile(model={"name": name or type(model).__name__, "layers": len(layers),
                           "fingerprint": fingerprint(model)},
                    layers=out, input_bytes=in_bytes, batch=sizes, device=str(device),
-                   repeats=repeats, links=links, overhead=float(overhead),
+                   repeats=repeats, links=links, overhead=float(overhead), loss=loss_prof,
                    meta={"torch": torch.__version__, "optimizer": optimizer,
                          "timing": "in context" if in_context else "alone",
                          "alongside": alongside,
+                         "loss": None if loss_fn is None else getattr(
+                             loss_fn, "__qualname__", type(loss_fn).__name__),
                          # the runtime keeps each micro-batch's weighted loss, a scalar
                          # of the model output's dtype, until its backward
                          "loss_bytes": _tensors(x)[0].element_size()})

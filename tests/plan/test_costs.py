@@ -47,3 +47,44 @@ def test_first_stage_layers_without_parameters_skip_their_backward():
     prof = Profile({"name": "p", "layers": 4, "fingerprint": "p"}, layers, 100)
     sc = stage_costs(prof, [3, 1], [4], [False, False])
     assert sc.backward[0][0] == pytest.approx(0 + 1e-3 + 2e-3)
+
+
+def test_the_loss_is_charged_to_the_last_stage_only():
+    from conveyor.plan import LossProfile
+
+    prof = synthetic([4, 1, 2, 3], fixed=1e-3, per_sample=0.0)
+    plain = stage_costs(prof, [2, 2], [8, 7], [False, True])
+    prof.loss = LossProfile(Affine(1e-4, 1e-5), Affine(2e-4, 2e-5))
+    lossy = stage_costs(prof, [2, 2], [8, 7], [False, True])
+    for mb, n in enumerate((8, 7)):
+        lf, lb = 1e-4 + 1e-5 * n, 2e-4 + 2e-5 * n
+        assert lossy.forward[1][mb] == pytest.approx(plain.forward[1][mb] + lf)
+        assert lossy.backward[1][mb] == pytest.approx(plain.backward[1][mb] + lb)
+        # no weights in a loss: a split backward runs it in I; never recomputed
+        assert lossy.input_grad[1][mb] == pytest.approx(plain.input_grad[1][mb] + lb)
+        assert lossy.weight_grad[1][mb] == pytest.approx(plain.weight_grad[1][mb])
+        for kind in ("forward", "backward", "input_grad", "weight_grad"):
+            assert getattr(lossy, kind)[0][mb] == getattr(plain, kind)[0][mb]
+    # one stage: it is also the first, whose I does nothing and W runs all
+    one = stage_costs(prof, [4], [8], [False])
+    prof.loss = None
+    none = stage_costs(prof, [4], [8], [False])
+    assert one.input_grad[0][0] == none.input_grad[0][0] == 0.0
+    assert one.weight_grad[0][0] == pytest.approx(none.weight_grad[0][0] + 2e-4 + 2e-5 * 8)
+
+
+def test_a_profile_keeps_its_loss_through_json():
+    from conveyor.errors import PlanError
+    from conveyor.plan import LossProfile
+
+    prof = synthetic([1, 2], fixed=1e-3)
+    assert Profile.from_dict(prof.to_dict()).loss is None
+    d = prof.to_dict()
+    del d["loss"]  # a profile written before the field: no loss
+    assert Profile.from_dict(d).loss is None
+    prof.loss = LossProfile(Affine(1e-4, 1e-5), Affine(2e-4, 0.0))
+    assert Profile.from_dict(prof.to_dict()).loss == prof.loss
+    d = prof.to_dict()
+    d["loss"] = {"forward": {"fixed": 1e-4}}
+    with pytest.raises(PlanError, match="malformed profile"):
+        Profile.from_dict(d)

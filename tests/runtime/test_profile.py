@@ -85,13 +85,100 @@ def test_in_context_timing_runs_the_layers_as_a_stage_does():
     emu = nn.Sequential(EmulatedLayer(4, light), EmulatedLayer(4, heavy))
     times = _chained_times(list(emu), torch.randn(4, 4), repeats=3, warmup=1,
                            device=torch.device("cpu"))
-    (f0, b0), (f1, b1) = times
+    (f0, f1), (b0, b1) = times.forward, times.backward
+    assert times.input_grad is None and times.loss is None  # not asked for
     assert f0 >= 0.9 * 0.004 and b0 >= 0.9 * 0.008 and f1 >= 0.9 * 0.012 and b1 >= 0.9 * 0.024
     assert f1 > 2 * f0 and b1 > 2 * b0
     prof = profile(emu, torch.randn(4, 4), repeats=1, warmup=0, progress=False)
     assert prof.meta["timing"] == "in context"
     prof = profile(emu, torch.randn(4, 4), repeats=1, warmup=0, progress=False, in_context=False)
     assert prof.meta["timing"] == "alone"
+
+
+def _slow_loss(out, y):
+    """A loss whose forward sleeps 3 ms and backward 6 ms (an emulated layer)."""
+    return (_SLOW(out) - y).pow(2).mean()
+
+
+_SLOW = EmulatedLayer(3, EmulatedTimes(0.003, 0.006))
+
+
+def test_the_loss_is_timed_and_feeds_the_last_backward():
+    """With a loss, the last layer's backward gets the loss's gradient (as
+    the unsplit model's), the loss's own times are measured, and the profile
+    keeps them; the split pass feeds every layer the same gradients."""
+    from conveyor.runtime.profile import _chained_times
+
+    torch.manual_seed(0)
+    model = _models.mlp(2)
+    x, y = _models.batch(6)[0], torch.randn(6, 3, dtype=torch.float64)
+
+    def loss_fn(out, t):
+        return ((out - t) ** 2).mean()
+
+    seen = []
+    def keep(j):
+        def hook(module, grad_in, grad_out):
+            seen.append((j, grad_out[0].detach().clone()))
+        return hook
+
+    hooks = [layer.register_full_backward_hook(keep(j)) for j, layer in enumerate(model)]
+    got = _chained_times(list(model), x, repeats=1, warmup=0, device=torch.device("cpu"),
+                         loss=(loss_fn, y), split=True)
+    assert all(p.grad is None for p in model.parameters())  # none left behind
+    chained, seen = seen, []
+    loss_fn(model(x.clone().requires_grad_()), y).backward()
+    for h in hooks:
+        h.remove()
+    want = dict(seen)
+    full, split = chained[:len(model)], chained[len(model):]  # the B pass, then I's
+    assert [j for j, _ in full] == [j for j, _ in split] == sorted(want, reverse=True)
+    for j, g in full + split:
+        torch.testing.assert_close(g, want[j], rtol=0, atol=1e-12)
+    assert got.loss is not None and len(got.input_grad) == len(got.weight_grad) == len(model)
+
+    emu = nn.Sequential(EmulatedLayer(3, EmulatedTimes(0.002, 0.004)))
+    prof = profile(emu, torch.randn(8, 3), repeats=3, warmup=1, progress=False,
+                   loss_fn=_slow_loss, targets=torch.randn(8, 3))
+    assert prof.loss.forward.at(8) >= 0.9 * 0.003 and prof.loss.backward.at(8) >= 0.9 * 0.006
+    assert prof.meta["loss"] == "_slow_loss"
+    assert prof.layers[0].forward.at(8) < prof.loss.forward.at(8) + 0.002  # not counted twice
+    assert profile(emu, torch.randn(8, 3), repeats=1, warmup=0, progress=False).loss is None
+
+
+def test_i_and_w_are_timed_as_the_runtime_splits_them(monkeypatch):
+    """In context, I is ``splitgrad.backward_input`` on each layer and W runs
+    what it kept: emulated layers with a separate weight branch show their
+    set input- and weight-gradient times, each at least as set."""
+    from conveyor.runtime import profile as prof_mod
+
+    calls = []
+    real = prof_mod.backward_input
+    monkeypatch.setattr(prof_mod, "backward_input",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    times = EmulatedTimes(0.004, 0.012, input_grad=0.003, weight_grad=0.009)
+    model = nn.Sequential(*[EmulatedLayer(4, times, split_backward=True) for _ in range(2)])
+    prof = profile(model, torch.randn(8, 4), repeats=2, warmup=1, progress=False)
+    # sizes 8/4/2 x 2 layers: repeats + warmup timed in context, and once
+    # each to count the bytes I keeps for W
+    assert len(calls) == 3 * 2 * (2 + 1) + 3 * 2
+    for lay in prof.layers:
+        i, w = lay.input_grad.at(8), lay.weight_grad.at(8)
+        assert i >= 0.9 * 0.003 and w >= 0.9 * 0.009 and w > 2 * i
+
+
+def test_a_loss_needs_its_targets_and_context():
+    mlp, x = _models.mlp(1), torch.randn(4, 5, dtype=torch.float64)
+    y = torch.randn(4, 3, dtype=torch.float64)
+    for kw, message in (({"loss_fn": _slow_loss}, "got loss_fn but no targets"),
+                        ({"targets": y}, "got targets but no loss_fn"),
+                        ({"loss_fn": "mse", "targets": y}, "loss_fn='mse' is not callable"),
+                        ({"loss_fn": _slow_loss, "targets": y[:2]},
+                         r"targets of shapes \[\(2, 3\)\] do not cover the sample batch of 4"),
+                        ({"loss_fn": _slow_loss, "targets": y, "in_context": False},
+                         "timed in context only")):
+        with pytest.raises(PlanError, match=message):
+            profile(mlp, x, progress=False, **kw)
 
 
 def test_bad_sample_batch_and_optimizer():
@@ -173,6 +260,13 @@ from tests.runtime import _models
 
 def make():
     return _models.mlp(3), _models.batch(8)[0]
+
+def with_loss():
+    x, y = _models.batch(8)
+    return _models.mlp(3), x, _models.loss_fn, y
+
+def three():
+    return _models.mlp(3), _models.batch(8)[0], None
 """
 
 
@@ -209,6 +303,13 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
         assert errs == pytest.approx([0, 0], abs=1e-4)
     else:
         assert errs[1] == pytest.approx(0, abs=1e-4) and errs[0] <= 1e-4
+    assert main(["profile", "--model", f"{tmp_path / 'm.py'}:with_loss", "--repeats", "1",
+                 "-o", str(tmp_path / "loss.json")]) == 0
+    assert "loss (on the last stage): forward" in capsys.readouterr().out
+    assert json.loads((tmp_path / "loss.json").read_text())["loss"]["forward"]["fixed"] >= 0
+    assert main(["profile", "--model", f"{tmp_path / 'm.py'}:three", "-o",
+                 str(tmp_path / "x.json")]) == 2
+    assert "or (model, sample_batch, loss_fn, targets)" in capsys.readouterr().err
     assert main(["plan", "--profile", str(prof_path), "-P", "2", "--batch", "16",
                  "--schedules", "gpipe,1f1b", "--memory", "1MiB", "-o", str(plan_path)]) == 0
     out = capsys.readouterr().out
