@@ -122,7 +122,8 @@ def _predict(prof, name, M, balance, ckpt=None):
     from conveyor.sim import simulate
 
     sched = build_schedule(name, P, M)
-    sc = stage_costs(prof, balance, microbatch_sizes(BATCH, M), ckpt or [False] * sched.S)
+    sc = stage_costs(prof, balance, microbatch_sizes(BATCH, M), ckpt or [False] * sched.S,
+                     sched.placement)
     tl = simulate(sched, sc.cost_model(prof.latency, prof.bandwidth), check=False, unit="s")
     return {"schedule": name, "M": M, "balance": list(balance), "step": tl.step_time,
             "bubble": tl.bubble_overall, "peak_bytes": rank_memory(sched, sc)}

@@ -178,17 +178,18 @@ def comparison(steps: int, warmup: int, repeats: int, transport: str = "shm") ->
                                                         ("sizes", "F", "B", "I", "W")}}
                 for c, cfg in enumerate(configs)}
     # the same plans, predicted with the runtime's work fitted in the run's launch
-    o2, lat2 = fit_tiny(r0["tiny"], P, prof.bandwidth)
+    o2, lat2 = fit_tiny(r0["tiny"], P, prof.bandwidth, prof.host_transfers)
     again = Profile(**{**vars(prof), "overhead": o2, "links": dict(prof.links, latency=lat2)})
     for name, best in bests.items():
-        sc = stage_costs(again, best.balance, best.sizes, best.checkpoint)
+        sc = stage_costs(again, best.balance, best.sizes, best.checkpoint, best.placement)
         predicted[name]["step_in_run"] = simulate(
             best.schedule, sc.cost_model(again.latency, again.bandwidth), check=False,
             unit="s").step_time
         # Not a prediction: the plan's own costs with each rank's compute
         # stretched by the core share it was measured to get (how much of the
         # gap the shared cores explain).
-        sc = stage_costs(_stretched(prof, best, share), best.balance, best.sizes, best.checkpoint)
+        sc = stage_costs(_stretched(prof, best, share), best.balance, best.sizes, best.checkpoint,
+                         best.placement)
         predicted[name]["step_core_share"] = simulate(
             best.schedule, sc.cost_model(prof.latency, prof.bandwidth), check=False,
             unit="s").step_time

@@ -7,12 +7,12 @@
 The profiler that writes profiles is ``conveyor.profile`` (needs torch).
 """
 
-from conveyor.plan.costs import MicrobatchCostModel, stage_costs
+from conveyor.plan.costs import MicrobatchCostModel, stage_costs, transfer_charges
 from conveyor.plan.memory import rank_memory
 from conveyor.plan.planfile import Plan, load_plan, plan_to_dict, save_plan
 from conveyor.plan.profile import Affine, LayerProfile, LossProfile, Profile, load_profile
 from conveyor.plan.search import Candidate, PlanResult, default_microbatches, search
 
 __all__ = ["Affine", "LayerProfile", "LossProfile", "Profile", "load_profile", "search", "Candidate",
-           "PlanResult", "default_microbatches", "MicrobatchCostModel", "stage_costs",
+           "PlanResult", "default_microbatches", "MicrobatchCostModel", "stage_costs", "transfer_charges",
            "rank_memory", "Plan", "load_plan", "plan_to_dict", "save_plan"]

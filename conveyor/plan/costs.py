@@ -13,7 +13,9 @@ checkpointed, the schedule's placement) this gives:
   ``conveyor.plan.memory.rank_memory`` gives each rank's peak.
 
 The last stage also pays the loss function's forward and backward where the
-profile timed them (``Profile.loss``).
+profile timed them (``Profile.loss``), and, given the placement, every F
+and B (or I) beside a transfer across ranks pays the runtime's time to send
+or receive it where the links measured it (``transfer_charges``).
 
 Every action's time also carries the profile's ``overhead``: what the
 runtime adds per action beyond the layers' compute (dispatch, posting and
@@ -37,7 +39,8 @@ from conveyor.plan.profile import Profile
 from conveyor.schedule.ir import B, F, I, W
 from conveyor.sim.cost import CostModel
 
-__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "inner_bytes", "backward_times"]
+__all__ = ["StageCosts", "MicrobatchCostModel", "stage_costs", "inner_bytes", "backward_times",
+           "transfer_charges"]
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,10 @@ def _block_times(ls, n: float, first: bool) -> tuple[float, float, float, float]
             sum(x.input_grad.at(n) for x in ls), sum(x.weight_grad.at(n) for x in ls))
 
 
+def _plus(row: tuple, mb: int, x: float) -> tuple:
+    return row if not x else row[:mb] + (row[mb] + x,) + row[mb + 1:]
+
+
 def _kept_for_w(layers, r: range, s: int, S: int) -> tuple:
     """What a split backward keeps from I until W on the stage of layers r, as
     (tag, bytes per sample): tag "gout" is the gradient the stage received
@@ -170,9 +177,39 @@ def _kept_for_w(layers, r: range, s: int, S: int) -> tuple:
     return tuple(out)
 
 
-def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
+def transfer_charges(placement, cut_bytes, host: dict | None) -> tuple[list[float], list[float]]:
+    """Per stage, the seconds its F and its B (or I) spend sending and
+    receiving across ranks, with ``cut_bytes[c]`` bytes crossing cut c (one
+    micro-batch) and ``host`` the runtime's time per transfer (``{"send":
+    {"fixed": s, "per_byte": s}, "recv": {...}}``; None: nothing).
+
+    Stage c's F sends its output to stage c+1's F, which receives it first;
+    stage c+1's B sends the gradient back to stage c's B, which receives it
+    first. A cut inside one rank moves nothing."""
+    S = len(placement)
+    f, b = [0.0] * S, [0.0] * S
+    if not host:
+        return f, b
+    (s0, s1), (r0, r1) = ((float(host[k]["fixed"]), float(host[k]["per_byte"]))
+                          for k in ("send", "recv"))
+    for c in range(S - 1):
+        if placement[c] == placement[c + 1]:
+            continue
+        n = cut_bytes[c]
+        send, recv = s0 + s1 * n, r0 + r1 * n
+        f[c] += send
+        f[c + 1] += recv
+        b[c + 1] += send
+        b[c] += recv
+    return f, b
+
+
+def stage_costs(profile: Profile, balance, sizes, checkpoint, placement=None) -> StageCosts:
     """Costs of ``balance`` (layer counts per stage) for micro-batches of
-    ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward."""
+    ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward.
+    With ``placement`` (the rank of each stage) and a profile whose links
+    carry the runtime's time per send and receive, each F and B (and I)
+    beside a transfer across ranks pays it (``transfer_charges``)."""
     layers = profile.layers
     cut_in = [profile.input_bytes] + [lay.out_bytes for lay in layers]  # cut before layer j
     fw, bw, ig, wg, held, rec, static, outs = [], [], [], [], [], [], [], []
@@ -223,6 +260,17 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint) -> StageCosts:
         wg.append(tuple(w))
         static.append(sum(x.static_bytes for x in ls))
     cuts = [cut_in[r.stop] for r in stage_ranges(balance)[:-1]]
+    host = profile.host_transfers
+    if placement is not None and host:
+        for mb, n in enumerate(sizes):
+            cf, cb = transfer_charges(placement, [x * n for x in cuts], host)
+            for s in range(S):
+                fw[s] = _plus(fw[s], mb, cf[s])
+                bw[s] = _plus(bw[s], mb, cb[s])
+                if s > 0:  # stage 0's I does nothing: its gradient is received by W
+                    ig[s] = _plus(ig[s], mb, cb[s])
+                else:
+                    wg[s] = _plus(wg[s], mb, cb[s])
     return StageCosts(tuple(balance), tuple(bool(c) for c in checkpoint), tuple(sizes),
                       tuple(fw), tuple(bw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
                       tuple(static), tuple(cuts),

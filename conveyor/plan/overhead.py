@@ -24,20 +24,29 @@ transfers explain), the overhead is 0 and the latency is fitted to 1F1B
 alone: on the emulated benchmark that predicted every schedule within
 5 % where the GPipe-fitted overhead predicted 5-10 % too slow.
 The tiny layers' few microseconds of compute land in the overhead.
+
+Where the runtime's own time per send and per receive was measured
+(``transfer_times``: "send" and "recv" in the links), the fit charges it to
+the actions beside each transfer, as the planner does, so that the overhead
+is what an action costs beyond its transfers: a rank whose actions each
+move two messages (an inner stage, or two stages per rank) pays for both.
 """
 
 from __future__ import annotations
 
 from conveyor.errors import PlanError
+from conveyor.plan.costs import transfer_charges
 from conveyor.sim.cost import CostModel
 from conveyor.sim.simulate import simulate
 
 __all__ = ["fit_overhead", "fit_runtime"]
 
 
-def _step(schedule, o: float, latency: float, bandwidth: float, nbytes: float) -> float:
-    cm = CostModel(forward=o, backward=o, latency=latency, bandwidth=bandwidth,
-                   activation_bytes=nbytes)
+def _step(schedule, o: float, latency: float, bandwidth: float, nbytes: float,
+          host: dict | None = None) -> float:
+    f, b = transfer_charges(schedule.placement, [nbytes] * (schedule.S - 1), host)
+    cm = CostModel(forward=tuple(o + x for x in f), backward=tuple(o + x for x in b),
+                   latency=latency, bandwidth=bandwidth, activation_bytes=nbytes)
     return simulate(schedule, cm, check=False, unit="s").step_time
 
 
@@ -56,16 +65,19 @@ def _check_step(what: str, t: float) -> None:
 
 def fit_overhead(schedule, measured_step: float, *, latency: float = 0.0,
                  bandwidth: float = float("inf"), activation_bytes: float = 0.0,
-                 tol: float = 1e-8) -> float:
+                 tol: float = 1e-8, host: dict | None = None) -> float:
     """Seconds per action (F and B alike) that make ``schedule``'s simulated
     step, with no other compute and links of ``latency`` s and ``bandwidth``
     bytes/s carrying ``activation_bytes`` per micro-batch, equal
     ``measured_step``. 0 when the links alone already take that long.
-    Raises PlanError for a measured step that is not a time > 0."""
+    ``host``: the runtime's time per send and receive (``{"send": {"fixed",
+    "per_byte"}, "recv": ...}``), charged to the actions beside each
+    transfer (``transfer_charges``). Raises PlanError for a measured step
+    that is not a time > 0."""
     _check_step("", measured_step)
 
     def excess(o):
-        return _step(schedule, o, latency, bandwidth, activation_bytes) - measured_step
+        return _step(schedule, o, latency, bandwidth, activation_bytes, host) - measured_step
 
     if excess(0.0) >= 0:
         return 0.0
@@ -74,21 +86,22 @@ def fit_overhead(schedule, measured_step: float, *, latency: float = 0.0,
 
 def fit_runtime(flat, flat_step: float, chain, chain_step: float, *,
                 bandwidth: float = float("inf"), activation_bytes: float = 0.0,
-                tol: float = 1e-8) -> tuple[float, float]:
+                tol: float = 1e-8, host: dict | None = None) -> tuple[float, float]:
     """(overhead, latency) in seconds that make the simulated steps of
     ``flat`` (a schedule whose step barely depends on the latency, GPipe)
     and ``chain`` (one whose step does, 1F1B at P = 2) equal the measured
     ``flat_step`` and ``chain_step``, with no other compute. When ``chain``
     is already slower than measured without latency, the overhead is 0 and
-    the latency the one that fits ``chain`` alone. Raises
-    PlanError for a measured step that is not a time > 0."""
+    the latency the one that fits ``chain`` alone. ``host``: as in
+    ``fit_overhead``. Raises PlanError for a measured step that is not a
+    time > 0."""
     _check_step("flat", flat_step)
     _check_step("chain", chain_step)
 
     def at(lat: float) -> tuple[float, float]:
         o = fit_overhead(flat, flat_step, latency=lat, bandwidth=bandwidth,
-                         activation_bytes=activation_bytes, tol=tol)
-        return o, _step(chain, o, lat, bandwidth, activation_bytes) - chain_step
+                         activation_bytes=activation_bytes, tol=tol, host=host)
+        return o, _step(chain, o, lat, bandwidth, activation_bytes, host) - chain_step
 
     if at(0.0)[1] >= 0:
         # No latency >= 0 fits both: GPipe measured slower than its actions
@@ -97,7 +110,7 @@ def fit_runtime(flat, flat_step: float, chain, chain_step: float, *,
         # waiting, so it goes to the latency, fitted to ``chain`` alone
         # (1F1B's actions each wait for one), with no overhead.
         def excess(lat):
-            return _step(chain, 0.0, lat, bandwidth, activation_bytes) - chain_step
+            return _step(chain, 0.0, lat, bandwidth, activation_bytes, host) - chain_step
         return 0.0, _bisect(excess, 0.0, chain_step, tol)
     lat = _bisect(lambda x: at(x)[1], 0.0, chain_step, tol)
     return at(lat)[0], lat

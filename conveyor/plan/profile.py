@@ -34,7 +34,9 @@ docs/planning.md):
         w_calls            backward calls a split backward's W makes for this
                            layer (one per group of weights, see splitgrad);
                            optional: 1 for a layer with parameters, else 0
-    links       {"latency": s, "bandwidth": bytes/s} or null (free links)
+    links       {"latency": s, "bandwidth": bytes/s} or null (free links); with
+                "send" and "recv" ({"fixed": s, "per_byte": s}, optional):
+                the runtime's own time per send and receive across ranks
     overhead    seconds the runtime adds to every action (F, B, I, W) beyond the
                 layers' compute: dispatch, posting and waiting on its sends and
                 receives, shape handshakes. Optional: 0 in profiles written
@@ -152,6 +154,15 @@ class Profile:
         return float((self.links or {}).get("latency") or 0.0)
 
     @property
+    def host_transfers(self) -> dict | None:
+        """The runtime's own time per send and receive, ``{"send": {"fixed",
+        "per_byte"}, "recv": ...}``, where ``measure_links`` measured it."""
+        links = self.links or {}
+        if links.get("send") is None or links.get("recv") is None:
+            return None
+        return {"send": links["send"], "recv": links["recv"]}
+
+    @property
     def bandwidth(self) -> float:
         bw = (self.links or {}).get("bandwidth")
         return float(bw) if bw else float("inf")
@@ -195,6 +206,8 @@ class Profile:
         except (KeyError, TypeError, ValueError) as e:
             raise PlanError(f"{source}: malformed profile ({type(e).__name__}: {e}); "
                             f"re-run `conveyor profile`") from None
+        for key in ("send", "recv"):
+            _check_host(source, key, (prof.links or {}).get(key))
         if not 0 <= prof.overhead < float("inf"):  # also rejects NaN
             raise PlanError(f"{source}: overhead {prof.overhead!r} is not a time >= 0 s; "
                             f"re-run `conveyor profile --links`")
@@ -202,6 +215,18 @@ class Profile:
             raise PlanError(f"{source}: model has {prof.model.get('layers')} layers but the "
                             f"profile lists {len(layers)}; re-run `conveyor profile`")
         return prof
+
+
+def _check_host(source: str, key: str, value) -> None:
+    """``links[key]``: None, or {"fixed": s, "per_byte": s}, both finite >= 0."""
+    if value is None:
+        return
+    ok = isinstance(value, dict) and all(
+        isinstance(value.get(k), (int, float)) and not isinstance(value.get(k), bool)
+        and 0 <= value[k] < float("inf") for k in ("fixed", "per_byte"))
+    if not ok:
+        raise PlanError(f"{source}: links {key!r} is {value!r}, not {{'fixed': s, 'per_byte': "
+                        f"s}} with times >= 0; re-run `conveyor profile --links`")
 
 
 def load_profile(path: str | Path) -> Profile:

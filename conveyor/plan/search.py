@@ -181,7 +181,7 @@ class _Searcher:
         while stages f-1..0 still run that micro-batch's backward (the tail).
         So step >= head + busy + max(0, tail - W of rank r).
         """
-        sc = stage_costs(self.prof, c.balance, c.sizes, c.checkpoint)
+        sc = stage_costs(self.prof, c.balance, c.sizes, c.checkpoint, c.placement)
         busy, wsum, first = [0.0] * c.P, [0.0] * c.P, [c.S] * c.P
         for s, r in enumerate(c.placement):
             back = sum(sc.input_grad[s]) + sum(sc.weight_grad[s]) if c.split \

@@ -132,7 +132,7 @@ def predict_step(cfg: DemoConfig, balance: list[int], out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     path = prof.save(out / "profile.json")
     sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
-    costs = stage_costs(prof, balance, sizes, [False] * sched.S)
+    costs = stage_costs(prof, balance, sizes, [False] * sched.S, sched.placement)
     tl = simulate(sched, costs.cost_model(prof.latency, prof.bandwidth), check=False, unit="s")
     return {"step_s": tl.step_time, "bubble": tl.bubble_overall, "profile": str(path),
             "sizes": sizes, "balance": list(balance), "profile_s": time.time() - t0}
@@ -158,7 +158,7 @@ def with_runtime(cfg: DemoConfig, plan: dict, tiny: dict) -> dict:
                                                 f"{cfg.stages} ranks"}
     prof.save(plan["profile"])
     sched = build_schedule(cfg.schedule, cfg.stages, cfg.microbatches)
-    costs = stage_costs(prof, plan["balance"], plan["sizes"], [False] * sched.S)
+    costs = stage_costs(prof, plan["balance"], plan["sizes"], [False] * sched.S, sched.placement)
     tl = simulate(sched, costs.cost_model(prof.latency, prof.bandwidth), check=False, unit="s")
     return dict(plan, step_s=tl.step_time, bubble=tl.bubble_overall,
                 compute_step_s=plan["step_s"], overhead_s=overhead, latency_s=latency)

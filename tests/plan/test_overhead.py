@@ -87,3 +87,69 @@ def test_fit_runtime_without_a_fitting_latency_fits_1f1b_by_latency():
     assert simulate(chain, CostModel(forward=0.0, backward=0.0, latency=lat,
                                      activation_bytes=16), unit="s").step_time == pytest.approx(
         t_chain, rel=1e-4)
+
+
+HOST = {"send": {"fixed": 2e-5, "per_byte": 1e-10}, "recv": {"fixed": 1e-5, "per_byte": 5e-11}}
+
+
+def test_transfer_charges_land_beside_each_crossing():
+    from conveyor.plan import transfer_charges
+
+    send = lambda n: 2e-5 + 1e-10 * n  # noqa: E731
+    recv = lambda n: 1e-5 + 5e-11 * n  # noqa: E731
+    cuts = [1000.0, 2000.0, 3000.0]
+    # interleaved at P = 2: every cut crosses ranks
+    f, b = transfer_charges((0, 1, 0, 1), cuts, HOST)
+    assert f == pytest.approx([send(1000), recv(1000) + send(2000), recv(2000) + send(3000),
+                               recv(3000)])
+    assert b == pytest.approx([recv(1000), send(1000) + recv(2000), send(2000) + recv(3000),
+                               send(3000)])
+    # a V: the middle cut stays on rank 1 and moves nothing
+    f, b = transfer_charges((0, 1, 1, 0), cuts, HOST)
+    assert f == pytest.approx([send(1000), recv(1000), send(3000), recv(3000)])
+    assert b == pytest.approx([recv(1000), send(1000), recv(3000), send(3000)])
+    assert transfer_charges((0, 1), [5.0], None) == ([0.0, 0.0], [0.0, 0.0])
+
+
+def test_stage_costs_charge_transfers_given_the_placement():
+    from conveyor.plan import transfer_charges
+
+    prof = synthetic([1, 1, 2, 3], fixed=1e-3, per_sample=0.0)
+    plain = stage_costs(prof, [1, 1, 1, 1], [4, 3], [False] * 4, (0, 1, 0, 1))
+    prof.links = {"latency": 0.0, "bandwidth": None, **HOST}
+    assert stage_costs(prof, [1, 1, 1, 1], [4, 3], [False] * 4) == plain  # no placement
+    got = stage_costs(prof, [1, 1, 1, 1], [4, 3], [False] * 4, (0, 1, 0, 1))
+    for mb, n in enumerate((4, 3)):
+        f, b = transfer_charges((0, 1, 0, 1), [x * n for x in plain.cut_per_sample], HOST)
+        for s in range(4):
+            assert got.forward[s][mb] == pytest.approx(plain.forward[s][mb] + f[s])
+            assert got.backward[s][mb] == pytest.approx(plain.backward[s][mb] + b[s])
+            # stage 0's I does nothing: W receives its gradient
+            i_extra, w_extra = (0.0, b[s]) if s == 0 else (b[s], 0.0)
+            assert got.input_grad[s][mb] == pytest.approx(plain.input_grad[s][mb] + i_extra)
+            assert got.weight_grad[s][mb] == pytest.approx(plain.weight_grad[s][mb] + w_extra)
+    assert Profile.from_dict(prof.to_dict()).host_transfers == HOST
+    for bad in ({"send": {"fixed": -1.0, "per_byte": 0.0}}, {"send": {"fixed": 1e-5}},
+                {"send": "fast"}):
+        d = prof.to_dict()
+        d["links"] = dict(d["links"], **bad)
+        with pytest.raises(PlanError, match="send"):
+            Profile.from_dict(d)
+
+
+def test_fit_runtime_recovers_overhead_beside_measured_transfers():
+    from conveyor.plan import transfer_charges
+
+    o, lat = 3e-4, 1e-4
+    steps = []
+    for name in ("gpipe", "1f1b"):
+        sched = build_schedule(name, 2, 8)
+        f, b = transfer_charges(sched.placement, [16.0], HOST)
+        cm = CostModel(forward=tuple(o + x for x in f), backward=tuple(o + x for x in b),
+                       latency=lat, activation_bytes=16)
+        steps.append((sched, simulate(sched, cm, check=False, unit="s").step_time))
+    (flat, t_flat), (chain, t_chain) = steps
+    got_o, got_lat = fit_runtime(flat, t_flat, chain, t_chain, activation_bytes=16, host=HOST)
+    assert got_o == pytest.approx(o, rel=1e-3) and got_lat == pytest.approx(lat, rel=1e-3)
+    # the same steps fitted without the transfers put them into the overhead
+    assert fit_runtime(flat, t_flat, chain, t_chain, activation_bytes=16)[0] > o + 2e-5

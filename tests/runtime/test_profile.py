@@ -16,6 +16,7 @@ from torch import nn
 import conveyor
 from conveyor.cli.main import main
 from conveyor.errors import PlanError
+from conveyor.plan import transfer_charges
 from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
 from conveyor.runtime.profile import fingerprint, profile
 from conveyor.schedule import build_schedule
@@ -292,9 +293,15 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
     links = data["links"]
     assert links["latency"] >= 0 and data["overhead"] >= 0
     assert data["overhead"] == links["overhead"]
+    # the runtime's own time per send and receive, measured at two sizes
+    for key in ("send", "recv"):
+        assert links[key]["fixed"] >= 0 and links[key]["per_byte"] >= 0
+    assert links["send"]["fixed"] + links["send"]["per_byte"] * 16 > 0
     errs = []
     for name in ("gpipe", "1f1b"):
-        cm = CostModel(forward=data["overhead"], backward=data["overhead"],
+        f, b = transfer_charges((0, 1), [16.0], links)
+        o = data["overhead"]
+        cm = CostModel(forward=(o + f[0], o + f[1]), backward=(o + b[0], o + b[1]),
                        latency=links["latency"], bandwidth=links["bandwidth"] or float("inf"),
                        activation_bytes=16)
         t = simulate(build_schedule(name, 2, 8), cm, check=False, unit="s").step_time
