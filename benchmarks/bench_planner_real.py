@@ -3,7 +3,7 @@
     python benchmarks/bench_planner_real.py            # profile, plan, run every schedule (~2 min)
     python benchmarks/bench_planner_real.py --steps 9  # more recorded steps per schedule
     python benchmarks/bench_planner_real.py --transport dist   # transfers over gloo
-    conveyor profile --model benchmarks/bench_planner_real.py:real_mlp --links   # by hand
+    conveyor profile --model benchmarks/bench_planner_real.py:real_mlp_with_loss --links   # by hand
 
 The model: real float32 layers of unequal cost (``real_mlp``): an embedding
 of token ids (64 ids of 16 dims each per sample, 8192-row table: heavy in
@@ -82,6 +82,13 @@ def real_mlp(seed: int = 0):
                              nn.Linear(4 * NARROW, NARROW))]          # the head
     ids = torch.randint(0, VOCAB, (BATCH, TOKENS))
     return nn.Sequential(*layers), ids
+
+
+def real_mlp_with_loss(seed: int = 0):
+    """(model, sample batch, loss_fn, targets): ``real_mlp`` with the run's
+    loss, for ``conveyor profile --model ...:real_mlp_with_loss``."""
+    model, ids = real_mlp(seed)
+    return model, ids, _loss, _targets()
 
 
 def _loss(out, y):

@@ -64,9 +64,9 @@ def cpu_caveat(device: str, v: int, transport: str | None = None) -> str | None:
         return None
     if transport == "shm":
         return (f"note: on CPU ranks over shared memory, plans with {v} stages per rank "
-                f"measured +4.3 % to +10.4 % over their prediction on the real-compute benchmark "
+                f"measured +0.5 % to +6.2 % over their prediction on the real-compute benchmark "
                 f"(benchmarks/planner.md); run it with PipelineConfig(transport='shm')")
     return (f"note: on CPU ranks over gloo, plans with {v} stages per rank measured up to "
-            f"15.2 % over their prediction (gloo's transfers take the ranks' own cores); over "
-            f"shared memory +4.3 % to +10.4 %: profile with --links --transport "
+            f"13.1 % over their prediction (gloo's transfers take the ranks' own cores); over "
+            f"shared memory +0.5 % to +6.2 %: profile with --links --transport "
             f"shm and run with PipelineConfig(transport='shm') (benchmarks/planner.md)")

@@ -112,5 +112,10 @@ def run(args) -> int:
               f"{links['ping_pong_latency'] * 1e6:.0f} us), bandwidth "
               f"{'n/a' if not bw else f'{bw / 2**20:.0f} MiB/s'}; runtime overhead "
               f"{prof.overhead * 1e6:.0f} us per action ({links['method']})")
+        if links.get("send"):
+            snd, rcv = links["send"], links["recv"]
+            print(f"per transfer across ranks: send {snd['fixed'] * 1e6:.1f} us + "
+                  f"{snd['per_byte'] * 2**20 * 1e6:.0f} us/MiB, receive "
+                  f"{rcv['fixed'] * 1e6:.1f} us + {rcv['per_byte'] * 2**20 * 1e6:.0f} us/MiB")
     print(f"profile written to {path}")
     return 0

@@ -168,7 +168,7 @@ def test_plan_cli_warns_of_cpu_spread_only_for_several_stages_per_rank():
     from conveyor.cli.plan import cpu_caveat
 
     over_gloo = cpu_caveat("cpu", 2)
-    assert "over gloo, plans with 2 stages per rank measured up to 15.2 %" in over_gloo
+    assert "over gloo, plans with 2 stages per rank measured up to 13.1 %" in over_gloo
     assert "--transport shm" in over_gloo
     assert "over shared memory, plans with 2 stages" in cpu_caveat("cpu", 2, "shm")
     assert cpu_caveat("cpu", 1) is None and cpu_caveat("cpu", 1, "shm") is None

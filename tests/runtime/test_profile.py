@@ -282,6 +282,7 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
                  "--links", "--transport", "shm", "-o", str(prof_path)]) == 0
     out = capsys.readouterr().out
     assert "profiled 7 layers at batch 8/4/2" in out and "links: latency" in out
+    assert "per transfer across ranks: send " in out
     data = json.loads(prof_path.read_text())
     assert data["meta"]["timing"] == "in context"
     assert data["format"] == "conveyor.profile/1" and data["links"]["ping_pong_latency"] > 0
