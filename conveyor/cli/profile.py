@@ -27,8 +27,8 @@ def add_parser(sub) -> None:
                    help="whose state to count: adam, adamw, momentum, sgd, none (adam)")
     p.add_argument("--links", action="store_true",
                    help="also measure latency and bandwidth between two local ranks (over "
-                        "--transport) and the runtime's own time per action (tiny pipelines "
-                        "on them)")
+                        "--transport) and the runtime's own time per action, per send and "
+                        "per receive (tiny pipelines on them)")
     p.add_argument("--transport", choices=("dist", "shm"), default="dist",
                    help="with --links: what the run's transfers will go over, as "
                         "PipelineConfig(transport=...): dist (gloo) or shm (shared memory "

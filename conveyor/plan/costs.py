@@ -150,10 +150,6 @@ def _block_times(ls, n: float, first: bool) -> tuple[float, float, float, float]
             sum(x.input_grad.at(n) for x in ls), sum(x.weight_grad.at(n) for x in ls))
 
 
-def _plus(row: tuple, mb: int, x: float) -> tuple:
-    return row if not x else row[:mb] + (row[mb] + x,) + row[mb + 1:]
-
-
 def _kept_for_w(layers, r: range, s: int, S: int) -> tuple:
     """What a split backward keeps from I until W on the stage of layers r, as
     (tag, bytes per sample): tag "gout" is the gradient the stage received
@@ -214,6 +210,11 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint, placement=None) ->
     cut_in = [profile.input_bytes] + [lay.out_bytes for lay in layers]  # cut before layer j
     fw, bw, ig, wg, held, rec, static, outs = [], [], [], [], [], [], [], []
     S = len(balance)
+    cuts = [cut_in[r.stop] for r in stage_ranges(balance)[:-1]]
+    host = profile.host_transfers if placement is not None else None
+    # per distinct size: (F charges, B charges) per stage
+    moved = {n: transfer_charges(placement, [x * n for x in cuts], host)
+             for n in set(sizes)} if host else None
     for s, r in enumerate(stage_ranges(balance)):
         ls = layers[r.start:r.stop]
         # Sizes differ by at most one: price each distinct size once.
@@ -252,6 +253,15 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint, placement=None) ->
                 w = [x + y for x, y in zip(w, lb)]
             else:
                 i = [x + y for x, y in zip(i, lb)]
+        if moved:  # sends and receives across ranks, never recomputed
+            cf = [moved[n][0][s] for n in sizes]
+            cb = [moved[n][1][s] for n in sizes]
+            f = [x + y for x, y in zip(f, cf)]
+            b = [x + y for x, y in zip(b, cb)]
+            if s == 0:  # stage 0's I does nothing: W receives its gradient
+                w = [x + y for x, y in zip(w, cb)]
+            else:
+                i = [x + y for x, y in zip(i, cb)]
         # once per action, after the recompute above added a forward's compute
         f, b, i, w = ([x + profile.overhead for x in xs] for xs in (f, b, i, w))
         fw.append(tuple(f))
@@ -259,18 +269,6 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint, placement=None) ->
         ig.append(tuple(i))
         wg.append(tuple(w))
         static.append(sum(x.static_bytes for x in ls))
-    cuts = [cut_in[r.stop] for r in stage_ranges(balance)[:-1]]
-    host = profile.host_transfers
-    if placement is not None and host:
-        for mb, n in enumerate(sizes):
-            cf, cb = transfer_charges(placement, [x * n for x in cuts], host)
-            for s in range(S):
-                fw[s] = _plus(fw[s], mb, cf[s])
-                bw[s] = _plus(bw[s], mb, cb[s])
-                if s > 0:  # stage 0's I does nothing: its gradient is received by W
-                    ig[s] = _plus(ig[s], mb, cb[s])
-                else:
-                    wg[s] = _plus(wg[s], mb, cb[s])
     return StageCosts(tuple(balance), tuple(bool(c) for c in checkpoint), tuple(sizes),
                       tuple(fw), tuple(bw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
                       tuple(static), tuple(cuts),

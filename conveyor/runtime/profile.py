@@ -201,17 +201,16 @@ def _leaves(x) -> list[torch.Tensor]:
     return [t for t in _tensors(x) if t.requires_grad]
 
 
-def _chain_forward(layers, x, fwd=None):
+def _chain_forward(layers, x, device, fwd=None):
     """Every layer's forward in order, each on a fresh leaf of the previous
     output; appends each forward's seconds to ``fwd[j]`` when given.
     Returns (inputs, outputs)."""
     ins, outs, y = [], [], x
     for j, layer in enumerate(layers):
         xi = _grad_leaf(_detached(y))
-        t = time.perf_counter()
-        y = layer(xi)
+        y, t = _timed(lambda: layer(xi), device)
         if fwd is not None:
-            fwd[j].append(time.perf_counter() - t)
+            fwd[j].append(t)
         ins.append(xi)
         outs.append(y)
     return ins, outs
@@ -246,6 +245,14 @@ def _loss_grads(loss, out, device, times=None):
     if times is not None:
         times.append((tf, tb))
     return list(grads)
+
+
+def _out_grads(grads, ys) -> list:
+    """The gradients to feed a layer's outputs ``ys``: those handed down from
+    the layer after it (or the loss), else ones."""
+    if grads is not None and len(grads) == len(ys):
+        return grads
+    return [torch.ones_like(t) for t in ys]
 
 
 def _next_grads(grads, ins) -> list | None:
@@ -286,8 +293,7 @@ def _chained_times(layers, x, repeats: int, warmup: int, device, *, loss=None,
     lt: list[tuple[float, float]] = []
     for k in range(warmup + repeats):
         keep = k >= warmup
-        _sync(device)
-        ins, outs = _chain_forward(layers, x, fwd if keep else None)
+        ins, outs = _chain_forward(layers, x, device, fwd if keep else None)
         grads = _loss_grads(loss, outs[-1], device, lt if keep else None)
         for j in range(L - 1, -1, -1):
             ys = _leaves(outs[j])
@@ -296,15 +302,14 @@ def _chained_times(layers, x, repeats: int, warmup: int, device, *, loss=None,
                     bwd[j].append(0.0)
                 grads = None
                 continue
-            gs = grads if grads is not None and len(grads) == len(ys) else \
-                [torch.ones_like(t) for t in ys]
+            gs = _out_grads(grads, ys)
             _, t = _timed(lambda: torch.autograd.backward(ys, gs), device)
             if keep:
                 bwd[j].append(t)
             grads = _next_grads([t.grad for t in _leaves(ins[j])], ins[j])
         del ins, outs
         if split:
-            ins, outs = _chain_forward(layers, x)
+            ins, outs = _chain_forward(layers, x, device)
             grads = _loss_grads(loss, outs[-1], device)
             pending = []
             for j in range(L - 1, -1, -1):
@@ -312,8 +317,7 @@ def _chained_times(layers, x, repeats: int, warmup: int, device, *, loss=None,
                 if not ys:
                     grads = None
                     continue
-                gs = grads if grads is not None and len(grads) == len(ys) else \
-                    [torch.ones_like(t) for t in ys]
+                gs = _out_grads(grads, ys)
                 params = [p for p in layers[j].parameters() if p.requires_grad]
                 need = _leaves(ins[j])
                 (got, kept), t = _timed(lambda: backward_input(ys, gs, need, params), device)
@@ -637,8 +641,8 @@ def transfer_times(ctx, transport: str = "dist") -> dict | None:
     its events; a receive, the lower quartile of its events (some of them
     wait for their message, which the fit must not count). Rank 0 returns
     it, the others None. On the 2-core test machine over shared memory a
-    send of 700 KB took 0.08-0.17 ms in a run, beyond the 72-86 us the
-    runtime's overhead per action covers."""
+    send of 700 KB took 0.06-0.17 ms in a real-compute run, where one
+    action could move two messages and the fitted overhead covered one."""
     from torch import nn
 
     from conveyor.runtime.pipeline import Pipeline, PipelineConfig
@@ -736,8 +740,8 @@ def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True
     cost as the runtime runs them, beyond the runtime's own time per send
     and per receive ("send" and "recv", ``transfer_times``), which the
     planner charges to the actions beside each transfer across ranks;
-    ``profile(links=...)`` copies "overhead" into ``Profile.overhead``. Without it, "latency" is the ping-pong's tiny
-    one-way time (kept as "ping_pong_latency" either way). The ranks are
+    ``profile(links=...)`` copies "overhead" into ``Profile.overhead``.
+    Without it, "latency" is the ping-pong's tiny one-way time (kept as "ping_pong_latency" either way). The ranks are
     not pinned: on the 2-core test machine pinned tiny 1F1B steps measured
     6-16 ms between launches (unpinned 6-10 ms), and predictions of pinned
     real-compute runs from the unpinned fit were the closer
