@@ -20,8 +20,6 @@ import torch
 from torch import nn
 
 from conveyor.runtime import Pipeline, launch
-
-
 def job(ctx, width: int, layers: int, runs: int, root: str) -> dict:
     torch.manual_seed(0)
     model = nn.Sequential(*[m for _ in range(layers) for m in (nn.Linear(width, width), nn.ReLU())])

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_demo_sweep.py --runs 3 --device-ms 400
 
 Each run is what ``conveyor demo`` does after training
-(``conveyor.runtime.sweep.run_sweep``: P = 4 processes on gloo, M in
+(``conveyor.demo.sweep.run_sweep``: P = 4 processes on gloo, M in
 {1, 2, 4, 8, 16, 32}, emulated device time), in a launch of its own; the
 demo runs it in the training's processes, so the time it adds there is timed
 from the sweep's start on rank 0 to the last file written. The rows of every
@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from conveyor.runtime.sweep import SweepConfig, run_sweep  # noqa: E402
+from conveyor.demo.sweep import SweepConfig, run_sweep  # noqa: E402
 
 NOTES = "## Notes"
 BUDGET_S = 60.0

@@ -6,7 +6,7 @@
 
 Four processes on this machine (conveyor's launcher, gloo on loopback):
 two replicas of a two-rank pipeline. The stages are emulated layers
-(``conveyor.runtime.emulated``: each forward and backward sleeps for a set
+(``conveyor.measure.emulated``: each forward and backward sleeps for a set
 time, as a GPU kernel would hold the device, not the host CPU), plus one
 "ballast" parameter per stage that makes the stage's gradient ``--mb`` MiB
 in float32 (split evenly over the stages of a rank). The all-reduce is real:
@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 
 from conveyor.runtime import Pipeline, PipelineConfig, launch
-from conveyor.runtime.emulated import EmulatedTimes, emulated_stages
+from conveyor.measure.emulated import EmulatedTimes, emulated_stages
 
 WIDTH, M, DP, P = 64, 8, 2, 2
 F_MS, B_MS = 20.0, 40.0  # per micro-batch, per rank (split over the rank's chunks)

@@ -7,7 +7,7 @@
 
 The model: an embedding-heavy first layer (8 units), 8 narrow blocks (1 unit),
 4 wide blocks (2 units) and a head 3x a narrow block (3 units), 14 layers.
-Every layer is an emulated device layer (``conveyor.runtime.emulated``): it
+Every layer is an emulated device layer (``conveyor.measure.emulated``): it
 sleeps, holding no core, for units x (FIXED + PER_SAMPLE x n) seconds forward
 and twice that backward, n the micro-batch's samples, as a GPU kernel's time
 grows with its batch.
@@ -47,7 +47,7 @@ TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
 
 
 def _layer_class():
-    from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
+    from conveyor.measure.emulated import EmulatedLayer, EmulatedTimes
 
     class SampleTimedLayer(EmulatedLayer):
         """An emulated layer whose time is units x (FIXED + PER_SAMPLE x n)."""
@@ -94,7 +94,6 @@ def _run_rank(ctx, configs, steps, warmup, split):
     import torch
 
     from conveyor.runtime import Pipeline, PipelineConfig
-
     torch.set_num_threads(1)
     pipes = []
     for cfg in configs:
@@ -161,7 +160,7 @@ def comparison(steps: int, warmup: int, repeats: int, split: bool, every: bool =
     from conveyor.plan import plan_to_dict, search
     from conveyor.plan.search import default_microbatches
     from conveyor.runtime import launch
-    from conveyor.runtime.profile import measure_links, profile
+    from conveyor.measure.profile import measure_links, profile
     from conveyor.schedule import schedule_names
 
     torch.set_num_threads(1)

@@ -15,11 +15,11 @@ large for a pipeline to pay. Loss: mean squared error against fixed random
 targets (the profile times it too, on the last stage); Adam.
 
 Steps: profile the model here on one thread (median of repeats after
-warm-up, each layer timed in context: ``conveyor.runtime.profile``; beside
+warm-up, each layer timed in context: ``conveyor.measure.profile``; beside
 one other process running the model on the other core, ``alongside=1``,
 with the heap kept as the ranks keep it) and measure the links and the
 runtime's per-action overhead over the run's transport
-(``conveyor.runtime.profile.measure_links``, one launch of 2 ranks); for
+(``conveyor.measure.profile.measure_links``, one launch of 2 ranks); for
 every schedule that places on P = 2, the planner's best plan of that
 schedule alone (``search(..., schedules=[name])``, no memory limit); then
 all of them in one launch of 2 processes, each pinned to its own core
@@ -107,7 +107,7 @@ def _run_rank(ctx, configs, steps, warmup, transport):
     import torch
 
     from conveyor.runtime import Pipeline, PipelineConfig
-    from conveyor.runtime.profile import tiny_steps
+    from conveyor.measure.profile import tiny_steps
 
     pinned = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     torch.set_num_threads(1)
@@ -143,8 +143,8 @@ def comparison(steps: int, warmup: int, repeats: int, transport: str = "shm") ->
     from conveyor.errors import PlanError
     from conveyor.plan import Profile, plan_to_dict, search, stage_costs
     from conveyor.runtime import LaunchOptions, launch
-    from conveyor.runtime.heap import keep_freed_memory
-    from conveyor.runtime.profile import fit_tiny, measure_links, profile
+    from conveyor.runtime.procs.heap import keep_freed_memory
+    from conveyor.measure.profile import fit_tiny, measure_links, profile
     from conveyor.schedule import schedule_names
     from conveyor.sim import simulate
 

@@ -28,7 +28,7 @@ SHAPES = [(64, 256), (256, 1024)]
 
 
 def _rank(ctx, n: int) -> list:
-    from conveyor.runtime.comm import Comm
+    from conveyor.runtime.transport.comm import Comm
     from conveyor.schedule.ir import RECV_F, Action
 
     torch.set_num_threads(1)
@@ -70,7 +70,6 @@ def main() -> None:
     ap.add_argument("--label", default="")
     args = ap.parse_args()
     from conveyor.runtime import launch
-
     load = os.getloadavg()
     rows = launch(_rank, nprocs=2, args=(args.n,))[1]
     print(f"{args.label} load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}, "

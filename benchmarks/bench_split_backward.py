@@ -8,7 +8,7 @@ For a Linear stack and a transformer block (float32, CPU, one thread), the
 median over ``--repeats`` runs of the time, as CPU time of the thread and as
 wall time (CPU time is the steadier on a loaded machine), of
     B  torch.autograd.backward from the stage output (input and weights),
-    I  conveyor.runtime.splitgrad.backward_input (input gradient only),
+    I  conveyor.runtime.execute.splitgrad.backward_input (input gradient only),
     W  the WeightGrad that I returned (weight gradients only),
 each on a fresh forward (the forward is not timed). The target is
 (I + W) / B <= 1.05.
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conveyor.runtime.splitgrad import backward_input
+from conveyor.runtime.execute.splitgrad import backward_input
 
 
 def linear_stack(d: int = 1024, n: int = 6) -> nn.Module:

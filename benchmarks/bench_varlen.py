@@ -24,9 +24,9 @@ import torch
 
 from conveyor.models import GPT, GPTConfig
 from conveyor.runtime import Pipeline, PipelineConfig, launch
-from conveyor.runtime.comm import META_LEN
-from conveyor.runtime.losses import TokenCrossEntropy
-from conveyor.runtime.split import split_by_names
+from conveyor.runtime.transport.comm import META_LEN
+from conveyor.runtime.train.losses import TokenCrossEntropy
+from conveyor.runtime.execute.split import split_by_names
 
 LENGTHS = {"fixed": [64], "per-step": [64, 48, 32, 56], "per-microbatch": [64]}
 

@@ -22,7 +22,7 @@ def __getattr__(name: str):
     # ``conveyor.profile`` needs torch: import it on first use only, so that
     # ``import conveyor`` stays torch-free.
     if name == "profile":
-        from conveyor.runtime.profile import profile
+        from conveyor.measure.profile import profile
         return profile
     raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
 

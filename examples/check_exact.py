@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from conveyor.runtime import Pipeline, launch
-
 CASES = [("gpipe", 4, 16), ("1f1b", 4, 13), ("1f1b", 8, 16)]  # schedule, M, batch
 TOL = 1e-10
 

@@ -11,8 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from conveyor.models.hf import causal_lm_chain
 from conveyor.runtime import Pipeline, PipelineConfig, launch
-from conveyor.runtime.losses import TokenCrossEntropy
-from conveyor.runtime.split import split_by_names
+from conveyor.runtime.train.losses import TokenCrossEntropy
+from conveyor.runtime.execute.split import split_by_names
 
 
 def main(ctx):

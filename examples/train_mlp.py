@@ -13,7 +13,6 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from conveyor.runtime import Pipeline, launch
-
 EPOCHS, BATCH, M = 3, 100, 4
 
 

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from conveyor.runtime import Pipeline, PipelineConfig
-
 from .config import LR
 from .workloads import loss_fn
 

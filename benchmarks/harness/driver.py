@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import Callable
 
 from conveyor.progress import progress_channel
-from conveyor.runtime.launcher import LaunchOptions, launch
+from conveyor.runtime.procs.launcher import LaunchOptions, launch
 from conveyor.schedule.generators import get_spec
 from conveyor.sim.cost import CostModel
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .config import BenchError, EmulatedWorkload, MLPWorkload
-from conveyor.runtime.emulated import EmulatedTimes, emulated_stages
+from conveyor.measure.emulated import EmulatedTimes, emulated_stages
 from conveyor.sim.cost import CostModel
 
 __all__ = ["build_stages", "emulated_times", "full_model", "make_batch", "loss_fn", "ideal_costs",

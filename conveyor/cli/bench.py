@@ -103,7 +103,7 @@ def run(args) -> int:
             rows += [_row(spec, P, s, M, tls) for (s, M), tls in zip(cases, measured)]
     finally:
         bar.close()
-    from conveyor.runtime.group import default_backend
+    from conveyor.runtime.transport.group import default_backend
 
     print(f"{spec['kind']} workload, {backend or default_backend(max(Ps))} backend: medians of "
           f"{args.repeats} recorded steps; a step runs from the first action to the last")
@@ -152,7 +152,7 @@ def _backend(choice: str, P: int) -> str | None:
 def _rank(ctx, spec: dict, cases, repeats: int, warmup: int, channel) -> list:
     """Every case on this rank, in one process group; rank 0 returns per case
     the recorded timelines (as dicts)."""
-    from conveyor.runtime.measure import measure_rank
+    from conveyor.runtime.train.measure import measure_rank
     from conveyor.schedule import build_schedule
 
     out = []
@@ -177,7 +177,7 @@ def _model(spec: dict, P: int, S: int):
         w = spec["width"]
         return nn.Sequential(*[nn.Sequential(nn.Linear(w, w), nn.ReLU())
                                for _ in range(spec["layers"])])
-    from conveyor.runtime.emulated import EmulatedTimes, emulated_stages
+    from conveyor.measure.emulated import EmulatedTimes, emulated_stages
 
     times = EmulatedTimes(spec["forward"] * P / S, spec["backward"] * P / S)
     return nn.Sequential(*emulated_stages(S, width=spec["width"], times=times))

@@ -56,8 +56,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from conveyor.runtime.demo import DemoConfig, run_demo
-    from conveyor.runtime.sweep import SweepConfig, check_sweep
+    from conveyor.demo.digits import DemoConfig, run_demo
+    from conveyor.demo.sweep import SweepConfig, check_sweep
 
     if args.model == "gpt":
         from conveyor.models.gpt_demo import run_cli

@@ -72,8 +72,8 @@ def load_factory(spec: str):
 def run(args) -> int:
     import torch
 
-    from conveyor.runtime.heap import keep_freed_memory
-    from conveyor.runtime.profile import OPTIMIZER_STATE, measure_links, profile
+    from conveyor.runtime.procs.heap import keep_freed_memory
+    from conveyor.measure.profile import OPTIMIZER_STATE, measure_links, profile
 
     # what can be checked before the model is built and timed
     check_outputs([args.output])

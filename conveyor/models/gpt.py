@@ -2,7 +2,7 @@
 
     embed -> blocks.0 .. blocks.{L-1} -> head
 
-so that it cuts by name (``conveyor.runtime.split``). The head's output matrix
+so that it cuts by name (``conveyor.runtime.execute.split``). The head's output matrix
 is the embedding's (tied, the same Parameter), which the pipeline ties across
 ranks. Side input: ``attention_mask`` (n, T), 1 for tokens, 0 for padding,
 given to every block as a keyword; positions are recomputed from T in the

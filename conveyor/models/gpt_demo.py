@@ -114,7 +114,7 @@ def train_rank(ctx, cfg: GPTDemoConfig, quiet: bool = False):
     """One rank's training. Returns {"losses", "evals", "state"} (its stages'
     weights under the model's names, for the parent to join)."""
     from conveyor.runtime import Pipeline, PipelineConfig
-    from conveyor.runtime.split import split_by_names
+    from conveyor.runtime.execute.split import split_by_names
 
     model, train, val = _setup(cfg)
     points = [f"blocks.{i}" for i in _cuts(cfg.layers, ctx.world_size)]
@@ -178,7 +178,6 @@ def run_gpt_demo(cfg: GPTDemoConfig, *, backend: str | None = None,
     the stages and print a sample. Returns the rank-0 result."""
     from conveyor.models.gpt import GPT, GPTConfig
     from conveyor.runtime import LaunchOptions, launch
-
     text = corpus(cfg.corpus_bytes)
     print(f"GPT demo: {cfg.layers} blocks, width {cfg.width}, {cfg.heads} heads, context "
           f"{cfg.context} bytes; {len(text) / 1e6:.1f} MB of Python stdlib source "

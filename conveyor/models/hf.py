@@ -7,7 +7,7 @@
     embed -> layers.0 .. layers.{L-1} -> head
 
 sharing the model's own modules (nothing is copied), so it cuts by name with
-``conveyor.runtime.split`` and its tied input/output embedding is detected
+``conveyor.runtime.execute.split`` and its tied input/output embedding is detected
 and tied across ranks.
 
 Side inputs, per stage: ``attention_mask`` (n, T) (1 token, 0 padding) is

@@ -3,7 +3,7 @@
 ``rank_memory`` replays one rank's lowered action list with the interpreter's
 own rules (``conveyor.schedule.rankplan``: receives posted ahead in list order,
 send buffers let go once delivery is proven) and counts, each storage once,
-what ``conveyor.runtime.recorder.ActivationMemory`` counts:
+what ``conveyor.runtime.execute.recorder.ActivationMemory`` counts:
 
 - per micro-batch in flight on a stage (F done, B or W not yet): its input,
   what its layers saved, its output (on the last stage, the weighted loss);

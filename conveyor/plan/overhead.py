@@ -1,6 +1,6 @@
 """The runtime's own time per action and per transfer, from tiny measured steps.
 
-Torch-free. ``conveyor.runtime.profile.measure_links`` runs two pipelines
+Torch-free. ``conveyor.measure.profile.measure_links`` runs two pipelines
 whose layers do next to no work (4 numbers a sample, one sample a
 micro-batch) on two ranks and times their steps; what such a step takes is
 the runtime's own work: dispatching each action, posting and waiting on its

@@ -1,6 +1,6 @@
 """The profile: what one layer costs, as measured by ``conveyor.profile``.
 
-Torch-free: the profiler (``conveyor.runtime.profile``) writes it, the planner
+Torch-free: the profiler (``conveyor.measure.profile``) writes it, the planner
 and the partition solver read it. Schema ``conveyor.profile/1`` (documented in
 docs/planning.md):
 

@@ -1,7 +1,6 @@
 """The runtime: a model cut into stages, one process per pipeline rank.
 
     from conveyor.runtime import Pipeline, launch
-
     def main(ctx):                       # runs once per rank
         pipe = Pipeline(model, loss_fn=..., optimizer=lambda ps: torch.optim.SGD(ps, 0.1),
                         schedule="1f1b", microbatches=8)
@@ -15,16 +14,16 @@
 Needs torch. See docs/runtime.md.
 """
 
-from conveyor.runtime.checkpoint_io import CheckpointError, export_state_dict
-from conveyor.runtime.elastic import CheckpointPolicy, latest_checkpoint, restart_count
+from conveyor.runtime.train.checkpoint_io import CheckpointError, export_state_dict
+from conveyor.runtime.procs.elastic import CheckpointPolicy, latest_checkpoint, restart_count
 from conveyor.runtime.errors import (
     AgreementError, FailureReport, PeerFailedError, RankFailedError, StageError,
 )
-from conveyor.runtime.group import RankContext, init_rank
-from conveyor.runtime.launcher import LaunchOptions, launch
-from conveyor.runtime.measure import measure
-from conveyor.runtime.pipeline import Pipeline, PipelineConfig, StepResult, microbatch_sizes
-from conveyor.runtime.stages import SequentialStage, split_model
+from conveyor.runtime.transport.group import RankContext, init_rank
+from conveyor.runtime.procs.launcher import LaunchOptions, launch
+from conveyor.runtime.train.measure import measure
+from conveyor.runtime.train.pipeline import Pipeline, PipelineConfig, StepResult, microbatch_sizes
+from conveyor.runtime.execute.stages import SequentialStage, split_model
 
 __all__ = [
     "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",

@@ -143,7 +143,7 @@ _NOT_USER = ("/conveyor/runtime/", "/torch/nn/modules/module.py", "/torch/autogr
 def death_summary(rank: int, code: int | None, hang_code: int, where: str = "") -> str:
     """What a launcher can say of a rank that ended without a report: its
     exit code, or the signal that ended it (a negative code), and ``where``
-    it was (" while busy in 2F2 (...)", see conveyor.runtime.lastwords)."""
+    it was (" while busy in 2F2 (...)", see conveyor.runtime.procs.lastwords)."""
     if code == hang_code:
         return (f"rank {rank} stopped on a hang (exit code {hang_code}); the table above "
                 f"shows where every rank was")

@@ -3,9 +3,9 @@ before anything is launched (one line, exit 2)."""
 
 import pytest
 
-import conveyor.runtime.demo as demo_module
+import conveyor.demo.digits as demo_module
 from conveyor.cli.main import main
-from conveyor.runtime.sweep import SweepConfig
+from conveyor.demo.sweep import SweepConfig
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import torch
 
 from conveyor.partition import resolve_balance
 from conveyor.runtime import Pipeline, PipelineConfig
-from conveyor.runtime.losses import TokenCrossEntropy
-from conveyor.runtime.stages import split_model
-from conveyor.runtime.tied import TiedParameterError, find_shared
+from conveyor.runtime.train.losses import TokenCrossEntropy
+from conveyor.runtime.execute.stages import split_model
+from conveyor.runtime.train.tied import TiedParameterError, find_shared
 from conveyor.errors import ScheduleError
 from conveyor.schedule import build_schedule, schedule_names
 from tests.models import _lm

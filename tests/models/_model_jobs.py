@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from conveyor.runtime import Pipeline, PipelineConfig
-from conveyor.runtime.losses import TokenCrossEntropy
-from conveyor.runtime.split import build_stage, chain_pieces, param_bytes, split_by_names, \
+from conveyor.runtime.train.losses import TokenCrossEntropy
+from conveyor.runtime.execute.split import build_stage, chain_pieces, param_bytes, split_by_names, \
     stage_names
-from conveyor.runtime.tied import find_shared
+from conveyor.runtime.train.tied import find_shared
 from tests.models import _families as fam
 from tests.runtime._jobs import count_traffic
 from tests.runtime._models import rel_err

@@ -5,7 +5,6 @@ every job's configurations in turn and the tests read the cached rows."""
 from __future__ import annotations
 
 from conveyor.runtime import launch
-
 _RUNS: dict[int, dict] = {}
 
 

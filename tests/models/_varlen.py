@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from conveyor.runtime import Pipeline, PipelineConfig
-from conveyor.runtime.losses import TokenCrossEntropy
-from conveyor.runtime.split import split_by_names
+from conveyor.runtime.train.losses import TokenCrossEntropy
+from conveyor.runtime.execute.split import split_by_names
 from tests.models import _families as fam
 from tests.runtime._models import rel_err
 

@@ -8,7 +8,7 @@ import torch
 
 from conveyor.errors import PartitionError
 from conveyor.models import GPT, GPTConfig
-from conveyor.runtime.split import build_stage, chain_pieces, param_bytes, split_by_names, \
+from conveyor.runtime.execute.split import build_stage, chain_pieces, param_bytes, split_by_names, \
     stage_names
 from tests.models import _families as fam
 

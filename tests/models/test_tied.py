@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conveyor.schedule import build_schedule
-from conveyor.runtime.tied import TiedParameterError, find_shared, resolve_ties
-from conveyor.runtime.stages import split_model
+from conveyor.runtime.train.tied import TiedParameterError, find_shared, resolve_ties
+from conveyor.runtime.execute.stages import split_model
 from tests.models import _lm, _runs
 
 pytestmark = pytest.mark.runtime

@@ -8,7 +8,7 @@ import torch
 
 from conveyor.errors import PipelineError
 from conveyor.runtime import Pipeline, PipelineConfig
-from conveyor.runtime.losses import TokenCrossEntropy
+from conveyor.runtime.train.losses import TokenCrossEntropy
 from tests.models import _lm
 from tests.runtime._models import rel_err
 from tests.runtime.test_errors import chunks_on_one_rank

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor.runtime.comm import META_LEN
+from conveyor.runtime.transport.comm import META_LEN
 from tests.models import _runs
 
 pytestmark = pytest.mark.runtime

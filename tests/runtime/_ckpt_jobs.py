@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from conveyor.runtime import Pipeline
-from conveyor.runtime import checkpoint_io
+from conveyor.runtime.train import checkpoint_io
 from tests.runtime import _models
 
 BATCH, M, DEPTH = 12, 4, 3
@@ -126,7 +126,6 @@ class SleepOnMb3(nn.Module):
 def hang_job(ctx, pid_dir: str, timeout_s: float) -> None:
     """P=4, 1f1b, M=8: stage 2 sleeps in its forward of micro-batch 3."""
     from conveyor.runtime import PipelineConfig
-
     (Path(pid_dir) / f"rank{ctx.rank}.pid").write_text(str(os.getpid()))
     torch.manual_seed(0)
     layers = [nn.Linear(4, 4) for _ in range(4)]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from conveyor.runtime import Pipeline, PipelineConfig
-from conveyor.runtime import checkpoint_io
-from conveyor.runtime.losses import TokenCrossEntropy
+from conveyor.runtime.train import checkpoint_io
+from conveyor.runtime.train.losses import TokenCrossEntropy
 from tests.models import _lm
 from tests.runtime import _models
 
@@ -78,7 +78,7 @@ def _pipe(cfg: dict, ctx, dp: int):
     if cfg.get("groups"):  # groups made by the caller, in the same order on every rank
         import torch.distributed as dist
 
-        from conveyor.runtime.mesh import from_groups
+        from conveyor.runtime.transport.mesh import from_groups
 
         pp = [dist.new_group([2 * d, 2 * d + 1]) for d in range(2)]
         dpg = [dist.new_group([p, 2 + p]) for p in range(2)]
@@ -145,8 +145,7 @@ def exact_job(ctx, configs: list[dict]) -> list[dict]:
 
 
 def _watch_rank():
-    from conveyor.runtime import hang
-
+    from conveyor.runtime.procs import hang
     return None if hang._WATCH is None else hang._WATCH.rank
 
 

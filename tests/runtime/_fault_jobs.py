@@ -17,8 +17,7 @@ import torch
 from torch import nn
 
 from conveyor.runtime import Pipeline, PipelineConfig
-from conveyor.runtime import comm as comm_module
-
+from conveyor.runtime.transport import comm as comm_module
 FAULTS = ("kill", "backward", "header", "oversize")
 MB = 2  # the micro-batch the fault strikes
 

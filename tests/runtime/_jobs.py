@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 
 from conveyor.runtime import Pipeline, PipelineConfig
-from conveyor.runtime.interpreter import Interpreter
-from conveyor.runtime.stages import split_model
+from conveyor.runtime.execute.interpreter import Interpreter
+from conveyor.runtime.execute.stages import split_model
 from conveyor.schedule import load_schedule
 from tests.runtime import _models
 

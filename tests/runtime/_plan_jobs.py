@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from conveyor.runtime import Pipeline, PipelineConfig
-from conveyor.runtime.checkpoint import CheckpointedStage
+from conveyor.runtime.execute.recompute import CheckpointedStage
 from tests.runtime import _models
 
 

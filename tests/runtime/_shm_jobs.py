@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from conveyor.runtime.shm import ShmTransport, SizeMismatch
+from conveyor.runtime.transport.shm import ShmTransport, SizeMismatch
 
 RING = 4096  # bytes: smaller than most messages below
 

@@ -9,8 +9,8 @@ import pytest
 from conveyor.errors import PipelineError, PlanError
 from conveyor.partition import bottleneck, rank_loads
 from conveyor.plan import Affine
-from conveyor.runtime.planned import from_plan, named_balance
-from conveyor.runtime.profile import profile
+from conveyor.runtime.train.planned import from_plan, named_balance
+from conveyor.measure.profile import profile
 from tests.runtime import _models
 
 

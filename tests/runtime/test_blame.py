@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from conveyor.runtime import StageError
-from conveyor.runtime.blame import failing_module, input_mismatch
+from conveyor.runtime.procs.blame import failing_module, input_mismatch
 from tests.runtime import _models
 from tests.runtime.test_errors import chunks_on_one_rank, pipe
 

@@ -13,8 +13,8 @@ import torch
 from conveyor.errors import PipelineError
 from conveyor.plan import plan_to_dict, rank_memory, search, stage_costs
 from conveyor.runtime import launch
-from conveyor.runtime.checkpoint import resolve_checkpoint
-from conveyor.runtime.profile import profile
+from conveyor.runtime.execute.recompute import resolve_checkpoint
+from conveyor.measure.profile import profile
 from conveyor.schedule import build_schedule
 from tests.runtime import _models
 from tests.runtime._plan_jobs import planned_job
@@ -128,7 +128,7 @@ def test_bad_checkpoint_option(option, message):
 def test_inner_layers_that_keep_their_input_are_counted():
     """Emulated layers save their input, which is the previous layer's output:
     a stage of three keeps two inner activations besides its own input."""
-    from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
+    from conveyor.measure.emulated import EmulatedLayer, EmulatedTimes
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[EmulatedLayer(4, EmulatedTimes(0.0, 0.0)) for _ in range(3)])
@@ -146,9 +146,9 @@ def test_emulated_backward_time_leaves_out_the_recompute(monkeypatch, split):
     fake clock that moves only while an emulated layer sleeps)."""
     from torch import nn
 
-    from conveyor.runtime import emulated
-    from conveyor.runtime.checkpoint import CheckpointedStage
-    from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
+    from conveyor.measure import emulated
+    from conveyor.runtime.execute.recompute import CheckpointedStage
+    from conveyor.measure.emulated import EmulatedLayer, EmulatedTimes
 
     now = [0.0]
     monkeypatch.setattr(emulated.time, "perf_counter", lambda: now[0])

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conveyor.runtime import Pipeline, launch
-from conveyor.runtime.checkpoint_io import CheckpointError, export_state_dict, read_manifest
+from conveyor.runtime.train.checkpoint_io import CheckpointError, export_state_dict, read_manifest
 from conveyor.runtime.errors import RankFailedError
 from tests.runtime import _ckpt_jobs, _models
 

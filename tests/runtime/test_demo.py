@@ -15,7 +15,7 @@ import pytest
 
 from conveyor.plan import load_profile, stage_costs
 from conveyor.plan.search import microbatch_sizes
-from conveyor.runtime.demo import usable_cores
+from conveyor.demo.digits import usable_cores
 from conveyor.schedule import build_schedule
 from conveyor.sim import load_timeline, simulate
 

@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conveyor.runtime import emulated
-from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes, emulated_stages
-from conveyor.runtime.sweep import sweep_summary
+from conveyor.measure import emulated
+from conveyor.measure.emulated import EmulatedLayer, EmulatedTimes, emulated_stages
+from conveyor.demo.sweep import sweep_summary
 
 
 def test_scaled_times_multiply_every_part():

@@ -19,7 +19,7 @@ import torch
 
 from conveyor.errors import PipelineError
 from conveyor.runtime import Pipeline, PipelineConfig, launch
-from conveyor.runtime.dataparallel import replica_rows
+from conveyor.runtime.train.dataparallel import replica_rows
 from tests.runtime import _dp_jobs, _models
 from tests.runtime._procs import why_failed
 

@@ -20,7 +20,7 @@ import torch
 
 from conveyor.errors import PipelineError
 from conveyor.runtime import CheckpointPolicy, LaunchOptions, RankContext, launch
-from conveyor.runtime.elastic import latest_checkpoint, prune
+from conveyor.runtime.procs.elastic import latest_checkpoint, prune
 from tests.runtime._elastic_jobs import elastic_job, merged
 from tests.runtime._procs import ROOT, alive, env, free_port, why_failed
 
@@ -156,7 +156,6 @@ def test_a_failure_every_rank_meets_alike_is_not_restarted(capfd):
 
 def _bad_argument_job(ctx):
     from conveyor.runtime import Pipeline
-
     Pipeline(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
              loss_fn=torch.nn.functional.mse_loss, optimizer=None, microbatches=0, ctx=ctx)
 
@@ -221,7 +220,6 @@ def test_a_checkpoint_left_as_old_by_a_crashed_swap_counts(tmp_path):
 
 def test_a_save_inside_an_accumulation_window_is_refused(tmp_path):
     from conveyor.runtime import Pipeline, PipelineConfig
-
     pipe = Pipeline(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
                     loss_fn=torch.nn.functional.mse_loss, optimizer=None, microbatches=1,
                     config=PipelineConfig(accumulate=2))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conveyor.errors import PipelineError
-from conveyor.runtime.emulated import (
+from conveyor.measure.emulated import (
     EmulatedLayer, EmulatedTimes, _TimedAffine, _TimedInputBranch, _TimedWeightBranch,
     emulated_stages,
 )

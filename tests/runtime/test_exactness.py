@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conveyor.runtime import launch
-from conveyor.runtime.comm import META_LEN
+from conveyor.runtime.transport.comm import META_LEN
 from conveyor.schedule import Action, Schedule, build_schedule, save_schedule
 from conveyor.schedule.ir import B, F, I, W
 from conveyor.sim import Timeline

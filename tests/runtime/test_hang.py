@@ -13,7 +13,7 @@ import pytest
 
 from conveyor.runtime import launch
 from conveyor.runtime.errors import RankFailedError
-from conveyor.runtime.hang import EXIT_CODE
+from conveyor.runtime.procs.hang import EXIT_CODE
 from tests.runtime import _ckpt_jobs
 from tests.runtime._procs import ROOT, alive
 
@@ -61,7 +61,7 @@ def check_report(err_text: str, pid_dir) -> None:
 
 EXIT_SCRIPT = """
 import torch.distributed as dist
-from conveyor.runtime import hang
+from conveyor.runtime.procs import hang
 hang.POLL_S = 0.0  # the watch polls without pause: it is nearly always inside a store call
 server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
 client = dist.TCPStore("127.0.0.1", server.port, is_master=False)
@@ -90,7 +90,7 @@ def test_the_first_step_after_a_resume_still_gets_the_first_step_allowance():
     import torch
 
     from conveyor.runtime import Pipeline
-    from conveyor.runtime.hang import FIRST_STEP, Progress, _wrap_interpreter
+    from conveyor.runtime.procs.hang import FIRST_STEP, Progress, _wrap_interpreter
 
     pipe = Pipeline(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)),
                     loss_fn=torch.nn.functional.mse_loss, optimizer=None, microbatches=2)

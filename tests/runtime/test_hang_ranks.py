@@ -1,7 +1,7 @@
 """The hang table names global ranks, also for the peer a rank waits on."""
 
-from conveyor.runtime.group import RankContext
-from conveyor.runtime.hang import Progress, _wrap_comm
+from conveyor.runtime.transport.group import RankContext
+from conveyor.runtime.procs.hang import Progress, _wrap_comm
 from conveyor.schedule.ir import RECV_B, Action
 
 import torch

@@ -69,7 +69,7 @@ def _batch(step):
 
 
 def test_measure_returns_recorded_timelines_with_bytes_and_memory():
-    from conveyor.runtime import measure
+    from conveyor.runtime.train import measure
     from tests.runtime import _models
 
     timelines = measure(_model, _batch, P=2, M=4, schedule="gpipe", steps=2, warmup=1)
@@ -89,7 +89,7 @@ def test_measure_returns_recorded_timelines_with_bytes_and_memory():
                     reason="needs Linux CPU affinity")
 def test_pin_puts_every_thread_of_a_rank_on_its_own_cores():
     from conveyor.runtime import LaunchOptions
-    from conveyor.runtime.affinity import cores_for
+    from conveyor.runtime.procs.affinity import cores_for
     from tests.runtime._pin_script import affinities
 
     allowed = sorted(os.sched_getaffinity(0))
@@ -123,7 +123,7 @@ def test_ranks_keep_freed_memory_unless_told_not_to():
 
 
 def test_pin_under_torchrun_uses_the_local_rank(tmp_path):
-    from conveyor.runtime.affinity import cores_for
+    from conveyor.runtime.procs.affinity import cores_for
 
     out = tmp_path / "aff.json"
     done = run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -138,7 +138,7 @@ def test_pin_under_torchrun_uses_the_local_rank(tmp_path):
 
 
 def test_cores_for_blocks_and_wraps():
-    from conveyor.runtime.affinity import cores_for
+    from conveyor.runtime.procs.affinity import cores_for
 
     assert [cores_for(r, 2, [0, 1, 2, 3, 4]) for r in range(2)] == [[0, 1], [2, 3]]
     assert [cores_for(r, 3, [4, 5]) for r in range(3)] == [[4], [5], [4]]

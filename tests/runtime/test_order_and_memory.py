@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from conveyor.runtime import launch
-from conveyor.runtime.plan import plan_rank
+from conveyor.runtime.execute.rankplan import plan_rank
 from conveyor.schedule import (
     Action, Schedule, add_comms, build_schedule, loop_placement, schedule_names, v_placement,
 )

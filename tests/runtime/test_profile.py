@@ -17,8 +17,8 @@ import conveyor
 from conveyor.cli.main import main
 from conveyor.errors import PlanError
 from conveyor.plan import transfer_charges
-from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes
-from conveyor.runtime.profile import fingerprint, profile
+from conveyor.measure.emulated import EmulatedLayer, EmulatedTimes
+from conveyor.measure.profile import fingerprint, profile
 from conveyor.schedule import build_schedule
 from conveyor.sim import simulate
 from conveyor.sim.cost import CostModel
@@ -58,7 +58,7 @@ def test_in_context_timing_runs_the_layers_as_a_stage_does():
     """The in-context pass feeds every layer's backward the gradient the
     unsplit model gives it, adds into no leftover ``.grad``, and times emulated
     layers at least their set times; ``in_context=False`` is recorded too."""
-    from conveyor.runtime.profile import _chained_times
+    from conveyor.measure.profile import _chained_times
 
     torch.manual_seed(0)
     model = _models.mlp(2)
@@ -108,7 +108,7 @@ def test_the_loss_is_timed_and_feeds_the_last_backward():
     """With a loss, the last layer's backward gets the loss's gradient (as
     the unsplit model's), the loss's own times are measured, and the profile
     keeps them; the split pass feeds every layer the same gradients."""
-    from conveyor.runtime.profile import _chained_times
+    from conveyor.measure.profile import _chained_times
 
     torch.manual_seed(0)
     model = _models.mlp(2)
@@ -151,8 +151,7 @@ def test_i_and_w_are_timed_as_the_runtime_splits_them(monkeypatch):
     """In context, I is ``splitgrad.backward_input`` on each layer and W runs
     what it kept: emulated layers with a separate weight branch show their
     set input- and weight-gradient times, each at least as set."""
-    from conveyor.runtime import profile as prof_mod
-
+    from conveyor.measure import profile as prof_mod
     calls = []
     real = prof_mod.backward_input
     monkeypatch.setattr(prof_mod, "backward_input",
@@ -208,7 +207,7 @@ def test_alongside_times_the_layers_beside_a_busy_core(monkeypatch):
     """While the layers are timed, one forked process computes on a core of
     its own and this one is pinned to another; after, the process is gone
     and the affinity is as it was."""
-    import conveyor.runtime.profile as prof_mod
+    import conveyor.measure.profile as prof_mod
 
     cores = os.sched_getaffinity(0)
     seen = {}

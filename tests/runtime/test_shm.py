@@ -16,7 +16,7 @@ import pytest
 
 from conveyor.errors import PipelineError
 from conveyor.runtime import PipelineConfig, launch
-from conveyor.runtime.shm import check_platform
+from conveyor.runtime.transport.shm import check_platform
 from conveyor.schedule import build_schedule, schedule_names
 from tests.runtime import _jobs, _shm_jobs
 from tests.runtime._procs import ROOT, env, free_port, why_failed

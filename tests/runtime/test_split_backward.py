@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from conveyor.runtime import Pipeline
-from conveyor.runtime.splitgrad import backward_input
+from conveyor.runtime.execute.splitgrad import backward_input
 from conveyor.schedule import Action, Schedule
 from conveyor.schedule.ir import F, I, W
 from tests.runtime import _models

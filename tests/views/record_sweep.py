@@ -2,7 +2,7 @@
 
 Real runs, not typed numbers: P = 4 processes over gloo (conveyor.runtime),
 GPipe, a fixed batch of 32 samples split into M micro-batches, each stage an
-emulated device (conveyor.runtime.emulated) whose time per micro-batch is
+emulated device (conveyor.measure.emulated) whose time per micro-batch is
 proportional to its size. Writes the directory in the demo's sweep format:
 one measured timeline per M (``M01.json``...) and ``sweep.json``.
 
@@ -23,7 +23,7 @@ FORWARD, BACKWARD = 0.024, 0.048  # seconds of the whole batch on one stage
 
 def make_model(M: int):
     import torch
-    from conveyor.runtime.emulated import EmulatedTimes, emulated_stages
+    from conveyor.measure.emulated import EmulatedTimes, emulated_stages
     torch.set_num_threads(1)
     times = EmulatedTimes(FORWARD / M, BACKWARD / M)
     return [m for stage in emulated_stages(P, width=WIDTH, times=times) for m in stage]
@@ -41,7 +41,7 @@ def mse(out, target):
 
 
 def record(out: Path) -> dict:
-    from conveyor.runtime import measure
+    from conveyor.runtime.train import measure
     from conveyor.schedule import build_schedule
     from conveyor.sim import CostModel, formula_bubble, simulate
 

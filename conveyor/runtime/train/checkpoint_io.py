@@ -52,7 +52,7 @@ import torch.distributed as dist
 
 from conveyor.errors import PipelineError
 from conveyor.partition import resolve_balance, stage_ranges
-from conveyor.runtime.stages import layers_of
+from conveyor.runtime.execute.stages import layers_of
 
 __all__ = ["CheckpointError", "layer_names", "save_pipeline", "load_pipeline", "export_state_dict",
            "read_manifest"]
@@ -80,7 +80,7 @@ def _stages(pipe) -> dict:
     """This rank's stages as the model's layers: a stage wrapped for activation
     checkpointing (CheckpointedStage) is seen through, so its keys are those
     of the layers it wraps."""
-    from conveyor.runtime.checkpoint import CheckpointedStage
+    from conveyor.runtime.execute.recompute import CheckpointedStage
 
     return {s: (m.stage if isinstance(m, CheckpointedStage) else m)
             for s, m in pipe.stages.items()}

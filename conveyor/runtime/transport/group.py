@@ -32,7 +32,7 @@ __all__ = ["RankContext", "init_rank", "env_is_distributed", "default_backend"]
 @dataclass(frozen=True)
 class RankContext:
     """Where this process sits in the pipeline (and, with data parallelism, in
-    the dp x pp mesh; see ``conveyor.runtime.mesh``).
+    the dp x pp mesh; see ``conveyor.runtime.transport.mesh``).
 
     rank:        this process's pipeline rank, 0 .. world_size-1.
     world_size:  the pipeline's P (the whole world when dp_size is 1).

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from conveyor.runtime.batching import microbatch_sizes
+from conveyor.runtime.execute.batching import microbatch_sizes
 from conveyor.schedule.ir import B, I, W
 
 __all__ = ["replica_rows", "take_rows", "replica_batch", "GradSync", "broadcast_from_replica0"]
@@ -60,7 +60,7 @@ def replica_batch(ctx, inputs, targets, side, batch_size):
     """This replica's rows of a step's global batch: (inputs, targets, side,
     global B, local B); B None when no rank-local part gives it (the batch
     check that follows names the problem)."""
-    from conveyor.runtime.batching import _batch_of
+    from conveyor.runtime.execute.batching import _batch_of
 
     given = inputs if inputs is not None else targets
     B = batch_size

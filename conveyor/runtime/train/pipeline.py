@@ -18,10 +18,10 @@ the micro-batch sizes to size its receive buffers without extra messages.
 
 Data parallel x pipeline parallel: ``Pipeline(..., dp=N)`` on a world of
 N x P processes runs N replicas of a P-rank pipeline (global rank d*P + p is
-pipeline rank p of replica d, see ``conveyor.runtime.mesh``). Every rank
+pipeline rank p of replica d, see ``conveyor.runtime.transport.mesh``). Every rank
 still passes the global batch; replica d trains on its slice of the rows
 and the gradients are summed over the replicas before the update
-(``conveyor.runtime.dataparallel``), so a step equals one unsplit step on the
+(``conveyor.runtime.train.dataparallel``), so a step equals one unsplit step on the
 global batch.
 """
 
@@ -36,23 +36,23 @@ import torch
 import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
-from conveyor.runtime import agree
+from conveyor.runtime.procs import agree
 from conveyor.runtime.checks import check_callables, check_config
-from conveyor.runtime.batching import microbatch_sizes, split_batch
-from conveyor.runtime.checkpoint import apply_checkpoint, resolve_checkpoint
-from conveyor.runtime.planned import from_plan, named_balance
-from conveyor.runtime.checkpoint_io import layer_names, load_pipeline, save_pipeline
-from conveyor.runtime.comm import Comm
-from conveyor.runtime import dataparallel
-from conveyor.runtime.mesh import resolve_mesh
-from conveyor.runtime.group import RankContext
-from conveyor.runtime.hang import watch as watch_hangs
-from conveyor.runtime.interpreter import Interpreter
-from conveyor.runtime import trainloop
-from conveyor.runtime.recorder import (
+from conveyor.runtime.execute.batching import microbatch_sizes, split_batch
+from conveyor.runtime.execute.recompute import apply_checkpoint, resolve_checkpoint
+from conveyor.runtime.train.planned import from_plan, named_balance
+from conveyor.runtime.train.checkpoint_io import layer_names, load_pipeline, save_pipeline
+from conveyor.runtime.transport.comm import Comm
+from conveyor.runtime.train import dataparallel
+from conveyor.runtime.transport.mesh import resolve_mesh
+from conveyor.runtime.transport.group import RankContext
+from conveyor.runtime.procs.hang import watch as watch_hangs
+from conveyor.runtime.execute.interpreter import Interpreter
+from conveyor.runtime.train import trainloop
+from conveyor.runtime.execute.recorder import (
     ActivationMemory, Recorder, estimate_clock_offset, gather_timeline,
 )
-from conveyor.runtime.stages import parameters_of, split_model
+from conveyor.runtime.execute.stages import parameters_of, split_model
 from conveyor.schedule import Schedule, add_comms, build_schedule, validate
 from conveyor.sim.timeline import Timeline
 
@@ -108,7 +108,7 @@ class PipelineConfig:
                     shared memory between CPU ranks on one host (Linux,
                     x86-64): no transport thread between the ranks, so
                     transfers cost what the planner's model says more
-                    steadily (conveyor.runtime.shm, docs/runtime.md).
+                    steadily (conveyor.runtime.transport.shm, docs/runtime.md).
     """
 
     loss_reduction: str = "mean"
@@ -193,7 +193,7 @@ class Pipeline:
         defaults to the initialised process group (or one process without
         one); ``launch`` passes it to your function.
 
-        ``tied``, ``before_step``, ``scheduler``: see ``conveyor.runtime.trainloop``
+        ``tied``, ``before_step``, ``scheduler``: see ``conveyor.runtime.train.trainloop``
         (tied weights across ranks, a hook before each update, an LR scheduler).
 
         Raises PartitionError, ScheduleError/ValidationError or PipelineError
@@ -337,7 +337,7 @@ class Pipeline:
         messages pair by tag in order); None for torch.distributed."""
         if self.config.transport != "shm" or self.schedule.P == 1:
             return None
-        from conveyor.runtime.shm import ShmTransport
+        from conveyor.runtime.transport.shm import ShmTransport
 
         if self.ctx.device.type != "cpu":
             raise _same(PipelineError(
@@ -370,7 +370,7 @@ class Pipeline:
         Returns a StepResult; its loss is the same on every rank.
         ``normalizer``: the whole batch's loss denominator (e.g. its token
         count) for a ``loss_fn`` that sums; ``side``: {name: tensor} passed to
-        every stage as keyword arguments (see ``conveyor.runtime.trainloop``).
+        every stage as keyword arguments (see ``conveyor.runtime.train.trainloop``).
 
         Raises StageError naming the rank, stage and micro-batch when user code
         or input fails, PeerFailedError when another rank failed.
@@ -421,7 +421,7 @@ class Pipeline:
         norm before clipping. Collective: call it on every rank, e.g. from
         ``before_step``."""
         return self.loop.clip(max_norm)
-    # -- checkpoints (conveyor.runtime.checkpoint_io) -----------------------------------
+    # -- checkpoints (conveyor.runtime.train.checkpoint_io) -----------------------------------
     layer_names: dict[int, list[str]] | None = None  # None: built by from_stages
 
     def save(self, path, *, scheduler=None):

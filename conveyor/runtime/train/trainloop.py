@@ -4,9 +4,9 @@
 the last call of an accumulation window (``PipelineConfig.accumulate``):
 
 0. with data parallelism, waits for the replicas' gradient sum (started
-   during the backward, see ``conveyor.runtime.dataparallel``);
+   during the backward, see ``conveyor.runtime.train.dataparallel``);
 1. sums the gradients of tied weights over the ranks that own them
-   (``conveyor.runtime.tied``);
+   (``conveyor.runtime.train.tied``);
 2. divides every gradient by ``accumulate`` (the mean over the window);
 3. clips the global gradient norm (``PipelineConfig.max_grad_norm``);
 4. calls ``before_step(pipe)``, your hook (clip, log, inspect gradients);
@@ -17,7 +17,7 @@ Side inputs (``step(..., side={"attention_mask": m})``) are cut into
 micro-batches on every rank from the batch each rank already holds and given
 to every stage as keyword arguments: nothing about them crosses a cut, so
 they cost no bytes (the traffic test counts this). A token-level loss gets
-its normaliser once per batch (``conveyor.runtime.losses``).
+its normaliser once per batch (``conveyor.runtime.train.losses``).
 
 Global gradient-norm clipping: the norm is that of the whole model's
 gradient, so each rank sums the squares of its own gradients (a tied weight
@@ -36,9 +36,9 @@ import torch
 import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
-from conveyor.runtime.batching import microbatch_sizes
-from conveyor.runtime.losses import batch_normalizer
-from conveyor.runtime.tied import (
+from conveyor.runtime.execute.batching import microbatch_sizes
+from conveyor.runtime.train.losses import batch_normalizer
+from conveyor.runtime.train.tied import (
     TiedParams, check_undeclared, find_shared, fingerprints, resolve_ties,
 )
 
@@ -198,7 +198,7 @@ class TrainLoop:
             sizes = microbatch_sizes(B, pipe.M)
             norm = batch_normalizer(pipe.loss_fn, targets, normalizer)
             if pipe.ctx.dp_size > 1:  # this replica's rows, weighted against the global batch
-                from conveyor.runtime.dataparallel import replica_rows, take_rows
+                from conveyor.runtime.train.dataparallel import replica_rows, take_rows
 
                 total = _rows(targets)
                 targets = take_rows(targets, replica_rows(total, pipe.ctx.dp_size,

@@ -1,7 +1,7 @@
 """The demo's measured sweep: the bubble at M = 1, 2, 4, ..., 32 on real processes.
 
 One launch of P processes (gloo) builds, for each M, a Pipeline of emulated
-stages (``conveyor.runtime.emulated``): each stage holds its "device" for a set
+stages (``conveyor.measure.emulated``): each stage holds its "device" for a set
 time per sample without using the CPU, as an accelerator kernel does, so four
 ranks on two cores behave like four devices. The batch is fixed, so a
 micro-batch of n samples takes n times the per-sample time, exactly as real
@@ -130,7 +130,7 @@ def sweep_rank(ctx, cfg: SweepConfig) -> dict:
     from torch import nn
 
     from conveyor.runtime import Pipeline, PipelineConfig
-    from conveyor.runtime.emulated import EmulatedLayer, EmulatedTimes, emulated_stages
+    from conveyor.measure.emulated import EmulatedLayer, EmulatedTimes, emulated_stages
     from conveyor.schedule import build_schedule
 
     started = time.time()
@@ -276,7 +276,6 @@ def run_sweep(cfg: SweepConfig) -> dict:
     ``sweep_s`` and ``wall_s`` (launch included). Raises PipelineError on bad M values or
     device time, RankFailedError when a rank fails."""
     from conveyor.runtime import LaunchOptions, launch
-
     check_sweep(cfg)
     started = time.time()
     announce(cfg)

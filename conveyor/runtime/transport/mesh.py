@@ -9,7 +9,7 @@ ranks out the same way. Two kinds of process group:
   loss broadcast, clock alignment, agreement check, timeline gather, tied
   weight and gradient norm of a pipeline stays inside it;
 * dp group of pipeline rank p: global ranks p, P+p, 2P+p, ...; the gradient
-  all-reduce of the replicas (``conveyor.runtime.dataparallel``) and the loss
+  all-reduce of the replicas (``conveyor.runtime.train.dataparallel``) and the loss
   sum run on it.
 
 ``dist.new_group`` is collective over the whole world, so every rank creates
@@ -25,7 +25,7 @@ import dataclasses
 import torch.distributed as dist
 
 from conveyor.errors import PipelineError
-from conveyor.runtime.group import RankContext
+from conveyor.runtime.transport.group import RankContext
 
 __all__ = ["split_mesh", "from_device_mesh", "from_groups", "resolve_mesh"]
 

@@ -6,7 +6,7 @@ nothing is downloaded. Every rank loads it and draws the same shuffled batches
 last epoch's full-size steps are recorded; rank 0 picks the median one and
 puts its measured bubble next to the simulator's (same schedule, measured
 per-stage costs) and the closed-form one. Then, unless ``sweep`` is off, the
-same processes run the measured sweep (``conveyor.runtime.sweep``), which shows
+same processes run the measured sweep (``conveyor.demo.sweep``), which shows
 the bubble shrinking with M under the same schedule.
 """
 
@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from conveyor.runtime.sweep import (
+from conveyor.demo.sweep import (
     SweepConfig, announce, check_sweep, finish, median_step, predicted, progress_bar,
     sweep_rank,
 )
@@ -115,7 +115,7 @@ def predict_step(cfg: DemoConfig, balance: list[int], out: Path) -> dict:
 
     from conveyor.plan import stage_costs
     from conveyor.plan.search import microbatch_sizes
-    from conveyor.runtime.profile import profile
+    from conveyor.measure.profile import profile
     from conveyor.schedule import build_schedule
     from conveyor.sim import simulate
 
@@ -141,12 +141,12 @@ def predict_step(cfg: DemoConfig, balance: list[int], out: Path) -> dict:
 def with_runtime(cfg: DemoConfig, plan: dict, tiny: dict) -> dict:
     """``plan`` (from ``predict_step``) with the runtime's own work added:
     the overhead per action and latency per transfer fitted to ``tiny``
-    (``conveyor.runtime.profile.tiny_steps`` on the demo's own ranks, so on
+    (``conveyor.measure.profile.tiny_steps`` on the demo's own ranks, so on
     its shared cores too), stored into the profile file, and the step
     simulated again with them. Adds "compute_step_s" (the prediction
     without them), "overhead_s" and "latency_s"."""
     from conveyor.plan import load_profile, stage_costs
-    from conveyor.runtime.profile import fit_tiny
+    from conveyor.measure.profile import fit_tiny
     from conveyor.schedule import build_schedule
     from conveyor.sim import simulate
 
@@ -175,7 +175,7 @@ def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float,
     from torch import nn
 
     from conveyor.runtime import Pipeline
-    from conveyor.runtime.profile import tiny_steps
+    from conveyor.measure.profile import tiny_steps
 
     # The runtime's own time per action and per transfer, on these ranks, for
     # the prediction (about a second: a few steps of two tiny pipelines).
@@ -238,7 +238,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     fails."""
     from conveyor.partition import uniform_balance
     from conveyor.runtime import LaunchOptions, launch
-    from conveyor.runtime.group import default_backend
+    from conveyor.runtime.transport.group import default_backend
     from conveyor.schedule import build_schedule
 
     started = time.time()

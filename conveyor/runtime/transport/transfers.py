@@ -2,7 +2,7 @@
 
 A mixin of ``Interpreter`` (it uses its ``row``, ``plan``, ``comm``,
 ``memory`` and step dictionaries). Three rules, all planned once per schedule
-in ``conveyor.runtime.plan``:
+in ``conveyor.runtime.execute.rankplan``:
 
 * receives are posted in list order, up to ``plan.post_limit`` ahead, never
   one before an earlier one (safe where messages pair in posting order);
@@ -17,7 +17,7 @@ in ``conveyor.runtime.plan``:
 
 from __future__ import annotations
 
-from conveyor.runtime.comm import Pending
+from conveyor.runtime.transport.comm import Pending
 from conveyor.schedule.ir import RECV_B, RECV_F, Action
 
 __all__ = ["Transfers"]

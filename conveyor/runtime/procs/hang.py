@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from conveyor.runtime.errors import describe
-from conveyor.runtime.lastwords import LastWords
+from conveyor.runtime.procs.lastwords import LastWords
 
 __all__ = ["Progress", "watch", "format_table", "backstop_s", "EXIT_CODE", "BACKSTOP_S",
            "FIRST_STEP"]

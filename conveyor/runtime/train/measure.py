@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from conveyor.runtime.launcher import LaunchOptions, launch
+from conveyor.runtime.procs.launcher import LaunchOptions, launch
 
 __all__ = ["measure", "measure_rank"]
 
@@ -22,7 +22,7 @@ def measure_rank(ctx, make_model, make_batch, loss_fn, optimizer, schedule, M, b
     """One rank's part of ``measure``, for a rank function that runs several
     cases in one launch: builds the pipeline, runs the steps, and returns the
     recorded timelines as dicts on rank 0 (an empty list elsewhere)."""
-    from conveyor.runtime.pipeline import Pipeline
+    from conveyor.runtime.train.pipeline import Pipeline
 
     pipe = Pipeline(make_model(), loss_fn=loss_fn, optimizer=optimizer, schedule=schedule,
                     microbatches=M, balance=balance, ctx=ctx)

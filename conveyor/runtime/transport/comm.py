@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from conveyor.runtime.errors import PeerFailedError, StageError, cut_of, describe
-from conveyor.runtime.shm import SizeMismatch
+from conveyor.runtime.transport.shm import SizeMismatch
 
 __all__ = ["TensorMeta", "Comm", "encode_meta", "decode_meta", "nbytes"]
 
@@ -138,7 +138,7 @@ class Comm:
                  transport=None):
         self.rank = rank
         # None: torch.distributed's isend/irecv; else an object with the same
-        # calls (conveyor.runtime.shm.ShmTransport)
+        # calls (conveyor.runtime.transport.shm.ShmTransport)
         self.transport = transport
         self.strict_order = strict_order
         self.pool = BufferPool() if pool else None

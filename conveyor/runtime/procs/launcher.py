@@ -43,11 +43,11 @@ from multiprocessing.connection import wait as mp_wait
 from typing import Any, Callable
 
 from conveyor.errors import PipelineError
-from conveyor.runtime.affinity import pin_rank
-from conveyor.runtime.heap import keep_freed_memory
+from conveyor.runtime.procs.affinity import pin_rank
+from conveyor.runtime.procs.heap import keep_freed_memory
 from conveyor.runtime.errors import FailureReport, RankFailedError, death_summary, report_of
-from conveyor.runtime.lastwords import ENV as LAST_WORDS, read as read_last_words
-from conveyor.runtime.lifetime import (
+from conveyor.runtime.procs.lastwords import ENV as LAST_WORDS, read as read_last_words
+from conveyor.runtime.procs.lifetime import (
     Signalled, die_with_parent, forward_signals, loopback_interface, loopback_store,
 )
 
@@ -71,7 +71,7 @@ class LaunchOptions:
     max_restarts: local runs only: when a rank fails, stop every rank and
                 start them all again, up to this many times, as
                 ``torchrun --max-restarts`` does (each attempt sees its number
-                in TORCHELASTIC_RESTART_COUNT; see conveyor.runtime.elastic).
+                in TORCHELASTIC_RESTART_COUNT; see conveyor.runtime.procs.elastic).
                 A failure every rank met identically (a bad argument) is not
                 retried. Under torchrun, pass --max-restarts to torchrun.
     pin:        pin each rank on this machine, every thread of it, to its own
@@ -79,11 +79,11 @@ class LaunchOptions:
                 gets cores r*k .. r*k+k-1, k = cores // n; with more ranks
                 than cores, one core each, shared). Off by default; on CPU
                 ranks it keeps each rank off the others' cores
-                (conveyor.runtime.affinity).
+                (conveyor.runtime.procs.affinity).
     keep_heap:  each rank's C heap keeps the memory a step frees for the
                 next step instead of returning it to the system and taking
                 a page fault per 4 KiB the next step touches again
-                (conveyor.runtime.heap); a rank then holds on to its peak
+                (conveyor.runtime.procs.heap); a rank then holds on to its peak
                 heap use. On by default.
     """
 
@@ -124,7 +124,7 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     ``options.max_restarts``). Under torchrun a failing rank prints that
     report and exits with code 1.
     """
-    from conveyor.runtime.group import env_is_distributed
+    from conveyor.runtime.transport.group import env_is_distributed
 
     from conveyor.limits import MAX_P
 
@@ -139,7 +139,7 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or not 1 <= nprocs <= MAX_P:
         raise PipelineError(f"nprocs must be an integer in 1..{MAX_P} (one process per "
                             f"pipeline rank), got {nprocs!r}")
-    from conveyor.runtime.elastic import with_restarts
+    from conveyor.runtime.procs.elastic import with_restarts
 
     return with_restarts(lambda attempt: _run_local(fn, nprocs, args, kwargs, options, attempt),
                          max_restarts=options.max_restarts, nprocs=nprocs)
@@ -151,8 +151,8 @@ def _run_under_torchrun(fn, args, kwargs, options: LaunchOptions):
     import torch
     import torch.distributed as dist
 
-    from conveyor.runtime.elastic import join_attempt_group
-    from conveyor.runtime.group import init_rank
+    from conveyor.runtime.procs.elastic import join_attempt_group
+    from conveyor.runtime.transport.group import init_rank
 
     rank = int(os.environ["RANK"])
     if "TORCHELASTIC_RUN_ID" in os.environ:
@@ -195,8 +195,8 @@ def _leave_together(ctx) -> None:
     """Wait at the end of a rank's function until every rank has finished its
     own, so that no rank exits while a peer still receives from it. A peer that
     is still inside a step, or that failed meanwhile, shows up here at once
-    (see ``conveyor.runtime.agree``)."""
-    from conveyor.runtime.agree import finish
+    (see ``conveyor.runtime.procs.agree``)."""
+    from conveyor.runtime.procs.agree import finish
 
     finish(ctx)
 
@@ -254,7 +254,7 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
     try:
         import torch
 
-        from conveyor.runtime.group import init_rank
+        from conveyor.runtime.transport.group import init_rank
 
         if options.keep_heap:
             keep_freed_memory()
@@ -378,7 +378,7 @@ def _collect(procs, conns, options: LaunchOptions, last_words: str = "") -> list
             if not (messaged[r] or closed[r]) and conns[r].poll():
                 read(r)
             if not messaged[r]:
-                from conveyor.runtime.hang import EXIT_CODE as HANG  # the report is printed
+                from conveyor.runtime.procs.hang import EXIT_CODE as HANG  # the report is printed
                 reports.append(FailureReport(rank=r, kind="cause",
                                              summary=death_summary(
                                                  r, procs[r].exitcode, HANG,

@@ -88,7 +88,7 @@ def join_attempt_group(backend: str | None, timeout_s: float) -> bool:
     import torch.distributed as dist
     from datetime import timedelta
 
-    from conveyor.runtime.group import default_backend
+    from conveyor.runtime.transport.group import default_backend
 
     if dist.is_initialized() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return False

@@ -34,8 +34,8 @@ import torch
 from conveyor.progress import ProgressBar
 from conveyor.errors import PlanError
 from conveyor.plan.profile import Affine, LayerProfile, LossProfile, Profile
-from conveyor.runtime.splitgrad import backward_input
-from conveyor.runtime.stages import layers_of
+from conveyor.runtime.execute.splitgrad import backward_input
+from conveyor.runtime.execute.stages import layers_of
 
 __all__ = ["profile", "fingerprint", "measure_links", "tiny_steps", "fit_tiny", "transfer_times",
            "OPTIMIZER_STATE"]
@@ -436,7 +436,7 @@ def _busy_cores(n: int, layers, batch, device):
     import os
     import signal
 
-    from conveyor.runtime.lifetime import die_with_parent
+    from conveyor.runtime.procs.lifetime import die_with_parent
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise PlanError(f"alongside={n!r}; use an integer >= 0 (other processes computing "
@@ -579,7 +579,7 @@ def tiny_steps(ctx, transport: str = "dist") -> dict[str, float]:
     (``fit_tiny``); the others return theirs, without timelines."""
     from torch import nn
 
-    from conveyor.runtime.pipeline import Pipeline, PipelineConfig
+    from conveyor.runtime.train.pipeline import Pipeline, PipelineConfig
 
     pipes = {}
     for name in TINY:
@@ -645,7 +645,7 @@ def transfer_times(ctx, transport: str = "dist") -> dict | None:
     action could move two messages and the fitted overhead covered one."""
     from torch import nn
 
-    from conveyor.runtime.pipeline import Pipeline, PipelineConfig
+    from conveyor.runtime.train.pipeline import Pipeline, PipelineConfig
     from conveyor.schedule.ir import RECV_B, RECV_F, SEND_B, SEND_F
 
     got = {}
@@ -687,7 +687,7 @@ def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool,
 
     torch.set_num_threads(1)  # as a rank runs
     if transport == "shm":
-        from conveyor.runtime.shm import ShmTransport
+        from conveyor.runtime.transport.shm import ShmTransport
 
         shm = ShmTransport(rank=ctx.rank, pairs={(0, 1), (1, 0)})
         peer = 1 - ctx.rank
@@ -746,7 +746,7 @@ def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True
     6-16 ms between launches (unpinned 6-10 ms), and predictions of pinned
     real-compute runs from the unpinned fit were the closer
     (benchmarks/planner.md)."""
-    from conveyor.runtime.launcher import launch
+    from conveyor.runtime.procs.launcher import launch
 
     if transport not in ("dist", "shm"):
         raise PlanError(f"transport={transport!r}; use 'dist' or 'shm'")

@@ -5,7 +5,7 @@ dispatches each action to a handler by kind; naive, GPipe, 1F1B, and any valid
 schedule read from a file run through the same code. Stages that share a rank
 (several chunks per rank) hand tensors to each other in memory; stages on
 different ranks go through ``Comm`` (the transfer handlers live in
-``conveyor.runtime.transfers``).
+``conveyor.runtime.transport.transfers``).
 
 What each handler keeps (keys are (stage, micro-batch)):
 
@@ -30,13 +30,13 @@ from typing import Any, Callable
 import torch
 
 from conveyor.errors import ConveyorError
-from conveyor.runtime.blame import blame
-from conveyor.runtime.comm import Comm
+from conveyor.runtime.procs.blame import blame
+from conveyor.runtime.transport.comm import Comm
 from conveyor.runtime.errors import StageError, describe
-from conveyor.runtime.plan import plan_rank
-from conveyor.runtime.recorder import ActivationMemory, Recorder
-from conveyor.runtime.splitgrad import backward_input
-from conveyor.runtime.transfers import Transfers
+from conveyor.runtime.execute.rankplan import plan_rank
+from conveyor.runtime.execute.recorder import ActivationMemory, Recorder
+from conveyor.runtime.execute.splitgrad import backward_input
+from conveyor.runtime.transport.transfers import Transfers
 from conveyor.schedule.ir import B, F, I, RECV_B, RECV_F, SEND_B, SEND_F, W, Action, Schedule
 from conveyor.schedule.render import render_grid
 

@@ -1,0 +1,10 @@
+"""Execute: running one rank's actions.
+
+Owns the action interpreter (``interpreter``), the split backward into input
+and weight gradients (``splitgrad``), building and splitting stages
+(``stages``, ``split``), activation checkpointing (``recompute``), the
+measured-timeline recorder (``recorder``), micro-batching (``batching``) and
+the per-rank plan the interpreter walks (``rankplan``).
+
+May import: ``conveyor.runtime.procs`` and below. Nothing from train.
+"""
