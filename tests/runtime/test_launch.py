@@ -69,7 +69,7 @@ def _batch(step):
 
 
 def test_measure_returns_recorded_timelines_with_bytes_and_memory():
-    from conveyor.runtime.train import measure
+    from conveyor.runtime import measure
     from tests.runtime import _models
 
     timelines = measure(_model, _batch, P=2, M=4, schedule="gpipe", steps=2, warmup=1)

@@ -58,7 +58,7 @@ def test_in_context_timing_runs_the_layers_as_a_stage_does():
     """The in-context pass feeds every layer's backward the gradient the
     unsplit model gives it, adds into no leftover ``.grad``, and times emulated
     layers at least their set times; ``in_context=False`` is recorded too."""
-    from conveyor.measure.profile import _chained_times
+    from conveyor.measure.chain import _chained_times
 
     torch.manual_seed(0)
     model = _models.mlp(2)
@@ -108,7 +108,7 @@ def test_the_loss_is_timed_and_feeds_the_last_backward():
     """With a loss, the last layer's backward gets the loss's gradient (as
     the unsplit model's), the loss's own times are measured, and the profile
     keeps them; the split pass feeds every layer the same gradients."""
-    from conveyor.measure.profile import _chained_times
+    from conveyor.measure.chain import _chained_times
 
     torch.manual_seed(0)
     model = _models.mlp(2)
@@ -151,11 +151,12 @@ def test_i_and_w_are_timed_as_the_runtime_splits_them(monkeypatch):
     """In context, I is ``splitgrad.backward_input`` on each layer and W runs
     what it kept: emulated layers with a separate weight branch show their
     set input- and weight-gradient times, each at least as set."""
-    from conveyor.measure import profile as prof_mod
+    from conveyor.measure import chain, layer
     calls = []
-    real = prof_mod.backward_input
-    monkeypatch.setattr(prof_mod, "backward_input",
-                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = chain.backward_input
+    for mod in (chain, layer):  # in context, and alone for the bytes I keeps for W
+        monkeypatch.setattr(mod, "backward_input",
+                            lambda *a, **k: calls.append(1) or real(*a, **k))
     times = EmulatedTimes(0.004, 0.012, input_grad=0.003, weight_grad=0.009)
     model = nn.Sequential(*[EmulatedLayer(4, times, split_backward=True) for _ in range(2)])
     prof = profile(model, torch.randn(8, 4), repeats=2, warmup=1, progress=False)

@@ -41,7 +41,7 @@ def mse(out, target):
 
 
 def record(out: Path) -> dict:
-    from conveyor.runtime.train import measure
+    from conveyor.runtime import measure
     from conveyor.schedule import build_schedule
     from conveyor.sim import CostModel, formula_bubble, simulate
 

@@ -6,6 +6,7 @@ without torch; this module applies it to modules.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from conveyor.errors import PartitionError
 from conveyor.partition import resolve_balance, stage_ranges
 
-__all__ = ["SequentialStage", "split_model", "layers_of"]
+__all__ = ["SequentialStage", "split_model", "layers_of", "fingerprint"]
 
 
 class SequentialStage(nn.Sequential):
@@ -76,3 +77,13 @@ def parameters_of(modules) -> list[torch.nn.Parameter]:
                 seen.add(id(p))
                 out.append(p)
     return out
+
+
+def fingerprint(model) -> str:
+    """A short hash of each layer's class and parameter shapes: two models with
+    the same fingerprint cut the same way."""
+    parts = []
+    for layer in layers_of(model):
+        shapes = [tuple(p.shape) for p in layer.parameters()]
+        parts.append(f"{type(layer).__name__}{shapes}")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]

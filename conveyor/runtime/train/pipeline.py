@@ -28,127 +28,31 @@ global batch.
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
-from conveyor.runtime.procs import agree
 from conveyor.runtime.checks import check_callables, check_config
-from conveyor.runtime.execute.batching import microbatch_sizes, split_batch
-from conveyor.runtime.execute.recompute import apply_checkpoint, resolve_checkpoint
-from conveyor.runtime.train.planned import from_plan, named_balance
-from conveyor.runtime.train.checkpoint_io import layer_names, load_pipeline, save_pipeline
-from conveyor.runtime.transport.comm import Comm
-from conveyor.runtime.train import dataparallel
-from conveyor.runtime.transport.mesh import resolve_mesh
-from conveyor.runtime.transport.group import RankContext
-from conveyor.runtime.procs.hang import watch as watch_hangs
+from conveyor.runtime.execute.batching import microbatch_sizes
 from conveyor.runtime.execute.interpreter import Interpreter
-from conveyor.runtime.train import trainloop
-from conveyor.runtime.execute.recorder import (
-    ActivationMemory, Recorder, estimate_clock_offset, gather_timeline,
-)
+from conveyor.runtime.execute.recompute import apply_checkpoint, resolve_checkpoint
+from conveyor.runtime.execute.recorder import estimate_clock_offset
 from conveyor.runtime.execute.stages import parameters_of, split_model
+from conveyor.runtime.procs import agree
+from conveyor.runtime.procs.hang import watch as watch_hangs
+from conveyor.runtime.train import dataparallel, trainloop
+from conveyor.runtime.train.checkpoint_io import layer_names, load_pipeline, save_pipeline
+from conveyor.runtime.train.config import PipelineConfig, StepResult
+from conveyor.runtime.train.planned import from_plan, named_balance
+from conveyor.runtime.train.run import run_step, share_loss
+from conveyor.runtime.transport.comm import Comm
+from conveyor.runtime.transport.group import RankContext
+from conveyor.runtime.transport.mesh import resolve_mesh
 from conveyor.schedule import Schedule, add_comms, build_schedule, validate
-from conveyor.sim.timeline import Timeline
 
 __all__ = ["Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes"]
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Options of a Pipeline; all have working defaults.
-
-    loss_reduction: "mean" if ``loss_fn`` averages over the micro-batch (each
-                    micro-batch's loss is then weighted by size/batch, as one
-                    unsplit step would), "sum" if it sums (weight 1).
-    record:         record a measured timeline on every step (``step`` can
-                    override per call).
-    track_memory:   count the activation bytes held for backward (peak per
-                    rank); None: only on recorded steps.
-    timeout_s:      longest wait on a peer inside a step before every rank
-                    reports its position and exits (see hang.py); the first
-                    step a process runs gets twice that (handshakes, lazy
-                    start-up, the first step after a checkpoint load).
-                    Building the model and loading checkpoints happen
-                    outside steps, bounded by LaunchOptions.timeout_s.
-    prepost:        post receives before the compute that precedes them, to
-                    overlap transfer and compute; None: on for gloo, off for
-                    NCCL (which matches messages in order, not by tag).
-    clock_rounds:   ping-pongs per rank for the clock alignment at start-up.
-    check_weights:  on the first step, also check that every rank built the
-                    same initial weights (a digest of the unsplit parameters;
-                    for scripts that build the whole model on every rank).
-    strict_order:   testing aid: on gloo, pair the messages between two ranks
-                    in the order they were posted, as NCCL does, instead of
-                    by tag, so that a schedule whose send order differs from
-                    its peer's receive order fails on CPU too. Also on when
-                    the environment sets CONVEYOR_STRICT_ORDER=1.
-    max_grad_norm:  clip the global gradient norm (all ranks, tied weights
-                    counted once) to this before each update; None: no clipping.
-    accumulate:     calls of ``step`` per update: gradients add up over this
-                    many calls, are divided by it (the mean over the batches)
-                    and the update happens on the last call.
-    dp_overlap:     with data parallelism (dp > 1): start each stage's gradient
-                    all-reduce as soon as its last backward on this rank is
-                    done, overlapping the rest of the backward; False: all of
-                    them after the backward, before the update.
-    varying_shapes: activation shapes may change between the micro-batches of
-                    a step (e.g. each trimmed to its longest sequence): a shape
-                    handshake precedes every micro-batch at every cut.
-                    Without it shapes are keyed by micro-batch size and the
-                    side inputs' shapes, so a new sequence length between steps
-                    costs one handshake and a known one none.
-    transport:      how activations and gradients cross the cuts: "dist",
-                    torch.distributed (gloo on CPU, NCCL on CUDA); "shm",
-                    shared memory between CPU ranks on one host (Linux,
-                    x86-64): no transport thread between the ranks, so
-                    transfers cost what the planner's model says more
-                    steadily (conveyor.runtime.transport.shm, docs/runtime.md).
-    """
-
-    loss_reduction: str = "mean"
-    record: bool = False
-    track_memory: bool | None = None
-    timeout_s: float = 60.0
-    prepost: bool | None = None
-    clock_rounds: int = 8
-    strict_order: bool = False
-    check_weights: bool = False
-    max_grad_norm: float | None = None
-    accumulate: int = 1
-    varying_shapes: bool = False
-    dp_overlap: bool = True
-    transport: str = "dist"
-
-    def __post_init__(self) -> None:
-        check_config(self)
-
-
-@dataclass
-class StepResult:
-    """What a step returns, on every rank.
-
-    loss:      the step's loss (the whole batch's, as the unsplit model's; with
-               dp > 1 the global batch's, the same on every replica).
-    timeline:  the measured timeline, on rank 0 of a recorded step, else None
-               (with dp > 1: on pipeline rank 0 of each replica, its own).
-    stats:     this rank's counters: sent_bytes / recv_bytes (activations and
-               gradients), meta_bytes (shape handshake), messages,
-               peak_activation_bytes (if tracked), peak_device_bytes (CUDA).
-    wall_s:    this rank's wall time for the step.
-    output:    for ``predict``: the last stage's output on its rank, else None.
-    """
-
-    loss: float | None
-    timeline: Timeline | None = None
-    stats: dict = field(default_factory=dict)
-    wall_s: float = 0.0
-    output: Any = None
 
 
 def _context() -> RankContext:
@@ -441,72 +345,11 @@ class Pipeline:
             scheduler = self.loop.scheduler
         return load_pipeline(self, path, scheduler=scheduler)
 
-    # -- the step ------------------------------------------------------------------
+    # -- the step (conveyor.runtime.train.run) --------------------------------------
     def _run(self, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
              record, *, normalizer=None, side=None) -> StepResult:
-        t_start = time.perf_counter()
-        record = self.config.record if record is None else record
-        total, targets_all = batch_size, targets
-        if self.ctx.dp_size > 1:  # this replica's rows of the global batch
-            inputs, targets, side, total, batch_size = dataparallel.replica_batch(
-                self.ctx, inputs, targets, side, batch_size)
-        data = split_batch(inputs, targets, batch_size, rank=self.ctx.rank,
-                           stages=self.stages, S=self.schedule.S, M=self.schedule.M,
-                           device=self.ctx.device, forward_only=interp.forward_only,
-                           mean=self.config.loss_reduction == "mean")
-        if total is not None and self.ctx.dp_size > 1 and self.config.loss_reduction == "mean":
-            data.weights = [n / total for n in data.sizes]  # against the global batch
-        self._agreement.check(kind=agree.PREDICT if interp.forward_only else agree.STEP,
-                              step=self.steps, batch=sum(data.sizes))
-        self.loop.prepare(data, targets_all, normalizer, side)
-        comm.reset_counts()
-        track = self.config.track_memory if self.config.track_memory is not None else record
-        memory = ActivationMemory(self.params) if track and not interp.forward_only else None
-        device = self.ctx.device
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        recorder = None
-        if record:
-            recorder = Recorder()
-            if self.ctx.world_size > 1:
-                # Start a recorded step together: otherwise the skew left by
-                # the previous step (rank 0 gathering its timeline, say)
-                # shows up as this step's bubble. (The whole world: replicas
-                # meet in the gradient all-reduce, so they start together too.)
-                dist.barrier()
-        loss, outputs = interp.run(data, recorder=recorder, memory=memory)
-        stats = comm.counts()
-        if memory is not None:
-            stats["peak_activation_bytes"] = memory.peak
-        if device.type == "cuda":
-            stats["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
-        loss_value = None if interp.forward_only else self._share_loss(loss)
-        timeline = None
-        if record:
-            timeline = gather_timeline(
-                recorder, rank=self.ctx.rank, world_size=self.ctx.world_size,
-                offset=self.clock_offset, stats=stats, device=device, schedule=self.schedule,
-                group=self.ctx.pp_group,
-                meta={"step": self.steps, "loss": loss_value, "batch": sum(data.sizes),
-                      "microbatch_sizes": data.sizes, "backend": self.ctx.backend,
-                      "launcher": self.ctx.launcher})
-        self.steps += 1
-        output = None
-        if outputs:
-            parts = [outputs[mb] for mb in range(len(data.sizes))]
-            output = (torch.cat(parts) if isinstance(parts[0], torch.Tensor)
-                      else tuple(torch.cat(p) for p in zip(*parts)))
-        return StepResult(loss=loss_value, timeline=timeline, stats=stats,
-                          wall_s=time.perf_counter() - t_start, output=output)
+        return run_step(self, interp, comm, inputs, targets, batch_size, record,
+                        normalizer=normalizer, side=side)
 
     def _share_loss(self, loss) -> float:
-        ctx = self.ctx
-        if ctx.world_size == 1 and ctx.dp_size == 1:
-            return float(loss)
-        buf = (loss.to(ctx.device) if loss is not None
-               else torch.zeros((), dtype=torch.float64, device=ctx.device))
-        if ctx.world_size > 1:
-            dist.broadcast(buf, group=ctx.pp_group, group_src=self.last_rank)
-        if ctx.dp_size > 1:  # each replica's loss is its share of the global batch's
-            dist.all_reduce(buf, group=ctx.dp_group)
-        return float(buf.item())
+        return share_loss(self.ctx, loss, self.last_rank)

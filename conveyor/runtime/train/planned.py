@@ -14,8 +14,7 @@ from conveyor.errors import PipelineError, PlanError
 from conveyor.partition import balanced_partition, placed_partition
 from conveyor.plan import Profile, load_plan, load_profile
 from conveyor.plan.costs import backward_times
-from conveyor.measure.profile import fingerprint
-from conveyor.runtime.execute.stages import layers_of
+from conveyor.runtime.execute.stages import fingerprint, layers_of
 
 __all__ = ["named_balance", "from_plan"]
 

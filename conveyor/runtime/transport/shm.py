@@ -39,16 +39,18 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 import secrets
 import socket
 import struct
-import sys
 import time
 from collections import deque
 
 import torch
 import torch.distributed as dist
+
+from conveyor.runtime.transport.shm_os import (
+    alive, boot_id, check_platform, create, futex_wait, futex_wake,
+)
 
 __all__ = ["ShmTransport", "RING_BYTES", "SizeMismatch", "check_platform"]
 
@@ -58,48 +60,10 @@ _RING_HEAD = 128            # a ring's write and read counters, a cache line eac
 _BELL = 64                  # a doorbell word per rank, a cache line each
 _POLL_S = 0.2               # longest sleep before checking the peer is alive
 _HDR = struct.Struct("<qq")  # tag, payload bytes
-_SYS_FUTEX = 202            # x86-64
-_FUTEX_WAIT, _FUTEX_WAKE = 0, 1
 
 
 class SizeMismatch(RuntimeError):
     """A message's size differs from the receive it pairs with."""
-
-
-def check_platform() -> str | None:
-    """Why this machine cannot use the transport, or None if it can."""
-    if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return f"it needs Linux on x86-64 (this is {sys.platform} on {platform.machine()})"
-    if not os.path.isdir("/dev/shm"):
-        return "it needs /dev/shm, which this machine does not have"
-    return None
-
-
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-
-
-def _futex_wait(addr: int, expected: int, timeout_s: float) -> None:
-    ts = _Timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
-    _libc.syscall(ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(addr), ctypes.c_int(_FUTEX_WAIT),
-                  ctypes.c_uint(expected), ctypes.byref(ts), ctypes.c_void_p(0), ctypes.c_int(0))
-
-
-def _futex_wake(addr: int) -> None:
-    _libc.syscall(ctypes.c_long(_SYS_FUTEX), ctypes.c_void_p(addr), ctypes.c_int(_FUTEX_WAKE),
-                  ctypes.c_int(1 << 30), ctypes.c_void_p(0), ctypes.c_void_p(0), ctypes.c_int(0))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 def _as_bytes(t: torch.Tensor) -> torch.Tensor:
@@ -173,7 +137,7 @@ class ShmTransport:
         world = dist.get_world_size(group)
         ring_bytes = -(-ring_bytes // FRAME) * FRAME
         self.ring_bytes = ring_bytes
-        me = (socket.gethostname(), _boot_id(), os.getpid())
+        me = (socket.gethostname(), boot_id(), os.getpid())
         everyone: list = [None] * world
         dist.all_gather_object(everyone, me, group=group)
         hosts = {(h, b) for h, b, _ in everyone}
@@ -184,12 +148,12 @@ class ShmTransport:
                 f"transport='dist' across hosts")
         self.pids = [p for _, _, p in everyone]
         # Liveness checks need the peers' processes in our /proc (same pid namespace).
-        self.check_alive = all(_alive(p) for p in self.pids)
+        self.check_alive = all(alive(p) for p in self.pids)
         size = _BELL * world + len(self.pairs) * (_RING_HEAD + ring_bytes)
         made = [None, None]  # rank 0's path and, if it failed, why
         if rank == 0:
             made[0] = f"/dev/shm/conveyor-{os.getpid()}-{secrets.token_hex(6)}"
-            made[1] = _create(made[0], size)
+            made[1] = create(made[0], size)
         dist.broadcast_object_list(made, group_src=0, group=group)
         name, why = made
         if why:
@@ -263,8 +227,8 @@ class ShmTransport:
             if left <= 0:
                 raise RuntimeError(f"shared-memory transfer with rank {w.peer} timed out after "
                                    f"{timeout_s:g} s")
-            _futex_wait(addr, seen, left)
-            if self.check_alive and not w.done and not _alive(self.pids[w.peer]):
+            futex_wait(addr, seen, left)
+            if self.check_alive and not w.done and not alive(self.pids[w.peer]):
                 self.progress()  # what it wrote before it died still counts
                 if not w.done:
                     raise RuntimeError(f"Connection closed by peer: rank {w.peer}'s process "
@@ -282,7 +246,7 @@ class ShmTransport:
     def _ring(self, peer: int) -> None:
         b = self._bells[peer]
         b.value = (b.value + 1) & 0xFFFFFFFF
-        _futex_wake(self._bell_addr[peer])
+        futex_wake(self._bell_addr[peer])
 
     def _push(self, dst: int) -> None:
         ring, q = self.out[dst], self.sendq[dst]
@@ -380,31 +344,3 @@ def _advance(copy, pos: int, w: _Work, room: int) -> int:
     w.moved += k
     w.done = w.moved == total
     return k
-
-
-def _boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
-def _create(path: str, size: int) -> str | None:
-    """Make the segment, its memory reserved now (tmpfs would otherwise fail
-    later, with SIGBUS, on the first write past its limit); why not, or None."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as e:
-        return f"transport='shm' cannot create {path} ({e.strerror}); use transport='dist'"
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as e:
-        os.unlink(path)
-        st = os.statvfs("/dev/shm")
-        return (f"transport='shm' needs {size / 2**20:.1f} MiB in /dev/shm, which has "
-                f"{st.f_bavail * st.f_frsize / 2**20:.1f} MiB free ({e.strerror}); enlarge it "
-                f"(docker run --shm-size=...) or use transport='dist'")
-    finally:
-        os.close(fd)
-    return None
