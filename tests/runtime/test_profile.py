@@ -165,7 +165,10 @@ def test_i_and_w_are_timed_as_the_runtime_splits_them(monkeypatch):
     assert len(calls) == 3 * 2 * (2 + 1) + 3 * 2
     for lay in prof.layers:
         i, w = lay.input_grad.at(8), lay.weight_grad.at(8)
-        assert i >= 0.9 * 0.003 and w >= 0.9 * 0.009 and w > 2 * i
+        # Each at least as set (sleeps only overshoot). W was set 3x I, so W > I
+        # tells them apart; a tighter ratio failed on a loaded machine, where a
+        # 3 ms sleep took 5.8 ms.
+        assert i >= 0.9 * 0.003 and w >= 0.9 * 0.009 and w > i
 
 
 def test_a_loss_needs_its_targets_and_context():
