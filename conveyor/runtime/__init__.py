@@ -17,11 +17,12 @@ Needs torch. See docs/runtime.md.
 from conveyor.runtime.train.checkpoint_io import CheckpointError, export_state_dict
 from conveyor.runtime.procs.elastic import CheckpointPolicy, latest_checkpoint, restart_count
 from conveyor.runtime.errors import (
-    AgreementError, FailureReport, PeerFailedError, RankFailedError, StageError,
+    AgreementError, FailureReport, NonFiniteError, PeerFailedError, RankFailedError, StageError,
 )
 from conveyor.runtime.transport.group import RankContext, init_rank
 from conveyor.runtime.procs.launcher import LaunchOptions, launch
 from conveyor.runtime.train.measure import measure
+from conveyor.runtime.train.amp import LossScale
 from conveyor.runtime.train.pipeline import Pipeline, PipelineConfig, StepResult, microbatch_sizes
 from conveyor.runtime.execute.stages import SequentialStage, split_model
 
@@ -31,4 +32,5 @@ __all__ = [
     "split_model", "SequentialStage", "export_state_dict", "CheckpointError",
     "CheckpointPolicy", "latest_checkpoint", "restart_count",
     "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport",
+    "LossScale", "NonFiniteError",
 ]

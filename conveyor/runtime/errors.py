@@ -22,8 +22,8 @@ from dataclasses import asdict, dataclass
 
 from conveyor.errors import PipelineError
 
-__all__ = ["describe", "cut_of", "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport", "report_of",
-           "death_summary"]
+__all__ = ["describe", "cut_of", "StageError", "AgreementError", "NonFiniteError",
+           "PeerFailedError", "RankFailedError", "FailureReport", "report_of", "death_summary"]
 
 _NAMES = {"F": "forward", "B": "backward", "I": "input-gradient backward",
           "W": "weight-gradient backward", "SEND_F": "send of the output",
@@ -85,6 +85,17 @@ class AgreementError(StageError):
 
     def __init__(self, message: str, *, field: str, values: dict):
         self.field, self.values = field, dict(values)
+        super().__init__(message, same_on_every_rank=True)
+
+
+class NonFiniteError(StageError):
+    """A loss or gradient was NaN or Inf on some rank, and the policy is to
+    stop (``PipelineConfig(nonfinite="raise")``). Every rank raises the same
+    report, naming each rank that saw it, its stages and the first
+    non-finite parameter. found: rank -> what that rank saw."""
+
+    def __init__(self, message: str, *, found: dict):
+        self.found = dict(found)
         super().__init__(message, same_on_every_rank=True)
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from conveyor.runtime import RankFailedError, launch
 from tests.runtime import _jobs
-from tests.runtime._procs import ROOT, env, alive
+from tests.runtime._procs import ROOT, alive, env, why_failed
 
 pytestmark = pytest.mark.runtime
 
@@ -46,9 +46,10 @@ def run_boom(tmp_path: Path, launcher: list[str]) -> tuple[subprocess.CompletedP
 
 
 def check(proc, elapsed, pids):
-    assert proc.returncode != 0
-    assert elapsed < 30, f"took {elapsed:.1f} s"
-    assert len(pids) == 4  # every rank started
+    why = why_failed(proc.stdout + proc.stderr)  # so that a flake explains itself
+    assert proc.returncode != 0, why
+    assert elapsed < 30, f"took {elapsed:.1f} s\n{why}"
+    assert len(pids) == 4, why  # every rank started
     deadline = time.monotonic() + 5
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -33,6 +33,7 @@ from conveyor.errors import ConveyorError
 from conveyor.runtime.procs.blame import blame
 from conveyor.runtime.transport.comm import Comm
 from conveyor.runtime.errors import StageError, describe
+from conveyor.runtime.execute.precision import Policy
 from conveyor.runtime.execute.rankplan import plan_rank
 from conveyor.runtime.execute.recorder import ActivationMemory, Recorder
 from conveyor.runtime.execute.splitgrad import backward_input
@@ -89,16 +90,23 @@ class Interpreter(Transfers):
 
     stages:   {stage index: module} for the stages on this rank.
     loss_fn:  ``loss_fn(output, target) -> scalar`` on the last stage.
+    policy:   the precision policy (autocast, widening at cuts, fp32 loss).
+
+    ``loss_scale`` (set by the training loop before a step) multiplies every
+    micro-batch's loss before its backward; the loss reported is unscaled.
     """
 
     def __init__(self, schedule: Schedule, *, rank: int, stages: dict[int, torch.nn.Module],
-                 comm: Comm | None, loss_fn: Callable, prepost: bool = True):
+                 comm: Comm | None, loss_fn: Callable, prepost: bool = True,
+                 policy: Policy | None = None):
         self.schedule = schedule
         self.rank = rank
         self.row = schedule.actions[rank]
         self.stages = stages
         self.comm = comm
         self.loss_fn = loss_fn
+        self.policy = policy or Policy()
+        self.loss_scale = 1.0
         self.place = schedule.placement
         self.last = schedule.S - 1
         self.forward_only = schedule.forward_only
@@ -195,6 +203,7 @@ class Interpreter(Transfers):
             x = tuple(_cut(t) for t in self.out[(s - 1, mb)])
         else:
             x = self.inp.pop((s, mb))
+        args = self._widened(s, mb, x)
         stage = self.stages[s]
         if self.data.side:  # side inputs (masks, ids): keyword arguments of every stage
             from functools import partial
@@ -202,15 +211,16 @@ class Interpreter(Transfers):
         seen: dict[int, int] = {}
         try:
             if self.forward_only:
-                with torch.no_grad():
-                    y = stage(*x)
+                with torch.no_grad(), self.policy.autocast():
+                    y = stage(*args)
             elif self.memory is not None:
-                with self.memory.forward((s, mb), seen):
-                    y = stage(*x)
+                with self.memory.forward((s, mb), seen), self.policy.autocast():
+                    y = stage(*args)
                     self.memory.note(x, seen)
                 self.memory.release(Action(s, RECV_F, mb))  # the buffer is now the input
             else:
-                y = stage(*x)
+                with self.policy.autocast():
+                    y = stage(*args)
         except ConveyorError:
             raise
         except Exception as e:
@@ -226,6 +236,15 @@ class Interpreter(Transfers):
             self.memory.hold((s, mb), self.out[(s, mb)])
         if self.forward_only:
             self._recycle(s, mb)
+
+    def _widened(self, s: int, mb: int, x: tuple) -> tuple:
+        """A received stage input as the sender computed it: tensors that
+        crossed the cut in a narrower dtype (the policy's boundary) are
+        widened back, so the stage computes as in the unsplit model."""
+        if s == 0 or self._local(s - 1) or self.comm is None or self.comm.wire is None:
+            return x
+        metas = self.comm.meta_in[(s - 1, self.data.key(mb))]
+        return tuple(t if m.orig is None else t.to(m.orig) for t, m in zip(x, metas))
 
     def _forward_error(self, a: Action, x, e: Exception) -> StageError:
         s = a.stage
@@ -248,7 +267,7 @@ class Interpreter(Transfers):
             self.outputs[mb] = y
             return
         try:
-            loss = self.loss_fn(y, self.data.targets[mb])
+            loss = self.loss_fn(self.policy.wide_output(y), self.data.targets[mb])
         except Exception as e:
             raise self._fail(a, f"rank {self.rank} (stage {a.stage}) failed computing the "
                                 f"loss of micro-batch {mb}: {type(e).__name__}: {e}", e) from e
@@ -262,6 +281,8 @@ class Interpreter(Transfers):
         weighted = loss.reshape(()) * self.data.weights[mb]
         value = weighted.detach().to(torch.float64)
         self.loss = value if self.loss is None else self.loss + value
+        if self.loss_scale != 1.0:  # fp16: scaled up so small gradients stay representable
+            weighted = weighted * self.loss_scale
         self.out[(a.stage, mb)] = (weighted,)
 
     def _output_grads(self, s: int, mb: int):
@@ -270,7 +291,10 @@ class Interpreter(Transfers):
         if s == self.last:
             return list(ys), None
         gs = self.gout.pop((s, mb))
-        pairs = [(y, g) for y, g in zip(ys, gs) if y.requires_grad and g is not None]
+        # A gradient that crossed the cut in the boundary dtype is widened to
+        # its output's dtype (autograd needs them to match).
+        pairs = [(y, g if g.dtype == y.dtype else g.to(y.dtype))
+                 for y, g in zip(ys, gs) if y.requires_grad and g is not None]
         return [y for y, _ in pairs], [g for _, g in pairs]
 
     def _run_user(self, a: Action, fn) -> None:

@@ -201,6 +201,8 @@ def save_pipeline(pipe, path, *, scheduler=None) -> Path:
                     "dp": pipe.ctx.dp_size,
                     "S": pipe.schedule.S, "step": pipe.steps,
                     "portable": pipe.layer_names is not None,
+                    # the loss scale and skipped updates: the same on every rank
+                    "amp": pipe.loop.amp_state(),
                     "files": {f"rank{r}.pt": n for r, n in enumerate(gathered)}}
         with open(tmp / "manifest.json", "w") as f:
             json.dump(manifest, f, indent=1)
@@ -286,6 +288,7 @@ def load_pipeline(pipe, path, *, scheduler=None) -> dict:
                                   f"optimizer=None")
         _load_optim(pipe.optimizer, _param_names(pipe), saved)
     pipe.steps = manifest["step"]
+    pipe.loop.load_amp_state(manifest.get("amp"))
     rng_restored = (manifest["P"] == pipe.ctx.world_size and pipe.ctx.dp_size == 1
                     and manifest.get("dp", 1) == 1)
     if rng_restored:

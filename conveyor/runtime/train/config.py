@@ -6,7 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from conveyor.errors import PipelineError
 from conveyor.runtime.checks import check_config
+from conveyor.runtime.execute.precision import PRESETS, dtype_of, resolve
+from conveyor.runtime.train.amp import resolve_scale
+from conveyor.runtime.train.grads import NONFINITE
 from conveyor.sim.timeline import Timeline
 
 __all__ = ["PipelineConfig", "StepResult"]
@@ -62,6 +68,27 @@ class PipelineConfig:
                     x86-64): no transport thread between the ranks, so
                     transfers cost what the planner's model says more
                     steadily (conveyor.runtime.transport.shm, docs/runtime.md).
+    precision:      "fp32" (default); "bf16": every stage's forward under
+                    bfloat16 autocast, parameters (the master weights) and
+                    their gradients float32, the loss in float32; "fp16": the
+                    same in float16, with dynamic loss scaling agreed by every
+                    rank (docs/precision.md, conveyor.runtime.execute.precision).
+    boundary_dtype: the dtype floating tensors cross a cut between ranks in
+                    ("bf16", "fp16", "fp32", or a torch dtype); None: the
+                    compute dtype under bf16/fp16 (half of fp32's bytes), as
+                    computed under fp32. The receiver widens back to the
+                    sender's dtype, so only the cut's rounding changes.
+    loss_scale:     None: dynamic for fp16, none otherwise; "dynamic";
+                    "off"; a number (a fixed scale); or LossScale(...)
+                    (conveyor.runtime.train.amp).
+    nonfinite:      when a loss or gradient is NaN or Inf on any rank: "raise"
+                    (default) stops every rank with a NonFiniteError naming
+                    the rank, stage and first non-finite parameter; "skip"
+                    skips that update on every rank (StepResult.skipped,
+                    Pipeline.skipped_steps); "off": no check (saves one pass
+                    over the gradients per update). Under loss scaling an
+                    overflowing gradient always skips the update and shrinks
+                    the scale, as intended; a non-finite loss follows this.
     """
 
     loss_reduction: str = "mean"
@@ -77,9 +104,21 @@ class PipelineConfig:
     varying_shapes: bool = False
     dp_overlap: bool = True
     transport: str = "dist"
+    precision: str = "fp32"
+    boundary_dtype: Any = None
+    loss_scale: Any = None
+    nonfinite: str = "raise"
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.precision not in PRESETS:
+            resolve(self.precision, None, torch.device("cpu"))  # raises, naming the choices
+        dtype_of(self.boundary_dtype, "boundary_dtype")
+        resolve_scale(self.loss_scale, self.precision)
+        if self.nonfinite not in NONFINITE:
+            raise PipelineError(f"nonfinite={self.nonfinite!r}; use 'raise' (stop every rank, "
+                                f"naming where), 'skip' (skip the update on every rank) or "
+                                f"'off' (no check)")
 
 
 @dataclass
@@ -95,6 +134,10 @@ class StepResult:
                peak_activation_bytes (if tracked), peak_device_bytes (CUDA).
     wall_s:    this rank's wall time for the step.
     output:    for ``predict``: the last stage's output on its rank, else None.
+    finite:    after ``forward_backward(sync=True)`` (and so ``step``): whether
+               every rank's loss and gradients were finite; None otherwise.
+    skipped:   ``step`` only: the update was skipped on every rank (a NaN or
+               Inf under nonfinite="skip", or an overflow under loss scaling).
     """
 
     loss: float | None
@@ -102,3 +145,5 @@ class StepResult:
     stats: dict = field(default_factory=dict)
     wall_s: float = 0.0
     output: Any = None
+    finite: bool | None = None
+    skipped: bool = False

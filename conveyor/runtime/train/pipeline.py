@@ -31,12 +31,12 @@ import os
 from typing import Callable, Sequence
 
 import torch
-import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
 from conveyor.runtime.checks import check_callables, check_config
 from conveyor.runtime.execute.batching import microbatch_sizes
 from conveyor.runtime.execute.interpreter import Interpreter
+from conveyor.runtime.execute.precision import resolve
 from conveyor.runtime.execute.recompute import apply_checkpoint, resolve_checkpoint
 from conveyor.runtime.execute.recorder import estimate_clock_offset
 from conveyor.runtime.execute.stages import parameters_of, split_model
@@ -46,25 +46,16 @@ from conveyor.runtime.train import dataparallel, trainloop
 from conveyor.runtime.train.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.train.config import PipelineConfig, StepResult
 from conveyor.runtime.train.planned import from_plan, named_balance
+from conveyor.runtime.train.grads import finish_local, reduce_flags
+from conveyor.runtime.train.amp import check_master_weights
 from conveyor.runtime.train.run import run_step, share_loss
 from conveyor.runtime.transport.comm import Comm
-from conveyor.runtime.transport.group import RankContext
+from conveyor.runtime.transport.group import RankContext, current_context
+from conveyor.runtime.transport.shm import for_pipeline as shm_for_pipeline
 from conveyor.runtime.transport.mesh import resolve_mesh
 from conveyor.schedule import Schedule, add_comms, build_schedule, validate
 
 __all__ = ["Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes"]
-
-
-def _context() -> RankContext:
-    if not dist.is_initialized():
-        return RankContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"),
-                           backend="none", launcher="single")
-    backend = dist.get_backend()
-    device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
-              else torch.device("cpu"))
-    return RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())),
-                       device=device, backend=backend, launcher="external")
 
 
 def _same(e: ConveyorError) -> ConveyorError:
@@ -114,7 +105,7 @@ class Pipeline:
         DeviceMesh with dims ("dp", "pp"); see the module docstring.
         """
         try:
-            ctx = resolve_mesh(ctx or _context(), dp=dp, mesh=mesh)
+            ctx = resolve_mesh(ctx or current_context(), dp=dp, mesh=mesh)
             if plan is not None:
                 schedule, balance, checkpoint = from_plan(plan, model)
                 microbatches = None
@@ -143,7 +134,7 @@ class Pipeline:
         the tensors stage s-1 returned. ``dp``, ``mesh``: as for ``Pipeline``."""
         self = cls.__new__(cls)
         try:
-            ctx = resolve_mesh(ctx or _context(), dp=dp, mesh=mesh)
+            ctx = resolve_mesh(ctx or current_context(), dp=dp, mesh=mesh)
         except ConveyorError as e:
             raise _same(e)
         sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
@@ -201,6 +192,11 @@ class Pipeline:
             group=ctx.pp_group)
         # ``stages`` is a list of all S stages or a dict of this rank's.
         self.stages = {s: stages[s].to(ctx.device) for s in sched.stages_of(ctx.rank)}
+        try:
+            self.policy = resolve(config.precision, config.boundary_dtype, ctx.device)
+            check_master_weights(self.policy, self.stages)
+        except ConveyorError as e:
+            raise _same(e)
         if ctx.dp_size > 1:
             dataparallel.broadcast_from_replica0(self.stages.values(), ctx)
         self.first_rank = sched.placement[0]
@@ -212,13 +208,13 @@ class Pipeline:
         self.transport = self._transport()
         self.comm = self._comm()
         self.interp = Interpreter(sched, rank=ctx.rank, stages=self.stages, comm=self.comm,
-                                  loss_fn=loss_fn, prepost=prepost)
+                                  loss_fn=loss_fn, prepost=prepost, policy=self.policy)
         # Inference gets its own comm: its outputs carry no gradient, so their
         # handshake differs from training's.
         self._eval_comm = self._comm()
         self._eval_interp = Interpreter(add_comms(sched.without_backward()), rank=ctx.rank,
                                         stages=self.stages, comm=self._eval_comm,
-                                        loss_fn=loss_fn, prepost=prepost)
+                                        loss_fn=loss_fn, prepost=prepost, policy=self.policy)
         self.dp_sync = (dataparallel.GradSync(self.interp, self.stages, ctx,
                                               overlap=config.dp_overlap)
                         if ctx.dp_size > 1 else None)
@@ -227,33 +223,25 @@ class Pipeline:
                                                    group=ctx.pp_group)
                              if ctx.world_size > 1 else 0.0)
         self.steps = 0
+        self._final = False  # the gradients are final (see forward_backward)
         self.hang_watched = watch_hangs(self)  # a hang prints every rank's position
 
     def _comm(self) -> Comm:
         strict = self.config.strict_order or os.environ.get("CONVEYOR_STRICT_ORDER") == "1"
         return Comm(rank=self.ctx.rank, placement=self.schedule.placement,
                     device=self.ctx.device, timeout_s=self.config.timeout_s, strict_order=strict,
-                    group=self.ctx.pp_group, transport=self.transport)
+                    group=self.ctx.pp_group, transport=self.transport,
+                    wire=self.policy.boundary)
 
     def _transport(self):
-        """The shared-memory channels of ``transport="shm"`` (one set for the
-        training and the inference comm: their steps never overlap, and
-        messages pair by tag in order); None for torch.distributed."""
+        """The shared-memory channels of ``transport="shm"``, None for
+        torch.distributed (see ``conveyor.runtime.transport.shm.for_pipeline``)."""
         if self.config.transport != "shm" or self.schedule.P == 1:
             return None
-        from conveyor.runtime.transport.shm import ShmTransport
-
-        if self.ctx.device.type != "cpu":
-            raise _same(PipelineError(
-                f"transport='shm' moves CPU tensors, but this rank runs on {self.ctx.device}; "
-                f"use transport='dist' (NCCL) there"))
-        pl = self.schedule.placement
-        pairs = {(a, b) for s in range(len(pl) - 1) for a, b in
-                 ((pl[s], pl[s + 1]), (pl[s + 1], pl[s])) if a != b}
         try:
-            return ShmTransport(rank=self.ctx.rank, pairs=pairs, group=self.ctx.pp_group)
-        except RuntimeError as e:
-            raise PipelineError(str(e)) from None
+            return shm_for_pipeline(self.ctx, self.schedule.placement)
+        except ConveyorError as e:
+            raise _same(e)
 
     # -- public -------------------------------------------------------------------
     @property
@@ -284,17 +272,65 @@ class Pipeline:
 
     def forward_backward(self, inputs=None, targets=None, *, batch_size: int | None = None,
                          record: bool | None = None, normalizer=None, side=None,
-                         zero_grad: bool = True) -> StepResult:
-        """``step`` without the optimizer update: the parameters' ``.grad`` hold
-        the step's gradients afterwards (for checks, or your own update); tied
-        weights' gradients are not yet summed, nor (dp > 1) the replicas'
-        (``step`` does both).
-        ``zero_grad=False`` adds to the gradients already there."""
+                         zero_grad: bool = True, sync: bool = True) -> StepResult:
+        """``step`` without the optimizer update. Collective.
+
+        Afterwards every parameter's ``.grad`` holds the gradient of the
+        unsplit model on the (global) batch: the replicas' gradients are
+        summed (dp > 1), tied weights' gradients summed over their ranks, a
+        loss scale divided out, and every rank has checked for NaN and Inf
+        (``StepResult.finite``; with nonfinite="raise" a non-finite value
+        raises NonFiniteError on every rank). For your own update, a
+        GradScaler-free fp16 loop, or inspection.
+
+        ``sync=False`` leaves all that for later, to accumulate several
+        batches cheaply (as DDP's ``no_sync``): call ``finish_grads()`` (or a
+        last ``forward_backward`` with sync=True) before reading the
+        gradients. ``zero_grad=False`` adds to the gradients already there.
+        """
         if zero_grad:
             for p in self.params:
                 p.grad = None
-        return self._run(self.interp, self.comm, inputs, targets, batch_size, record,
-                         normalizer=normalizer, side=side)
+            self._final = False
+        elif self._final:
+            raise _same(PipelineError(
+                "forward_backward(zero_grad=False) would add to gradients that are already "
+                "final (summed over replicas and ties, unscaled), and summing them again makes "
+                "them wrong; pass sync=False to every call of an accumulation but the last"))
+        if self.dp_sync is not None:  # the replicas' sum overlaps the last backward
+            self.dp_sync.arm(sync)
+        self.interp.loss_scale = self.loop.loss_scale
+        res = self._run(self.interp, self.comm, inputs, targets, batch_size, record,
+                        normalizer=normalizer, side=side, finish=sync)
+        self._final = sync
+        return res
+
+    def finish_grads(self) -> bool:
+        """Make the gradients of ``forward_backward(sync=False)`` calls final
+        (see ``forward_backward``); returns whether every rank's are finite.
+        Collective: every rank calls it. Raises NonFiniteError under
+        nonfinite="raise" when one is not."""
+        if self._final:
+            raise _same(PipelineError(
+                "finish_grads() after gradients were already made final (by "
+                "forward_backward(sync=True) or an earlier finish_grads()) would sum them "
+                "twice; call it once after forward_backward(..., sync=False) calls"))
+        bad = finish_local(self)
+        _, grad_bad = reduce_flags(self, [0.0, float(bad)])
+        self._final = True
+        self.loop.finished(grad_bad == 0, False, grad_bad > 0, False, bool(bad), None)
+        return grad_bad == 0
+
+    @property
+    def loss_scale(self) -> float:
+        """The loss scale of the next step (1.0 without loss scaling); the
+        same on every rank."""
+        return self.loop.loss_scale
+
+    @property
+    def skipped_steps(self) -> int:
+        """Updates skipped on every rank so far (non-finite values)."""
+        return self.loop.skipped
 
     def predict(self, inputs=None, *, batch_size: int | None = None, side=None):
         """Forward only, in micro-batches, with the stages in eval mode and no
@@ -347,9 +383,9 @@ class Pipeline:
 
     # -- the step (conveyor.runtime.train.run) --------------------------------------
     def _run(self, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
-             record, *, normalizer=None, side=None) -> StepResult:
+             record, *, normalizer=None, side=None, finish: bool = False) -> StepResult:
         return run_step(self, interp, comm, inputs, targets, batch_size, record,
-                        normalizer=normalizer, side=side)
+                        normalizer=normalizer, side=side, finish=finish)
 
     def _share_loss(self, loss) -> float:
         return share_loss(self.ctx, loss, self.last_rank)

@@ -15,13 +15,18 @@ from conveyor.runtime.execute.recorder import ActivationMemory, Recorder, gather
 from conveyor.runtime.procs import agree
 from conveyor.runtime.train import dataparallel
 from conveyor.runtime.train.config import StepResult
+from conveyor.runtime.train.grads import finish_local
 from conveyor.runtime.transport.comm import Comm
 
-__all__ = ["run_step", "share_loss"]
+__all__ = ["run_step", "share_loss", "share"]
 
 
 def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
-         record, *, normalizer=None, side=None) -> StepResult:
+             record, *, normalizer=None, side=None, finish: bool = False) -> StepResult:
+    """One collective pass over a batch (see the module docstring). With
+    ``finish``, the gradients are made final and checked after the backward
+    (``conveyor.runtime.train.grads``), and the flags travel with the loss;
+    the result's ``finite`` then says whether every rank's were finite."""
     t_start = time.perf_counter()
     record = pipe.config.record if record is None else record
     total, targets_all = batch_size, targets
@@ -58,7 +63,16 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
         stats["peak_activation_bytes"] = memory.peak
     if device.type == "cuda":
         stats["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
-    loss_value = None if interp.forward_only else share_loss(pipe.ctx, loss, pipe.last_rank)
+    loss_value, finite = None, None
+    if not interp.forward_only:
+        grad_bad = finish_local(pipe) if finish else 0
+        loss_bad = int(finish and pipe.loop.guarding and loss is not None
+                       and not bool(torch.isfinite(loss)))
+        loss_value, (loss_bads, grad_bads) = share(pipe.ctx, loss, (loss_bad, grad_bad))
+        if finish:
+            finite = loss_bads == 0 and grad_bads == 0
+            pipe.loop.finished(finite, loss_bads > 0, grad_bads > 0, loss_bad, grad_bad,
+                               loss_value)
     timeline = None
     if record:
         timeline = gather_timeline(
@@ -75,15 +89,28 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
         output = (torch.cat(parts) if isinstance(parts[0], torch.Tensor)
                   else tuple(torch.cat(p) for p in zip(*parts)))
     return StepResult(loss=loss_value, timeline=timeline, stats=stats,
-                      wall_s=time.perf_counter() - t_start, output=output)
+                      wall_s=time.perf_counter() - t_start, output=output, finite=finite)
 
-def share_loss(ctx, loss, last_rank: int) -> float:
+def share(ctx, loss, flags: tuple = ()) -> tuple[float, list[float]]:
+    """The step's loss on every rank, and ``flags`` summed over every rank:
+    one all-reduce over the pipeline (only the last stage's rank holds a
+    loss, the others add 0, which is exact) and one over the replicas (each
+    replica's loss is its share of the global batch's)."""
     if ctx.world_size == 1 and ctx.dp_size == 1:
-        return float(loss)
-    buf = (loss.to(ctx.device) if loss is not None
-           else torch.zeros((), dtype=torch.float64, device=ctx.device))
+        return float(loss), [float(f) for f in flags]
+    buf = torch.zeros(1 + len(flags), dtype=torch.float64, device=ctx.device)
+    if loss is not None:
+        buf[0] = loss.to(ctx.device)
+    if flags:
+        buf[1:] = torch.tensor(flags, dtype=torch.float64)
     if ctx.world_size > 1:
-        dist.broadcast(buf, group=ctx.pp_group, group_src=last_rank)
-    if ctx.dp_size > 1:  # each replica's loss is its share of the global batch's
+        dist.all_reduce(buf, group=ctx.pp_group)
+    if ctx.dp_size > 1:
         dist.all_reduce(buf, group=ctx.dp_group)
-    return float(buf.item())
+    values = buf.tolist()
+    return values[0], values[1:]
+
+
+def share_loss(ctx, loss, last_rank: int = -1) -> float:
+    """The loss of the last stage's rank on every rank (``share`` without flags)."""
+    return share(ctx, loss)[0]

@@ -1,17 +1,18 @@
 """What a training loop does around the pipelined step, across all ranks.
 
-``Pipeline.step`` runs forward and backward (``forward_backward``), then, on
-the last call of an accumulation window (``PipelineConfig.accumulate``):
+``Pipeline.step`` runs forward and backward (``forward_backward``); the last
+call of an accumulation window (``PipelineConfig.accumulate``) makes the
+gradients final there (the replicas' sum, tied weights' sums, unscaling, the
+non-finite check: ``conveyor.runtime.train.grads``). Then, on that call:
 
-0. with data parallelism, waits for the replicas' gradient sum (started
-   during the backward, see ``conveyor.runtime.train.dataparallel``);
-1. sums the gradients of tied weights over the ranks that own them
-   (``conveyor.runtime.train.tied``);
-2. divides every gradient by ``accumulate`` (the mean over the window);
+1. divides every gradient by ``accumulate`` (the mean over the window);
+2. if any rank saw a NaN or Inf, skips the update on every rank (or, with
+   ``nonfinite="raise"``, every rank has already raised);
 3. clips the global gradient norm (``PipelineConfig.max_grad_norm``);
 4. calls ``before_step(pipe)``, your hook (clip, log, inspect gradients);
 5. steps the optimizer, then the LR scheduler (``scheduler(optimizer)``
-   builds it, e.g. ``lambda opt: torch.optim.lr_scheduler.StepLR(opt, 10)``).
+   builds it, e.g. ``lambda opt: torch.optim.lr_scheduler.StepLR(opt, 10)``),
+   and updates the loss scale (``conveyor.runtime.train.amp``).
 
 Side inputs (``step(..., side={"attention_mask": m})``) are cut into
 micro-batches on every rank from the batch each rank already holds and given
@@ -37,6 +38,8 @@ import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
 from conveyor.runtime.execute.batching import microbatch_sizes
+from conveyor.runtime.train.amp import Scaler, resolve_scale
+from conveyor.runtime.train.grads import raise_nonfinite
 from conveyor.runtime.train.losses import batch_normalizer
 from conveyor.runtime.train.tied import (
     TiedParams, check_undeclared, find_shared, fingerprints, resolve_ties,
@@ -125,31 +128,77 @@ class TrainLoop:
         self.scheduler = (extras.scheduler(opt) if extras.scheduler is not None
                           and opt is not None else None)
         self.micro = 0  # calls of step in the current accumulation window
+        spec = resolve_scale(pipe.config.loss_scale, pipe.config.precision)
+        self.scaler = Scaler(spec) if spec is not None else None
+        self.finite = True  # the last finished gradients' verdict, the same on every rank
+        self.skipped = 0    # updates skipped on every rank
+
+    @property
+    def loss_scale(self) -> float:
+        """What each micro-batch's loss is multiplied by before its backward."""
+        return self.scaler.scale if self.scaler is not None else 1.0
+
+    def amp_state(self) -> dict:
+        """What a checkpoint keeps of the loss scale and the guard."""
+        return {"scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "skipped": self.skipped}
+
+    def load_amp_state(self, state: dict | None) -> None:
+        """Resume the scale where the checkpoint left it (a checkpoint without
+        one, or saved without scaling, leaves this pipeline's initial scale)."""
+        if not state:
+            return
+        self.skipped = int(state.get("skipped", 0))
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+    @property
+    def guarding(self) -> bool:
+        """Whether finished gradients are checked for NaN and Inf."""
+        return self.scaler is not None or self.pipe.config.nonfinite != "off"
+
+    def finished(self, finite: bool, any_loss_bad: bool, any_grad_bad: bool,
+                 my_loss_bad: bool, my_grad_bad: bool, loss_value) -> None:
+        """The verdict on finished gradients (the same on every rank): kept
+        for the update; under nonfinite="raise", every rank raises, except for
+        an overflow of scaled gradients, which the loss scale handles."""
+        self.finite = finite
+        if finite or self.pipe.config.nonfinite != "raise":
+            return
+        if self.scaler is not None and not any_loss_bad:
+            return  # an overflow: the update is skipped and the scale shrinks
+        raise_nonfinite(self.pipe, my_loss_bad, my_grad_bad, loss_value)
 
     @property
     def pipe(self):
         return self._pipe()
 
     def step(self, inputs, targets, **kw):
-        if self.pipe.dp_sync is not None:  # the replicas' sum overlaps the last backward
-            self.pipe.dp_sync.arm(self.micro + 1 == self.pipe.config.accumulate)
-        res = self.pipe.forward_backward(inputs, targets, zero_grad=self.micro == 0, **kw)
+        last = self.micro + 1 == self.pipe.config.accumulate
+        res = self.pipe.forward_backward(inputs, targets, zero_grad=self.micro == 0,
+                                         sync=last, **kw)
         self.micro += 1
-        if self.micro == self.pipe.config.accumulate:
+        if last:
             self.micro = 0
-            self.update()
+            res.skipped = not self.update()
         return res
 
-    def update(self) -> None:
+    def update(self) -> bool:
+        """The update half of a step, on final gradients; False when it was
+        skipped (on every rank alike)."""
         pipe = self.pipe
-        if pipe.dp_sync is not None:
-            pipe.dp_sync.finish()  # the replicas' sum first: clipping needs whole gradients
-        self.tied.sync_grads()
         k = pipe.config.accumulate
         if k > 1:
             for p in pipe.params:
                 if p.grad is not None:
                     p.grad.div_(k)
+        if not self.finite:
+            for p in pipe.params:
+                p.grad = None
+            self.skipped += 1
+            if self.scaler is not None:
+                self.scaler.update(False)
+            return False
         if pipe.config.max_grad_norm is not None:
             self.clip(pipe.config.max_grad_norm)
         if self.extras.before_step is not None:
@@ -158,6 +207,9 @@ class TrainLoop:
             pipe.optimizer.step()
             if self.scheduler is not None:
                 self.scheduler.step()
+        if self.scaler is not None:
+            self.scaler.update(True)
+        return True
 
     def clip(self, max_norm: float) -> float:
         ctx = self.pipe.ctx
@@ -214,7 +266,8 @@ class TrainLoop:
             with torch.no_grad():
                 for n, o, t in zip(sizes, outs, tgts):
                     w = 1.0 / norm if norm is not None else n / B if mean else 1.0
-                    part = pipe.loss_fn(o, t).detach().to(torch.float64) * w
+                    part = pipe.loss_fn(pipe.policy.wide_output(o), t).detach().to(
+                        torch.float64) * w
                     loss = part if loss is None else loss + part
         return pipe._share_loss(loss)
 

@@ -38,82 +38,17 @@ import torch
 import torch.distributed as dist
 
 from conveyor.runtime.errors import PeerFailedError, StageError, cut_of, describe
+from conveyor.runtime.transport.meta import (  # noqa: F401 - META_LEN and the codec are public here
+    META_LEN, MAX_TENSORS, TensorMeta, _on_wire, decode_meta, encode_meta, meta_of, nbytes,
+)
+from conveyor.runtime.transport.pool import BufferPool
 from conveyor.runtime.transport.shm import SizeMismatch
 
-__all__ = ["TensorMeta", "Comm", "encode_meta", "decode_meta", "nbytes"]
-
-# A fixed-size metadata message keeps the handshake to one isend/irecv pair.
-MAX_TENSORS = 16
-MAX_DIMS = 8
-_FIELDS = 3 + MAX_DIMS  # dtype code, requires_grad, ndim, dims...
-META_LEN = 1 + MAX_TENSORS * _FIELDS
-_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64,
-           torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
-           torch.complex64, torch.complex128]
-_CODE = {dt: i for i, dt in enumerate(_DTYPES)}
+__all__ = ["TensorMeta", "Comm", "encode_meta", "decode_meta", "nbytes", "META_LEN"]
 
 # Tag layout: ((mb * cuts + cut) * 3 + direction) * MAX_TENSORS + tensor index;
 # handshake messages put the micro-batch size where the micro-batch goes.
 _ACT, _GRAD, _META = 0, 1, 2
-
-
-class TensorMeta(NamedTuple):
-    """What the receiver needs to allocate one incoming tensor."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    requires_grad: bool
-
-
-def nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-def meta_of(tensors: Sequence[torch.Tensor]) -> tuple[TensorMeta, ...]:
-    return tuple(TensorMeta(tuple(t.shape), t.dtype, bool(t.requires_grad)) for t in tensors)
-
-
-def encode_meta(metas: Sequence[TensorMeta], *, stage: int) -> torch.Tensor:
-    """Pack metadata into one int64 tensor of length META_LEN.
-
-    Raises StageError when the structure is larger than the fixed message.
-    """
-    if len(metas) > MAX_TENSORS:
-        raise StageError(f"stage {stage} outputs {len(metas)} tensors; at most {MAX_TENSORS} "
-                         f"may cross a cut: pack them into fewer tensors", stage=stage)
-    out = torch.zeros(META_LEN, dtype=torch.int64)
-    out[0] = len(metas)
-    for i, m in enumerate(metas):
-        if m.dtype not in _CODE:
-            raise StageError(f"stage {stage} outputs a {m.dtype} tensor, which cannot cross a "
-                             f"cut; use one of {', '.join(map(str, _DTYPES))}", stage=stage)
-        if len(m.shape) > MAX_DIMS:
-            raise StageError(f"stage {stage} outputs a tensor with {len(m.shape)} dimensions; "
-                             f"at most {MAX_DIMS} may cross a cut: reshape it", stage=stage)
-        base = 1 + i * _FIELDS
-        out[base:base + 3] = torch.tensor([_CODE[m.dtype], int(m.requires_grad), len(m.shape)])
-        out[base + 3:base + 3 + len(m.shape)] = torch.tensor(m.shape, dtype=torch.int64)
-    return out
-
-
-def decode_meta(t: torch.Tensor) -> tuple[TensorMeta, ...]:
-    """Unpack a shape header. Raises ValueError saying what in it is not a
-    header this conveyor writes (a peer running other code, or a message
-    paired with the wrong receive)."""
-    vals = t.tolist()
-    if not 0 <= vals[0] <= MAX_TENSORS:
-        raise ValueError(f"it announces {vals[0]} tensors (at most {MAX_TENSORS})")
-    metas = []
-    for i in range(int(vals[0])):
-        base = 1 + i * _FIELDS
-        code, rg, ndim = vals[base:base + 3]
-        dims = vals[base + 3:base + 3 + ndim] if 0 <= ndim <= MAX_DIMS else None
-        if not 0 <= code < len(_DTYPES) or rg not in (0, 1) or dims is None \
-                or any(d < 0 for d in dims):
-            raise ValueError(f"tensor {i}: dtype code {code}, requires_grad {rg}, {ndim} "
-                             f"dimensions {dims} is not a tensor description")
-        metas.append(TensorMeta(tuple(dims), _DTYPES[code], bool(rg)))
-    return tuple(metas)
 
 
 class Pending(NamedTuple):
@@ -135,11 +70,14 @@ class Comm:
 
     def __init__(self, *, rank: int, placement: Sequence[int], device: torch.device,
                  timeout_s: float, group=None, strict_order: bool = False, pool: bool = True,
-                 transport=None):
+                 transport=None, wire: torch.dtype | None = None):
         self.rank = rank
         # None: torch.distributed's isend/irecv; else an object with the same
         # calls (conveyor.runtime.transport.shm.ShmTransport)
         self.transport = transport
+        # The dtype floating tensors cross the cuts in (the precision policy's
+        # boundary dtype); None: as computed.
+        self.wire = wire
         self.strict_order = strict_order
         self.pool = BufferPool() if pool else None
         self.placement = tuple(placement)
@@ -189,7 +127,7 @@ class Comm:
         to stage cut+1, preceded by the handshake the first time this size
         crosses the cut. Returns (work, tensor) pairs to keep until done."""
         dst = self.placement[cut + 1]
-        metas = meta_of(tensors)
+        metas = meta_of(tensors, self.wire)
         held = []
         known = self.meta_out.get((cut, size))
         if known is None:
@@ -205,8 +143,8 @@ class Comm:
                 f"by padding, pass a side input that carries the length (step(side=...)), or "
                 f"set PipelineConfig(varying_shapes=True)", rank=self.rank, stage=cut, mb=mb,
                 action=action)
-        for i, t in enumerate(tensors):
-            t = t.detach().contiguous()
+        for i, (t, m) in enumerate(zip(tensors, metas)):
+            t = t.detach().to(m.dtype).contiguous()
             held.append((self._isend(t, dst, self._tag(mb, cut, _ACT, i), action), t))
             self.sent_bytes += nbytes(t)
             self.messages += 1
@@ -221,7 +159,7 @@ class Comm:
         for i, g in enumerate(grads):
             if g is None:
                 continue
-            g = g.detach().contiguous()
+            g = g.detach().to(_on_wire(g.dtype, self.wire)).contiguous()
             held.append((self._isend(g, dst, self._tag(mb, cut, _GRAD, i), action), g))
             self.sent_bytes += nbytes(g)
             self.messages += 1
@@ -267,7 +205,8 @@ class Comm:
         (None where an output needs no gradient)."""
         idx = [i for i, t in enumerate(like) if t is not None]
         src = self.placement[cut + 1]
-        bufs = tuple(self._buffer(src, tuple(like[i].shape), like[i].dtype) for i in idx)
+        bufs = tuple(self._buffer(src, tuple(like[i].shape), _on_wire(like[i].dtype, self.wire))
+                     for i in idx)
         pend = self._post(bufs, src,
                           [self._tag(mb, cut, _GRAD, i) for i in idx], action)
         full: list = [None] * len(like)
@@ -346,39 +285,6 @@ class Comm:
             f"rank {self.rank} stopped{what}: lost rank {peer} ({first[:160]}); the failing "
             f"rank reports the cause (or, if it died without a word, the launcher)",
             rank=self.rank, peer=peer, action=action)
-
-
-_use_count = getattr(torch._C, "_storage_Use_Count", None)
-
-
-def _unshared(t: torch.Tensor) -> bool:
-    """True when ``t`` is the only tensor on its storage (no view, alias or
-    saved copy in an autograd graph refers to it). Without torch's use count,
-    never: then buffers are not reused."""
-    if _use_count is None:
-        return False
-    # One reference is ``t``'s own, one the storage object made for the call.
-    return _use_count(t.untyped_storage()._cdata) <= 2
-
-
-class BufferPool:
-    """Free receive buffers by (peer, shape, dtype). ``give`` files a buffer
-    its user has let go; ``take`` hands out one that nothing else refers to
-    any more (a buffer still in use is dropped from the pool, not reused)."""
-
-    def __init__(self) -> None:
-        self.free: dict[tuple, list[torch.Tensor]] = {}
-
-    def give(self, key: tuple, buf: torch.Tensor) -> None:
-        self.free.setdefault(key, []).append(buf)
-
-    def take(self, key: tuple) -> torch.Tensor | None:
-        bufs = self.free.get(key)
-        while bufs:
-            buf = bufs.pop()
-            if _unshared(buf):
-                return buf
-        return None
 
 
 def _show(metas: Sequence[TensorMeta]) -> str:

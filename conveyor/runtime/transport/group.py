@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from conveyor.errors import PipelineError
 
-__all__ = ["RankContext", "init_rank", "env_is_distributed", "default_backend"]
+__all__ = ["RankContext", "init_rank", "current_context", "env_is_distributed", "default_backend"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,20 @@ class RankContext:
     def to_global(self, r: int) -> int:
         """The global rank of pipeline rank ``r`` of this rank's replica."""
         return self.dp_rank * self.world_size + r
+
+
+def current_context() -> RankContext:
+    """This process's context from the initialised default process group (a
+    script that set it up itself), or one process without one."""
+    if not dist.is_initialized():
+        return RankContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"),
+                           backend="none", launcher="single")
+    backend = dist.get_backend()
+    device = (torch.device("cuda", torch.cuda.current_device()) if backend == "nccl"
+              else torch.device("cpu"))
+    return RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                       local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+                       device=device, backend=backend, launcher="external")
 
 
 def env_is_distributed() -> bool:

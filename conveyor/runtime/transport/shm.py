@@ -344,3 +344,23 @@ def _advance(copy, pos: int, w: _Work, room: int) -> int:
     w.moved += k
     w.done = w.moved == total
     return k
+
+
+def for_pipeline(ctx, placement) -> ShmTransport:
+    """The channels a pipeline of this ``placement`` (stage -> rank) needs on
+    this rank: one ring each way between ranks that hold neighbouring stages
+    (one set serves the training and the inference comm: their steps never
+    overlap, and messages pair by tag in order). PipelineError off the CPU or
+    when the segment cannot be made."""
+    from conveyor.errors import PipelineError
+
+    if ctx.device.type != "cpu":
+        raise PipelineError(f"transport='shm' moves CPU tensors, but this rank runs on "
+                            f"{ctx.device}; use transport='dist' (NCCL) there")
+    pl = list(placement)
+    pairs = {(a, b) for s in range(len(pl) - 1) for a, b in
+             ((pl[s], pl[s + 1]), (pl[s + 1], pl[s])) if a != b}
+    try:
+        return ShmTransport(rank=ctx.rank, pairs=pairs, group=ctx.pp_group)
+    except RuntimeError as e:
+        raise PipelineError(str(e)) from None
