@@ -241,9 +241,11 @@ class Interpreter(Transfers):
         """A received stage input as the sender computed it: tensors that
         crossed the cut in a narrower dtype (the policy's boundary) are
         widened back, so the stage computes as in the unsplit model."""
-        if s == 0 or self._local(s - 1) or self.comm is None or self.comm.wire is None:
+        if s == 0 or self._local(s - 1) or self.comm is None:
             return x
         metas = self.comm.meta_in[(s - 1, self.data.key(mb))]
+        if all(m.orig is None for m in metas):
+            return x
         return tuple(t if m.orig is None else t.to(m.orig) for t, m in zip(x, metas))
 
     def _forward_error(self, a: Action, x, e: Exception) -> StageError:

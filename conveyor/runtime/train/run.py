@@ -91,6 +91,7 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
     return StepResult(loss=loss_value, timeline=timeline, stats=stats,
                       wall_s=time.perf_counter() - t_start, output=output, finite=finite)
 
+
 def share(ctx, loss, flags: tuple = ()) -> tuple[float, list[float]]:
     """The step's loss on every rank, and ``flags`` summed over every rank:
     one all-reduce over the pipeline (only the last stage's rank holds a

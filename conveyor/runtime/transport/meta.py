@@ -23,7 +23,9 @@ _DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.in
            torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool,
            torch.complex64, torch.complex128]
 _CODE = {dt: i for i, dt in enumerate(_DTYPES)}
-_WIDEN = 32  # dtype field: wire code + _WIDEN * (the sender's code + 1, or 0)
+# dtype field: wire code + _WIDEN * (the sender's code + 1, or 0). Far apart, so
+# that a stray number (a header from other code) does not decode as a pair.
+_WIDEN = 1000
 
 class TensorMeta(NamedTuple):
     """What the receiver needs to allocate one incoming tensor: ``dtype`` is
@@ -95,7 +97,9 @@ def decode_meta(t: torch.Tensor) -> tuple[TensorMeta, ...]:
         code, rg, ndim = vals[base:base + 3]
         orig, code = divmod(code, _WIDEN) if code >= 0 else (-1, code)
         dims = vals[base + 3:base + 3 + ndim] if 0 <= ndim <= MAX_DIMS else None
-        if not 0 <= code < len(_DTYPES) or not 0 <= orig <= len(_DTYPES) or rg not in (0, 1) \
+        widened = 0 < orig <= len(_DTYPES) and _DTYPES[code % len(_DTYPES)].is_floating_point \
+            and _DTYPES[orig - 1].is_floating_point and orig - 1 != code
+        if not 0 <= code < len(_DTYPES) or not (orig == 0 or widened) or rg not in (0, 1) \
                 or dims is None or any(d < 0 for d in dims):
             raise ValueError(f"tensor {i}: dtype code {code}, requires_grad {rg}, {ndim} "
                              f"dimensions {dims} is not a tensor description")
