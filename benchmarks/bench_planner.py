@@ -140,12 +140,12 @@ def _every(prof, budget) -> tuple[list, dict]:
         if name == "naive":
             continue
         try:
-            best = search(prof, P=P, batch=BATCH, memory=budget, schedules=[name]).best
+            best = search(prof, P=P, batch_size=BATCH, memory=budget, schedules=[name]).best
         except PlanError as e:
             print(f"every: {name} has no plan within the budget ({e})")
             continue
         key = f"every:{name}"
-        configs.append({"name": key, "kw": {"plan": plan_to_dict(best, prof, batch=BATCH,
+        configs.append({"name": key, "kw": {"plan": plan_to_dict(best, prof, batch_size=BATCH,
                                                                   budget=budget)}})
         predicted[key] = {"schedule": name, "M": best.M, "v": best.v, "balance": best.balance,
                           "checkpoint": best.checkpoint, "step": best.step,
@@ -172,10 +172,10 @@ def comparison(steps: int, warmup: int, repeats: int, split: bool, every: bool =
     seed = _predict(prof, "1f1b", SEED_M, uniform_balance(prof.L, P))
     budget = max(seed["peak_bytes"])
     t0 = time.perf_counter()
-    result = search(prof, P=P, batch=BATCH, memory=budget)
+    result = search(prof, P=P, batch_size=BATCH, memory=budget)
     t_plan = time.perf_counter() - t0
     best = result.best
-    plan = plan_to_dict(best, prof, batch=BATCH, budget=budget)
+    plan = plan_to_dict(best, prof, batch_size=BATCH, budget=budget)
     picks = []
     for name in [n for n in TORCH_SCHEDULES if n in schedule_names()]:
         for M in default_microbatches(P, BATCH):
@@ -233,7 +233,7 @@ def speed(cases) -> list[dict]:
                                4096, 8192) for j in range(L)]
         prof = Profile({"name": "synthetic", "layers": L, "fingerprint": "s"}, layers, 1024)
         t = time.perf_counter()
-        res = search(prof, P=P_, batch=max(256, 4 * P_))
+        res = search(prof, P=P_, batch_size=max(256, 4 * P_))
         out.append({"P": P_, "L": L, "seconds": time.perf_counter() - t,
                     "candidates": len(res.candidates),
                     "simulated": sum(1 for c in res.candidates if c.bubble == c.bubble),

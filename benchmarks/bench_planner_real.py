@@ -161,11 +161,11 @@ def comparison(steps: int, warmup: int, repeats: int, transport: str = "shm") ->
         if name == "naive":
             continue
         try:
-            best = search(prof, P=P, batch=BATCH, schedules=[name]).best
+            best = search(prof, P=P, batch_size=BATCH, schedules=[name]).best
         except PlanError as e:
             print(f"{name}: no plan at P={P} ({e})")
             continue
-        configs.append({"name": name, "plan": plan_to_dict(best, prof, batch=BATCH, budget=None)})
+        configs.append({"name": name, "plan": plan_to_dict(best, prof, batch_size=BATCH, budget=None)})
         bests[name] = best
         predicted[name] = {"schedule": name, "M": best.M, "v": best.v, "balance": best.balance,
                            "checkpoint": best.checkpoint, "step": best.step,

@@ -11,7 +11,7 @@
     if __name__ == "__main__":
         losses = launch(main, nprocs=4)  # or: torchrun --nproc-per-node 4 script.py
 
-Needs torch. See docs/runtime.md.
+Needs torch. Guide: https://github.com/conveyor-pp/conveyor/blob/main/docs/runtime.md, or help(Pipeline).
 """
 
 from conveyor.runtime.train.checkpoint_io import CheckpointError, export_state_dict
@@ -20,14 +20,14 @@ from conveyor.runtime.errors import (
     AgreementError, FailureReport, PeerFailedError, RankFailedError, StageError,
 )
 from conveyor.runtime.transport.group import RankContext, init_rank
-from conveyor.runtime.procs.launcher import LaunchOptions, launch
+from conveyor.runtime.procs.launcher import LaunchOptions, is_driver, launch
 from conveyor.runtime.train.measure import measure
 from conveyor.runtime.train.pipeline import Pipeline, PipelineConfig, StepResult, microbatch_sizes
 from conveyor.runtime.execute.stages import SequentialStage, split_model
 
 __all__ = [
     "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",
-    "launch", "LaunchOptions", "measure", "RankContext", "init_rank",
+    "launch", "LaunchOptions", "is_driver", "measure", "RankContext", "init_rank",
     "split_model", "SequentialStage", "export_state_dict", "CheckpointError",
     "CheckpointPolicy", "latest_checkpoint", "restart_count",
     "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport",

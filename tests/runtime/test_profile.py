@@ -321,7 +321,7 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
     assert main(["profile", "--model", f"{tmp_path / 'm.py'}:three", "-o",
                  str(tmp_path / "x.json")]) == 2
     assert "or (model, sample_batch, loss_fn, targets)" in capsys.readouterr().err
-    assert main(["plan", "--profile", str(prof_path), "-P", "2", "--batch", "16",
+    assert main(["plan", "--profile", str(prof_path), "-P", "2", "--batch-size", "16",
                  "--schedules", "gpipe,1f1b", "--memory", "1MiB", "-o", str(plan_path)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:4] == ["#", "schedule", "M", "v"]
@@ -330,9 +330,9 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["plan", "--profile", "x.json", "-P", "2", "--batch", "8", "--memory", "lots"],
+    (["plan", "--profile", "x.json", "-P", "2", "--batch-size", "8", "--memory", "lots"],
      "'lots' is not a memory size; write e.g. 16GiB"),
-    (["plan", "--profile", "missing.json", "-P", "2", "--batch", "8"],
+    (["plan", "--profile", "missing.json", "-P", "2", "--batch-size", "8"],
      "cannot read profile 'missing.json'"),
     (["profile", "--model", "nofile.py:make"], "no file 'nofile.py'"),
     (["profile", "--model", "m.py:make", "--transport", "shm"],

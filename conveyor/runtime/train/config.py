@@ -61,7 +61,8 @@ class PipelineConfig:
                     shared memory between CPU ranks on one host (Linux,
                     x86-64): no transport thread between the ranks, so
                     transfers cost what the planner's model says more
-                    steadily (conveyor.runtime.transport.shm, docs/runtime.md).
+                    steadily (conveyor.runtime.transport.shm; guide:
+                    https://github.com/conveyor-pp/conveyor/blob/main/docs/runtime.md).
     """
 
     loss_reduction: str = "mean"

@@ -28,12 +28,14 @@ global batch.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from conveyor.errors import ConveyorError, PipelineError
+from conveyor.plan import Profile
 from conveyor.runtime.checks import check_callables, check_config
 from conveyor.runtime.execute.batching import microbatch_sizes
 from conveyor.runtime.execute.interpreter import Interpreter
@@ -79,39 +81,56 @@ class Pipeline:
     the same batch on every rank.
     """
 
-    def __init__(self, model, *, loss_fn: Callable, optimizer: Callable | None,
+    def __init__(self, model: nn.Module | Sequence[nn.Module], *,
+                 loss_fn: Callable[[Any, Any], torch.Tensor],
+                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None,
                  schedule: str | Schedule = "1f1b", microbatches: int | None = None,
                  balance: Sequence[int] | str | None = None, ctx: RankContext | None = None,
-                 config: PipelineConfig | None = None, tied=None,
-                 before_step: Callable | None = None, scheduler: Callable | None = None,
-                 checkpoint="none", plan=None, profile=None, dp: int | None = None,
-                 mesh=None):
-        """``model``: an ``nn.Sequential`` or list of layers; it is cut by
-        ``balance`` (or evenly, see ``conveyor.partition``) into the schedule's
-        S stages, and this rank keeps its own. ``loss_fn(output, target)``
-        returns a scalar. ``optimizer(params)`` builds the optimizer of this
-        rank's parameters (None: no update, gradients only). ``schedule``: a
-        registered name ("naive", "gpipe", "1f1b", ...) built for P = world
-        size and M = ``microbatches`` (default 4; "naive" always uses M=1), or
-        a Schedule (e.g. loaded from a file), whose own M is used. ``ctx``
-        defaults to the initialised process group (or one process without
-        one); ``launch`` passes it to your function.
+                 config: PipelineConfig | None = None,
+                 tied: bool | Sequence[Sequence[str]] | None = None,
+                 before_step: Callable[["Pipeline"], None] | None = None,
+                 scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+                 checkpoint: str | Sequence[bool] = "none",
+                 plan: str | os.PathLike | dict | None = None,
+                 profile: str | os.PathLike | Profile | None = None, dp: int | None = None,
+                 mesh: Any = None):
+        """Cut ``model`` into the schedule's S stages and keep this rank's.
 
-        ``tied``, ``before_step``, ``scheduler``: see ``conveyor.runtime.train.trainloop``
-        (tied weights across ranks, a hook before each update, an LR scheduler).
+        model:        an ``nn.Sequential``, ``nn.ModuleList`` or list of layers
+                      (a layer is one entry; build it with the same seed on
+                      every rank). Cut by ``balance``, else the seed's rule.
+        loss_fn:      ``loss_fn(output, target) -> scalar tensor`` for one
+                      micro-batch; see ``config.loss_reduction``.
+        optimizer:    ``optimizer(params) -> torch.optim.Optimizer``, called
+                      with this rank's parameters; None: gradients only.
+        schedule:     a registered name ("1f1b", "gpipe", "zbv", ...; see
+                      ``conveyor.schedule_names()``) built for P = world size
+                      and M = ``microbatches`` (default 4), or a Schedule
+                      (its own M is used).
+        balance:      layers per stage, e.g. [5, 5, 4, 4]; "time" or
+                      "memory" cut by ``profile``.
+        ctx:          the RankContext ``launch`` passes to your function;
+                      default: the initialised process group (or P = 1).
+        config:       a PipelineConfig (loss reduction, recording, timeouts,
+                      transport, gradient clipping, accumulation, ...);
+                      default PipelineConfig().
+        tied:         None: tie a weight shared by stages on different ranks;
+                      a list of name groups to declare ties; False: refuse.
+        before_step:  ``fn(pipe)`` run before each optimizer update.
+        scheduler:    ``fn(optimizer) -> LR scheduler``, stepped per update.
+        checkpoint:   "none", "full" or one bool per stage: recompute those
+                      stages' activations in the backward.
+        plan:         a plan file (or its dict) from ``conveyor plan``: sets
+                      schedule, M, balance and checkpoint for this model.
+        profile:      a profile file or Profile from ``conveyor profile``,
+                      for ``balance="time"`` or ``"memory"``.
+        dp, mesh:     data parallelism: ``dp=N`` replicas over a world of
+                      N x P processes (N must divide it), or ``mesh=`` a torch
+                      DeviceMesh with dims ("dp", "pp"); see ``self.ctx``.
 
-        Raises PartitionError, ScheduleError/ValidationError or PipelineError
-        naming the bad value (the same on every rank).
-
-        Planning (docs/planning.md): ``balance="time"`` or ``"memory"`` cuts by
-        a ``profile`` (file or Profile from ``conveyor profile``);
-        ``checkpoint="none" | "full" | [bool per stage]`` recomputes stages'
-        activations in the backward; ``plan="plan.json"`` (from ``conveyor
-        plan``) sets schedule, M, balance and checkpointing at once.
-
-        Data parallelism: ``dp=N`` runs N replicas of the pipeline over a world
-        of N x P processes (N must divide the world size), or ``mesh=`` a torch
-        DeviceMesh with dims ("dp", "pp"); see the module docstring.
+        Raises PartitionError, ScheduleError/ValidationError, PlanError or
+        PipelineError naming the bad value (the same on every rank). Guide:
+        https://github.com/conveyor-pp/conveyor/blob/main/docs/runtime.md
         """
         try:
             ctx = resolve_mesh(ctx or _context(), dp=dp, mesh=mesh)
@@ -331,7 +350,7 @@ class Pipeline:
     def save(self, path, *, scheduler=None):
         """Collective: write a checkpoint at directory ``path`` (model keyed by the
         unsplit model's names, optimizer, ``scheduler``, step count, RNG),
-        atomically. Returns the path. See docs/checkpoints.md."""
+        atomically. Returns the path. Guide: https://github.com/conveyor-pp/conveyor/blob/main/docs/checkpoints.md."""
         if scheduler is None:
             scheduler = self.loop.scheduler  # the one Pipeline(scheduler=...) built, if any
         return save_pipeline(self, path, scheduler=scheduler)
