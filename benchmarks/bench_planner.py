@@ -3,7 +3,7 @@
     python benchmarks/bench_planner.py               # measured comparison, P = 4 (~2 min)
     python benchmarks/bench_planner.py --speed       # planner search time, P <= 64, L <= 1024
     python benchmarks/bench_planner.py --split --every   # I/W layers; every schedule's best plan
-    conveyor profile --model benchmarks/bench_planner.py:unbalanced   # the model, by hand
+    conveyor profile --model conveyor.models.examples:unbalanced      # the model, by hand
 
 The model: an embedding-heavy first layer (8 units), 8 narrow blocks (1 unit),
 4 wide blocks (2 units) and a head 3x a narrow block (3 units), 14 layers.
@@ -36,54 +36,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-UNITS = [8] + [1] * 8 + [2] * 4 + [3]
-FIXED, PER_SAMPLE = 0.00005, 0.0006          # seconds per unit: per call, per sample
-WIDTH, BATCH, P, SEED_M = 256, 64, 4, 8
+# The model lives in the package (conveyor.models.examples), so that the
+# planner's walk-through works after pip install; its constants are these.
+from conveyor.models.examples import (  # noqa: E402
+    BATCH, FIXED, PER_SAMPLE, UNITS, WIDTH, mse as _loss, unbalanced, unbalanced_split,
+)
+
+P, SEED_M = 4, 8
 # torch.distributed.pipelining's schedules, by the names of conveyor's same orders
 TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
                    "interleaved-1f1b": "ScheduleInterleaved1F1B",
                    "looped-bfs": "ScheduleLoopedBFS", "zb-h1": "ScheduleInterleavedZeroBubble",
                    "zbv": "ScheduleZBVZeroBubble", "dualpipev": "ScheduleDualPipeV"}
-
-
-def _layer_class():
-    from conveyor.measure.emulated import EmulatedLayer, EmulatedTimes
-
-    class SampleTimedLayer(EmulatedLayer):
-        """An emulated layer whose time is units x (FIXED + PER_SAMPLE x n)."""
-
-        def __init__(self, units: float, split: bool):
-            super().__init__(WIDTH, EmulatedTimes(), split_backward=split)
-            self.units = units
-
-        def forward(self, x):
-            f = self.units * (FIXED + PER_SAMPLE * x.shape[0])
-            self.times = EmulatedTimes(f, 2 * f)
-            return super().forward(x)
-
-    return SampleTimedLayer
-
-
-def unbalanced(seed: int = 0, split: bool = False):
-    """(model, sample batch): the unequal model and one step's input. With
-    ``split`` each layer's input and weight gradients are separate autograd
-    nodes (I and W take half of B each, as for a matrix multiply); without,
-    one node runs the whole backward for either."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    layer = _layer_class()
-    return nn.Sequential(*[layer(u, split) for u in UNITS]), torch.randn(BATCH, WIDTH)
-
-
-def unbalanced_split(seed: int = 0):
-    """``unbalanced`` with separate I and W (for the zero-bubble schedules)."""
-    return unbalanced(seed, split=True)
-
-
-def _loss(out, y):
-    return ((out - y) ** 2).mean()
+__all__ = ["unbalanced", "unbalanced_split", "UNITS", "FIXED", "PER_SAMPLE", "WIDTH", "BATCH"]
 
 
 def _run_rank(ctx, configs, steps, warmup, split):

@@ -79,9 +79,12 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
     import importlib
 
-    from conveyor.extras import require
+    from conveyor.extras import MissingExtraError, require
 
-    require(("torch",), f"conveyor.{name}")  # "conveyor.Pipeline needs torch: pip install ..."
+    try:
+        require(("torch",), f"conveyor.{name}")  # "conveyor.Pipeline needs torch: pip ..."
+    except MissingExtraError as e:
+        raise ModuleNotFoundError(str(e), name="torch") from None
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value  # later look-ups skip this function
     return value
