@@ -1,15 +1,19 @@
 """The runtime: a model cut into stages, one process per pipeline rank.
 
+    import torch
     from conveyor.runtime import Pipeline, launch
-    def main(ctx):                       # runs once per rank
-        pipe = Pipeline(model, loss_fn=..., optimizer=lambda ps: torch.optim.SGD(ps, 0.1),
-                        schedule="1f1b", microbatches=8)
-        for x, y in batches:
-            result = pipe.step(x, y)     # the same batch on every rank
-        return result.loss
+
+    def main(ctx):                                   # runs once per rank
+        torch.manual_seed(0)                         # the same model on every rank
+        model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(4)])
+        pipe = Pipeline(model, loss_fn=torch.nn.functional.mse_loss,
+                        optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1),
+                        schedule="1f1b", microbatches=4, ctx=ctx)
+        x, y = torch.randn(16, 8), torch.randn(16, 8)  # the same batch on every rank
+        return pipe.step(x, y).loss
 
     if __name__ == "__main__":
-        losses = launch(main, nprocs=4)  # or: torchrun --nproc-per-node 4 script.py
+        losses = launch(main, nprocs=2)  # every rank's result; or: torchrun ... script.py
 
 Needs torch. Guide: https://github.com/conveyor-pp/conveyor/blob/main/docs/runtime.md, or help(Pipeline).
 """

@@ -28,7 +28,7 @@ global batch.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeAlias
 
 import torch
 import torch.distributed as dist
@@ -55,6 +55,11 @@ from conveyor.runtime.transport.mesh import resolve_mesh
 from conveyor.schedule import Schedule, add_comms, build_schedule, validate
 
 __all__ = ["Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes"]
+
+# A batch: a tensor or tuple of tensors, batch along dim 0 (None on ranks
+# that do not read it); side inputs: {name: tensor}, cut like the batch.
+Batch: TypeAlias = "torch.Tensor | tuple[torch.Tensor, ...] | None"
+Side: TypeAlias = "dict[str, torch.Tensor] | None"
 
 
 def _context() -> RankContext:
@@ -149,17 +154,21 @@ class Pipeline:
         self.layer_names = layer_names(model, sched.S, balance)  # checkpoint keys
 
     @classmethod
-    def from_stages(cls, stages, *, loss_fn: Callable, optimizer: Callable | None,
+    def from_stages(cls, stages: Sequence[nn.Module] | Callable[[int], nn.Module], *,
+                    loss_fn: Callable[[Any, Any], torch.Tensor],
+                    optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None,
                     schedule: str | Schedule = "1f1b", microbatches: int | None = None,
                     ctx: RankContext | None = None,
-                    config: PipelineConfig | None = None, tied=None,
-                    before_step: Callable | None = None,
-                    scheduler: Callable | None = None, dp: int | None = None,
-                    mesh=None) -> "Pipeline":
+                    config: PipelineConfig | None = None,
+                    tied: bool | Sequence[Sequence[str]] | None = None,
+                    before_step: Callable[["Pipeline"], None] | None = None,
+                    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+                    dp: int | None = None, mesh: Any = None) -> "Pipeline":
         """A pipeline of stages you built: a list of S modules, or a function
         ``stage -> module`` (called only for this rank's stages, so no rank
         builds the whole model). Stage s is called as ``stage(*inputs)`` with
-        the tensors stage s-1 returned. ``dp``, ``mesh``: as for ``Pipeline``."""
+        the tensors stage s-1 returned. Every other argument, ``config=``
+        included, as for ``Pipeline``."""
         self = cls.__new__(cls)
         try:
             ctx = resolve_mesh(ctx or _context(), dp=dp, mesh=mesh)
@@ -283,8 +292,9 @@ class Pipeline:
     def M(self) -> int:
         return self.schedule.M
 
-    def step(self, inputs=None, targets=None, *, batch_size: int | None = None,
-             record: bool | None = None, normalizer=None, side=None) -> StepResult:
+    def step(self, inputs: Batch = None, targets: Batch = None, *,
+             batch_size: int | None = None, record: bool | None = None,
+             normalizer: float | None = None, side: Side = None) -> StepResult:
         """One training step: forward, backward and optimizer update.
 
         Collective: every rank calls it. ``inputs`` (a tensor or tuple of
@@ -301,8 +311,9 @@ class Pipeline:
         return self.loop.step(inputs, targets, batch_size=batch_size, record=record,
                               normalizer=normalizer, side=side)
 
-    def forward_backward(self, inputs=None, targets=None, *, batch_size: int | None = None,
-                         record: bool | None = None, normalizer=None, side=None,
+    def forward_backward(self, inputs: Batch = None, targets: Batch = None, *,
+                         batch_size: int | None = None, record: bool | None = None,
+                         normalizer: float | None = None, side: Side = None,
                          zero_grad: bool = True) -> StepResult:
         """``step`` without the optimizer update: the parameters' ``.grad`` hold
         the step's gradients afterwards (for checks, or your own update); tied
@@ -315,7 +326,8 @@ class Pipeline:
         return self._run(self.interp, self.comm, inputs, targets, batch_size, record,
                          normalizer=normalizer, side=side)
 
-    def predict(self, inputs=None, *, batch_size: int | None = None, side=None):
+    def predict(self, inputs: Batch = None, *, batch_size: int | None = None,
+                side: Side = None) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
         """Forward only, in micro-batches, with the stages in eval mode and no
         gradients. Collective. Returns the last stage's output for the whole
         batch (micro-batch outputs joined along dim 0) on the last stage's
@@ -331,8 +343,9 @@ class Pipeline:
                 m.train(modes[s])
         return res.output
 
-    def evaluate(self, inputs=None, targets=None, *, batch_size: int | None = None,
-                 normalizer=None, side=None) -> float:
+    def evaluate(self, inputs: Batch = None, targets: Batch = None, *,
+                 batch_size: int | None = None, normalizer: float | None = None,
+                 side: Side = None) -> float:
         """The batch's loss, forward only (eval mode, no update). Collective;
         returns the same loss on every rank."""
         return self.loop.evaluate(inputs, targets, batch_size=batch_size,
