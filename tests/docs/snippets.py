@@ -37,6 +37,7 @@ FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*([\w+-]*)")
 MARKER = re.compile(r"^\s*<!--\s*snippet:\s*(.*?)\s*-->\s*$")
 NUMBER = re.compile(r"[-+]?\d+(?:[.,]\d+)*")
 KINDS = ("run", "output", "illustrative")
+IN_PROCESS = {"simulate", "schedules", "plan", "trace"}  # torch-free sub-commands
 
 
 @dataclass
@@ -187,11 +188,14 @@ class Ran:
 
 
 def run_command(command: str, cwd: Path, env: dict, timeout: float) -> Ran:
-    """One console line. ``conveyor ...`` runs in this process (its entry
-    point, ``conveyor.cli.main.main``: the same code, without a process start
-    per line); anything else through the shell."""
+    """One console line. A torch-free ``conveyor`` command runs in this
+    process (its entry point, ``conveyor.cli.main.main``: the same code,
+    without a process start per line); anything else, ``conveyor profile``
+    included (it sets torch's threads and the heap for its process), through
+    the shell."""
     argv = shlex.split(command, comments=True)
-    if argv and argv[0] == "conveyor" and not set(command) & set("|&;<>`$"):
+    if argv[:1] == ["conveyor"] and argv[1:2] and argv[1] in IN_PROCESS \
+            and not set(command) & set("|&;<>`$"):
         from conveyor.cli.main import main
 
         out, err = io.StringIO(), io.StringIO()
