@@ -26,9 +26,9 @@ def add_parser(subparsers) -> None:
                     "sweep over M on the same processes and schedule, with emulated device "
                     "time, shows the bubble shrink as M grows.")
     p.add_argument("-P", "--ranks", dest="stages", type=int_at_least(1, 64), default=4,
-                   help="pipeline ranks: processes, one stage each (default 4)")
+                   metavar="P", help="pipeline ranks: processes, one stage each (default 4)")
     add_deprecated(p, "--stages", dest="stages", use="-P/--ranks", type=int_at_least(1, 64))
-    p.add_argument("-M", "--microbatches", type=int_at_least(1, 1437), default=8,
+    p.add_argument("-M", "--microbatches", type=int_at_least(1, 1437), default=8, metavar="M",
                    help="micro-batches per step (default 8)")
     p.add_argument("-s", "--schedule", default="1f1b", help="schedule name (default 1f1b)")
     p.add_argument("--epochs", type=int_at_least(1, 10000), default=8, help="passes over the data (default 8)")
