@@ -3,7 +3,7 @@
     python benchmarks/bench_planner.py               # measured comparison, P = 4 (~2 min)
     python benchmarks/bench_planner.py --speed       # planner search time, P <= 64, L <= 1024
     python benchmarks/bench_planner.py --split --every   # I/W layers; every schedule's best plan
-    conveyor profile --model benchmarks/bench_planner.py:unbalanced   # the model, by hand
+    conveyor profile --model conveyor.models.examples:unbalanced      # the model, by hand
 
 The model: an embedding-heavy first layer (8 units), 8 narrow blocks (1 unit),
 4 wide blocks (2 units) and a head 3x a narrow block (3 units), 14 layers.
@@ -36,54 +36,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-UNITS = [8] + [1] * 8 + [2] * 4 + [3]
-FIXED, PER_SAMPLE = 0.00005, 0.0006          # seconds per unit: per call, per sample
-WIDTH, BATCH, P, SEED_M = 256, 64, 4, 8
+# The model lives in the package (conveyor.models.examples), so that the
+# planner's walk-through works after pip install; its constants are these.
+from conveyor.models.examples import (  # noqa: E402
+    BATCH, FIXED, PER_SAMPLE, UNITS, WIDTH, mse as _loss, unbalanced, unbalanced_split,
+)
+
+P, SEED_M = 4, 8
 # torch.distributed.pipelining's schedules, by the names of conveyor's same orders
 TORCH_SCHEDULES = {"gpipe": "ScheduleGPipe", "1f1b": "Schedule1F1B",
                    "interleaved-1f1b": "ScheduleInterleaved1F1B",
                    "looped-bfs": "ScheduleLoopedBFS", "zb-h1": "ScheduleInterleavedZeroBubble",
                    "zbv": "ScheduleZBVZeroBubble", "dualpipev": "ScheduleDualPipeV"}
-
-
-def _layer_class():
-    from conveyor.measure.emulated import EmulatedLayer, EmulatedTimes
-
-    class SampleTimedLayer(EmulatedLayer):
-        """An emulated layer whose time is units x (FIXED + PER_SAMPLE x n)."""
-
-        def __init__(self, units: float, split: bool):
-            super().__init__(WIDTH, EmulatedTimes(), split_backward=split)
-            self.units = units
-
-        def forward(self, x):
-            f = self.units * (FIXED + PER_SAMPLE * x.shape[0])
-            self.times = EmulatedTimes(f, 2 * f)
-            return super().forward(x)
-
-    return SampleTimedLayer
-
-
-def unbalanced(seed: int = 0, split: bool = False):
-    """(model, sample batch): the unequal model and one step's input. With
-    ``split`` each layer's input and weight gradients are separate autograd
-    nodes (I and W take half of B each, as for a matrix multiply); without,
-    one node runs the whole backward for either."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    layer = _layer_class()
-    return nn.Sequential(*[layer(u, split) for u in UNITS]), torch.randn(BATCH, WIDTH)
-
-
-def unbalanced_split(seed: int = 0):
-    """``unbalanced`` with separate I and W (for the zero-bubble schedules)."""
-    return unbalanced(seed, split=True)
-
-
-def _loss(out, y):
-    return ((out - y) ** 2).mean()
+__all__ = ["unbalanced", "unbalanced_split", "UNITS", "FIXED", "PER_SAMPLE", "WIDTH", "BATCH"]
 
 
 def _run_rank(ctx, configs, steps, warmup, split):
@@ -140,12 +105,12 @@ def _every(prof, budget) -> tuple[list, dict]:
         if name == "naive":
             continue
         try:
-            best = search(prof, P=P, batch=BATCH, memory=budget, schedules=[name]).best
+            best = search(prof, P=P, batch_size=BATCH, memory=budget, schedules=[name]).best
         except PlanError as e:
             print(f"every: {name} has no plan within the budget ({e})")
             continue
         key = f"every:{name}"
-        configs.append({"name": key, "kw": {"plan": plan_to_dict(best, prof, batch=BATCH,
+        configs.append({"name": key, "kw": {"plan": plan_to_dict(best, prof, batch_size=BATCH,
                                                                   budget=budget)}})
         predicted[key] = {"schedule": name, "M": best.M, "v": best.v, "balance": best.balance,
                           "checkpoint": best.checkpoint, "step": best.step,
@@ -172,10 +137,10 @@ def comparison(steps: int, warmup: int, repeats: int, split: bool, every: bool =
     seed = _predict(prof, "1f1b", SEED_M, uniform_balance(prof.L, P))
     budget = max(seed["peak_bytes"])
     t0 = time.perf_counter()
-    result = search(prof, P=P, batch=BATCH, memory=budget)
+    result = search(prof, P=P, batch_size=BATCH, memory=budget)
     t_plan = time.perf_counter() - t0
     best = result.best
-    plan = plan_to_dict(best, prof, batch=BATCH, budget=budget)
+    plan = plan_to_dict(best, prof, batch_size=BATCH, budget=budget)
     picks = []
     for name in [n for n in TORCH_SCHEDULES if n in schedule_names()]:
         for M in default_microbatches(P, BATCH):
@@ -233,7 +198,7 @@ def speed(cases) -> list[dict]:
                                4096, 8192) for j in range(L)]
         prof = Profile({"name": "synthetic", "layers": L, "fingerprint": "s"}, layers, 1024)
         t = time.perf_counter()
-        res = search(prof, P=P_, batch=max(256, 4 * P_))
+        res = search(prof, P=P_, batch_size=max(256, 4 * P_))
         out.append({"P": P_, "L": L, "seconds": time.perf_counter() - t,
                     "candidates": len(res.candidates),
                     "simulated": sum(1 for c in res.candidates if c.bubble == c.bubble),

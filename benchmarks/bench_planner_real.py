@@ -3,7 +3,7 @@
     python benchmarks/bench_planner_real.py            # profile, plan, run every schedule (~2 min)
     python benchmarks/bench_planner_real.py --steps 9  # more recorded steps per schedule
     python benchmarks/bench_planner_real.py --transport dist   # transfers over gloo
-    conveyor profile --model benchmarks/bench_planner_real.py:real_mlp_with_loss --links   # by hand
+    conveyor profile --model conveyor.models.examples:real_mlp_with_loss --links   # by hand
 
 The model: real float32 layers of unequal cost (``real_mlp``): an embedding
 of token ids (64 ids of 16 dims each per sample, 8192-row table: heavy in
@@ -50,56 +50,16 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-BATCH, P, TOKENS, VOCAB, EMB = 512, 2, 64, 8192, 16
-NARROW, WIDE = 256, 1024
+# The model lives in the package (conveyor.models.examples), so that the
+# docs' profile commands work after pip install.
+from conveyor.models.examples import (  # noqa: E402
+    REAL_BATCH as BATCH, mse as _loss, real_mlp, real_mlp_with_loss,
+    real_targets as _targets,
+)
+
+P = 2
 SAMPLE = 256            # the profile's batch: sizes 256, 128, 64 (the plans use 64-256)
-
-
-def real_mlp(seed: int = 0):
-    """(model, sample batch): the unequal real model and one step's input."""
-    import torch
-    from torch import nn
-
-    class Embed(nn.Module):
-        """Token ids (n, TOKENS) -> their embeddings, flattened (n, TOKENS*EMB)."""
-
-        def __init__(self):
-            super().__init__()
-            self.table = nn.Embedding(VOCAB, EMB)
-
-        def forward(self, ids):
-            return self.table(ids).flatten(1)
-
-    def block(a, b):
-        return nn.Sequential(nn.Linear(a, b), nn.GELU())
-
-    torch.manual_seed(seed)
-    layers = [Embed(), block(TOKENS * EMB, NARROW)]
-    layers += [block(NARROW, NARROW) for _ in range(3)]
-    layers += [block(NARROW, WIDE), block(WIDE, WIDE), block(WIDE, NARROW)]
-    layers += [block(NARROW, NARROW) for _ in range(2)]
-    layers += [nn.Sequential(nn.Linear(NARROW, 4 * NARROW), nn.GELU(),
-                             nn.Linear(4 * NARROW, NARROW))]          # the head
-    ids = torch.randint(0, VOCAB, (BATCH, TOKENS))
-    return nn.Sequential(*layers), ids
-
-
-def real_mlp_with_loss(seed: int = 0):
-    """(model, sample batch, loss_fn, targets): ``real_mlp`` with the run's
-    loss, for ``conveyor profile --model ...:real_mlp_with_loss``."""
-    model, ids = real_mlp(seed)
-    return model, ids, _loss, _targets()
-
-
-def _loss(out, y):
-    return ((out - y) ** 2).mean()
-
-
-def _targets():
-    """The fixed random targets of every step (and of the profile's loss)."""
-    import torch
-
-    return torch.randn(BATCH, NARROW, generator=torch.Generator().manual_seed(1))
+__all__ = ["real_mlp", "real_mlp_with_loss"]
 
 
 def _run_rank(ctx, configs, steps, warmup, transport):
@@ -161,11 +121,11 @@ def comparison(steps: int, warmup: int, repeats: int, transport: str = "shm") ->
         if name == "naive":
             continue
         try:
-            best = search(prof, P=P, batch=BATCH, schedules=[name]).best
+            best = search(prof, P=P, batch_size=BATCH, schedules=[name]).best
         except PlanError as e:
             print(f"{name}: no plan at P={P} ({e})")
             continue
-        configs.append({"name": name, "plan": plan_to_dict(best, prof, batch=BATCH, budget=None)})
+        configs.append({"name": name, "plan": plan_to_dict(best, prof, batch_size=BATCH, budget=None)})
         bests[name] = best
         predicted[name] = {"schedule": name, "M": best.M, "v": best.v, "balance": best.balance,
                            "checkpoint": best.checkpoint, "step": best.step,

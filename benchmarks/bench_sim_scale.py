@@ -142,7 +142,7 @@ def planner_table(runs: int) -> list[str]:
         times = []
         for _ in range(runs):
             t = time.perf_counter()
-            res = search(prof, P=P, batch=batch, schedules=names, microbatches=Ms,
+            res = search(prof, P=P, batch_size=batch, schedules=names, microbatches=Ms,
                          chunks=(1,), refine=False, cluster=cluster)
             times.append(time.perf_counter() - t)
         b = res.best

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TextIO
 
-__all__ = ["ProgressBar", "progress_channel"]
+__all__ = ["ProgressBar", "WeightedProgress", "progress_channel"]
 
 
 class ProgressBar:
@@ -67,6 +67,54 @@ class ProgressBar:
         if self.tty:
             self.stream.write("\r" + " " * self._last_len + "\r")
             self.stream.flush()
+
+
+class WeightedProgress(ProgressBar):
+    """A bar over expected seconds of work, for long runs whose steps take
+    very different times (``conveyor profile``): ``expect(s)`` adds work
+    expected to take s seconds, ``advance(label, s)`` marks it done, so the
+    bar moves in proportion to time. It shows the share done, the time so
+    far, an ETA (the expected seconds left, scaled by how fast the expected
+    work went so far) and the phase it is in (``phase(name)``)."""
+
+    def __init__(self, *, title: str = "", stream: TextIO | None = None, width: int = 24):
+        self.expected, self.phase_name, self._keys = 0.0, "", set()
+        super().__init__(1, title=title, stream=stream, width=width)
+        self.done = 0.0
+
+    def expect(self, seconds: float, key: str | None = None) -> None:
+        """Add ``seconds`` of expected work (an estimate: the ETA corrects it);
+        work under a ``key`` already expected is not added twice."""
+        if key is not None:
+            if key in self._keys:
+                return
+            self._keys.add(key)
+        self.expected += max(float(seconds), 0.0)
+
+    def phase(self, name: str, label: str = "") -> None:
+        self.phase_name = name
+        self.show(label)
+
+    def eta(self) -> float | None:
+        """Seconds left, or None before any work is done."""
+        if self.done <= 0 or self.expected <= 0:
+            return None
+        rate = (time.monotonic() - self.start) / self.done  # real seconds per expected one
+        return max(self.expected - self.done, 0.0) * rate
+
+    def line(self, label: str) -> str:
+        share = min(self.done / self.expected, 1.0) if self.expected > 0 else 0.0
+        filled = round(self.width * share)
+        bar = "#" * filled + "." * (self.width - filled)
+        elapsed = time.monotonic() - self.start
+        eta = self.eta()
+        left = "eta    ?" if eta is None else f"eta {eta:4.0f}s"
+        what = ": ".join(x for x in (self.phase_name, label) if x)
+        return f"{self.title}[{bar}] {100 * share:3.0f}%  {elapsed:4.0f}s  {left}  {what}"
+
+    def advance(self, label: str = "", n: float = 1.0) -> None:
+        self.done = min(self.expected, self.done + n)
+        self.show(label)
 
 
 @contextmanager

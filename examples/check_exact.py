@@ -20,7 +20,7 @@ import sys
 import torch
 from torch import nn
 
-from conveyor.runtime import Pipeline, launch
+from conveyor.runtime import Pipeline, is_driver, launch
 CASES = [("gpipe", 4, 16), ("1f1b", 4, 13), ("1f1b", 8, 16)]  # schedule, M, batch
 TOL = 1e-10
 
@@ -64,7 +64,7 @@ def check(ctx) -> dict:
 
 if __name__ == "__main__":
     ranks = launch(check, nprocs=4)
-    if ranks is not None:  # the driver: the parent, or rank 0 under torchrun
+    if is_driver():  # the parent, or rank 0 under torchrun: print and write once
         summary = {"world": len(ranks), "ranks": ranks,
                    "loss_err": max(r["loss_err"] for r in ranks),
                    "grad_err": max(r["grad_err"] for r in ranks)}

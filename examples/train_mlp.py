@@ -12,7 +12,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from conveyor.runtime import Pipeline, launch
+from conveyor.runtime import Pipeline, is_driver, launch
 EPOCHS, BATCH, M = 3, 100, 4
 
 
@@ -42,7 +42,7 @@ def train(ctx):
 
 if __name__ == "__main__":
     results = launch(train, nprocs=2)
-    if results is not None:  # the driver: the parent, or rank 0 under torchrun
+    if is_driver():  # every rank has the results; the parent (or rank 0 under torchrun) prints
         print(f"launcher: {results[0]['launcher']}, ranks: {len(results)}")
         for epoch, loss in enumerate(results[0]["losses"]):
             print(f"epoch {epoch + 1} loss {loss:.6f}")

@@ -43,18 +43,26 @@ for argv in (["plot", "bubble", "-o", "never-written.png"], ["demo"], ["bench"])
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         errors[argv[0]] = [main(argv), err.getvalue()]
+try:
+    conveyor.Pipeline
+    lazy = "no error"
+except ImportError as e:  # the lazy runtime names say what to install
+    lazy = str(e)
 blocked_loaded = sorted(m for m in sys.modules if m.split(".")[0] in
                         {"torch", "numpy", "matplotlib", "sklearn"})
 print(json.dumps({"rc": rc, "bubble": data["metrics"]["bubble"], "loaded": blocked_loaded,
-                  "errors": errors}))
+                  "errors": errors, "lazy": lazy}))
 """
 
 # Nothing blocked: importing the core must still load none of the heavy packages.
 IMPORTS = r"""
 import json, sys
 import conveyor, conveyor.schedule, conveyor.sim, conveyor.views
+from conveyor import *
 from conveyor.cli.main import build_parser
 build_parser()
+# The runtime's names are listed (dir, help) without being imported.
+assert {"Pipeline", "PipelineConfig", "launch", "is_driver"} <= set(dir(conveyor))
 print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "matplotlib", "sklearn",
                                                                   "numpy", "tqdm"})))
 """
@@ -75,6 +83,7 @@ def test_core_runs_without_torch():
         "demo": [2, "conveyor: error: conveyor demo needs torch: pip install conveyor\n"],
         "bench": [2, "conveyor: error: conveyor bench needs torch: pip install conveyor\n"]}
     assert not (ROOT / "never-written.png").exists()
+    assert result["lazy"] == "conveyor.Pipeline needs torch: pip install conveyor"
 
 
 def test_importing_the_core_loads_no_heavy_package():
@@ -83,6 +92,21 @@ def test_importing_the_core_loads_no_heavy_package():
                           env=env, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == []
+
+
+def test_the_runtime_names_are_exported_lazily():
+    # conveyor.Pipeline is conveyor.runtime's own object, imported on first use.
+    program = ("import sys, conveyor\n"
+               "assert 'torch' not in sys.modules\n"
+               "from conveyor.runtime import Pipeline, launch, PipelineConfig\n"
+               "assert conveyor.Pipeline is Pipeline and conveyor.launch is launch\n"
+               "assert conveyor.PipelineConfig is PipelineConfig\n"
+               "try:\n    conveyor.Pipelin\nexcept AttributeError as e:\n    print(e)\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "module 'conveyor' has no attribute 'Pipelin'\n"
 
 
 def test_demo_names_its_extra_when_only_scikit_learn_is_missing():

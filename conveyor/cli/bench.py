@@ -24,6 +24,7 @@ from functools import partial
 from pathlib import Path
 
 from conveyor.cli.argtypes import int_at_least, int_list, milliseconds
+from conveyor.cli.names import add_deprecated
 from conveyor.errors import ConveyorError
 
 __all__ = ["add_parser", "run"]
@@ -47,8 +48,9 @@ def add_parser(sub) -> None:
                                    "micro-batches held on stage 0.")
     p.add_argument("--workload", choices=["emulated", "mlp"], default="emulated",
                    help="emulated device time (sleeping layers), or a real deep MLP (emulated)")
-    p.add_argument("-P", "--stages", dest="Ps", type=int_list, default=None,
-                   help="stage counts, comma-separated (emulated: 2,4; mlp: 2)")
+    p.add_argument("-P", "--ranks", dest="Ps", type=int_list, default=None, metavar="PS",
+                   help="pipeline rank counts, comma-separated (emulated: 2,4; mlp: 2)")
+    add_deprecated(p, "--stages", dest="Ps", use="-P/--ranks", type=int_list)
     p.add_argument("-M", "--microbatches", dest="Ms", type=int_list, default=None,
                    help="micro-batch counts, comma-separated (emulated: 4,8,16; mlp: 16)")
     p.add_argument("-s", "--schedules", type=name_list, default=["gpipe", "1f1b"],

@@ -7,6 +7,7 @@ from dataclasses import replace
 from conveyor.cli.argtypes import (
     check_output_dir, int_at_least, int_list, milliseconds, positive_float,
 )
+from conveyor.cli.names import add_deprecated
 from conveyor.errors import ConveyorError
 
 __all__ = ["add_parser", "run"]
@@ -18,18 +19,23 @@ TRAIN_IMAGES = 1437  # scikit-learn's digits, less the 20 % held out for testing
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="train a deep MLP across local processes and show its bubble",
-        description="Train a deep MLP (16 residual blocks) on scikit-learn's digits, one "
-                    "process per pipeline stage, and report the test accuracy and the "
+        description="Train an MLP of 18 Linear layers (an input layer, 16 residual blocks "
+                    "of one Linear each (--blocks), a LayerNorm+Linear head) on scikit-learn's "
+                    "digits, one process per pipeline stage, and report the test accuracy and the "
                     "measured, simulated and closed-form pipeline bubble. Then a measured "
                     "sweep over M on the same processes and schedule, with emulated device "
                     "time, shows the bubble shrink as M grows.")
-    p.add_argument("--stages", "-P", type=int_at_least(1, 64), default=4, help="processes / stages (default 4)")
-    p.add_argument("--microbatches", "-M", type=int_at_least(1, 1437), default=8,
+    p.add_argument("-P", "--ranks", dest="stages", type=int_at_least(1, 64), default=4,
+                   metavar="P", help="pipeline ranks: processes, one stage each (default 4)")
+    add_deprecated(p, "--stages", dest="stages", use="-P/--ranks", type=int_at_least(1, 64))
+    p.add_argument("-M", "--microbatches", type=int_at_least(1, 1437), default=8, metavar="M",
                    help="micro-batches per step (default 8)")
-    p.add_argument("--schedule", default="1f1b", help="schedule name (default 1f1b)")
+    p.add_argument("-s", "--schedule", default="1f1b", help="schedule name (default 1f1b)")
     p.add_argument("--epochs", type=int_at_least(1, 10000), default=8, help="passes over the data (default 8)")
     p.add_argument("--batch-size", type=int_at_least(1, 1437), default=64, help="images per step (default 64)")
-    p.add_argument("--blocks", type=int_at_least(1, 1024), default=16, help="hidden residual blocks (default 16)")
+    p.add_argument("--blocks", type=int_at_least(1, 1024), default=16,
+                   help="hidden residual blocks, one Linear each; the model has blocks + 2 "
+                        "layers (default 16)")
     p.add_argument("--width", type=int_at_least(1, 65536), default=128, help="hidden features (default 128)")
     p.add_argument("--lr", type=positive_float, default=2e-3, help="Adam learning rate (default 2e-3)")
     p.add_argument("--seed", type=int, default=0)
@@ -67,7 +73,7 @@ def run(args) -> int:
 
     get_spec(args.schedule)
     if args.stages > args.blocks + 2:
-        raise ConveyorError(f"--stages {args.stages} exceeds the model's {args.blocks + 2} "
+        raise ConveyorError(f"-P {args.stages} exceeds the model's {args.blocks + 2} "
                             f"layers (--blocks {args.blocks} + 2); use fewer stages or more "
                             f"blocks")
     # The 1437 training images are cut into batches; the last one is the smallest.

@@ -23,8 +23,8 @@ def add_parser(sub) -> None:
     b = figs.add_parser("bubble", help="bubble fraction vs M: formula, simulated, measured",
                         description="The closed-form bubble against M, simulated points and "
                                     "a point per measured timeline.")
-    b.add_argument("--schedule", help="schedule name (default: the timelines', else gpipe)")
-    b.add_argument("-P", type=int_at_least(1),
+    b.add_argument("-s", "--schedule", help="schedule name (default: the timelines', else gpipe)")
+    b.add_argument("-P", "--ranks", dest="P", type=int_at_least(1),
                    help="pipeline ranks (default: the timelines', else 4)")
     b.add_argument("--max-M", type=int_at_least(1), default=64,
                    help="largest M on the axis (64)")

@@ -73,7 +73,9 @@ def run(args) -> int:
     import torch
 
     from conveyor.runtime.procs.heap import keep_freed_memory
+    from conveyor.measure.links import LINK_STEPS
     from conveyor.measure.profile import OPTIMIZER_STATE, measure_links, profile
+    from conveyor.progress import WeightedProgress
 
     # what can be checked before the model is built and timed
     check_outputs([args.output])
@@ -89,11 +91,20 @@ def run(args) -> int:
         raise PlanError(f"--model {args.model}: the function must return (model, sample_batch) "
                         f"or (model, sample_batch, loss_fn, targets)")
     model, batch, loss_fn, targets = got if len(got) == 4 else (*got, None, None)
-    links = measure_links(transport=args.transport) if args.links else None
+    # One bar for the whole command, weighted by each step's expected time:
+    # the layers first, then the links (their launch of 2 ranks, LINK_STEPS).
+    bar = WeightedProgress(title="profile ")
+    if args.links:
+        bar.expect(sum(LINK_STEPS.values()), key="links")
     prof = profile(model, batch, repeats=args.repeats, warmup=args.warmup,
-                   optimizer=args.optimizer, name=args.model, links=links,
+                   optimizer=args.optimizer, name=args.model, progress=bar,
                    in_context=not args.alone, alongside=args.alongside, loss_fn=loss_fn,
                    targets=targets)
+    links = None
+    if args.links:
+        links = measure_links(transport=args.transport, progress=bar)
+        prof.links, prof.overhead = links, float(links.get("overhead") or 0.0)
+    bar.close()
     path = prof.save(args.output)
     total_f = sum(x.forward.at(prof.batch[0]) for x in prof.layers)
     total_b = sum(x.backward.at(prof.batch[0]) for x in prof.layers)

@@ -8,6 +8,7 @@ import sys
 
 from conveyor.cli.argtypes import bytes_arg, check_outputs, int_at_least
 from conveyor.cli.dpargs import add_dp_options, dp_fields, dp_report
+from conveyor.cli.names import add_deprecated
 from conveyor.errors import ScheduleError
 from conveyor.schedule.generators import build_schedule, schedule_names
 from conveyor.schedule.io import load_schedule
@@ -73,8 +74,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("simulate", help="predict step time, bubble and memory of a schedule",
                        description="Simulate one training step of a schedule and draw it: "
                                    "rows are stages, columns are time slots.")
-    p.add_argument("-P", "--stages", dest="P", type=positive_int, default=None,
-                   help="pipeline stages / ranks (4)")
+    p.add_argument("-P", "--ranks", dest="P", type=positive_int, default=None,
+                   help="pipeline ranks (4)")
+    add_deprecated(p, "--stages", dest="P", use="-P/--ranks", type=positive_int)
     p.add_argument("-M", "--microbatches", dest="M", type=positive_int, default=None,
                    help="micro-batches per step (8)")
     p.add_argument("-s", "--schedule", default=None,

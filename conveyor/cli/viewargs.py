@@ -19,11 +19,11 @@ def add_timeline_args(p: argparse.ArgumentParser, *, timeline: bool = True) -> N
         p.add_argument("--timeline", metavar="FILE",
                        help="a timeline JSON file (measured by the runtime, or saved); "
                             "without it the schedule below is simulated")
-    p.add_argument("--schedule", help="schedule name (default gpipe, or the timeline's)")
-    p.add_argument("-P", type=int_at_least(1), help="pipeline ranks (default 4, or the "
-                                                    "timeline's)")
-    p.add_argument("-M", type=int_at_least(1), help="micro-batches (default 8, or the "
-                                                    "timeline's)")
+    p.add_argument("-s", "--schedule", help="schedule name (default gpipe, or the timeline's)")
+    p.add_argument("-P", "--ranks", dest="P", type=int_at_least(1),
+                   help="pipeline ranks (default 4, or the timeline's)")
+    p.add_argument("-M", "--microbatches", dest="M", type=int_at_least(1),
+                   help="micro-batches (default 8, or the timeline's)")
     p.add_argument("--ratio", type=positive_float, default=2.0,
                    help="backward/forward cost when simulating; F takes one slot (default 2)")
     p.add_argument("--forward-only", action="store_true",

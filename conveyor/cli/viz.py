@@ -37,9 +37,11 @@ def add_parser(sub) -> None:
                         "sweep.json) to show as one measured chart per M")
     p.add_argument("--open", action="store_true",
                    help="open the written page in your web browser")
-    p.add_argument("--schedule", help="schedule shown first (gpipe, or the timeline's)")
-    p.add_argument("-P", type=int_at_least(1), help="P shown first (4, or the timeline's)")
-    p.add_argument("-M", type=int_at_least(1), help="M shown first (8, or the timeline's)")
+    p.add_argument("-s", "--schedule", help="schedule shown first (gpipe, or the timeline's)")
+    p.add_argument("-P", "--ranks", dest="P", type=int_at_least(1),
+                   help="P shown first (4, or the timeline's)")
+    p.add_argument("-M", "--microbatches", dest="M", type=int_at_least(1),
+                   help="M shown first (8, or the timeline's)")
     p.add_argument("--view", choices=("fwd", "step"),
                    help="forward-only or training-step view first (fwd, or step with a timeline)")
     p.add_argument("--ratio", type=positive_float, default=2.0,

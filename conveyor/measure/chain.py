@@ -15,7 +15,6 @@ import torch
 from conveyor.measure.layer import (
     _detached, _grad_leaf, _measure_layer, _on, _slice, _sync, _tensors,
 )
-from conveyor.progress import ProgressBar
 from conveyor.runtime.execute.splitgrad import backward_input
 
 
@@ -188,32 +187,67 @@ def _in_context(row: dict, chained: _Chained, j: int) -> dict:
             "weight_grad": row["weight_grad"] * k}
 
 
-def _warm_up(layers, batch, device, rounds: int) -> None:
+def _warm_up(layers, batch, device, rounds: int) -> tuple[list[float], float]:
     """Whole-model forward and backward passes first: the first calls in a
     process pay one-off costs (thread pools, allocator, kernel selection)
-    that would otherwise land on the first layer's time."""
+    that would otherwise land on the first layer's time. Returns the last
+    pass's forward seconds per layer and its backward seconds (for the
+    progress bar's estimates)."""
+    fwd, bwd = [0.0] * len(layers), 0.0
     for _ in range(rounds):
         x = batch.to(device) if isinstance(batch, torch.Tensor) else tuple(
             t.to(device) for t in batch)
         x = _grad_leaf(x)
-        for layer in layers:
+        for j, layer in enumerate(layers):
             layer.to(device)
-            x = layer(x)
+            x, fwd[j] = _timed(lambda: layer(x), device)
         outs = [t for t in _tensors(x) if t.requires_grad]
         if outs:
-            torch.autograd.backward([t.sum() for t in outs])
+            _, bwd = _timed(lambda: torch.autograd.backward([t.sum() for t in outs]), device)
         for layer in layers:
             layer.zero_grad(set_to_none=True)
+    return fwd, bwd
+
+
+def expected_work(fwd: list[float], bwd: float, sizes, calls: int, in_context: bool,
+                  names: list[str]) -> list[tuple[str, str, float]]:
+    """(phase, label, expected seconds) of each step of ``_measure_sizes``,
+    from one warm-up pass at the first size (``fwd`` per layer, ``bwd`` in
+    all), each size's time taken as proportional to it, ``calls`` = warmup
+    + repeats. A layer alone: a timed forward, three timed forward+backward
+    kinds (full, input, weight) and two passes for bytes; in order: every
+    forward and backward, twice (the second time split into I and W)."""
+    F = sum(fwd)
+    back = [bwd * f / F if F > 0 else bwd / max(len(fwd), 1) for f in fwd]
+    out = []
+    for n in sizes:
+        k = n / sizes[0]
+        for j, (f, b) in enumerate(zip(fwd, back)):
+            out.append((f"layers alone, n={n}", f"layer {j} {names[j]}",
+                        k * ((calls + 1) * f + 3 * calls * (f + b) + (f + b))))
+        if in_context:
+            out.append((f"every layer in order, n={n}", f"{len(fwd)} layers",
+                        k * calls * 2 * (F + bwd)))
+    return out
 
 
 def _measure_sizes(layers, sample_batch, sizes, repeats, warmup, device, in_context,
-                   progress, loss=None) -> tuple[list[list[dict]], list, object]:
+                   bar, loss=None, work=None) -> tuple[list[list[dict]], list, object]:
     """Per batch size of ``sizes``, every layer's measurement row; per size the
     loss's (forward, backward) seconds (None without ``loss``, measured only
     in context); and the model's output (at the last size). ``loss``:
-    (loss_fn, targets of the whole sample batch)."""
-    bar = ProgressBar((len(layers) + in_context) * len(sizes), title="profile ") \
-        if progress else None
+    (loss_fn, targets of the whole sample batch). ``bar``: a WeightedProgress
+    (or None) advanced by ``work`` (``expected_work``'s steps, in order)."""
+    work, at = list(work or []), [0]
+
+    def done(_: str) -> None:  # a step is done: show the next one, where it is
+        if bar is not None and at[0] < len(work):
+            seconds = work[at[0]][2]
+            at[0] += 1
+            phase, label, _ = work[at[0]] if at[0] < len(work) else ("finishing", "", 0.0)
+            bar.phase_name = phase
+            bar.advance(label, seconds)
+
     per_size, loss_times = [], []
     for n in sizes:
         x = _on(_slice(sample_batch, n), device)
@@ -222,8 +256,7 @@ def _measure_sizes(layers, sample_batch, sizes, repeats, warmup, device, in_cont
             layer.to(device)
             row, x = _measure_layer(layer, x, n, repeats, warmup, device)
             rows.append(row)
-            if bar:
-                bar.advance(f"n={n} layer {j} {type(layer).__name__}")
+            done(f"layer {j} {type(layer).__name__}")
         lt = None
         if in_context:
             sliced = None if loss is None else (loss[0], _on(_slice(loss[1], n), device))
@@ -231,10 +264,7 @@ def _measure_sizes(layers, sample_batch, sizes, repeats, warmup, device, in_cont
                                      split=True)
             rows = [_in_context(row, chained, j) for j, row in enumerate(rows)]
             lt = chained.loss
-            if bar:
-                bar.advance(f"n={n} every layer in order")
+            done("done")
         per_size.append(rows)
         loss_times.append(lt)
-    if bar:
-        bar.close()
     return per_size, loss_times, x

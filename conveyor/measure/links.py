@@ -76,10 +76,15 @@ def transfer_times(ctx, transport: str = "dist") -> dict | None:
 
 
 def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool,
-               transport: str = "dist") -> dict | None:
+               transport: str = "dist", channel=None) -> dict | None:
     import torch.distributed as dist
 
+    def step(name: str) -> None:  # progress, from rank 0 to the launching process
+        if channel is not None and ctx.rank == 0:
+            channel.put(name)
+
     torch.set_num_threads(1)  # as a rank runs
+    step("ping-pong")
     if transport == "shm":
         from conveyor.runtime.transport.shm import ShmTransport
 
@@ -111,7 +116,11 @@ def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool,
                 send(buf)
             times.append((time.perf_counter() - t) / 2)  # one way
         out[nbytes] = statistics.median(times)
+    if overhead:
+        step("tiny pipelines (gpipe, 1f1b)")
     steps = tiny_steps(ctx, transport) if overhead else {}
+    if overhead:
+        step("send and receive times")
     host = transfer_times(ctx, transport) if overhead else None
     return {"one_way": out, "tiny_steps": steps, "host": host} if ctx.rank == 0 else None
 
@@ -119,8 +128,14 @@ def _ping_pong(ctx, sizes: list[int], rounds: int, overhead: bool,
 _WIRE = {"dist": "gloo", "shm": "shared-memory"}
 
 
+# Expected seconds of each step of measure_links on a quiet 2-core machine (the
+# progress bar's weights; its ETA scales them by how fast the run goes).
+LINK_STEPS = {"starting 2 ranks": 4.0, "ping-pong": 1.0, "tiny pipelines (gpipe, 1f1b)": 5.0,
+              "send and receive times": 4.0}
+
+
 def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True,
-                  transport: str = "dist") -> dict:
+                  transport: str = "dist", progress=None) -> dict:
     """Latency (s) and bandwidth (bytes/s) between two local ranks over
     ``transport`` (PipelineConfig.transport: "dist", gloo here; "shm",
     shared memory), one launch of 2 ranks; the result names the transport,
@@ -139,12 +154,29 @@ def measure_links(*, sizes=(4, 4 << 20), rounds: int = 20, overhead: bool = True
     not pinned: on the 2-core test machine pinned tiny 1F1B steps measured
     6-16 ms between launches (unpinned 6-10 ms), and predictions of pinned
     real-compute runs from the unpinned fit were the closer
-    (benchmarks/planner.md)."""
+    (benchmarks/planner.md). ``progress``: a WeightedProgress to show the
+    steps on (phase "links")."""
     from conveyor.runtime.procs.launcher import launch
 
     if transport not in ("dist", "shm"):
         raise PlanError(f"transport={transport!r}; use 'dist' or 'shm'")
-    got = launch(_ping_pong, nprocs=2, args=(list(sizes), rounds, overhead, transport))[0]
+    from conveyor.progress import progress_channel
+
+    steps = list(LINK_STEPS) if overhead else list(LINK_STEPS)[:2]
+    at = [0]
+
+    def on_step(name: str) -> None:  # the previous step is done
+        progress.advance(name, LINK_STEPS[steps[at[0]]])
+        at[0] += 1
+
+    if progress is not None:
+        progress.expect(sum(LINK_STEPS[k] for k in steps), key="links")
+        progress.phase("links", steps[0])
+    with progress_channel(on_step if progress is not None else None) as channel:
+        got = launch(_ping_pong, nprocs=2,
+                     args=(list(sizes), rounds, overhead, transport, channel))[0]
+    if progress is not None:
+        progress.advance("done", LINK_STEPS[steps[-1]])
     one_way = got["one_way"]
     small, large = min(sizes), max(sizes)
     slope = (one_way[large] - one_way[small]) / (large - small)

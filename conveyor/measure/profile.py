@@ -28,11 +28,12 @@ import torch
 
 from conveyor.errors import PlanError
 from conveyor.measure.busy import _busy_cores
-from conveyor.measure.chain import _measure_sizes, _warm_up
+from conveyor.measure.chain import _measure_sizes, _warm_up, expected_work
 from conveyor.measure.fit import fit_tiny, tiny_steps
 from conveyor.measure.layer import _nbytes, _tensors
 from conveyor.measure.links import measure_links, transfer_times
 from conveyor.plan.profile import Affine, LayerProfile, LossProfile, Profile
+from conveyor.progress import WeightedProgress
 from conveyor.runtime.execute.stages import fingerprint, layers_of
 
 __all__ = ["profile", "fingerprint", "measure_links", "tiny_steps", "fit_tiny", "transfer_times",
@@ -64,7 +65,7 @@ def _check_loss(loss_fn, targets, n0: int):
 
 def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
             optimizer: str = "adam", name: str | None = None, device=None,
-            progress: bool = True, links: dict | None = None,
+            progress: bool | WeightedProgress = True, links: dict | None = None,
             overhead: float | None = None, in_context: bool = True,
             alongside: int = 0, loss_fn=None, targets=None) -> Profile:
     """Measure every layer of ``model`` (an ``nn.Sequential`` or list of layers)
@@ -83,7 +84,9 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     process on the first core it may use, they on the next ones), as the
     other ranks of a run on this host do; cores that compute at once slow
     each other down (shared caches and memory), 3-6 % on the 2-core test
-    machine. For a run of P ranks on this host, P - 1.
+    machine. For a run of P ranks on this host, P - 1. ``progress``: show a
+    bar on stderr (weighted by each step's expected time, with an ETA and
+    the phase), or a WeightedProgress to advance (``conveyor profile``).
     Returns a Profile. Raises PlanError for an unknown
     optimizer, a batch of fewer than 2 samples, a model that is not a chain,
     or more ``alongside`` than spare cores, or a ``loss_fn`` without
@@ -106,10 +109,21 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
                         "backward); drop in_context=False (--alone), or the loss")
     sizes = sorted({n0, max(n0 // 2, 1), max(n0 // 4, 1)}, reverse=True)
     busy = _busy_cores(alongside, layers, sample_batch, device)  # checked before any work
-    _warm_up(layers, sample_batch, device, max(warmup, 1))
+    bar = progress if isinstance(progress, WeightedProgress) else (
+        WeightedProgress(title="profile ") if progress else None)
+    if bar is not None:
+        bar.phase("warm-up", f"{max(warmup, 1)} passes of the whole model")
+    fwd, bwd = _warm_up(layers, sample_batch, device, max(warmup, 1))
+    work = expected_work(fwd, bwd, sizes, warmup + repeats, in_context,
+                         [type(layer).__name__ for layer in layers])
+    if bar is not None:
+        bar.expect(sum(w for _, _, w in work))
+        bar.phase(*work[0][:2])
     with busy:
         per_size, loss_times, x = _measure_sizes(layers, sample_batch, sizes, repeats, warmup,
-                                                 device, in_context, progress, loss)
+                                                 device, in_context, bar, loss, work)
+    if bar is not None and bar is not progress:
+        bar.close()
     state = OPTIMIZER_STATE[optimizer]
     if overhead is None:
         overhead = float((links or {}).get("overhead") or 0.0)

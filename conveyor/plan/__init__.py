@@ -1,7 +1,7 @@
 """Planning before launch (no torch): profiles, the planner's search, plan files.
 
     from conveyor.plan import load_profile, search
-    result = search(load_profile("prof.json"), P=4, batch=64, memory=16 * 2**30)
+    result = search(load_profile("prof.json"), P=4, batch_size=64, memory=16 * 2**30)
     print(result.best.name, result.best.M, result.best.balance)
 
 The profiler that writes profiles is ``conveyor.profile`` (needs torch).

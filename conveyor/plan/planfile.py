@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conveyor.deprecation import renamed
 from conveyor.errors import PlanError
 from conveyor.schedule.io import schedule_from_dict, schedule_to_dict
 from conveyor.schedule.ir import Schedule
@@ -101,9 +102,13 @@ def _costs(sc, profile) -> dict:
             "cut_bytes": [c * max(sc.sizes) for c in sc.cut_per_sample]}
 
 
-def plan_to_dict(cand, profile, *, batch: int, budget: float | None) -> dict:
+@renamed(batch="batch_size")
+def plan_to_dict(cand, profile, *, batch_size: int, budget: float | None) -> dict:
+    """The plan file's dict for candidate ``cand`` (``search(...).best``) of
+    ``profile``, for ``batch_size`` samples per step and ``budget`` bytes per
+    rank (None: unlimited); write it with ``save_plan``."""
     d = schedule_to_dict(cand.schedule)
-    d.update({"format": FORMAT, "model": profile.model, "batch": batch,
+    d.update({"format": FORMAT, "model": profile.model, "batch": batch_size,
               "microbatch_sizes": list(cand.sizes), "balance": list(cand.balance),
               "checkpoint": list(cand.checkpoint), "memory_budget": budget,
               "predicted": {"step_s": cand.step, "bubble": cand.bubble,

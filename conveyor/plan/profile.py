@@ -2,7 +2,7 @@
 
 Torch-free: the profiler (``conveyor.measure.profile``) writes it, the planner
 and the partition solver read it. Schema ``conveyor.profile/1`` (documented in
-docs/planning.md):
+https://github.com/conveyor-pp/conveyor/blob/main/docs/planning.md):
 
     format      "conveyor.profile/1"
     model       {"name", "layers": L, "fingerprint"}: which model was measured

@@ -17,14 +17,14 @@ the planner
    what the simulator says is faster (the bottleneck ignores fill and drain);
 4. simulates the step (profiled compute, measured link latency and bandwidth).
 
-The fastest plan within the budget wins. Every candidate keeps the reason it
-lost, for the table.
+The fastest plan within the budget wins; every candidate keeps why it lost.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from conveyor.deprecation import renamed
 from conveyor.errors import ConveyorError, PlanError
 from conveyor.partition import balanced_partition, placed_partition
 from conveyor.plan.costs import backward_times, inner_bytes, stage_costs
@@ -313,20 +313,20 @@ def _pre(values) -> list[float]:
     return out
 
 
-def search(profile: Profile, *, P: int, batch: int, memory: float | None = None,
+@renamed(batch="batch_size")
+def search(profile: Profile, *, P: int, batch_size: int, memory: float | None = None,
            schedules: list[str] | None = None, microbatches: list[int] | None = None,
            chunks: tuple[int, ...] = (1, 2), refine: bool = True,
            cluster: dict | None = None) -> PlanResult:
-    """Find the fastest plan for ``profile`` on P ranks, a batch of ``batch``
-    samples and ``memory`` bytes per rank (None: unlimited). ``cluster``: the
-    CostModel fields of data parallelism and nodes (dp, ranks_per_node, ...);
-    each stage then all-reduces its parameters' gradients in the simulated step.
-
-    Returns a PlanResult with every candidate, fastest first. Raises PlanError
-    when P, batch or M are invalid, when the budget is below what one layer
-    alone needs, or when no candidate fits (naming the shortfall and the
-    smallest budget that would fit).
+    """The fastest plan for ``profile`` on P ranks, ``batch_size`` samples per
+    step and ``memory`` bytes per rank (None: unlimited); ``cluster``: the
+    CostModel fields of dp and nodes (each stage then all-reduces its
+    gradients in the simulated step). Returns a PlanResult, fastest first.
+    Raises PlanError when P, the batch size or M are invalid, when the budget
+    is below what one layer alone needs, or when no candidate fits (naming
+    the shortfall and the smallest budget that would fit).
     """
+    batch = batch_size
     check_request(profile, P, batch, memory, microbatches)
     names = schedules or [n for n in schedule_names()]
     Ms = microbatches or default_microbatches(P, batch)

@@ -1,17 +1,21 @@
 """The runtime: a model cut into stages, one process per pipeline rank.
 
+    import torch
     from conveyor.runtime import Pipeline, launch
-    def main(ctx):                       # runs once per rank
-        pipe = Pipeline(model, loss_fn=..., optimizer=lambda ps: torch.optim.SGD(ps, 0.1),
-                        schedule="1f1b", microbatches=8)
-        for x, y in batches:
-            result = pipe.step(x, y)     # the same batch on every rank
-        return result.loss
+
+    def main(ctx):                                   # runs once per rank
+        torch.manual_seed(0)                         # the same model on every rank
+        model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(4)])
+        pipe = Pipeline(model, loss_fn=torch.nn.functional.mse_loss,
+                        optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1),
+                        schedule="1f1b", microbatches=4, ctx=ctx)
+        x, y = torch.randn(16, 8), torch.randn(16, 8)  # the same batch on every rank
+        return pipe.step(x, y).loss
 
     if __name__ == "__main__":
-        losses = launch(main, nprocs=4)  # or: torchrun --nproc-per-node 4 script.py
+        losses = launch(main, nprocs=2)  # every rank's result; or: torchrun ... script.py
 
-Needs torch. See docs/runtime.md.
+Needs torch. Guide: https://github.com/conveyor-pp/conveyor/blob/main/docs/runtime.md, or help(Pipeline).
 """
 
 from conveyor.runtime.train.checkpoint_io import CheckpointError, export_state_dict
@@ -20,7 +24,7 @@ from conveyor.runtime.errors import (
     AgreementError, FailureReport, NonFiniteError, PeerFailedError, RankFailedError, StageError,
 )
 from conveyor.runtime.transport.group import RankContext, init_rank
-from conveyor.runtime.procs.launcher import LaunchOptions, launch
+from conveyor.runtime.procs.launcher import LaunchOptions, is_driver, launch
 from conveyor.runtime.train.measure import measure
 from conveyor.runtime.train.amp import LossScale
 from conveyor.runtime.train.pipeline import Pipeline, PipelineConfig, StepResult, microbatch_sizes
@@ -28,7 +32,7 @@ from conveyor.runtime.execute.stages import SequentialStage, split_model
 
 __all__ = [
     "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",
-    "launch", "LaunchOptions", "measure", "RankContext", "init_rank",
+    "launch", "LaunchOptions", "is_driver", "measure", "RankContext", "init_rank",
     "split_model", "SequentialStage", "export_state_dict", "CheckpointError",
     "CheckpointPolicy", "latest_checkpoint", "restart_count",
     "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport",

@@ -9,7 +9,7 @@ from conveyor.cli.main import main
 
 
 @pytest.mark.parametrize("args, message", [
-    (["-P", "0"], "-P/--stages: '0': give integers >= 1"),
+    (["-P", "0"], "-P/--ranks: '0': give integers >= 1"),
     (["-P", "two"], "'two' is not a comma-separated list of integers"),
     (["-M", "4,x"], "'4,x' is not a comma-separated list of integers"),
     (["-s", "gpip"], "unknown schedule 'gpip'; did you mean 'gpipe'?"),

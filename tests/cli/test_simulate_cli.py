@@ -72,7 +72,7 @@ def test_schedules_lists_each_with_its_facts():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["-P", "0"], "-P/--stages: the value must be a positive integer, got 0"),
+    (["-P", "0"], "-P/--ranks: the value must be a positive integer, got 0"),
     (["-M", "0"], "-M/--microbatches: the value must be a positive integer, got 0"),
     (["-M", "two"], "'two' is not an integer"),
     (["--schedule", "zigzag"], "unknown schedule 'zigzag'"),

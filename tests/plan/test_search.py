@@ -19,7 +19,7 @@ from tests.plan._profiles import UNEQUAL, synthetic
 
 def test_best_plan_beats_the_seed_split_in_the_simulator():
     prof = synthetic(UNEQUAL)
-    result = search(prof, P=4, batch=64)
+    result = search(prof, P=4, batch_size=64)
     best = result.best
     # the seed: equal layer counts, 1F1B, M = 8
     sched = build_schedule("1f1b", 4, 8)
@@ -36,14 +36,14 @@ def test_best_plan_beats_the_seed_split_in_the_simulator():
 
 def test_memory_budget_rules_out_gpipe_and_says_by_how_much():
     prof = synthetic([1] * 8)
-    free = search(prof, P=2, batch=64, schedules=["gpipe", "1f1b"], microbatches=[16])
+    free = search(prof, P=2, batch_size=64, schedules=["gpipe", "1f1b"], microbatches=[16])
     gp = next(c for c in free.candidates if c.name == "gpipe")
     fb = next(c for c in free.candidates if c.name == "1f1b")
     # without a budget, peaks are replayed on demand (the best's always)
     assert free.best.peak_bytes and not (gp.peak_bytes and fb.peak_bytes)
     assert max(free.peaks(gp)) > max(free.peaks(fb))
     budget = (max(gp.peak_bytes) + max(fb.peak_bytes)) / 2
-    tight = search(prof, P=2, batch=64, memory=budget, schedules=["gpipe", "1f1b"],
+    tight = search(prof, P=2, batch_size=64, memory=budget, schedules=["gpipe", "1f1b"],
                    microbatches=[16])
     assert tight.best.name == "1f1b" and max(tight.best.peak_bytes) <= budget
     # GPipe holds all 16 micro-batches: it fits only by recomputing, and loses
@@ -54,9 +54,9 @@ def test_memory_budget_rules_out_gpipe_and_says_by_how_much():
 
 def test_checkpointing_is_chosen_when_nothing_else_fits_and_costs_a_forward():
     prof = synthetic([1] * 8, act=100_000)
-    free = search(prof, P=2, batch=32, schedules=["1f1b"], microbatches=[4], refine=False)
+    free = search(prof, P=2, batch_size=32, schedules=["1f1b"], microbatches=[4], refine=False)
     need = max(free.best.peak_bytes)
-    tight = search(prof, P=2, batch=32, memory=need * 0.75, schedules=["1f1b"],
+    tight = search(prof, P=2, batch_size=32, memory=need * 0.75, schedules=["1f1b"],
                    microbatches=[4], refine=False)
     assert any(tight.best.checkpoint)
     assert tight.best.step > free.best.step  # the recomputed forward is charged
@@ -99,18 +99,18 @@ def test_budget_below_one_layer():
     prof = synthetic([1, 1, 1], params=1000)  # 1000 + 2000 bytes per layer
     with pytest.raises(PlanError, match=r"memory budget 2.00 KiB is below what layer 0 "
                                         r"\(Block\) alone needs: 2.93 KiB"):
-        search(prof, P=2, batch=8, memory=2048)
+        search(prof, P=2, batch_size=8, memory=2048)
 
 
 def test_batch_smaller_than_m():
     with pytest.raises(PlanError, match="batch 4 is smaller than M=8: .* use M <= 4"):
-        search(synthetic([1] * 4), P=2, batch=4, microbatches=[2, 8])
+        search(synthetic([1] * 4), P=2, batch_size=4, microbatches=[2, 8])
 
 
 def test_no_plan_fits_names_the_shortfall_and_what_fits():
     prof = synthetic([1] * 4, act=1e6)
     with pytest.raises(PlanError) as e:
-        search(prof, P=2, batch=64, memory=4e6, schedules=["1f1b"], microbatches=[4])
+        search(prof, P=2, batch_size=64, memory=4e6, schedules=["1f1b"], microbatches=[4])
     text = str(e.value)
     assert "no plan fits 3.81 MiB per rank on P=2" in text
     assert "over. What would fit: --memory" in text
@@ -118,9 +118,9 @@ def test_no_plan_fits_names_the_shortfall_and_what_fits():
 
 def test_plan_file_is_a_schedule_file_and_checks_the_model(tmp_path):
     prof = synthetic(UNEQUAL, name="unequal")
-    best = search(prof, P=4, batch=64, schedules=["1f1b"]).best
+    best = search(prof, P=4, batch_size=64, schedules=["1f1b"]).best
     path = tmp_path / "plan.json"
-    path.write_text(json.dumps(plan_to_dict(best, prof, batch=64, budget=None)))
+    path.write_text(json.dumps(plan_to_dict(best, prof, batch_size=64, budget=None)))
     sched = load_schedule(path)  # what `conveyor simulate --file` / `viz --file` read
     assert sched.M == best.M and sched.P == 4
     plan = load_plan(path)
@@ -158,7 +158,7 @@ def test_affine_fit_recovers_fixed_and_per_sample_time():
 def test_the_bound_never_exceeds_the_simulated_step(name, M):
     """The search skips candidates by a lower bound: it must be one."""
     prof = synthetic(UNEQUAL, fixed=1e-3)
-    res = search(prof, P=4, batch=24, schedules=[name], microbatches=[M], refine=False)
+    res = search(prof, P=4, batch_size=24, schedules=[name], microbatches=[M], refine=False)
     c = res.best
     assert c.bound <= c.step * (1 + 1e-12)
     assert c.bound >= 0.5 * c.step  # and not a trivial one

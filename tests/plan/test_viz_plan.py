@@ -17,8 +17,8 @@ from tests.plan._profiles import UNEQUAL, synthetic
 @pytest.fixture
 def planned(tmp_path):
     prof = synthetic(UNEQUAL)
-    best = search(prof, P=4, batch=62, memory=None).best
-    path = save_plan(plan_to_dict(best, prof, batch=62, budget=None), tmp_path / "plan.json")
+    best = search(prof, P=4, batch_size=62, memory=None).best
+    path = save_plan(plan_to_dict(best, prof, batch_size=62, budget=None), tmp_path / "plan.json")
     return best, path
 
 

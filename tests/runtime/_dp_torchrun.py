@@ -5,12 +5,12 @@ result of ``_dp_jobs.exact_job`` to OUT.json."""
 import json
 import sys
 
-from conveyor.runtime import launch
+from conveyor.runtime import is_driver, launch
 from tests.runtime import _dp_jobs
 
 if __name__ == "__main__":
     cfgs = [{"id": "torchrun", "model": "tied", "schedule": "1f1b", "dp": 2}]
     res = launch(_dp_jobs.exact_job, nprocs=4, args=(cfgs,))
-    if res is not None:  # the driver (global rank 0)
+    if is_driver():  # global rank 0: one writer
         with open(sys.argv[1], "w") as f:
             json.dump(res, f)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from conveyor.runtime import LaunchOptions, launch  # noqa: E402
+from conveyor.runtime import LaunchOptions, is_driver, launch  # noqa: E402
 
 
 def affinities(ctx):
@@ -50,5 +50,5 @@ def heap_use(ctx) -> dict:
 
 if __name__ == "__main__":
     got = launch(affinities, nprocs=2, options=LaunchOptions(pin=True))
-    if got is not None:
+    if is_driver():
         Path(sys.argv[1]).write_text(json.dumps(got))

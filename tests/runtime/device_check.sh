@@ -23,4 +23,4 @@ for r in launch(_jobs.exactness_job, nprocs=1, args=(cfgs,))[0]:
 '
 $PY -m pytest tests/runtime -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -15
 $PY -m conveyor demo --out "$OUT/demo" --no-progress 2>&1 | tee "$OUT/demo.log" | tail -9
-$PY -m conveyor demo --stages 1 --epochs 2 --out "$OUT/demo1" --no-progress 2>&1 | tail -6
+$PY -m conveyor demo -P 1 --epochs 2 --out "$OUT/demo1" --no-progress 2>&1 | tail -6

@@ -35,8 +35,8 @@ def prof():
 def runs(prof, tmp_path_factory):
     path = tmp_path_factory.mktemp("prof") / "prof.json"
     prof.save(path)
-    plan = plan_to_dict(search(prof, P=2, batch=BATCH, schedules=["gpipe", "1f1b"],
-                               microbatches=[3, 5]).best, prof, batch=BATCH, budget=None)
+    plan = plan_to_dict(search(prof, P=2, batch_size=BATCH, schedules=["gpipe", "1f1b"],
+                               microbatches=[3, 5]).best, prof, batch_size=BATCH, budget=None)
     plan["checkpoint"] = [True, False]  # a per-stage choice, as the planner may write
     base = {"depth": DEPTH, "batch": BATCH, "microbatches": 3, "balance": [4, 5]}
     cfgs = [dict(base, id=f"{s}-{c}", schedule=s, checkpoint=c)

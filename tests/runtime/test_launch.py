@@ -72,7 +72,7 @@ def test_measure_returns_recorded_timelines_with_bytes_and_memory():
     from conveyor.runtime import measure
     from tests.runtime import _models
 
-    timelines = measure(_model, _batch, P=2, M=4, schedule="gpipe", steps=2, warmup=1)
+    timelines = measure(_model, _batch, P=2, microbatches=4, schedule="gpipe", steps=2, warmup=1)
     assert len(timelines) == 2
     for tl in timelines:
         assert (tl.source, tl.schedule, tl.P, tl.M) == ("measured", "gpipe", 2, 4)

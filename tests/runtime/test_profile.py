@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -281,9 +282,24 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
     assert main(["profile", "--model", f"{tmp_path / 'm.py'}:make", "--repeats", "1",
                  "--alone", "-o", str(prof_path)]) == 0
     assert json.loads(prof_path.read_text())["meta"]["timing"] == "alone"
+    capsys.readouterr()
     assert main(["profile", "--model", f"{tmp_path / 'm.py'}:make", "--repeats", "1",
                  "--links", "--transport", "shm", "-o", str(prof_path)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    # one bar over the whole command (a line per update off a terminal), naming
+    # each phase as it starts, ending at 100 %
+    bar = [line for line in err.splitlines() if line.startswith("profile [")]
+    phases = [re.search(r"eta +(?:\?|\d+s)  ([^:]*)", line).group(1) for line in bar]
+    seen = list(dict.fromkeys(phases))
+    assert seen == ["starting", "warm-up", "layers alone, n=8", "every layer in order, n=8",
+                    "layers alone, n=4", "every layer in order, n=4", "layers alone, n=2",
+                    "every layer in order, n=2", "finishing", "links"], seen
+    assert [line.split("links: ")[1] for line in bar if "  links: " in line] == [
+        "starting 2 ranks", "ping-pong", "tiny pipelines (gpipe, 1f1b)",
+        "send and receive times", "done"]
+    shares = [int(re.search(r"\] +(\d+)%", line).group(1)) for line in bar]
+    assert shares == sorted(shares) and shares[-1] == 100
+    assert all(re.search(r"eta +\d+s", line) for line in bar[len(bar) // 2:])
     assert "profiled 7 layers at batch 8/4/2" in out and "links: latency" in out
     assert "per transfer across ranks: send " in out
     data = json.loads(prof_path.read_text())
@@ -321,7 +337,7 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
     assert main(["profile", "--model", f"{tmp_path / 'm.py'}:three", "-o",
                  str(tmp_path / "x.json")]) == 2
     assert "or (model, sample_batch, loss_fn, targets)" in capsys.readouterr().err
-    assert main(["plan", "--profile", str(prof_path), "-P", "2", "--batch", "16",
+    assert main(["plan", "--profile", str(prof_path), "-P", "2", "--batch-size", "16",
                  "--schedules", "gpipe,1f1b", "--memory", "1MiB", "-o", str(plan_path)]) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split()[:4] == ["#", "schedule", "M", "v"]
@@ -330,9 +346,9 @@ def test_cli_profile_then_plan(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["plan", "--profile", "x.json", "-P", "2", "--batch", "8", "--memory", "lots"],
+    (["plan", "--profile", "x.json", "-P", "2", "--batch-size", "8", "--memory", "lots"],
      "'lots' is not a memory size; write e.g. 16GiB"),
-    (["plan", "--profile", "missing.json", "-P", "2", "--batch", "8"],
+    (["plan", "--profile", "missing.json", "-P", "2", "--batch-size", "8"],
      "cannot read profile 'missing.json'"),
     (["profile", "--model", "nofile.py:make"], "no file 'nofile.py'"),
     (["profile", "--model", "m.py:make", "--transport", "shm"],

@@ -187,8 +187,8 @@ def test_the_planner_times_the_all_reduce():
 
     prof = synthetic(UNEQUAL, params=2_000_000)
     cluster = dict(dp=4, ranks_per_node=4, inter_bandwidth=1e9, inter_latency=1e-5)
-    plain = search(prof, P=2, batch=16, schedules=["1f1b"], microbatches=[4], refine=False)
-    dp = search(prof, P=2, batch=16, schedules=["1f1b"], microbatches=[4], refine=False,
+    plain = search(prof, P=2, batch_size=16, schedules=["1f1b"], microbatches=[4], refine=False)
+    dp = search(prof, P=2, batch_size=16, schedules=["1f1b"], microbatches=[4], refine=False,
                 cluster=cluster)
     best = dp.best
     params = [2_000_000 * len(r) for r in stage_ranges(best.balance)]

@@ -48,7 +48,7 @@ def record(out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for M in MS:
-        tl = measure(functools.partial(make_model, M), make_batch, P=P, M=M, schedule=SCHEDULE,
+        tl = measure(functools.partial(make_model, M), make_batch, P=P, microbatches=M, schedule=SCHEDULE,
                      loss_fn=mse, steps=1, warmup=1)[0]
         name = f"M{M:02d}.json"
         tl.save(out / name)

@@ -51,7 +51,7 @@ from conveyor.runtime.procs.lifetime import (
     Signalled, die_with_parent, forward_signals, loopback_interface, loopback_store,
 )
 
-__all__ = ["launch", "LaunchOptions"]
+__all__ = ["launch", "LaunchOptions", "is_driver"]
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ class LaunchOptions:
 
 
 def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dict | None = None,
-           options: LaunchOptions | None = None) -> list[Any] | None:
+           options: LaunchOptions | None = None) -> list[Any]:
     """Run ``fn(ctx, *args, **kwargs)`` on every pipeline rank.
 
     ``fn`` must be importable (defined at module level) because local ranks are
@@ -114,10 +114,13 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
     dp x P; ``ctx`` describes the whole world and ``Pipeline(..., ctx=ctx,
     dp=N)`` splits it (global rank d*P + p is pipeline rank p of replica d).
 
-    Returns the list of per-rank return values, in rank order, where the
-    script is the driver: in the parent of a local run, and on rank 0 under
-    torchrun. Other torchrun ranks get None. Under torchrun, ``nprocs`` is
-    ignored: torchrun's world size is the pipeline's P.
+    Returns the list of every rank's return value, in rank order, under
+    both launchers: in the parent of a local run, and on every rank under
+    torchrun (the values are gathered to all ranks), so a script that
+    indexes the list runs unchanged under either. Code after ``launch`` runs
+    once locally but once per rank under torchrun: guard what should happen
+    once (printing, writing a file) with ``is_driver()``. Under torchrun,
+    ``nprocs`` is ignored: torchrun's world size is the pipeline's P.
 
     Raises RankFailedError (locally) naming the failing rank, stage,
     micro-batch and the original error (of the last attempt, with
@@ -143,6 +146,17 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
 
     return with_restarts(lambda attempt: _run_local(fn, nprocs, args, kwargs, options, attempt),
                          max_restarts=options.max_restarts, nprocs=nprocs)
+
+
+def is_driver() -> bool:
+    """True in the process that should print a run's summary once: the
+    script that called ``launch`` in a local run (not its rank processes),
+    global rank 0 under torchrun, and a plain script with no launcher. Under
+    torchrun every rank returns from ``launch`` with the same results, so
+    ``if is_driver(): print(...)`` prints once under both launchers."""
+    if os.environ.get("CONVEYOR_LOCAL_CHILD") == "1":
+        return False  # a rank the local launcher started
+    return os.environ.get("RANK", "0") == "0"
 
 
 # -- local ------------------------------------------------------------------------

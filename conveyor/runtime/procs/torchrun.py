@@ -1,5 +1,6 @@
 """``launch`` under torchrun: this process is one rank that torchrun started;
-run the user's function in it, gather the results on rank 0, and end the
+run the user's function in it, gather every rank's result on every rank (so
+``launch`` returns the same list as under the local launcher), and end the
 rank at once with its report when anything fails (see ``launcher``)."""
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def run_under_torchrun(fn, args, kwargs, options):
                         launcher="torchrun")
         value = to_cpu(fn(ctx, *args, **kwargs))
         leave_together(ctx)
-        gathered = [None] * ctx.world_size if rank == 0 else None
-        dist.gather_object(value, gathered, dst=0)
+        # Every rank gets the list, as the local launcher's caller does: a
+        # script that indexes launch's result runs unchanged on every rank.
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, value)
         # Tear the group down only once everyone is done with it: a rank that
         # exits with the group alive, or while a peer still talks to it, can
         # abort in gloo's destructor.

@@ -67,12 +67,14 @@ class PipelineConfig:
                     shared memory between CPU ranks on one host (Linux,
                     x86-64): no transport thread between the ranks, so
                     transfers cost what the planner's model says more
-                    steadily (conveyor.runtime.transport.shm, docs/runtime.md).
+                    steadily (conveyor.runtime.transport.shm; guide:
+                    https://github.com/conveyor-pp/conveyor/blob/main/docs/runtime.md).
     precision:      "fp32" (default); "bf16": every stage's forward under
                     bfloat16 autocast, parameters (the master weights) and
                     their gradients float32, the loss in float32; "fp16": the
                     same in float16, with dynamic loss scaling agreed by every
-                    rank (docs/precision.md, conveyor.runtime.execute.precision).
+                    rank (conveyor.runtime.execute.precision; guide:
+                    https://github.com/conveyor-pp/conveyor/blob/main/docs/precision.md).
     boundary_dtype: the dtype floating tensors cross a cut between ranks in
                     ("bf16", "fp16", "fp32", or a torch dtype); None: the
                     compute dtype under bf16/fp16 (half of fp32's bytes), as

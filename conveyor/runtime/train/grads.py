@@ -28,10 +28,11 @@ import math
 import torch
 import torch.distributed as dist
 
+from conveyor.errors import PipelineError
 from conveyor.runtime.errors import NonFiniteError
 
-__all__ = ["finish_local", "unscale_and_check", "raise_nonfinite", "reduce_flags",
-           "NONFINITE"]
+__all__ = ["finish_local", "finish_grads", "unscale_and_check", "raise_nonfinite",
+           "reduce_flags", "NONFINITE"]
 
 NONFINITE = ("raise", "skip", "off")
 
@@ -78,6 +79,23 @@ def finish_local(pipe) -> int:
     inv = 1.0 / scaler.scale if scaler is not None else 1.0
     check = scaler is not None or pipe.config.nonfinite != "off"
     return int(unscale_and_check(pipe.params, inv, check=check))
+
+
+def finish_grads(pipe) -> bool:
+    """``Pipeline.finish_grads``: steps 1-4 after ``forward_backward(sync=False)``
+    calls, the flags reduced with one all-reduce; True if every rank's
+    gradients are finite. PipelineError if they were already final (a second
+    sum would be wrong)."""
+    if pipe._final:
+        raise PipelineError(
+            "finish_grads() after gradients were already made final (by "
+            "forward_backward(sync=True) or an earlier finish_grads()) would sum them "
+            "twice; call it once after forward_backward(..., sync=False) calls")
+    bad = finish_local(pipe)
+    _, grad_bad = reduce_flags(pipe, [0.0, float(bad)])
+    pipe._final = True
+    pipe.loop.finished(grad_bad == 0, False, grad_bad > 0, False, bool(bad), None)
+    return grad_bad == 0
 
 
 def reduce_flags(pipe, flags: list[float]) -> list[float]:

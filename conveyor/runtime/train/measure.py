@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from conveyor.deprecation import renamed
 from conveyor.runtime.procs.launcher import LaunchOptions, launch
 
 __all__ = ["measure", "measure_rank"]
@@ -35,7 +36,9 @@ def measure_rank(ctx, make_model, make_batch, loss_fn, optimizer, schedule, M, b
     return timelines
 
 
-def measure(make_model: Callable, make_batch: Callable, *, P: int, M: int | None = None,
+@renamed(M="microbatches")
+def measure(make_model: Callable, make_batch: Callable, *, P: int,
+            microbatches: int | None = None,
             schedule="1f1b", loss_fn: Callable | None = None, optimizer: Callable | None = None,
             balance=None, steps: int = 5, warmup: int = 2,
             options: LaunchOptions | None = None) -> list:
@@ -43,7 +46,8 @@ def measure(make_model: Callable, make_batch: Callable, *, P: int, M: int | None
 
     ``make_model()`` returns the model (an nn.Sequential or list of layers),
     ``make_batch(step)`` the step's ``(inputs, targets)``; both run on every
-    rank and must give the same result there (seed them). They, ``loss_fn``
+    rank and must give the same result there (seed them). ``microbatches``:
+    M (default 4). They, ``loss_fn``
     (default: cross-entropy) and ``optimizer`` (a factory ``params ->
     optimizer``, default: none, gradients only) must be importable, module-level
     callables, since ranks are fresh processes. ``schedule`` is a name or a
@@ -58,5 +62,5 @@ def measure(make_model: Callable, make_batch: Callable, *, P: int, M: int | None
 
     per_rank = launch(measure_rank, nprocs=P, options=options,
                       args=(make_model, make_batch, loss_fn or cross_entropy, optimizer,
-                            schedule, M, balance, steps, warmup))
+                            schedule, microbatches, balance, steps, warmup))
     return [Timeline.from_dict(d) for d in per_rank[0]]

@@ -28,11 +28,13 @@ global batch.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence, TypeAlias
 
 import torch
+from torch import nn
 
 from conveyor.errors import ConveyorError, PipelineError
+from conveyor.plan import Profile
 from conveyor.runtime.checks import check_callables, check_config
 from conveyor.runtime.execute.batching import microbatch_sizes
 from conveyor.runtime.execute.interpreter import Interpreter
@@ -46,16 +48,21 @@ from conveyor.runtime.train import dataparallel, trainloop
 from conveyor.runtime.train.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.train.config import PipelineConfig, StepResult
 from conveyor.runtime.train.planned import from_plan, named_balance
-from conveyor.runtime.train.grads import finish_local, reduce_flags
+from conveyor.runtime.train.grads import finish_grads
 from conveyor.runtime.train.amp import check_master_weights
-from conveyor.runtime.train.run import run_step, share_loss
+from conveyor.runtime.train.run import resolve_schedule, run_step, share_loss
 from conveyor.runtime.transport.comm import Comm
 from conveyor.runtime.transport.group import RankContext, current_context
 from conveyor.runtime.transport.shm import for_pipeline as shm_for_pipeline
 from conveyor.runtime.transport.mesh import resolve_mesh
-from conveyor.schedule import Schedule, add_comms, build_schedule, validate
+from conveyor.schedule import Schedule, add_comms
 
 __all__ = ["Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes"]
+
+# A batch: a tensor or tuple of tensors, batch along dim 0 (None on ranks
+# that do not read it); side inputs: {name: tensor}, cut like the batch.
+Batch: TypeAlias = "torch.Tensor | tuple[torch.Tensor, ...] | None"
+Side: TypeAlias = "dict[str, torch.Tensor] | None"
 
 
 def _same(e: ConveyorError) -> ConveyorError:
@@ -70,39 +77,56 @@ class Pipeline:
     the same batch on every rank.
     """
 
-    def __init__(self, model, *, loss_fn: Callable, optimizer: Callable | None,
+    def __init__(self, model: nn.Module | Sequence[nn.Module], *,
+                 loss_fn: Callable[[Any, Any], torch.Tensor],
+                 optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None,
                  schedule: str | Schedule = "1f1b", microbatches: int | None = None,
                  balance: Sequence[int] | str | None = None, ctx: RankContext | None = None,
-                 config: PipelineConfig | None = None, tied=None,
-                 before_step: Callable | None = None, scheduler: Callable | None = None,
-                 checkpoint="none", plan=None, profile=None, dp: int | None = None,
-                 mesh=None):
-        """``model``: an ``nn.Sequential`` or list of layers; it is cut by
-        ``balance`` (or evenly, see ``conveyor.partition``) into the schedule's
-        S stages, and this rank keeps its own. ``loss_fn(output, target)``
-        returns a scalar. ``optimizer(params)`` builds the optimizer of this
-        rank's parameters (None: no update, gradients only). ``schedule``: a
-        registered name ("naive", "gpipe", "1f1b", ...) built for P = world
-        size and M = ``microbatches`` (default 4; "naive" always uses M=1), or
-        a Schedule (e.g. loaded from a file), whose own M is used. ``ctx``
-        defaults to the initialised process group (or one process without
-        one); ``launch`` passes it to your function.
+                 config: PipelineConfig | None = None,
+                 tied: bool | Sequence[Sequence[str]] | None = None,
+                 before_step: Callable[["Pipeline"], None] | None = None,
+                 scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+                 checkpoint: str | Sequence[bool] = "none",
+                 plan: str | os.PathLike | dict | None = None,
+                 profile: str | os.PathLike | Profile | None = None, dp: int | None = None,
+                 mesh: Any = None):
+        """Cut ``model`` into the schedule's S stages and keep this rank's.
 
-        ``tied``, ``before_step``, ``scheduler``: see ``conveyor.runtime.train.trainloop``
-        (tied weights across ranks, a hook before each update, an LR scheduler).
+        model:        an ``nn.Sequential``, ``nn.ModuleList`` or list of layers
+                      (a layer is one entry; build it with the same seed on
+                      every rank). Cut by ``balance``, else the seed's rule.
+        loss_fn:      ``loss_fn(output, target) -> scalar tensor`` for one
+                      micro-batch; see ``config.loss_reduction``.
+        optimizer:    ``optimizer(params) -> torch.optim.Optimizer``, called
+                      with this rank's parameters; None: gradients only.
+        schedule:     a registered name ("1f1b", "gpipe", "zbv", ...; see
+                      ``conveyor.schedule_names()``) built for P = world size
+                      and M = ``microbatches`` (default 4), or a Schedule
+                      (its own M is used).
+        balance:      layers per stage, e.g. [5, 5, 4, 4]; "time" or
+                      "memory" cut by ``profile``.
+        ctx:          the RankContext ``launch`` passes to your function;
+                      default: the initialised process group (or P = 1).
+        config:       a PipelineConfig (loss reduction, recording, timeouts,
+                      transport, gradient clipping, accumulation, ...);
+                      default PipelineConfig().
+        tied:         None: tie a weight shared by stages on different ranks;
+                      a list of name groups to declare ties; False: refuse.
+        before_step:  ``fn(pipe)`` run before each optimizer update.
+        scheduler:    ``fn(optimizer) -> LR scheduler``, stepped per update.
+        checkpoint:   "none", "full" or one bool per stage: recompute those
+                      stages' activations in the backward.
+        plan:         a plan file (or its dict) from ``conveyor plan``: sets
+                      schedule, M, balance and checkpoint for this model.
+        profile:      a profile file or Profile from ``conveyor profile``,
+                      for ``balance="time"`` or ``"memory"``.
+        dp, mesh:     data parallelism: ``dp=N`` replicas over a world of
+                      N x P processes (N must divide it), or ``mesh=`` a torch
+                      DeviceMesh with dims ("dp", "pp"); see ``self.ctx``.
 
-        Raises PartitionError, ScheduleError/ValidationError or PipelineError
-        naming the bad value (the same on every rank).
-
-        Planning (docs/planning.md): ``balance="time"`` or ``"memory"`` cuts by
-        a ``profile`` (file or Profile from ``conveyor profile``);
-        ``checkpoint="none" | "full" | [bool per stage]`` recomputes stages'
-        activations in the backward; ``plan="plan.json"`` (from ``conveyor
-        plan``) sets schedule, M, balance and checkpointing at once.
-
-        Data parallelism: ``dp=N`` runs N replicas of the pipeline over a world
-        of N x P processes (N must divide the world size), or ``mesh=`` a torch
-        DeviceMesh with dims ("dp", "pp"); see the module docstring.
+        Raises PartitionError, ScheduleError/ValidationError, PlanError or
+        PipelineError naming the bad value (the same on every rank). Guide:
+        https://github.com/conveyor-pp/conveyor/blob/main/docs/runtime.md
         """
         try:
             ctx = resolve_mesh(ctx or current_context(), dp=dp, mesh=mesh)
@@ -121,17 +145,21 @@ class Pipeline:
         self.layer_names = layer_names(model, sched.S, balance)  # checkpoint keys
 
     @classmethod
-    def from_stages(cls, stages, *, loss_fn: Callable, optimizer: Callable | None,
+    def from_stages(cls, stages: Sequence[nn.Module] | Callable[[int], nn.Module], *,
+                    loss_fn: Callable[[Any, Any], torch.Tensor],
+                    optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer] | None,
                     schedule: str | Schedule = "1f1b", microbatches: int | None = None,
                     ctx: RankContext | None = None,
-                    config: PipelineConfig | None = None, tied=None,
-                    before_step: Callable | None = None,
-                    scheduler: Callable | None = None, dp: int | None = None,
-                    mesh=None) -> "Pipeline":
+                    config: PipelineConfig | None = None,
+                    tied: bool | Sequence[Sequence[str]] | None = None,
+                    before_step: Callable[["Pipeline"], None] | None = None,
+                    scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
+                    dp: int | None = None, mesh: Any = None) -> "Pipeline":
         """A pipeline of stages you built: a list of S modules, or a function
         ``stage -> module`` (called only for this rank's stages, so no rank
         builds the whole model). Stage s is called as ``stage(*inputs)`` with
-        the tensors stage s-1 returned. ``dp``, ``mesh``: as for ``Pipeline``."""
+        the tensors stage s-1 returned. Every other argument, ``config=``
+        included, as for ``Pipeline``."""
         self = cls.__new__(cls)
         try:
             ctx = resolve_mesh(ctx or current_context(), dp=dp, mesh=mesh)
@@ -155,19 +183,7 @@ class Pipeline:
     @staticmethod
     def _resolve_schedule(schedule, P: int, microbatches: int | None) -> Schedule:
         try:
-            if isinstance(schedule, Schedule):
-                sched = schedule
-                if microbatches is not None and microbatches != sched.M:
-                    raise PipelineError(
-                        f"microbatches={microbatches} but schedule {sched.name!r} has "
-                        f"M={sched.M}; leave microbatches out when passing a Schedule")
-            else:
-                sched = build_schedule(schedule, P, 4 if microbatches is None else microbatches)
-            if sched.P != P:
-                raise PipelineError(
-                    f"schedule {sched.name!r} is for P={sched.P} ranks but {P} processes run; "
-                    f"start {sched.P} processes or build the schedule for P={P}")
-            return validate(add_comms(sched))
+            return resolve_schedule(schedule, P, microbatches)
         except ConveyorError as e:
             raise _same(e)
 
@@ -205,7 +221,11 @@ class Pipeline:
         self.optimizer = optimizer(self.params) if optimizer is not None and self.params else None
         self.loop = trainloop.TrainLoop(self, extras or trainloop.Extras())
         prepost = config.prepost if config.prepost is not None else ctx.backend != "nccl"
-        self.transport = self._transport()
+        try:  # shared-memory channels for transport="shm"; None: torch.distributed
+            self.transport = (shm_for_pipeline(ctx, sched.placement)
+                              if config.transport == "shm" and sched.P > 1 else None)
+        except ConveyorError as e:
+            raise _same(e)
         self.comm = self._comm()
         self.interp = Interpreter(sched, rank=ctx.rank, stages=self.stages, comm=self.comm,
                                   loss_fn=loss_fn, prepost=prepost, policy=self.policy)
@@ -233,16 +253,6 @@ class Pipeline:
                     group=self.ctx.pp_group, transport=self.transport,
                     wire=self.policy.boundary)
 
-    def _transport(self):
-        """The shared-memory channels of ``transport="shm"``, None for
-        torch.distributed (see ``conveyor.runtime.transport.shm.for_pipeline``)."""
-        if self.config.transport != "shm" or self.schedule.P == 1:
-            return None
-        try:
-            return shm_for_pipeline(self.ctx, self.schedule.placement)
-        except ConveyorError as e:
-            raise _same(e)
-
     # -- public -------------------------------------------------------------------
     @property
     def P(self) -> int:
@@ -252,8 +262,9 @@ class Pipeline:
     def M(self) -> int:
         return self.schedule.M
 
-    def step(self, inputs=None, targets=None, *, batch_size: int | None = None,
-             record: bool | None = None, normalizer=None, side=None) -> StepResult:
+    def step(self, inputs: Batch = None, targets: Batch = None, *,
+             batch_size: int | None = None, record: bool | None = None,
+             normalizer: float | None = None, side: Side = None) -> StepResult:
         """One training step: forward, backward and optimizer update.
 
         Collective: every rank calls it. ``inputs`` (a tensor or tuple of
@@ -270,8 +281,9 @@ class Pipeline:
         return self.loop.step(inputs, targets, batch_size=batch_size, record=record,
                               normalizer=normalizer, side=side)
 
-    def forward_backward(self, inputs=None, targets=None, *, batch_size: int | None = None,
-                         record: bool | None = None, normalizer=None, side=None,
+    def forward_backward(self, inputs: Batch = None, targets: Batch = None, *,
+                         batch_size: int | None = None, record: bool | None = None,
+                         normalizer: float | None = None, side: Side = None,
                          zero_grad: bool = True, sync: bool = True) -> StepResult:
         """``step`` without the optimizer update. Collective.
 
@@ -310,16 +322,10 @@ class Pipeline:
         (see ``forward_backward``); returns whether every rank's are finite.
         Collective: every rank calls it. Raises NonFiniteError under
         nonfinite="raise" when one is not."""
-        if self._final:
-            raise _same(PipelineError(
-                "finish_grads() after gradients were already made final (by "
-                "forward_backward(sync=True) or an earlier finish_grads()) would sum them "
-                "twice; call it once after forward_backward(..., sync=False) calls"))
-        bad = finish_local(self)
-        _, grad_bad = reduce_flags(self, [0.0, float(bad)])
-        self._final = True
-        self.loop.finished(grad_bad == 0, False, grad_bad > 0, False, bool(bad), None)
-        return grad_bad == 0
+        try:
+            return finish_grads(self)
+        except ConveyorError as e:
+            raise _same(e)
 
     @property
     def loss_scale(self) -> float:
@@ -332,7 +338,8 @@ class Pipeline:
         """Updates skipped on every rank so far (non-finite values)."""
         return self.loop.skipped
 
-    def predict(self, inputs=None, *, batch_size: int | None = None, side=None):
+    def predict(self, inputs: Batch = None, *, batch_size: int | None = None,
+                side: Side = None) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
         """Forward only, in micro-batches, with the stages in eval mode and no
         gradients. Collective. Returns the last stage's output for the whole
         batch (micro-batch outputs joined along dim 0) on the last stage's
@@ -348,8 +355,9 @@ class Pipeline:
                 m.train(modes[s])
         return res.output
 
-    def evaluate(self, inputs=None, targets=None, *, batch_size: int | None = None,
-                 normalizer=None, side=None) -> float:
+    def evaluate(self, inputs: Batch = None, targets: Batch = None, *,
+                 batch_size: int | None = None, normalizer: float | None = None,
+                 side: Side = None) -> float:
         """The batch's loss, forward only (eval mode, no update). Collective;
         returns the same loss on every rank."""
         return self.loop.evaluate(inputs, targets, batch_size=batch_size,
@@ -367,7 +375,7 @@ class Pipeline:
     def save(self, path, *, scheduler=None):
         """Collective: write a checkpoint at directory ``path`` (model keyed by the
         unsplit model's names, optimizer, ``scheduler``, step count, RNG),
-        atomically. Returns the path. See docs/checkpoints.md."""
+        atomically. Returns the path. Guide: https://github.com/conveyor-pp/conveyor/blob/main/docs/checkpoints.md."""
         if scheduler is None:
             scheduler = self.loop.scheduler  # the one Pipeline(scheduler=...) built, if any
         return save_pipeline(self, path, scheduler=scheduler)

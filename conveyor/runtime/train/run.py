@@ -9,6 +9,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from conveyor.errors import PipelineError
 from conveyor.runtime.execute.batching import split_batch
 from conveyor.runtime.execute.interpreter import Interpreter
 from conveyor.runtime.execute.recorder import ActivationMemory, Recorder, gather_timeline
@@ -17,8 +18,9 @@ from conveyor.runtime.train import dataparallel
 from conveyor.runtime.train.config import StepResult
 from conveyor.runtime.train.grads import finish_local
 from conveyor.runtime.transport.comm import Comm
+from conveyor.schedule import Schedule, add_comms, build_schedule, validate
 
-__all__ = ["run_step", "share_loss", "share"]
+__all__ = ["run_step", "share_loss", "share", "resolve_schedule"]
 
 
 def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
@@ -115,3 +117,22 @@ def share(ctx, loss, flags: tuple = ()) -> tuple[float, list[float]]:
 def share_loss(ctx, loss, last_rank: int = -1) -> float:
     """The loss of the last stage's rank on every rank (``share`` without flags)."""
     return share(ctx, loss)[0]
+
+
+def resolve_schedule(schedule, P: int, microbatches: int | None) -> Schedule:
+    """The lowered, validated schedule a Pipeline runs: ``schedule`` (a name,
+    built for P ranks and ``microbatches``, default 4, or a Schedule, whose
+    own M is used). PipelineError/ScheduleError for a mismatch."""
+    if isinstance(schedule, Schedule):
+        sched = schedule
+        if microbatches is not None and microbatches != sched.M:
+            raise PipelineError(
+                f"microbatches={microbatches} but schedule {sched.name!r} has "
+                f"M={sched.M}; leave microbatches out when passing a Schedule")
+    else:
+        sched = build_schedule(schedule, P, 4 if microbatches is None else microbatches)
+    if sched.P != P:
+        raise PipelineError(
+            f"schedule {sched.name!r} is for P={sched.P} ranks but {P} processes run; "
+            f"start {sched.P} processes or build the schedule for P={P}")
+    return validate(add_comms(sched))

@@ -42,6 +42,13 @@ class RankContext:
     launcher:    "local" (conveyor's launcher), "torchrun" (or any launcher
                  that sets the environment variables), or "single" (one
                  process, no process group).
+    dp_rank, dp_size: this rank's data-parallel replica and the number of
+                 replicas. The context ``launch`` passes describes the whole
+                 world as one pipeline (dp_rank 0, dp_size 1 on every rank):
+                 only ``Pipeline(..., dp=N)`` splits the world, and that
+                 pipeline's ``pipe.ctx`` holds the split (its rank and
+                 world_size are then the pipeline rank and P; global_rank is
+                 the process's rank in the world).
     """
 
     rank: int
@@ -55,8 +62,7 @@ class RankContext:
     pp_group: Any = None  # the pipeline's process group; None: the whole world
     dp_group: Any = None  # this pipeline rank's replicas; None when dp_size is 1
 
-    # dp_rank / dp_size: this rank's replica of the pipeline and the number of
-    # replicas. Global rank = dp_rank * world_size + rank.
+    # Global rank = dp_rank * world_size + rank.
 
     @property
     def pp_rank(self) -> int:
