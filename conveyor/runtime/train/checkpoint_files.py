@@ -57,15 +57,22 @@ def read_manifest(path) -> dict:
     manifest = read_json(where, what="checkpoint manifest", error=CheckpointError, fix=fix)
     if not isinstance(manifest, dict):
         raise CheckpointError(f"checkpoint manifest {str(where)!r} is not a JSON object; {fix}")
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise CheckpointError(f"{str(d)!r} is format {manifest.get('format')!r} version "
-                              f"{manifest.get('version')!r}; this conveyor reads {FORMAT!r} "
-                              f"version {VERSION}: load it with the conveyor that wrote it")
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint manifest {str(where)!r} is format "
+                              f"{manifest.get('format')!r}, not {FORMAT!r}: not a conveyor "
+                              f"checkpoint; give the folder that Pipeline.save wrote")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(f"checkpoint {str(d)!r} is version {manifest.get('version')!r} of "
+                              f"{FORMAT!r}; this conveyor reads version {VERSION}: load it with "
+                              f"the conveyor version that wrote it")
     for key, kind in _FIELDS.items():
         value = manifest.get(key)
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise CheckpointError(f"checkpoint manifest {str(where)!r}: {key!r} is {value!r}, "
                                   f"not {'an' if kind is int else 'a'} {kind.__name__}; {fix}")
+    if not isinstance(manifest.get("sizes", {}), dict):
+        raise CheckpointError(f"checkpoint manifest {str(where)!r}: 'sizes' is "
+                              f"{manifest['sizes']!r}, not a dict; {fix}")
     for f, names in manifest["files"].items():
         if ("/" in f or "\\" in f or f in ("", ".", "..") or not isinstance(names, list)
                 or not all(isinstance(n, str) for n in names)):
@@ -96,16 +103,19 @@ def read_rank_file(d: Path, name: str, manifest: dict | None = None) -> dict:
         raise CheckpointError(f"checkpoint file {str(path)!r} is {how}: {st.st_size} bytes, "
                               f"its save wrote {want}; {fix}")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its index is at the end
-        raise CheckpointError(f"checkpoint file {str(path)!r} is truncated or corrupt: "
-                              f"{st.st_size} bytes without a whole zip archive (torch.save "
-                              f"writes one); {fix}")
+        how = "corrupt" if isinstance(want, int) else "truncated or corrupt"
+        raise CheckpointError(f"checkpoint file {str(path)!r} is {how}: {st.st_size} bytes "
+                              f"without a whole zip archive (torch.save writes one); {fix}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any reader failure is a damaged file; named below
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt: torch.load with "
-                              f"weights_only=True cannot read it ({type(e).__name__}: {first}); "
-                              f"{fix}") from None
+        # The reader's own words (zip offsets, pickle opcodes, or advice to
+        # retry with weights_only=False, which would run code) help no one.
+        raise CheckpointError(f"checkpoint file {str(path)!r} is corrupt: its {st.st_size} bytes "
+                              f"hold a zip archive whose contents do not load "
+                              f"({type(e).__name__}); conveyor reads with weights_only=True, so "
+                              f"a file holding code or objects other than tensors is refused "
+                              f"too; {fix}") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"checkpoint file {str(path)!r} is not a conveyor rank file "
                               f"(no 'model' dict); {fix}")
