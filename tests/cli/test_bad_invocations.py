@@ -191,6 +191,8 @@ CASES = [
     (["plan", "--profile", "huge.json", "-P", "2", "--batch", "8"], "beyond the bound"),
     (["plan", "--profile", "oopsprof.json", "-P", "2", "--batch", "8"], "batch is 'oops'"),
     (["plan", "--profile", "strtime.json", "-P", "2", "--batch", "8"], "times must be numbers"),
+    # -- torchrun (each must fail before torchrun starts) ---------------------------
+    (["torchrun"], "give torchrun's options and the script"),
     # -- the entry point ----------------------------------------------------------
     (["nope"], "nope"),
     (["schedules", "--bogus"], "--bogus"),
