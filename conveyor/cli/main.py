@@ -25,10 +25,11 @@ from conveyor.extras import EXTRAS, missing_extra, require
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # Order is the order of `conveyor --help`.
-COMMANDS = ["demo", "simulate", "schedules", "viz", "plot", "trace", "bench", "profile", "plan"]
+COMMANDS = ["demo", "simulate", "schedules", "viz", "plot", "trace", "bench", "profile", "plan",
+            "torchrun"]
 # What each sub-command imports beyond the core (import names; see conveyor.extras).
 NEEDS = {"demo": ("torch", "sklearn"), "plot": ("matplotlib",), "bench": ("torch",),
-         "profile": ("torch",)}
+         "profile": ("torch",), "torchrun": ("torch",)}
 
 
 class UsageError(ConveyorError):

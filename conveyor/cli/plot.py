@@ -44,6 +44,12 @@ def run_gantt(args) -> int:
     outputs = args.output or ["gantt.png"]
     for out in outputs:  # refuse a bad name before any file is written
         figure_format(out)
+    if args.compare and not args.timeline:
+        from conveyor.errors import TimelineError
+
+        raise TimelineError("--compare draws a measured timeline above its simulation; give "
+                            "--timeline FILE (a timeline the runtime measured), or drop "
+                            "--compare")
     check_outputs(outputs)
     tl, sched = timeline_from_args(args)
     tls = [tl, simulate_like(tl, sched)] if args.compare and sched is not None else [tl]
@@ -63,7 +69,7 @@ def run_bubble(args) -> int:
         figure_format(out)
     check_outputs(outputs)
     tls = [load_timeline(path) for path in args.timeline]
-    name = args.schedule or (tls[0].schedule if tls else "gpipe")
+    name = args.schedule if args.schedule is not None else (tls[0].schedule if tls else "gpipe")
     P = args.P or (tls[0].P if tls else 4)
     for path, tl in zip(args.timeline, tls):
         match_schedule(tl, source=repr(path), schedule=name, P=P)

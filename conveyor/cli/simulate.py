@@ -136,7 +136,9 @@ def run(args) -> int:
                                 f"{', '.join(given)} (or drop --file)")
         schedule = load_schedule(args.file)
     else:
-        args.schedule, args.P, args.M = args.schedule or "1f1b", args.P or 4, args.M or 8
+        # `-s ""` is a name too (an unknown one): only a missing -s means the default.
+        args.schedule = "1f1b" if args.schedule is None else args.schedule
+        args.P, args.M = args.P or 4, args.M or 8
         schedule = build_schedule(args.schedule, args.P, args.M, **schedule_options(args))
     if args.forward_only:
         schedule = schedule.without_backward()

@@ -58,6 +58,7 @@ def timeline_from_args(args) -> tuple:
         sched = match_schedule(tl, source=repr(str(path)), schedule=args.schedule,
                                P=args.P, M=args.M)
         return tl, sched
-    tl = simulated(args.schedule or "gpipe", args.P or 4, args.M or 8, ratio=args.ratio,
+    name = "gpipe" if args.schedule is None else args.schedule  # `--schedule ""` is refused
+    tl = simulated(name, args.P or 4, args.M or 8, ratio=args.ratio,
                    forward_only=args.forward_only)
     return tl, None

@@ -89,9 +89,12 @@ def run(args) -> int:
         tl = load_timeline(args.timeline)
         measured = measured_section(tl, source=args.timeline, schedule=args.schedule,
                                     P=args.P, M=args.M)
-    initial = {"schedule": args.schedule or (measured or {}).get("schedule", "gpipe"),
-               "P": args.P or (measured or {}).get("P", 4),
-               "M": args.M or (measured or {}).get("M", 8),
+    initial = {"schedule": args.schedule if args.schedule is not None
+               else (measured or {}).get("schedule", "gpipe"),
+               # The defaults shown first (P=4, M=8) shrink to fit a smaller --max-P/-M:
+               # only a -P or -M the user typed can be out of the page's range.
+               "P": args.P or (measured or {}).get("P", min(4, args.max_P)),
+               "M": args.M or (measured or {}).get("M", min(8, args.max_M)),
                "view": args.view or ("step" if measured and not measured["forward_only"]
                                      else "fwd"),
                "ratio": args.ratio}

@@ -28,6 +28,7 @@ from conveyor.deprecation import renamed
 from conveyor.errors import PlanError
 from conveyor.schedule.io import schedule_from_dict, schedule_to_dict
 from conveyor.schedule.ir import Schedule
+from conveyor.userfiles import read_json
 
 __all__ = ["FORMAT", "plan_to_dict", "save_plan", "load_plan", "Plan"]
 
@@ -130,12 +131,8 @@ def load_plan(path_or_dict) -> Plan:
         data, source = path_or_dict, "plan"
     else:
         source = repr(str(path_or_dict))
-        try:
-            data = json.loads(Path(path_or_dict).read_text())
-        except OSError as e:
-            raise PlanError(f"cannot read plan {source}: {e.strerror}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise PlanError(f"{source} is not a plan: broken JSON ({e})") from None
+        data = read_json(path_or_dict, what="plan", error=PlanError,
+                         fix="pass the plan file `conveyor plan` wrote")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise PlanError(f"{source} is not a conveyor plan (expected format {FORMAT!r}); "
                         f"write one with `conveyor plan`")

@@ -54,6 +54,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from conveyor.errors import PlanError
+from conveyor.userfiles import read_json
 
 __all__ = ["Affine", "LayerProfile", "LossProfile", "Profile", "load_profile", "FORMAT"]
 
@@ -206,6 +207,7 @@ class Profile:
         except (KeyError, TypeError, ValueError) as e:
             raise PlanError(f"{source}: malformed profile ({type(e).__name__}: {e}); "
                             f"re-run `conveyor profile`") from None
+        _check_values(source, d, prof)
         for key in ("send", "recv"):
             _check_host(source, key, (prof.links or {}).get(key))
         if not 0 <= prof.overhead < float("inf"):  # also rejects NaN
@@ -215,6 +217,30 @@ class Profile:
             raise PlanError(f"{source}: model has {prof.model.get('layers')} layers but the "
                             f"profile lists {len(layers)}; re-run `conveyor profile`")
         return prof
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf")
+
+
+def _check_values(source: str, d: dict, prof: "Profile") -> None:
+    """What the constructors above let through but the planner cannot use:
+    ``batch`` not a list of sample counts (a string would be read letter by
+    letter), times that are not numbers >= 0."""
+    batch = d.get("batch", [])
+    if not isinstance(batch, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in batch):
+        raise PlanError(f"{source}: batch is {batch!r}; it must be a list of the sample counts "
+                        f"measured, e.g. [16, 8, 4]; re-run `conveyor profile`")
+    timed = [(lay.name, k, getattr(lay, k)) for lay in prof.layers
+             for k in ("forward", "backward", "input_grad", "weight_grad")]
+    if prof.loss is not None:
+        timed += [("loss", "forward", prof.loss.forward), ("loss", "backward", prof.loss.backward)]
+    for name, k, a in timed:
+        if not (_number(a.fixed) and _number(a.per_sample)):
+            raise PlanError(f"{source}: layer {name!r} {k} is {{'fixed': {a.fixed!r}, "
+                            f"'per_sample': {a.per_sample!r}}}; times must be numbers >= 0 "
+                            f"(seconds); re-run `conveyor profile`")
 
 
 def _check_host(source: str, key: str, value) -> None:
@@ -232,10 +258,6 @@ def _check_host(source: str, key: str, value) -> None:
 def load_profile(path: str | Path) -> Profile:
     """Read a profile JSON file; PlanError when it is not one."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise PlanError(f"cannot read profile {str(path)!r}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PlanError(f"{str(path)!r} is not a profile: broken JSON ({e})") from None
+    data = read_json(path, what="profile", error=PlanError,
+                     fix="pass the profile file `conveyor profile` wrote")
     return Profile.from_dict(data, source=repr(str(path)))

@@ -9,16 +9,21 @@ M >= 1; see each docstring for what changes when M is not a multiple of P.
 from __future__ import annotations
 
 from conveyor.errors import ScheduleError
+from conveyor.limits import check_size
 from conveyor.schedule.ir import B, F, Action, Schedule, check_counts, loop_placement
 
 __all__ = ["interleaved_1f1b", "looped_bfs", "check_chunks", "rounds"]
 
 
-def check_chunks(v, *, least: int = 1) -> int:
-    """Raise ScheduleError unless v (chunks per rank) is an integer >= least."""
+def check_chunks(v, *, least: int = 1, P: int | None = None, M: int | None = None) -> int:
+    """Raise ScheduleError unless v (chunks per rank) is an integer >= least
+    and, given P and M, the P x v stages and their cells are within
+    ``conveyor.limits`` (checked before any action is made)."""
     if isinstance(v, bool) or not isinstance(v, int) or v < least:
         raise ScheduleError(f"v (chunks per rank) must be an integer >= {least}, got {v!r}; "
                             f"use --chunks {max(least, 2)}")
+    if P is not None and M is not None:
+        check_size(P, M, S=P * v)
     return v
 
 
@@ -53,7 +58,7 @@ def interleaved_1f1b(P: int, M: int, *, v: int = 2) -> Schedule:
     than the formula's (the pipeline never fills).
     """
     check_counts(P, M)
-    check_chunks(v)
+    check_chunks(v, P=P, M=M)
     groups = rounds(P, M)
     fwd, bwd = [], []
     for g in groups:
@@ -84,7 +89,7 @@ def looped_bfs(P: int, M: int, *, v: int = 2) -> Schedule:
     bubble grows beyond the formula. Holds all M*v chunk-activations.
     """
     check_counts(P, M)
-    check_chunks(v)
+    check_chunks(v, P=P, M=M)
     rows = []
     for r in range(P):
         row = [Action(c * P + r, F, mb) for c in range(v) for mb in range(M)]

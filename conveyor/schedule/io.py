@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 
 from conveyor.errors import ScheduleError
-from conveyor.limits import check_file
 from conveyor.schedule.ir import Schedule, schedule_from_rows
+from conveyor.userfiles import parse_json, read_text
 
 __all__ = ["schedule_to_dict", "schedule_from_dict", "dumps_json", "loads_json",
            "dumps_csv", "loads_csv", "save_schedule", "load_schedule"]
@@ -73,11 +73,8 @@ def dumps_json(schedule: Schedule) -> str:
 
 
 def loads_json(text: str, *, source: str = "schedule") -> Schedule:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ScheduleError(f"{source} is not valid JSON ({e.msg} at line {e.lineno}); "
-                            f"expected a schedule written by conveyor") from None
+    data = parse_json(text, source=source, error=ScheduleError,
+                      fix="expected a schedule written by conveyor")
     return schedule_from_dict(data, source=source)
 
 
@@ -119,13 +116,8 @@ def save_schedule(schedule: Schedule, path: str | Path) -> Path:
 def load_schedule(path: str | Path) -> Schedule:
     """Read a schedule file: .json (conveyor) or .csv (conveyor or torch layout)."""
     path = Path(path)
-    check_file(path, what="schedule file")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        reason = getattr(e, "strerror", None) or type(e).__name__
-        raise ScheduleError(f"cannot read schedule file {str(path)!r}: {reason}; "
-                            f"pass a .json or .csv schedule file") from None
+    text = read_text(path, what="schedule file", error=ScheduleError,
+                     fix="pass a .json or .csv schedule file")
     if path.suffix.lower() == ".csv":
         return loads_csv(text, name=path.stem)
-    return loads_json(text, source=str(path))
+    return loads_json(text, source=f"schedule file {str(path)!r}")

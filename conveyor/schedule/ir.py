@@ -120,6 +120,7 @@ class Schedule:
 
     def __post_init__(self) -> None:
         check_counts(self.P, self.M)
+        check_size(self.P, self.M, S=max(len(self.placement or ()), self.P))
         actions = tuple(tuple(a if type(a) is Action else Action(*a) for a in row)
                         for row in self.actions)
         object.__setattr__(self, "actions", actions)

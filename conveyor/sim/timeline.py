@@ -23,9 +23,10 @@ from typing import NamedTuple
 
 from conveyor.checks import check_int
 from conveyor.errors import TimelineError
-from conveyor.limits import check_file, check_size
+from conveyor.limits import check_size
 from conveyor.schedule.ir import B, COMPUTE_KINDS, F, I, W, Action
 from conveyor.sim.dp import Collective
+from conveyor.userfiles import read_json
 
 __all__ = ["Event", "Collective", "Timeline", "load_timeline"]
 
@@ -204,8 +205,7 @@ class Timeline:
                                 f"the runtime's timeline option")
         for k in ("P", "M", "S"):
             check_int(d[k], f"{source}: {k}", error=TimelineError)
-        check_size(d["P"], d["M"], what=f"timeline {source}", error=TimelineError)
-        check_size(d["S"], d["M"], what=f"timeline {source}", error=TimelineError)
+        check_size(d["P"], d["M"], S=d["S"], what=f"timeline {source}", error=TimelineError)
         events = []
         for i, row in enumerate(d["events"] if isinstance(d["events"], list) else [None]):
             try:
@@ -265,13 +265,7 @@ def _collectives(rows, d: dict, source: str) -> list[Collective]:
 def load_timeline(path: str | Path) -> Timeline:
     """Read a timeline JSON file; TimelineError when it is not one."""
     path = Path(path)
-    check_file(path, what="timeline", error=TimelineError)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise TimelineError(f"cannot read timeline {str(path)!r}: {e.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise TimelineError(f"{str(path)!r} is not a timeline: broken JSON ({e}); pass the "
-                            f"JSON file the runtime or `conveyor simulate --json` wrote") from None
+    data = read_json(path, what="timeline", error=TimelineError,
+                     fix="pass the JSON file the runtime or `conveyor simulate -o` wrote")
     return Timeline.from_dict(data, source=repr(str(path)))
 

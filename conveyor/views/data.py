@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import conveyor
-from conveyor.errors import ScheduleError, ValidationError
+from conveyor.errors import ConveyorError, ScheduleError, ValidationError
 from conveyor.schedule import build_schedule, get_spec, schedule_names
 from conveyor.sim import CostModel, formula_bubble, simulate
 from conveyor.sim.timeline import Timeline
+from conveyor.userfiles import read_json
 from conveyor.views.encode import ALPHABET, encode_rows
 from conveyor.views.errors import ViewError
 from conveyor.views.metrics import bubble_code, stage_peaks
@@ -199,11 +200,11 @@ def build_data(*, names: Sequence[str] | None = None, P_max: int = 16, M_max: in
     for name in names:
         get_spec(name)
     path = cache_dir() / f"viz-{_cache_key(names, P_max, M_max, ratios)}.json" if cache else None
-    if path is not None and path.is_file():
+    if path is not None and path.exists():
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            pass  # a broken cache entry is rebuilt below
+            return read_json(path, what="cached page data")
+        except ConveyorError:
+            pass  # a broken cache entry (or something else in its place) is rebuilt below
     if on_build is not None:
         on_build()
     tasks = [(name, P) for name in names for P in range(P_max, 0, -1)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Callable
 
@@ -12,10 +12,23 @@ from conveyor.views.errors import ViewError
 __all__ = ["atomic_write"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_beside(path: Path) -> str:
+    """Create a new, empty temporary file next to ``path`` and return its name.
+
+    Created with mode 0666 through os.open, so the kernel applies the
+    process's umask itself, as for a plain open(): the file ends up with the
+    mode any other output of the user's would have. (Reading the umask needs
+    umask(0) and back, which races with other threads creating files.)
+    O_EXCL with a random name: never an existing file, whoever made it."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
+    raise ViewError(f"cannot create a temporary file beside {str(path)!r}; choose another "
+                    f"output path")
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -26,12 +39,9 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
     if not path.parent.is_dir():
         raise ViewError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not "
                         f"exist; create it or choose another output path")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_beside(path)
     try:
         write(tmp)
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,8 +1,9 @@
 """``conveyor viz --serve``: the explorer page with Python simulating on request.
 
 The server binds 127.0.0.1 only, and answers only requests whose ``Host`` is
-a loopback name (127.0.0.1, localhost, [::1]): a web page elsewhere that
-re-points its own host name at 127.0.0.1 (DNS rebinding) gets 403. ``/`` is the page (without the bulk data);
+a loopback name (127.0.0.1, localhost, [::1]), given once: a web page
+elsewhere that re-points its own host name at 127.0.0.1 (DNS rebinding), or a
+request with two Host headers, gets 403. ``/`` is the page (without the bulk data);
 ``/api/timeline?schedule=gpipe&P=4&M=8&view=step&ratio=2`` runs the engine and
 simulator for that one configuration and returns its events and metrics, so
 any cost ratio can be shown exactly as Python computes it.
@@ -100,9 +101,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, "application/json", json.dumps(obj).encode())
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        if not loopback_host(self.headers.get("Host")):
-            self._json(403, {"error": "this server answers only requests to 127.0.0.1 or "
-                                      "localhost"})
+        # Exactly one Host header: with two, a proxy or browser in front could
+        # act on the second while this check passed the first.
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) != 1 or not loopback_host(hosts[0]):
+            self._json(403, {"error": "this server answers only requests with one Host "
+                                      "header naming 127.0.0.1 or localhost"})
             return
         url = urlsplit(self.path)
         if url.path in ("/", "/index.html"):

@@ -14,12 +14,12 @@ plus the sweep's own numbers, for the page's small multiples.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from conveyor.errors import TimelineError
 from conveyor.sim import load_timeline
 from conveyor.views.measured import measured_section
+from conveyor.userfiles import read_json
 
 __all__ = ["SWEEP_FILE", "is_sweep", "sweep_path", "sweep_section"]
 
@@ -52,12 +52,12 @@ def sweep_section(path: str | Path) -> dict:
     row's timeline is missing or not a run of the sweep's schedule at its P, M.
     """
     path = sweep_path(path)
-    if not path.is_file():
+    if not path.exists():
         raise _bad(path, f"{SWEEP_FILE} is missing")
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise _bad(path, f"cannot read it ({e})") from None
+        doc = read_json(path, what="sweep", error=TimelineError)
+    except TimelineError as e:
+        raise _bad(path, str(e)) from None
     rows = doc.get("rows") if isinstance(doc, dict) else None
     if not isinstance(rows, list) or not rows:
         raise _bad(path, "it has no \"rows\" list")
@@ -67,7 +67,7 @@ def sweep_section(path: str | Path) -> dict:
                 or not isinstance(row.get("M"), int):
             raise _bad(path, f"row {row!r} lacks an integer \"M\" or a \"timeline\" file name")
         tl_path = path.parent / row["timeline"]
-        if not tl_path.is_file():
+        if not tl_path.exists():
             raise _bad(path, f"row M={row['M']} names {row['timeline']!r}, which does not exist")
         tl = load_timeline(tl_path)
         if doc.get("device_time"):

@@ -9,6 +9,8 @@ fixture files; whatever else is in the folder afterwards was left behind.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,17 @@ CASES = [
     (["simulate", "--dp", "2", "--param-bytes", "1,-2"], "'1,-2'"),
     (["simulate", "--dp", "2", "-P", "4", "--param-bytes", "1,2"], "2 values"),
     (["simulate", "--no-overlap"], "--no-overlap"),
+    # bounded input: every dimension of a schedule, and files that are not files
+    (["simulate", "-v", "100000", "-s", "interleaved-1f1b"], "S=400000 stages"),
+    (["simulate", "-v", "20000", "-s", "looped-bfs", "-P", "2", "-M", "2"], "S=40000 stages"),
+    (["simulate", "-v", "64", "-s", "interleaved-1f1b", "-P", "16", "-M", "2048"], "2097152"),
+    (["simulate", "-s", ""], "unknown schedule ''"),
+    (["simulate", "--file", "/dev/zero"], "'/dev/zero' is a character device, not a file"),
+    (["simulate", "--file", "/dev/urandom"], "'/dev/urandom' is a character device"),
+    (["simulate", "--file", "fifo.json"], "is a FIFO (named pipe), not a file"),
+    (["simulate", "--file", "adir"], "is a folder, not a file"),
+    (["simulate", "--file", "huge.json"], "300.0 MiB, beyond the bound of 256.0 MiB"),
+    (["simulate", "--file", "deep.json"], "nests JSON deeper than the parser follows"),
     # -- viz ----------------------------------------------------------------------
     (["viz", "-P", "0"], "must be a positive integer, got 0"),
     (["viz", "-M", "0"], "must be a positive integer, got 0"),
@@ -82,6 +95,14 @@ CASES = [
     (["viz", "--timeline", "bigP.json"], BIG),
     (["viz", "--schedule", "nope"], "nope"),
     (["viz", "--view", "sideways"], "sideways"),
+    (["viz", "-P", "3", "--max-P", "2"], "-P 3 is outside the page's 1..2"),
+    (["viz", "--schedule", ""], "unknown schedule ''"),
+    (["viz", "--timeline", "/dev/zero"], "character device"),
+    (["viz", "--timeline", "fifo.json"], "FIFO"),
+    (["viz", "--timeline", "deep.json"], "nests JSON deeper"),
+    (["viz", "--plan", "/dev/urandom"], "character device"),
+    (["viz", "--plan", "fifo.json"], "FIFO"),
+    (["viz", "--plan", "deep.json"], "nests JSON deeper"),
     # -- plot ---------------------------------------------------------------------
     (["plot", "gantt", "-P", "0"], "0"),
     (["plot", "gantt", "-M", "0"], "0"),
@@ -95,6 +116,13 @@ CASES = [
     (["plot", "gantt", "--schedule", "nope"], "nope"),
     (["plot", "gantt", "--timeline", "broken.json"], "broken.json"),
     (["plot", "gantt", "--timeline", "tl.json", "-P", "3"], "3"),
+    (["plot", "gantt", "--compare"], "--compare draws a measured timeline"),
+    (["plot", "gantt", "--schedule", ""], "unknown schedule ''"),
+    (["plot", "gantt", "--timeline", "/dev/zero"], "character device"),
+    (["plot", "gantt", "--timeline", "deep.json"], "nests JSON deeper"),
+    (["plot", "gantt", "--timeline", "huge.json"], "beyond the bound"),
+    (["plot", "bubble", "--timeline", "fifo.json"], "FIFO"),
+    (["plot", "bubble", "--timeline", "deep.json"], "nests JSON deeper"),
     (["plot", "bubble", "-P", "0"], "0"),
     (["plot", "bubble", "--max-M", "0"], "0"),
     (["plot", "bubble", "--max-M", BIG], BIG),
@@ -110,6 +138,9 @@ CASES = [
     (["trace", "-o", "adir"], "adir"),
     (["trace", "--timeline", "bigP.json"], BIG),
     (["trace", "--forward-only", "--timeline", "tl.json"], "--forward-only"),
+    (["trace", "--timeline", "deep.json"], "nests JSON deeper"),
+    (["trace", "--timeline", "fifo.json"], "FIFO"),
+    (["trace", "--schedule", ""], "unknown schedule ''"),
     # -- demo (each must fail before any process starts) -----------------------------
     (["demo", "--out", "/proc/x"], "/proc/x"),
     (["demo", "--out", ""], "''"),
@@ -154,6 +185,14 @@ CASES = [
     (["plan", "--profile", "prof.json", "-P", "2", "--batch-size", "8", "--nodes", "3"],
      "--nodes 3 does not divide the 2 ranks"),
     (["plan", "--profile", "prof.json", "-P", "2", "--batch-size", "8", "--dp", "0"], "got 0"),
+    (["plan", "--profile", "/dev/zero", "-P", "2", "--batch-size", "8"], "character device"),
+    (["plan", "--profile", "fifo.json", "-P", "2", "--batch-size", "8"], "FIFO"),
+    (["plan", "--profile", "deep.json", "-P", "2", "--batch-size", "8"], "nests JSON deeper"),
+    (["plan", "--profile", "huge.json", "-P", "2", "--batch-size", "8"], "beyond the bound"),
+    (["plan", "--profile", "oopsprof.json", "-P", "2", "--batch-size", "8"], "batch is 'oops'"),
+    (["plan", "--profile", "strtime.json", "-P", "2", "--batch-size", "8"], "times must be numbers"),
+    # -- torchrun (each must fail before torchrun starts) ---------------------------
+    (["torchrun"], "give torchrun's options and the script"),
     # -- the entry point ----------------------------------------------------------
     (["nope"], "nope"),
     (["schedules", "--bogus"], "--bogus"),
@@ -175,9 +214,17 @@ def scratch(tmp_path, monkeypatch) -> Path:
     (tmp_path / "action.csv").write_text("0F0,0X0\n")
     (tmp_path / "bigP.json").write_text(json.dumps(
         {"P": int(BIG), "M": 4, "S": 4, "schedule": "gpipe", "events": []}))
+    os.mkfifo(tmp_path / "fifo.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with open(tmp_path / "huge.json", "wb") as f:  # sparse: no disk used
+        f.truncate(300 * 2 ** 20)
     from tests.plan._profiles import synthetic
     prof = synthetic([1] * 4)
     prof.save(tmp_path / "prof.json")
+    (tmp_path / "oopsprof.json").write_text(json.dumps(dict(prof.to_dict(), batch="oops")))
+    bad_time = prof.to_dict()
+    bad_time["layers"][1]["forward"]["fixed"] = "fast"
+    (tmp_path / "strtime.json").write_text(json.dumps(bad_time))
     (tmp_path / "oldprof.json").write_text(json.dumps(
         dict(prof.to_dict(), format="conveyor.profile/0")))
     (tmp_path / "model.py").write_text(
@@ -196,6 +243,7 @@ def _listing(root: Path) -> set[str]:
 @pytest.mark.parametrize("argv, names", CASES, ids=[" ".join(a) or "-" for a, _ in CASES])
 def test_a_bad_invocation_is_one_clear_line(scratch, capsys, argv, names):
     before = _listing(scratch)
+    t0 = time.monotonic()
     try:
         code = main(argv)
     except SystemExit as e:  # only argparse's own --help/--version may exit
@@ -206,6 +254,10 @@ def test_a_bad_invocation_is_one_clear_line(scratch, capsys, argv, names):
     assert "Traceback" not in err + out
     assert len(lines) == 1 and lines[0].startswith("conveyor: error: "), err
     assert names in lines[0], (names, lines[0])
+    # Refused at once, not after reading a device or a FIFO or building a huge
+    # schedule (each took minutes, or forever, before the bounds); 20 s is
+    # generous on a loaded machine, the refusals take milliseconds.
+    assert time.monotonic() - t0 < 20
     assert _listing(scratch) == before  # nothing written, nothing half-written
     assert not Path("/proc/x").exists()
 
@@ -216,3 +268,10 @@ def test_the_table_covers_every_sub_command():
     covered = {argv[0] for argv, _ in CASES}
     assert len(CASES) >= 60
     assert covered >= {c for c in COMMANDS if c not in ("bench", "train")}
+
+
+def test_viz_with_a_small_max_p_alone_is_fine(scratch, capsys):
+    # The page's first P and M (4 and 8 by default) shrink to fit --max-P/--max-M;
+    # only a -P the user typed can be refused.
+    assert main(["viz", "--max-P", "2", "--max-M", "3", "--no-cache", "-o", "p.html"]) == 0
+    assert (scratch / "p.html").stat().st_size > 0

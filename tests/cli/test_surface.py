@@ -46,6 +46,7 @@ SURFACE = {
               "--device", "--json"],
     "profile": ["-h/--help", "--model", "--repeats", "--warmup", "--optimizer", "--links",
                 "--transport", "--alongside", "--threads", "--alone", "-o/--output"],
+    "torchrun": [""],  # every argument is torchrun's own, passed through unparsed
     "plan": ["-h/--help", "--profile", "-P/--ranks", "--batch-size", "--batch" + DEP,
              "--memory", "-s/--schedules", "-M/--microbatches", "-v/--chunks", "--top",
              "--no-refine", "-o/--output", "--dp", "--nodes", "--inter-latency",

@@ -94,8 +94,12 @@ def test_reshard_to_p2_and_a_crash_mid_save_keeps_the_last_checkpoint(saved, tmp
         got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
         assert got["info"] == {"step": 10, "saved_P": 4, "rng_restored": False}
         assert max(abs(a - b) / abs(b) for a, b in zip(got["losses"], want)) <= 1e-10
-    # The crash left a half-written temp directory and the previous checkpoint intact.
-    assert (crash.parent / "crash.tmp" / "rank1.pt").stat().st_size == 100
+    # The crash left the previous checkpoint intact, and a half-written rank file
+    # that the save's journal names (the next save removes it).
+    journal = json.loads((crash / ".conveyor-save.json").read_text())
+    half = crash / journal["creates"][1]
+    assert half.name.startswith("rank1.") and half.stat().st_size == 100
+    assert half.name not in read_manifest(crash)["files"]
     saved_weights = {k: v for r in range(2) for k, v in
                      torch.load(tmp_path / f"rank{r}.pt", weights_only=True)["saved"].items()}
     state = export_state_dict(crash)
@@ -122,5 +126,6 @@ def test_load_names_what_is_missing(tmp_path):
         wider.load(tmp_path / "c")
     # A directory that is not a checkpoint is never replaced.
     (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "data.csv").write_text("1,2\n")
     with pytest.raises(CheckpointError, match="not a conveyor checkpoint"):
         pipe.save(tmp_path / "other")

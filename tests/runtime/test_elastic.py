@@ -11,6 +11,7 @@ must be gone when the launcher returns.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from conveyor.errors import PipelineError
 from conveyor.runtime import CheckpointPolicy, LaunchOptions, RankContext, launch
+from conveyor.runtime.procs import ckptdir
 from conveyor.runtime.procs.elastic import latest_checkpoint, prune
 from tests.runtime._elastic_jobs import elastic_job, merged
 from tests.runtime._procs import ROOT, alive, env, free_port, why_failed
@@ -190,32 +192,47 @@ def test_bad_max_restarts(value, match):
         LaunchOptions(max_restarts=value)
 
 
-def _fake(d: Path, name: str, complete: bool = True) -> None:
-    (d / name).mkdir(parents=True)
+def _fake(d: Path, step: int, complete: bool = True) -> Path:
+    """A checkpoint folder as Pipeline.save leaves it (marker, one rank file,
+    manifest), or as a save that crashed before its commit leaves it."""
+    p = d / f"step-{step:08d}"
+    sid = ckptdir.new_id()
+    ckptdir.begin(p, nfiles=1, save_id=sid)
+    (p / ckptdir.rank_file(0, sid)).write_bytes(b"weights")
     if complete:
-        (d / name / "manifest.json").write_text("{}")
+        ckptdir.commit(p, {"format": "conveyor-checkpoint", "version": 1,
+                           "files": {ckptdir.rank_file(0, sid): []}}, sid)
+    return p
+
+
+def _user(d: Path, name: str) -> None:
+    (d / name).mkdir(parents=True)
+    (d / name / "u.txt").write_text("mine")
 
 
 def test_retention_keeps_the_newest_and_clears_leftovers(tmp_path):
     assert latest_checkpoint(tmp_path / "none") is None
     for k in (5, 10, 15, 20):
-        _fake(tmp_path, f"step-{k:08d}")
-    _fake(tmp_path, "step-00000025.tmp", complete=False)   # a save that crashed
-    _fake(tmp_path, "step-00000001.del", complete=False)   # a delete that crashed
-    _fake(tmp_path, "notes")                                # not ours: untouched
+        _fake(tmp_path, k)
+    _fake(tmp_path, 25, complete=False)     # a save that crashed before its commit
+    for name in ("notes", "step-00000001.del", "step-00000002.tmp", "step-00000030"):
+        _user(tmp_path, name)               # not conveyor's: untouched, whatever the name
     assert latest_checkpoint(tmp_path) == tmp_path / "step-00000020"
     gone = prune(tmp_path, keep=2)
     assert [p.name for p in gone] == ["step-00000005", "step-00000010"]
     assert sorted(p.name for p in tmp_path.iterdir()) == \
-        ["notes", "step-00000015", "step-00000020"]
+        ["notes", "step-00000001.del", "step-00000002.tmp", "step-00000015", "step-00000020",
+         "step-00000030"]
+    assert (tmp_path / "step-00000030" / "u.txt").read_text() == "mine"
 
 
-def test_a_checkpoint_left_as_old_by_a_crashed_swap_counts(tmp_path):
-    _fake(tmp_path, "step-00000005")
-    _fake(tmp_path, "step-00000010.old")  # crash between the two renames of a re-save
+def test_a_delete_that_crashed_midway_is_finished_by_the_next_prune(tmp_path):
+    p = _fake(tmp_path, 5)
+    _fake(tmp_path, 10)
+    os.replace(p / ckptdir.MANIFEST, p / ckptdir.DELETING)  # un-published, then the crash
     assert latest_checkpoint(tmp_path) == tmp_path / "step-00000010"
-    prune(tmp_path, keep=1)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000010.old"]
+    assert prune(tmp_path, keep=1) == []
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["step-00000010"]
 
 
 def test_a_save_inside_an_accumulation_window_is_refused(tmp_path):

@@ -68,7 +68,7 @@ def test_unreadable_file(tmp_path):
     with pytest.raises(ScheduleError, match="cannot read schedule file"):
         load_schedule(tmp_path / "missing.json")
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(ScheduleError, match="cannot read schedule file"):
+    with pytest.raises(ScheduleError, match=r"bin.csv' is not text \(byte 0 is not UTF-8\)"):
         load_schedule(tmp_path / "bin.csv")
 
 

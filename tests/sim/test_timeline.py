@@ -33,7 +33,7 @@ def test_waits_are_not_busy():
 
 
 @pytest.mark.parametrize("text,pattern", [
-    ("{broken", "broken JSON"),
+    ("{broken", "is not valid JSON"),
     ('{"P": 2}', "missing field"),
     ('{"P": 0, "M": 1, "S": 1, "schedule": "x", "events": []}', "P must be a positive integer, got 0"),
     ('{"P": 1, "M": 1, "S": 1, "schedule": "x", "events": [[0, "0Q0", 0, 1]]}', "event 0"),

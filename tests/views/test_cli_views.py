@@ -34,7 +34,7 @@ def _broken(tmp_path, run_json):
     d = json.loads(run_json.read_text())
     return {
         "broken JSON": (_bad(tmp_path, "broken.json", '{"P": 4, "events": [[0, "0F0", 0'),
-                        "broken JSON"),
+                        "is not valid JSON"),
         "missing fields": (_bad(tmp_path, "fields.json", json.dumps({"P": 4, "events": []})),
                            "missing field(s) M, S, schedule"),
         "P mismatch": (_bad(tmp_path, "p8.json", json.dumps(dict(d, P=8))),
@@ -114,5 +114,5 @@ def test_exit_code_through_the_real_entry_point(tmp_path):
                           "-o", str(out)], cwd=tmp_path, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert run.returncode == 2
-    assert run.stderr.startswith("conveyor: error: ") and "broken JSON" in run.stderr
+    assert run.stderr.startswith("conveyor: error: ") and "is not valid JSON" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and not out.exists()

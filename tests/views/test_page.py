@@ -1,5 +1,7 @@
 import json
+import os
 import re
+import stat
 import threading
 import urllib.error
 import urllib.request
@@ -58,6 +60,22 @@ def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(tmp_path / "page.html", write)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_written_file_has_the_umask_mode_without_touching_the_umask(tmp_path, monkeypatch):
+    # The mode a plain open() would give (0666 less the umask), obtained
+    # without umask(0)-and-back, which races with other threads' files.
+    old = os.umask(0o027)
+    try:
+        def no_umask(*a):
+            raise AssertionError("atomic_write must not call os.umask")
+        monkeypatch.setattr(os, "umask", no_umask)
+        out = atomic_write(tmp_path / "page.html", lambda tmp: Path(tmp).write_text("x"))
+        monkeypatch.undo()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["page.html"]  # no temporary left
 
 
 @pytest.fixture

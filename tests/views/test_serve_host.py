@@ -49,3 +49,26 @@ def test_other_hosts_get_403(server, host):
 def test_loopback_host_names():
     assert loopback_host("localhost:8765") and loopback_host("127.0.0.1")
     assert not loopback_host("localhost.evil.example") and not loopback_host(None)
+
+
+def _get_hosts(port: int, path: str, hosts: list[str]) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.putrequest("GET", path, skip_host=True)
+    for h in hosts:
+        conn.putheader("Host", h)
+    conn.endheaders()
+    status = conn.getresponse().status
+    conn.close()
+    return status
+
+
+@pytest.mark.parametrize("hosts", [["127.0.0.1:{port}", "evil.example"],
+                                   ["evil.example", "127.0.0.1:{port}"],
+                                   ["127.0.0.1:{port}", "127.0.0.1:{port}"]])
+def test_two_host_headers_get_403(server, hosts):
+    # Exactly one Host: a second one, even a loopback one, is refused, so no
+    # proxy in front can act on a header this check did not read.
+    hs = [h.format(port=server) for h in hosts]
+    assert _get_hosts(server, "/", hs) == 403
+    assert _get_hosts(server, "/api/timeline?schedule=gpipe&P=2&M=2", hs) == 403
+    assert _get_hosts(server, "/", hs[:1]) == (200 if "127" in hs[0] else 403)

@@ -5,7 +5,6 @@ tests/views/record_sweep.py (P = 4, gpipe, emulated device time)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -45,7 +44,7 @@ def test_measured_bubble_shrinks_with_m():
 
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "sweep.json").unlink(), "sweep.json is missing"),
-    (lambda d: (d / "sweep.json").write_text("{"), "cannot read it"),
+    (lambda d: (d / "sweep.json").write_text("{"), "is not valid JSON"),
     (lambda d: (d / "sweep.json").write_text('{"rows": []}'), 'no "rows" list'),
     (lambda d: (d / "M04.json").unlink(), "row M=4 names 'M04.json', which does not exist"),
     (lambda d: shutil.copy(d / "M02.json", d / "M04.json"), "recorded with M=2 but M=4"),

@@ -48,6 +48,11 @@ def split_batch(inputs, targets, batch_size, *, rank: int, stages, S: int, M: in
         raise StageError(f"{here}: the batch sizes disagree ({batches}); pass matching "
                          f"inputs, targets and batch_size", rank=rank)
     B = next(iter(batches.values()))
+    if B == 0:
+        raise StageError(
+            f"{here}: the batch is empty ({', '.join(f'{k} {v}' for k, v in batches.items())} "
+            f"samples along dim 0); pass a batch of at least M={M} samples (one per "
+            f"micro-batch)", rank=rank, same_on_every_rank=True)
     if B < M:
         raise StageError(
             f"{here}: a batch of {B} sample{'s' if B != 1 else ''} cannot be cut into M={M} "

@@ -21,23 +21,25 @@ attempt this is.
 
 Layout: ``<dir>/step-XXXXXXXX`` (the step count, 8 digits or more), each an
 ordinary checkpoint (``Pipeline.save``). After each save, rank 0 deletes all
-but the newest ``keep``: first renamed to ``step-XXXXXXXX.del`` (so a crash
-mid-delete never leaves a half checkpoint under a checkpoint's name), then
-removed. A save that crashed leaves ``step-XXXXXXXX.tmp``, which is never
-loaded and is removed by the next prune.
+but the newest ``keep`` (``ckptdir.remove``): each is un-published first (its
+manifest renamed), so a crash mid-delete never leaves a half checkpoint that
+looks whole; then only the files conveyor wrote are removed, and the folder
+when conveyor made it and nothing else is in it. A save that crashed leaves
+a folder without a manifest, which is never loaded; the next prune clears
+what its journal names. Anything else in ``<dir>`` is left alone.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from conveyor.errors import PipelineError
 from conveyor.runtime.checks import check_policy
+from conveyor.runtime.procs import ckptdir
 
 __all__ = ["CheckpointPolicy", "latest_checkpoint", "restart_count", "join_attempt_group",
            "with_restarts"]
@@ -103,17 +105,15 @@ def join_attempt_group(backend: str | None, timeout_s: float) -> bool:
 
 
 def _complete(d: Path) -> list[tuple[int, Path]]:
-    """(step, path) of every complete checkpoint in ``d``, oldest first. A
-    checkpoint whose save crashed between its two renames (only
-    ``step-X.old`` is left) counts: ``Pipeline.load`` reads the ``.old``."""
+    """(step, path) of every complete checkpoint in ``d`` (a ``step-X``
+    folder with a manifest), oldest first."""
     if not d.is_dir():
         return []
     found = {}
     for child in d.iterdir():
-        name = child.name[:-4] if child.name.endswith(".old") else child.name
-        m = _NAME.match(name)
-        if m and (child / "manifest.json").is_file():
-            found[int(m.group(1))] = d / name
+        m = _NAME.match(child.name)
+        if m and (child / ckptdir.MANIFEST).is_file():
+            found[int(m.group(1))] = child
     return sorted(found.items())
 
 
@@ -206,17 +206,16 @@ class CheckpointPolicy:
 
 def prune(d: Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints in ``d``, and
-    what crashed saves and deletes left (``.tmp``, ``.del``). Call it only
-    while no save is under way. Returns the checkpoints deleted."""
-    gone = [p for _, p in _complete(d)[:-keep]]
+    what crashed saves and deletes left in conveyor's ``step-X`` folders;
+    only files conveyor wrote (see ``ckptdir.remove``). Call it only while no
+    save is under way. Returns the checkpoints deleted."""
+    complete = _complete(d)
+    gone = [p for _, p in complete[:-keep]]
     for p in gone:
-        for cand in (p, p.with_name(p.name + ".old")):
-            if cand.exists():
-                trash = cand.with_name(cand.name + ".del")
-                shutil.rmtree(trash, ignore_errors=True)
-                os.rename(cand, trash)  # no longer a checkpoint's name
-                shutil.rmtree(trash, ignore_errors=True)
-    for child in d.iterdir():
-        if child.name.endswith((".tmp", ".del")) and _NAME.match(child.name[:-4]):
-            shutil.rmtree(child, ignore_errors=True)
+        ckptdir.remove(p)
+    kept = {p for _, p in complete[-keep:]}
+    for child in sorted(d.iterdir()) if d.is_dir() else []:
+        if (_NAME.match(child.name) and child not in kept and child.is_dir()
+                and not (child / ckptdir.MANIFEST).exists()):
+            ckptdir.remove(child)  # a save or a delete that crashed; not ours: untouched
     return gone

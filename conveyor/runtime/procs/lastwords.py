@@ -15,18 +15,30 @@ are formatted once, at set-up.
 
 Record: byte 0 state (0 none, 1 busy, 2 waiting), bytes 1-4 the peer
 (int32), bytes 5-6 the text's length, then the text (UTF-8).
+
+The folder (``make_dir``) is named after the launcher that made it, its pid
+and the start time of that process: the launcher removes it when the run
+ends, and a launcher killed by SIGKILL (which cannot remove anything) leaves
+it to the next launch on the machine, which removes every such folder whose
+launcher is no longer running (``sweep``). Only the ``rank{r}`` files are
+removed, then the folder if nothing else is in it.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import re
 import struct
+import tempfile
 from pathlib import Path
 
-__all__ = ["ENV", "LastWords", "read"]
+__all__ = ["ENV", "LastWords", "read", "make_dir", "remove_dir", "sweep"]
 
 ENV = "CONVEYOR_LAST_WORDS"
+PREFIX = "conveyor-last-words-"
+_FOLDER = re.compile(rf"^{PREFIX}(\d+)-(\d+)-[A-Za-z0-9_]+$")
+_FILE = re.compile(r"^rank\d+$")
 SIZE = 512
 _HEAD = struct.Struct("<bih")
 _NONE, _BUSY, _WAITING = 0, 1, 2
@@ -90,3 +102,71 @@ def read(directory, rank: int) -> str:
     if state == _WAITING and text:
         return f" while waiting on rank {peer} in {text}"
     return ""
+
+
+def _started(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/pid/stat
+    field 22), or None when it is gone or this is not Linux."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def remove_dir(directory) -> None:
+    """Remove a last-words folder: its ``rank{r}`` files, then the folder
+    when nothing else is in it."""
+    d = Path(directory)
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for name in names:
+        if _FILE.match(name):
+            try:
+                os.unlink(d / name)
+            except OSError:
+                pass
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
+
+
+def sweep(root=None) -> list[str]:
+    """Remove the last-words folders under ``root`` (the temp folder) that
+    this user's launchers made and that outlived them (a launcher killed by
+    SIGKILL). A folder whose launcher still runs is kept. Returns the names
+    removed."""
+    root = Path(root or tempfile.gettempdir())
+    gone = []
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return gone
+    for e in entries:
+        m = _FOLDER.match(e.name)
+        try:
+            if not m or not e.is_dir(follow_symlinks=False) or \
+                    e.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if _started(int(m.group(1))) == int(m.group(2)):
+            continue  # its launcher runs
+        remove_dir(e.path)
+        if not os.path.exists(e.path):
+            gone.append(e.name)
+    return gone
+
+
+def make_dir() -> str:
+    """A new last-words folder for one attempt of this launcher; the
+    leftovers of killed launchers are swept first. Where /proc is missing
+    the folder is still made, and nothing is swept."""
+    pid = os.getpid()
+    started = _started(pid)
+    if started is not None:
+        sweep()
+    return tempfile.mkdtemp(prefix=f"{PREFIX}{pid}-{started or 0}-")

@@ -32,10 +32,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait as mp_wait
@@ -46,12 +44,25 @@ from conveyor.runtime.procs.affinity import pin_rank
 from conveyor.runtime.procs.heap import keep_freed_memory
 from conveyor.runtime.errors import FailureReport, RankFailedError, death_summary, report_of
 from conveyor.runtime.procs.lastwords import ENV as LAST_WORDS, read as read_last_words
+from conveyor.runtime.procs.lastwords import make_dir as make_last_words, remove_dir
 from conveyor.runtime.procs.torchrun import leave_together, run_under_torchrun, to_cpu
 from conveyor.runtime.procs.lifetime import (
     Signalled, die_with_parent, forward_signals, loopback_interface, loopback_store,
 )
 
 __all__ = ["launch", "LaunchOptions", "is_driver"]
+
+NO_MAIN_GUARD = 76  # a rank's exit code when its script called launch() at import
+
+
+def _no_guard(rank: int) -> FailureReport:
+    main = getattr(sys.modules.get("__main__"), "__file__", None) or "the script"
+    return FailureReport(
+        rank=rank, kind="same", summary=(
+            f"rank {rank} could not start: {main} calls launch() when it is imported, "
+            f"without the `if __name__ == \"__main__\":` guard. Each rank is a new Python "
+            f"process that imports the script to find the function it runs, and would launch "
+            f"again; put the launch() call under `if __name__ == \"__main__\":`"))
 
 
 @dataclass(frozen=True)
@@ -131,6 +142,12 @@ def launch(fn: Callable[..., Any], *, nprocs: int, args: tuple = (), kwargs: dic
 
     from conveyor.limits import MAX_P
 
+    if getattr(mp.process.current_process(), "_inheriting", False):
+        # A rank being spawned re-runs the script to find ``fn`` and met this
+        # call at its top level: the script lacks the __main__ guard. Leave
+        # with a code the launcher names, instead of multiprocessing's
+        # bootstrapping traceback in every rank.
+        os._exit(NO_MAIN_GUARD)
     options = options or LaunchOptions()
     kwargs = kwargs or {}
     if not callable(fn):
@@ -218,7 +235,7 @@ def _child_main(rank: int, nprocs: int, port: int, fn, args, kwargs, conn,
 def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions,
                attempt: int = 0) -> list[Any]:
     store = loopback_store(nprocs)
-    last_words = tempfile.mkdtemp(prefix="conveyor-last-words-")
+    last_words = make_last_words()  # also sweeps the folders of killed launchers
     spawn = mp.get_context("spawn")
     procs, conns = [], []
     saved = forward_signals()
@@ -241,7 +258,7 @@ def _run_local(fn, nprocs: int, args, kwargs, options: LaunchOptions,
         _stop(procs)
         for c in conns:
             c.close()
-        shutil.rmtree(last_words, ignore_errors=True)
+        remove_dir(last_words)
         del store
         for sig, old in saved.items():
             signal.signal(sig, old)
@@ -304,7 +321,10 @@ def _collect(procs, conns, options: LaunchOptions, last_words: str = "") -> list
             procs[r].join(0.5)
             if not (messaged[r] or closed[r]) and conns[r].poll():
                 read(r)
-            if not messaged[r]:
+            if not messaged[r] and procs[r].exitcode == NO_MAIN_GUARD:
+                reports.append(_no_guard(r))
+                failed_at = failed_at or time.monotonic()
+            elif not messaged[r]:
                 from conveyor.runtime.procs.hang import EXIT_CODE as HANG  # the report is printed
                 reports.append(FailureReport(rank=r, kind="cause",
                                              summary=death_summary(

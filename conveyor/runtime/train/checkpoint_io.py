@@ -2,9 +2,12 @@
 
 Layout of a checkpoint directory::
 
-    manifest.json   written by rank 0 last: format, version, P, S, step, and
-                    which rank file holds which parameter and buffer names
-    rank{r}.pt      one per rank, written by that rank with ``torch.save``:
+    manifest.json   written by rank 0 last: format, version, P, S, step,
+                    which rank file holds which parameter and buffer names,
+                    and each file's size
+    rank{r}.{id}.pt one per rank, written by that rank with ``torch.save``
+                    (``id``: random per save; see ``ckptdir`` for the marker
+                    and journal files beside them):
                     "model":  {unsplit name: tensor} for this rank's stages
                     "optim":  {"state": {unsplit name: per-parameter state},
                                "groups": [hyper-parameters + names]}
@@ -24,12 +27,13 @@ counts) with ``torch.load(weights_only=False)`` and its reader unpickles the
 checkpoint. Per-rank ``torch.save`` files read with ``weights_only=True``
 and a JSON manifest avoid that, and need no collective beyond barriers.
 
-Atomic: every rank writes into ``<dir>.tmp``; after a barrier rank 0 writes
-the manifest there and swaps it into place (``<dir>`` -> ``<dir>.old``,
-``<dir>.tmp`` -> ``<dir>``, then deletes ``<dir>.old``). A crash before the
-swap leaves ``<dir>`` as it was; a crash between the two renames leaves
-``<dir>.old``, which ``load`` falls back to. All ranks must see the same
-filesystem (a shared one across nodes).
+Atomic, and touching only what it wrote (``conveyor.runtime.procs.ckptdir``):
+the folder is never renamed (a symbolic link stays one); every rank writes
+a new file ``rank{r}.{id}.pt`` beside the current ones, and rank 0 publishes
+them by renaming a new ``manifest.json`` over the old one, then removes the
+files the old manifest named. A journal names every file a save creates, so
+what a crash leaves is removed by the next save, and nothing else is. All
+ranks must see the same filesystem (a shared one across nodes).
 
 Data parallelism: the replicas hold the same weights and optimizer state, so
 replica 0 (dp rank 0) writes the checkpoint alone (its pipeline ranks' files,
@@ -41,29 +45,23 @@ dp = 1 (replicas draw different random streams; only replica 0's is saved).
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from conveyor.errors import PipelineError
 from conveyor.partition import resolve_balance, stage_ranges
 from conveyor.runtime.execute.stages import layers_of
+from conveyor.runtime.procs import ckptdir
+from conveyor.runtime.procs.ckptdir import CheckpointError
+from conveyor.runtime.train.checkpoint_files import (
+    FORMAT, VERSION, file_of, read_manifest, read_rank_file, resolve,
+)
 
 __all__ = ["CheckpointError", "layer_names", "save_pipeline", "load_pipeline", "export_state_dict",
            "read_manifest"]
-
-FORMAT = "conveyor-checkpoint"
-VERSION = 1
-
-
-class CheckpointError(PipelineError):
-    """A checkpoint is missing, incomplete, or does not fit this pipeline."""
-
 
 # -- names ----------------------------------------------------------------------------
 
@@ -158,44 +156,66 @@ def _barrier(pipe) -> None:
 
 
 def _write_rank_file(path: Path, state: dict) -> None:
-    """Write one rank's file; fsync so that the rename that publishes it cannot
-    outrun the data."""
-    with open(path, "wb") as f:
+    """Write one rank's file, which must not exist yet (O_EXCL: never over
+    another file); fsync so that the rename that publishes it cannot outrun
+    the data."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
 
 
+def _begin(pipe, path: Path) -> str:
+    """Global rank 0 readies the folder and picks this save's id; every rank
+    of the world learns the id, or the error, so all go on or all raise."""
+    first = pipe.ctx.rank == 0 and pipe.ctx.dp_rank == 0
+    box: list = [None]
+    if first:
+        save_id = ckptdir.new_id()
+        try:
+            ckptdir.begin(path, nfiles=pipe.ctx.world_size, save_id=save_id)
+            box = [("ok", save_id)]
+        except (CheckpointError, OSError) as e:
+            msg = (str(e) if isinstance(e, CheckpointError) else
+                   f"cannot save a checkpoint at {str(path)!r}: {e.strerror or e}; give a "
+                   f"writable folder")
+            box = [("error", msg)]
+    if pipe.ctx.global_size > 1:
+        dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        err = CheckpointError(value)
+        err.same_on_every_rank = True  # one report, not P copies
+        raise err
+    return value
+
+
 def save_pipeline(pipe, path, *, scheduler=None) -> Path:
     """Collective: every rank writes its part of the checkpoint at ``path``.
 
-    In: a Pipeline, a directory path (the same on every rank, on a filesystem
-    every rank sees), an optional LR scheduler whose state rank 0 stores.
-    Out: the checkpoint directory. Raises CheckpointError if ``path`` exists
-    and is not a conveyor checkpoint (it would be replaced).
+    In: a Pipeline, a folder path (the same on every rank, on a filesystem
+    every rank sees; new, empty, a checkpoint conveyor wrote, or a symbolic
+    link to one of those), an optional LR scheduler whose state rank 0
+    stores. Out: the checkpoint folder. Raises CheckpointError when ``path``
+    is a file or a folder holding files that are not a conveyor checkpoint
+    (they are never replaced), on every rank alike.
     """
     path = Path(path)
-    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    save_id = _begin(pipe, path)
     rank = pipe.ctx.rank
-    if path.exists() and not (path / "manifest.json").exists():  # every rank sees it: all fail
-        raise CheckpointError(f"{path} exists and is not a conveyor checkpoint; save into "
-                              f"a new directory or remove it")
     if pipe.ctx.dp_rank != 0:  # replica 0 writes for all (same weights and state)
         _barrier(pipe)
-        _barrier(pipe)
         return path
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)  # left by a crashed save
-        tmp.mkdir(parents=True)
-    _barrier(pipe)
     state = _rank_state(pipe, scheduler)
-    _write_rank_file(tmp / f"rank{rank}.pt", state)
-    names = sorted(state["model"])
+    name = ckptdir.rank_file(rank, save_id)
+    _write_rank_file(path / name, state)
+    mine = (name, sorted(state["model"]), os.stat(path / name).st_size)
     gathered = [None] * pipe.ctx.world_size if rank == 0 else None
     if pipe.ctx.world_size > 1:
-        dist.gather_object(names, gathered, group=pipe.ctx.pp_group, group_dst=0)
+        dist.gather_object(mine, gathered, group=pipe.ctx.pp_group, group_dst=0)
     else:
-        gathered = [names]
+        gathered = [mine]
     if rank == 0:
         manifest = {"format": FORMAT, "version": VERSION, "P": pipe.ctx.world_size,
                     "dp": pipe.ctx.dp_size,
@@ -203,48 +223,14 @@ def save_pipeline(pipe, path, *, scheduler=None) -> Path:
                     "portable": pipe.layer_names is not None,
                     # the loss scale and skipped updates: the same on every rank
                     "amp": pipe.loop.amp_state(),
-                    "files": {f"rank{r}.pt": n for r, n in enumerate(gathered)}}
-        with open(tmp / "manifest.json", "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+                    "files": {f: names for f, names, _ in gathered},
+                    "sizes": {f: size for f, _, size in gathered}}
+        ckptdir.commit(path, manifest, save_id)
     _barrier(pipe)  # nobody reads the checkpoint before it is in place
     return path
 
 
 # -- load -----------------------------------------------------------------------------
-
-def resolve(path) -> Path:
-    """The checkpoint directory to read: ``path``, or ``path.old`` left by a
-    save that crashed between its two renames. Raises CheckpointError."""
-    path = Path(path)
-    for cand in (path, path.with_name(path.name + ".old")):
-        if (cand / "manifest.json").is_file():
-            return cand
-    raise CheckpointError(f"no checkpoint at {path} (no manifest.json); give the directory "
-                          f"that Pipeline.save wrote")
-
-
-def read_manifest(path) -> dict:
-    """The manifest of the checkpoint at ``path``. Raises CheckpointError."""
-    d = resolve(path)
-    with open(d / "manifest.json") as f:
-        manifest = json.load(f)
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise CheckpointError(f"{d} is format {manifest.get('format')!r} version "
-                              f"{manifest.get('version')!r}; this conveyor reads {FORMAT!r} "
-                              f"version {VERSION}")
-    return manifest
-
-
-def _read(d: Path, name: str) -> dict:
-    return torch.load(d / name, map_location="cpu", weights_only=True)
-
 
 def _files_for(manifest: dict, wanted: set[str]) -> list[str]:
     return [f for f, names in manifest["files"].items() if wanted & set(names)]
@@ -262,7 +248,7 @@ def load_pipeline(pipe, path, *, scheduler=None) -> dict:
     manifest = read_manifest(d)
     names = stage_names(pipe)
     wanted = {g for table in names.values() for g in table.values()}
-    files = {f: _read(d, f) for f in _files_for(manifest, wanted)}
+    files = {f: read_rank_file(d, f, manifest) for f in _files_for(manifest, wanted)}
     model = {k: v for st in files.values() for k, v in st["model"].items()}
     missing = sorted(wanted - model.keys())
     if missing:
@@ -292,12 +278,14 @@ def load_pipeline(pipe, path, *, scheduler=None) -> dict:
     rng_restored = (manifest["P"] == pipe.ctx.world_size and pipe.ctx.dp_size == 1
                     and manifest.get("dp", 1) == 1)
     if rng_restored:
-        own = files.get(f"rank{pipe.ctx.rank}.pt") or _read(d, f"rank{pipe.ctx.rank}.pt")
+        own = files.get(file_of(manifest, pipe.ctx.rank)) or read_rank_file(
+            d, file_of(manifest, pipe.ctx.rank), manifest)
         torch.set_rng_state(own["rng"]["cpu"])
         if "cuda" in own["rng"] and pipe.ctx.device.type == "cuda":
             torch.cuda.set_rng_state(own["rng"]["cuda"], pipe.ctx.device)
     if scheduler is not None:
-        sched_state = (files.get("rank0.pt") or _read(d, "rank0.pt")).get("scheduler")
+        sched_state = (files.get(file_of(manifest, 0))
+                       or read_rank_file(d, file_of(manifest, 0), manifest)).get("scheduler")
         if sched_state is None:
             raise CheckpointError(f"checkpoint {d} has no scheduler state; save with "
                                   f"scheduler= or load without it")
@@ -338,5 +326,6 @@ def export_state_dict(path) -> dict[str, torch.Tensor]:
                               f"pipeline with S={manifest['S']}")
     out: dict[str, torch.Tensor] = {}
     for f in manifest["files"]:
-        out.update(_read(d, f)["model"])
+        out.update(read_rank_file(d, f, manifest)["model"])
     return out
+

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from conveyor.errors import PipelineError
+from conveyor.runtime.errors import StageError
 from conveyor.runtime.execute.batching import split_batch
 from conveyor.runtime.execute.interpreter import Interpreter
 from conveyor.runtime.execute.recorder import ActivationMemory, Recorder, gather_timeline
@@ -30,6 +31,12 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
     (``conveyor.runtime.train.grads``), and the flags travel with the loss;
     the result's ``finite`` then says whether every rank's were finite."""
     t_start = time.perf_counter()
+    if not interp.forward_only and not torch.is_grad_enabled():
+        raise StageError(
+            f"rank {pipe.ctx.rank}: step() (or forward_backward()) was called with gradients "
+            f"disabled, inside torch.no_grad() or torch.inference_mode(); a training step needs "
+            f"them: call it outside that block, or use evaluate() or predict() for a forward "
+            f"pass only", rank=pipe.ctx.rank, same_on_every_rank=True)
     record = pipe.config.record if record is None else record
     total, targets_all = batch_size, targets
     if pipe.ctx.dp_size > 1:  # this replica's rows of the global batch
