@@ -10,6 +10,7 @@ dropped sliding window, 7.3 for Granite's multipliers). One launch for all
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.models import _families as fam
 from tests.models import _hf_families as H
@@ -62,3 +63,30 @@ def test_router_loss_equals_the_models_own(family):
         assert row["aux_loss"] == row["own_aux"]
         assert abs(row["loss"] + row["aux_loss"] - row["own_loss"]) <= 1e-6 * row["own_loss"]
         assert row["aux_loss"] > 1e-2 * row["own_loss"]  # large enough to matter
+
+
+def test_export_is_the_hf_state_dict_and_round_trips_through_save_pretrained(tmp_path):
+    """A tied Llama trained 2 steps at P = 2: ``pipe.export_state_dict()`` on
+    rank 0 holds every key of the HF model's state dict (the tied matrix
+    under both of its names), with the weights of the model trained alone;
+    ``save_pretrained(state_dict=...)`` then ``from_pretrained`` gives the
+    same logits (same weights, same computation: equal) and keeps the tie."""
+    import transformers as tf
+
+    from tests.runtime._models import rel_err
+    per_rank = _runs.runs(2)["hf_export"]
+    assert per_rank[1]["state"] is None  # gathered on rank 0 only
+    sd, ref = per_rank[0]["state"], per_rank[0]["ref"]
+    assert set(sd) == set(ref) and "lm_head.weight" in sd
+    for k in ref:
+        assert rel_err(sd[k], ref[k]) <= TOL, k
+    mine = H.hf_model("llama")
+    mine.load_state_dict(sd)  # strict: every key, nothing else
+    # (save_pretrained empties the dict it is given: hand it a copy)
+    H.hf_model("llama").save_pretrained(tmp_path, state_dict=dict(sd))
+    loaded = tf.LlamaForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    ids, mask, _ = H.batch(4, seed=9)
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids, attention_mask=mask).logits,
+                           mine(input_ids=ids, attention_mask=mask).logits)
