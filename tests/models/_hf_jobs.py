@@ -34,8 +34,9 @@ def _reference(ref, family, ids, mask, y, M):
     compute in float32 inside a float64 model (Gemma's RMSNorm, the MoE
     routers' softmax): a last-bit change of a float64 value (BLAS rounds the
     whole batch's shapes differently) can move a float32 rounding by one
-    step, which measured up to 3e-7 (relative, gradients) between the whole
-    batch and its halves, in the model alone."""
+    step. Gradients of the whole batch against its two halves, one process:
+    1.3e-7 to 2.4e-7 (relative) for Gemma 1-3, 4e-16 for Llama; a pipelined
+    Mixtral against the whole batch: 6.8e-8."""
     count = (y != -100).sum()
     coef, start = getattr(ref.config, "router_aux_loss_coef", 0.0), 0
     main = aux = torch.zeros((), dtype=torch.float64)

@@ -122,3 +122,34 @@ def nan_job(ctx, policy: str) -> dict:
         x, y, mask = batch(8, k)
         skipped.append(pipe.step(x, y, side={"attention_mask": mask}).skipped)
     return {"skipped": skipped}
+
+
+def export_job(ctx, _arg) -> dict:
+    """``export_state_dict`` of four pipelines of the same weights: through
+    Pipeline(nn.Sequential), from_stages of plain stages (with and without
+    ``rename``), and the project's GPT cut by name and built per rank."""
+    from conveyor.models import GPT, GPTConfig
+    from conveyor.runtime.execute.split import build_stage, chain_pieces, split_by_names, \
+        stage_names
+    from conveyor.runtime.execute.stages import split_model
+    from conveyor.runtime.train.losses import TokenCrossEntropy
+
+    torch.set_num_threads(1)
+    kw = dict(loss_fn=nn.functional.mse_loss, optimizer=None, schedule="1f1b", microbatches=2,
+              ctx=ctx)
+    out = {"sequential": Pipeline(model(), **kw).export_state_dict(),
+           "plain": Pipeline.from_stages(split_model(model(), 2), **kw).export_state_dict(),
+           "renamed": Pipeline.from_stages(
+               split_model(model(), 2), **kw).export_state_dict(
+                   rename=lambda s, key: f"{int(key[0]) + 3 * s}{key[1:]}")}
+    cfg = GPTConfig(vocab=11, context=8, layers=4, heads=2, width=8)
+    make = lambda: GPT(cfg).double()  # noqa: E731
+    kw["loss_fn"] = TokenCrossEntropy()
+    torch.manual_seed(1)
+    out["gpt"] = Pipeline.from_stages(split_by_names(make(), split_points=["blocks.2"]),
+                                      **kw).export_state_dict()
+    groups = stage_names([n for n, _ in chain_pieces(make())], split_points=["blocks.2"])
+    tied = [["0.embed.wte.weight", "1.head.lm_head.weight"]]
+    out["gpt_built"] = Pipeline.from_stages(lambda s: build_stage(make, groups[s], seed=4),
+                                            tied=tied, **kw).export_state_dict()
+    return out

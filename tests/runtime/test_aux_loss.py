@@ -57,3 +57,32 @@ def test_a_nan_auxiliary_loss_is_caught_by_the_guard(policy):
     with pytest.raises(RankFailedError) as e:
         launch(J.nan_job, nprocs=2, args=("raise",), options=LaunchOptions(threads=1))
     assert "rank 0 (stage 0): the auxiliary loss 'a0' is nan" in str(e.value)
+
+
+def test_export_state_dict_names_every_pipelines_weights_as_the_model_does():
+    """The whole state dict on pipeline rank 0 (None on rank 1), keyed as the
+    cut model names it: the weights are the same tensors' values, so equal."""
+    import torch
+
+    from conveyor.models import GPT, GPTConfig
+    from conveyor.runtime.execute.split import build_stage, chain_pieces
+
+    per_rank = launch(J.export_job, nprocs=2, args=(None,), options=LaunchOptions(threads=1))
+    got = per_rank[0]
+    assert all(v is None for v in per_rank[1].values())
+    want = J.model().state_dict()
+    for kind in ("sequential", "renamed"):  # the unsplit names ("0.lin.weight", "4.bias")
+        assert set(got[kind]) == set(want), kind
+        assert all(torch.equal(got[kind][k], want[k]) for k in want), kind
+    # Plain stages of from_stages have no model: their keys say the stage.
+    assert {k.split(".", 1)[0] for k in got["plain"]} == {"stage0", "stage1"}
+    assert torch.equal(got["plain"]["stage1.0.lin.weight"], want["3.lin.weight"])
+    cfg = GPTConfig(vocab=11, context=8, layers=4, heads=2, width=8)
+    torch.manual_seed(1)
+    gpt = GPT(cfg).double().state_dict()
+    assert set(got["gpt"]) == set(gpt)  # the tied head under its own name too
+    assert all(torch.equal(got["gpt"][k], gpt[k]) for k in gpt)
+    built = build_stage(lambda: GPT(cfg).double(), [n for n, _ in chain_pieces(GPT(cfg))],
+                        seed=4).state_dict()
+    assert set(got["gpt_built"]) == set(built)
+    assert all(torch.equal(got["gpt_built"][k], built[k]) for k in built)
