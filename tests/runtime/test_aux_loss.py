@@ -86,3 +86,18 @@ def test_export_state_dict_names_every_pipelines_weights_as_the_model_does():
                         seed=4).state_dict()
     assert set(got["gpt_built"]) == set(built)
     assert all(torch.equal(got["gpt_built"][k], built[k]) for k in built)
+
+
+def test_add_aux_loss_needs_a_scalar_and_is_silent_unless_collected():
+    import torch
+
+    from conveyor.errors import PipelineError
+    from conveyor.runtime import add_aux_loss, collect_aux
+
+    add_aux_loss("free", torch.ones(3))  # nobody collects (a plain call): nothing happens
+    with collect_aux() as terms:
+        add_aux_loss("x", torch.tensor([2.0]))
+        with pytest.raises(PipelineError, match=r"add_aux_loss\('y', \.\.\.\) got a tensor of "
+                                                r"shape \(3,\); an auxiliary loss is a scalar"):
+            add_aux_loss("y", torch.ones(3))
+    assert [(n, v.item()) for n, v in terms] == [("x", 2.0)]
