@@ -182,8 +182,12 @@ def params_on_meta():
     as the constructor makes it. A build under ``torch.device("meta")`` would
     lose what constructors compute into buffers that no state dict holds
     (rotary tables, embedding scales, masks); this keeps them. A parameter
-    that is already on meta (a tie) is left as it is. Patches
-    ``nn.Module.register_parameter`` for the block: build in one thread."""
+    that is already on meta (a tie) is left as it is. A constructor that
+    fills a parameter before registering it (``Parameter(torch.randn(...))``)
+    still computes it once on the CPU; most (``nn.Linear``, ``nn.Embedding``,
+    Hugging Face's) register ``torch.empty`` and initialise after, on meta.
+    Patches ``nn.Module.register_parameter`` for the block: build in one
+    thread."""
     register = nn.Module.register_parameter
 
     def on_meta(module, name, param):
@@ -198,12 +202,14 @@ def params_on_meta():
         nn.Module.register_parameter = register
 
 
-def _materialise(stage: nn.Module, device) -> None:
+def _materialise(stage: nn.Module, device) -> set[int]:
     """Give the stage's meta parameters real (uninitialised) storage on
     ``device`` and move its buffers there, their values kept. A tensor shared
-    by several modules (a tied weight) stays one tensor."""
+    by several modules (a tied weight) stays one tensor. Returns the ids of
+    buffers that were on meta (their values are lost)."""
     made: dict[int, torch.Tensor] = {}
     old: list[torch.Tensor] = []  # alive until done, so no id is reused
+    lost: set[int] = set()
     for module in stage.modules():
         for table, is_param in ((module._parameters, True), (module._buffers, False)):
             for key, t in table.items():
@@ -215,7 +221,10 @@ def _materialise(stage: nn.Module, device) -> None:
                            else t.detach().to(device))
                     made[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) \
                         if is_param else new
+                    if t.device.type == "meta" and not is_param:
+                        lost.add(id(new))
                 table[key] = made[id(t)]
+    return lost
 
 
 def build_stage(factory: Callable[[], nn.Module], names: Sequence[str], *,
@@ -244,7 +253,15 @@ def build_stage(factory: Callable[[], nn.Module], names: Sequence[str], *,
         model = model.to(dtype)
     pieces = dict(chain_pieces(model))
     stage = Chain([(n, pieces[n]) for n in names], export_names=_export_names(model))
-    _materialise(stage, device)
+    lost = _materialise(stage, device)
+    kept = stage.state_dict(keep_vars=True)
+    for name, buf in stage.named_buffers():
+        if id(buf) in lost and not (state_dict is not None and name in kept):
+            raise PartitionError(
+                f"buffer {name!r} of this stage was made on the meta device by the factory, "
+                f"so its value is lost and no state dict restores it; build the model in the "
+                f"factory without torch.device('meta') (build_stage keeps parameters off "
+                f"memory by itself)")
     if state_dict is not None:
         shards = [state_dict] if isinstance(state_dict, Mapping) else list(state_dict)
         want = stage.state_dict()
