@@ -29,6 +29,7 @@ from conveyor.runtime.train.measure import measure
 from conveyor.runtime.train.amp import LossScale
 from conveyor.runtime.train.pipeline import Pipeline, PipelineConfig, StepResult, microbatch_sizes
 from conveyor.runtime.execute.stages import SequentialStage, split_model
+from conveyor.runtime.execute.aux import add_aux_loss, collect_aux
 
 __all__ = [
     "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",
@@ -36,5 +37,5 @@ __all__ = [
     "split_model", "SequentialStage", "export_state_dict", "CheckpointError",
     "CheckpointPolicy", "latest_checkpoint", "restart_count",
     "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport",
-    "LossScale", "NonFiniteError",
+    "LossScale", "NonFiniteError", "add_aux_loss", "collect_aux",
 ]

@@ -78,9 +78,9 @@ def test_hf_checkpoint_keys_fill_a_stage_even_when_the_tied_head_is_stored_once(
     torch.manual_seed(0)
     full = make()  # a chain over a real GPT2LMHeadModel
     with torch.device("meta"):
-        skeleton = GPT2LMHeadModel(full.layers[0].config)
+        skeleton = GPT2LMHeadModel(full.config)
     keys = chain_key_map(skeleton)
-    assert keys["head.lm_head.weight"] == keys["embed.wte.weight"] == "transformer.wte.weight"
+    assert keys["head.lm_head.weight"] == keys["embed.tokens.weight"] == "transformer.wte.weight"
     # A checkpoint that stores the tied matrix once, under the embedding's key.
     hf_sd = {hk: full.get_parameter(ck).detach().clone() for ck, hk in keys.items()}
     assert "lm_head.weight" not in hf_sd
@@ -96,3 +96,23 @@ def test_a_seed_cannot_initialise_modules_without_reset_parameters():
     for family in ("gpt2", "llama"):
         with pytest.raises(PartitionError, match="no reset_parameters.*state_dict"):
             build_stage(fam.factory(family), ["layers.0"], seed=1)
+
+
+def test_a_buffer_the_factory_made_on_meta_is_refused_not_left_as_garbage():
+    """A factory that builds under torch.device("meta") itself loses its
+    non-persistent buffers' values: build_stage refuses, naming the buffer."""
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2)
+            self.register_buffer("scale", torch.tensor(3.0), persistent=False)
+
+    def make():
+        with torch.device("meta"):
+            return torch.nn.Sequential(Scaled())
+
+    sd = {"0.lin.weight": torch.ones(2, 2), "0.lin.bias": torch.zeros(2)}
+    with pytest.raises(PartitionError, match=r"buffer '0.scale' .* made on the meta device"):
+        build_stage(make, ["0"], state_dict=sd)
+    ok = build_stage(lambda: torch.nn.Sequential(Scaled()), ["0"], state_dict=sd)
+    assert ok.get_buffer("0.scale").item() == 3.0

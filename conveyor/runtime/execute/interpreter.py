@@ -33,6 +33,7 @@ from conveyor.errors import ConveyorError
 from conveyor.runtime.procs.blame import blame
 from conveyor.runtime.transport.comm import Comm
 from conveyor.runtime.errors import StageError, describe
+from conveyor.runtime.execute.aux import aux_roots, collect_aux
 from conveyor.runtime.execute.precision import Policy
 from conveyor.runtime.execute.rankplan import plan_rank
 from conveyor.runtime.execute.recorder import ActivationMemory, Recorder
@@ -60,9 +61,15 @@ class StepData:
     weights: list[float] = field(default_factory=list)
     side: list[dict[str, Any]] | None = None  # per micro-batch: keyword args of every stage
     keys: list[Any] | None = None  # per micro-batch handshake key (default: its size)
+    aux_weights: list[float] | None = None  # per micro-batch: factor on auxiliary losses
 
     def key(self, mb: int):
         return self.sizes[mb] if self.keys is None else self.keys[mb]
+
+    def aux_weight(self, mb: int) -> float:
+        """The micro-batch's share of the batch (see ``execute.aux``)."""
+        return self.sizes[mb] / sum(self.sizes) if self.aux_weights is None \
+            else self.aux_weights[mb]
 
 
 def _as_tuple(obj, *, what: str, rank: int, stage: int, mb: int, action) -> tuple:
@@ -94,6 +101,8 @@ class Interpreter(Transfers):
 
     ``loss_scale`` (set by the training loop before a step) multiplies every
     micro-batch's loss before its backward; the loss reported is unscaled.
+    Auxiliary losses a stage adds (``execute.aux``) join that stage's
+    backward, weighted and scaled alike; ``aux_values`` holds this step's.
     """
 
     def __init__(self, schedule: Schedule, *, rank: int, stages: dict[int, torch.nn.Module],
@@ -152,6 +161,7 @@ class Interpreter(Transfers):
         has no last stage, {mb: last-stage output} for forward-only steps)."""
         self.data, self.memory = data, memory
         self.inp, self.out, self.gout, self.gin, self.wpend = {}, {}, {}, {}, {}
+        self.aux, self.aux_values = {}, {}  # backward roots per (s, mb); values by name
         self.outputs: dict[int, Any] = {}
         self.loss = None
         for start, _ in self._step_hooks:
@@ -209,17 +219,19 @@ class Interpreter(Transfers):
             from functools import partial
             stage = partial(stage, **self.data.side[mb])
         seen: dict[int, int] = {}
+        terms: list = []
         try:
             if self.forward_only:
                 with torch.no_grad(), self.policy.autocast():
                     y = stage(*args)
             elif self.memory is not None:
-                with self.memory.forward((s, mb), seen), self.policy.autocast():
+                with self.memory.forward((s, mb), seen), self.policy.autocast(), \
+                        collect_aux() as terms:
                     y = stage(*args)
                     self.memory.note(x, seen)
                 self.memory.release(Action(s, RECV_F, mb))  # the buffer is now the input
             else:
-                with self.policy.autocast():
+                with self.policy.autocast(), collect_aux() as terms:
                     y = stage(*args)
         except ConveyorError:
             raise
@@ -227,6 +239,9 @@ class Interpreter(Transfers):
             raise self._forward_error(a, x, e) from e
         if not self.forward_only and any(t.requires_grad for t in x):
             self.inp[(s, mb)] = x
+        if terms:  # auxiliary losses: roots of this (s, mb)'s backward
+            self.aux[(s, mb)] = aux_roots(terms, self.data.aux_weight(mb), self.loss_scale,
+                                          self.aux_values)
         if s == self.last:
             self._finish(a, y)
         else:
@@ -288,16 +303,17 @@ class Interpreter(Transfers):
         self.out[(a.stage, mb)] = (weighted,)
 
     def _output_grads(self, s: int, mb: int):
-        """The outputs of (s, mb) that need a gradient, and those gradients."""
-        ys = self.out[(s, mb)]
+        """The outputs of (s, mb) that need a gradient, and those gradients;
+        the stage's auxiliary losses join them as scalar roots (gradient None)."""
+        ys, aux = self.out[(s, mb)], self.aux.pop((s, mb), [])
         if s == self.last:
-            return list(ys), None
+            return list(ys) + aux, None
         gs = self.gout.pop((s, mb))
         # A gradient that crossed the cut in the boundary dtype is widened to
         # its output's dtype (autograd needs them to match).
         pairs = [(y, g if g.dtype == y.dtype else g.to(y.dtype))
                  for y, g in zip(ys, gs) if y.requires_grad and g is not None]
-        return [y for y, _ in pairs], [g for _, g in pairs]
+        return [y for y, _ in pairs] + aux, [g for _, g in pairs] + [None] * len(aux)
 
     def _run_user(self, a: Action, fn) -> None:
         try:

@@ -27,8 +27,8 @@ class CheckpointedStage(nn.Module):
         super().__init__()
         self.stage = stage
 
-    def forward(self, *args):
-        return checkpoint(self.stage, *args, use_reentrant=False)
+    def forward(self, *args, **side):
+        return checkpoint(self.stage, *args, use_reentrant=False, **side)
 
 
 def resolve_checkpoint(option, S: int) -> list[bool]:

@@ -13,24 +13,26 @@ parameter names are the model's (``layers.4.attn.weight``), and calls the
 pieces in order, passing side inputs (keyword arguments) to each piece whose
 forward accepts them.
 
-No rank needs the whole model: ``build_stage`` constructs the model on the
-meta device (shapes only, no memory), keeps this stage's pieces, allocates
-them for real and fills them from a seed or from a full or sharded state dict.
+No rank needs the whole model: ``build_stage`` constructs the model with its
+parameters on the meta device (shapes only, no memory) and its buffers as
+the constructor makes them, keeps this stage's pieces, allocates them for
+real and fills them from a seed or from a full or sharded state dict.
 """
 
 from __future__ import annotations
 
-import inspect
 import zlib
+from contextlib import contextmanager
 from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from conveyor.errors import PartitionError
+from conveyor.runtime.execute.stages import accepts, side_for
 
 __all__ = ["Chain", "chain_pieces", "stage_names", "split_by_names", "build_stage",
-           "init_from_seed", "param_bytes"]
+           "init_from_seed", "param_bytes", "params_on_meta"]
 
 
 def chain_pieces(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -45,23 +47,22 @@ def chain_pieces(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return out
 
 
-def _accepts(module: nn.Module) -> set[str] | None:
-    """Keyword names the module's forward takes (None: any, it has **kwargs)."""
-    params = inspect.signature(module.forward).parameters.values()
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-
-
 class Chain(nn.Module):
     """Consecutive pieces of a model, called in order; a tuple output is
     spread over the next piece's positional arguments.
 
     forward(*inputs, **side) -> the last piece's output; each piece gets the
     side inputs its forward accepts.
+
+    ``export_names``: {this stage's state-dict key: the names the original
+    model gives that tensor}, from the model's ``export_names()`` when it has
+    one (the Hugging Face adapter maps its chain names to the HF model's);
+    None: the stage's keys are the model's names. ``Pipeline.export_state_dict``
+    reads it.
     """
 
-    def __init__(self, pieces: Sequence[tuple[str, nn.Module]]):
+    def __init__(self, pieces: Sequence[tuple[str, nn.Module]], *,
+                 export_names: Mapping[str, Sequence[str]] | None = None):
         super().__init__()
         self.order = [name for name, _ in pieces]
         for name, module in pieces:
@@ -72,16 +73,24 @@ class Chain(nn.Module):
                     parent.add_module(part, nn.Module())
                 parent = getattr(parent, part)
             parent.add_module(last, module)
-        self._kw = {name: _accepts(m) for name, m in pieces}
+        self._kw = {name: accepts(m) for name, m in pieces}
+        self.export_names = None
+        if export_names is not None:
+            self.export_names = {k: list(export_names[k]) for k in self.state_dict()
+                                 if k in export_names}
 
     def forward(self, *x, **side):
         for name in self.order:
             piece = self.get_submodule(name)
-            allowed = self._kw[name]
-            kw = side if allowed is None else {k: v for k, v in side.items() if k in allowed}
-            y = piece(*x, **kw)
+            y = piece(*x, **side_for(self._kw[name], side))
             x = y if isinstance(y, tuple) else (y,)
         return y
+
+
+def _export_names(model: nn.Module):
+    """The model's own {state-dict key: original names}, if it maps them."""
+    fn = getattr(model, "export_names", None)
+    return fn() if callable(fn) else None
 
 
 def stage_names(pieces: Sequence[str], *, split_points: Sequence[str] | None = None,
@@ -128,7 +137,8 @@ def split_by_names(model: nn.Module, *, split_points: Sequence[str] | None = Non
     used in two stages is detected as tied)."""
     pieces = dict(chain_pieces(model))
     groups = stage_names(list(pieces), split_points=split_points, stages=stages)
-    return [Chain([(n, pieces[n]) for n in g]) for g in groups]
+    names = _export_names(model)
+    return [Chain([(n, pieces[n]) for n in g], export_names=names) for g in groups]
 
 
 def init_from_seed(module: nn.Module, names: Sequence[str], seed: int) -> None:
@@ -165,38 +175,93 @@ def _reset(module: nn.Module) -> None:
         _reset(child)
 
 
+@contextmanager
+def params_on_meta():
+    """While active, every parameter a module registers goes to the meta device
+    (shapes only, no memory), and everything else, buffers included, is made
+    as the constructor makes it. A build under ``torch.device("meta")`` would
+    lose what constructors compute into buffers that no state dict holds
+    (rotary tables, embedding scales, masks); this keeps them. A parameter
+    that is already on meta (a tie) is left as it is. A constructor that
+    fills a parameter before registering it (``Parameter(torch.randn(...))``)
+    still computes it once on the CPU; most (``nn.Linear``, ``nn.Embedding``,
+    Hugging Face's) register ``torch.empty`` and initialise after, on meta.
+    Patches ``nn.Module.register_parameter`` for the block: build in one
+    thread."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        if param is not None and param.device.type != "meta":
+            param = type(param)(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _materialise(stage: nn.Module, device) -> set[int]:
+    """Give the stage's meta parameters real (uninitialised) storage on
+    ``device`` and move its buffers there, their values kept. A tensor shared
+    by several modules (a tied weight) stays one tensor. Returns the ids of
+    buffers that were on meta (their values are lost)."""
+    made: dict[int, torch.Tensor] = {}
+    old: list[torch.Tensor] = []  # alive until done, so no id is reused
+    lost: set[int] = set()
+    for module in stage.modules():
+        for table, is_param in ((module._parameters, True), (module._buffers, False)):
+            for key, t in table.items():
+                if t is None:
+                    continue
+                if id(t) not in made:
+                    old.append(t)
+                    new = (torch.empty_like(t, device=device) if t.device.type == "meta"
+                           else t.detach().to(device))
+                    made[id(t)] = nn.Parameter(new, requires_grad=t.requires_grad) \
+                        if is_param else new
+                    if t.device.type == "meta" and not is_param:
+                        lost.add(id(new))
+                table[key] = made[id(t)]
+    return lost
+
+
 def build_stage(factory: Callable[[], nn.Module], names: Sequence[str], *,
                 seed: int | None = None, state_dict: Mapping | Sequence[Mapping] | None = None,
                 init: Callable[[nn.Module, Sequence[str]], None] | None = None,
                 device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Chain:
     """Build the stage made of pieces ``names`` without building the model.
 
-    ``factory()`` constructs the whole model; it runs on the meta device, so
-    no parameter memory is allocated. The stage's pieces are then allocated on
-    ``device`` and filled, in this order of preference, from ``state_dict``
-    (the model's keys; a full dict, or a list of shards, of which only this
-    stage's keys are read), ``init(model, names)``, or ``seed`` (see
-    ``init_from_seed``). Buffers not in the state dict are recomputed by the
-    init, which must set them (for example rotary frequencies).
+    ``factory()`` constructs the whole model with its parameters on the meta
+    device (``params_on_meta``), so no parameter memory is allocated, while
+    buffers get the values the constructor gives them (every rank holds the
+    model's buffers: scales, rotary tables, masks; small beside the weights).
+    The stage's parameters are then allocated on ``device`` and filled, in
+    this order of preference, from ``state_dict`` (the model's keys; a full
+    dict, or a list of shards, of which only this stage's keys are read; it
+    also sets persistent buffers), ``init(model, names)``, or ``seed`` (see
+    ``init_from_seed``).
 
     Raises PartitionError when the state dict lacks a key of the stage, or
     when a seed is asked to initialise a module without ``reset_parameters``
     (many Hugging Face modules: load their weights from a state dict).
     """
-    with torch.device("meta"):
+    with params_on_meta():
         model = factory()
     if dtype is not None:
         model = model.to(dtype)
     pieces = dict(chain_pieces(model))
-    stage = Chain([(n, pieces[n]) for n in names])
-    shared: dict[int, list[str]] = {}
-    for n, p in stage.named_parameters(remove_duplicate=False):
-        shared.setdefault(id(p), []).append(n)
-    stage.to_empty(device=device)
-    for group in shared.values():  # to_empty gives each use its own tensor: re-tie
-        for n in group[1:]:
-            owner, _, attr = n.rpartition(".")
-            setattr(stage.get_submodule(owner), attr, stage.get_parameter(group[0]))
+    stage = Chain([(n, pieces[n]) for n in names], export_names=_export_names(model))
+    lost = _materialise(stage, device)
+    kept = stage.state_dict(keep_vars=True)
+    for name, buf in stage.named_buffers():
+        if id(buf) in lost and not (state_dict is not None and name in kept):
+            raise PartitionError(
+                f"buffer {name!r} of this stage was made on the meta device by the factory, "
+                f"so its value is lost and no state dict restores it; build the model in the "
+                f"factory without torch.device('meta') (build_stage keeps parameters off "
+                f"memory by itself)")
     if state_dict is not None:
         shards = [state_dict] if isinstance(state_dict, Mapping) else list(state_dict)
         want = stage.state_dict()

@@ -7,6 +7,7 @@ without torch; this module applies it to modules.
 from __future__ import annotations
 
 import hashlib
+import inspect
 from typing import Sequence
 
 import torch
@@ -15,19 +16,41 @@ from torch import nn
 from conveyor.errors import PartitionError
 from conveyor.partition import resolve_balance, stage_ranges
 
-__all__ = ["SequentialStage", "split_model", "layers_of", "fingerprint"]
+__all__ = ["SequentialStage", "split_model", "layers_of", "fingerprint", "accepts", "side_for"]
+
+
+def accepts(module: nn.Module) -> set[str] | None:
+    """Keyword names the module's forward takes (None: any, it has **kwargs)."""
+    params = inspect.signature(module.forward).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+def side_for(allowed: set[str] | None, side: dict) -> dict:
+    """The side inputs a forward with keyword names ``allowed`` takes."""
+    return side if allowed is None else {k: v for k, v in side.items() if k in allowed}
 
 
 class SequentialStage(nn.Sequential):
     """A block of consecutive layers that behaves exactly like that slice of the
     original ``nn.Sequential``: called with several tensors (a tuple that crossed
     the cut), it hands the tuple to its first layer as one argument, as the
-    unsplit model would have."""
+    unsplit model would have. Side inputs (keyword arguments, e.g.
+    ``attention_mask``) go to each layer whose forward names them (or takes
+    ``**kwargs``)."""
 
-    def forward(self, *args):
+    def forward(self, *args, **side):
         x = args[0] if len(args) == 1 else args
+        if not side:
+            for layer in self:
+                x = layer(x)
+            return x
+        known = self.__dict__.setdefault("_accepts", {})  # not a module attribute
         for layer in self:
-            x = layer(x)
+            if id(layer) not in known:
+                known[id(layer)] = accepts(layer)
+            x = layer(x, **side_for(known[id(layer)], side))
         return x
 
 

@@ -140,6 +140,10 @@ class StepResult:
                every rank's loss and gradients were finite; None otherwise.
     skipped:   ``step`` only: the update was skipped on every rank (a NaN or
                Inf under nonfinite="skip", or an overflow under loss scaling).
+    aux_loss:  the auxiliary losses stages added (``execute.aux``: an MoE
+               router's loss, ...), weighted per micro-batch, summed over
+               every rank; 0.0 when none. The objective is loss + aux_loss.
+    aux:       this rank's auxiliary losses by name (its stages' only).
     """
 
     loss: float | None
@@ -149,3 +153,5 @@ class StepResult:
     output: Any = None
     finite: bool | None = None
     skipped: bool = False
+    aux_loss: float = 0.0
+    aux: dict = field(default_factory=dict)

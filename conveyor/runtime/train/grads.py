@@ -124,9 +124,11 @@ def raise_nonfinite(pipe, loss_bad: bool, grad_bad: bool, loss_value) -> None:
     """Every rank calls this when the flags say some rank saw a non-finite
     value and the policy is to stop: the ranks' reports are gathered (one
     collective, on this failure path only) and every rank raises the same
-    NonFiniteError."""
+    NonFiniteError. ``loss_value``: the step's loss, or a sentence naming the
+    non-finite auxiliary loss of this rank."""
+    note = loss_value if isinstance(loss_value, str) else f"the step's loss is {loss_value!r}"
     mine = {"stages": sorted(pipe.stages),
-            "loss": repr(loss_value) if loss_bad else None,
+            "loss": note if loss_bad else None,
             "param": _first_nonfinite(pipe) if grad_bad else None}
     world = dist.get_world_size() if dist.is_initialized() else 1
     reports = [mine] * world
@@ -137,7 +139,7 @@ def raise_nonfinite(pipe, loss_bad: bool, grad_bad: bool, loss_value) -> None:
     for r, rep in found.items():
         what = []
         if rep["loss"]:
-            what.append(f"the step's loss is {rep['loss']}")
+            what.append(rep["loss"])
         if rep["param"]:
             what.append(f"first non-finite gradient: {rep['param']!r}")
         stages = ", ".join(map(str, rep["stages"]))

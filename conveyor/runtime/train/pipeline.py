@@ -47,6 +47,7 @@ from conveyor.runtime.procs.hang import watch as watch_hangs
 from conveyor.runtime.train import dataparallel, trainloop
 from conveyor.runtime.train.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.train.config import PipelineConfig, StepResult
+from conveyor.runtime.train.export import export_state
 from conveyor.runtime.train.planned import from_plan, named_balance
 from conveyor.runtime.train.grads import finish_grads
 from conveyor.runtime.train.amp import check_master_weights
@@ -388,6 +389,12 @@ class Pipeline:
         if scheduler is None:
             scheduler = self.loop.scheduler
         return load_pipeline(self, path, scheduler=scheduler)
+
+    def export_state_dict(self, *, rename=None, dst: int = 0):
+        """Collective: the model's weights under its own names (the HF model's
+        for the adapter) on pipeline rank ``dst``, None elsewhere; see
+        ``conveyor.runtime.train.export`` (and its ``rename``)."""
+        return export_state(self, rename=rename, dst=dst)
 
     # -- the step (conveyor.runtime.train.run) --------------------------------------
     def _run(self, interp: Interpreter, comm: Comm, inputs, targets, batch_size,

@@ -4,6 +4,7 @@ share the loss and gather the measured timeline."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -46,8 +47,10 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
                        stages=pipe.stages, S=pipe.schedule.S, M=pipe.schedule.M,
                        device=pipe.ctx.device, forward_only=interp.forward_only,
                        mean=pipe.config.loss_reduction == "mean")
-    if total is not None and pipe.ctx.dp_size > 1 and pipe.config.loss_reduction == "mean":
-        data.weights = [n / total for n in data.sizes]  # against the global batch
+    if total is not None and pipe.ctx.dp_size > 1:  # against the global batch
+        data.aux_weights = [n / total for n in data.sizes]
+        if pipe.config.loss_reduction == "mean":
+            data.weights = list(data.aux_weights)
     pipe._agreement.check(kind=agree.PREDICT if interp.forward_only else agree.STEP,
                           step=pipe.steps, batch=sum(data.sizes))
     pipe.loop.prepare(data, targets_all, normalizer, side)
@@ -72,16 +75,20 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
         stats["peak_activation_bytes"] = memory.peak
     if device.type == "cuda":
         stats["peak_device_bytes"] = torch.cuda.max_memory_allocated(device)
-    loss_value, finite = None, None
+    loss_value, finite, aux_total = None, None, 0.0
+    aux = {k: float(v) for k, v in interp.aux_values.items()}  # execute.aux
     if not interp.forward_only:
         grad_bad = finish_local(pipe) if finish else 0
-        loss_bad = int(finish and pipe.loop.guarding and loss is not None
-                       and not bool(torch.isfinite(loss)))
-        loss_value, (loss_bads, grad_bads) = share(pipe.ctx, loss, (loss_bad, grad_bad))
+        bad_aux = [k for k, v in aux.items() if not math.isfinite(v)]
+        loss_bad = int(finish and pipe.loop.guarding and (
+            bool(bad_aux) or (loss is not None and not bool(torch.isfinite(loss)))))
+        loss_value, (loss_bads, grad_bads, aux_total) = share(
+            pipe.ctx, loss, (loss_bad, grad_bad, sum(aux.values())))
         if finish:
             finite = loss_bads == 0 and grad_bads == 0
-            pipe.loop.finished(finite, loss_bads > 0, grad_bads > 0, loss_bad, grad_bad,
-                               loss_value)
+            note = (f"the auxiliary loss {bad_aux[0]!r} is {aux[bad_aux[0]]!r}" if bad_aux
+                    else loss_value)
+            pipe.loop.finished(finite, loss_bads > 0, grad_bads > 0, loss_bad, grad_bad, note)
     timeline = None
     if record:
         timeline = gather_timeline(
@@ -98,7 +105,9 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
         output = (torch.cat(parts) if isinstance(parts[0], torch.Tensor)
                   else tuple(torch.cat(p) for p in zip(*parts)))
     return StepResult(loss=loss_value, timeline=timeline, stats=stats,
-                      wall_s=time.perf_counter() - t_start, output=output, finite=finite)
+                      wall_s=time.perf_counter() - t_start, output=output, finite=finite,
+                      aux_loss=aux_total, aux=aux)
+
 
 
 def share(ctx, loss, flags: tuple = ()) -> tuple[float, list[float]]:
