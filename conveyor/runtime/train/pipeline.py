@@ -35,28 +35,22 @@ from torch import nn
 
 from conveyor.errors import ConveyorError, PipelineError
 from conveyor.plan import Profile
-from conveyor.runtime.checks import check_callables, check_config
 from conveyor.runtime.execute.batching import microbatch_sizes
 from conveyor.runtime.execute.interpreter import Interpreter
-from conveyor.runtime.execute.precision import resolve
 from conveyor.runtime.execute.recompute import apply_checkpoint, resolve_checkpoint
-from conveyor.runtime.execute.recorder import estimate_clock_offset
-from conveyor.runtime.execute.stages import parameters_of, split_model
-from conveyor.runtime.procs import agree
-from conveyor.runtime.procs.hang import watch as watch_hangs
-from conveyor.runtime.train import dataparallel, trainloop
+from conveyor.runtime.execute.stages import split_model
+from conveyor.runtime.train import trainloop
 from conveyor.runtime.train.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.train.config import PipelineConfig, StepResult
 from conveyor.runtime.train.export import export_state
 from conveyor.runtime.train.planned import from_plan, named_balance
 from conveyor.runtime.train.grads import finish_grads
-from conveyor.runtime.train.amp import check_master_weights
+from conveyor.runtime.train.setup import wire
 from conveyor.runtime.train.run import resolve_schedule, run_step, share_loss
 from conveyor.runtime.transport.comm import Comm
 from conveyor.runtime.transport.group import RankContext, current_context
-from conveyor.runtime.transport.shm import for_pipeline as shm_for_pipeline
 from conveyor.runtime.transport.mesh import resolve_mesh
-from conveyor.schedule import Schedule, add_comms
+from conveyor.schedule import Schedule
 
 __all__ = ["Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes"]
 
@@ -190,69 +184,10 @@ class Pipeline:
 
     def _setup(self, stages, sched: Schedule, ctx: RankContext, loss_fn, optimizer,
                config, extras=None) -> None:
-        self.ctx, self.schedule, self.loss_fn = ctx, sched, loss_fn
-        self.config = config = config or PipelineConfig()
         try:
-            check_config(config)
-            check_callables(loss_fn=loss_fn, optimizer=optimizer)
+            wire(self, stages, sched, ctx, loss_fn, optimizer, config, extras)
         except ConveyorError as e:
             raise _same(e)
-        if config.check_weights and not isinstance(stages, list):
-            raise _same(PipelineError(
-                "check_weights=True compares the unsplit model, but from_stages was given a "
-                "function that builds only this rank's stages; pass the list of all stages, "
-                "or leave check_weights off"))
-        # Ranks must agree on schedule, model and batch: checked at each step.
-        self._agreement = agree.Agreement(
-            sched, stages if isinstance(stages, list) else None, rank=ctx.rank,
-            world_size=ctx.world_size, device=ctx.device, check_weights=config.check_weights,
-            group=ctx.pp_group)
-        # ``stages`` is a list of all S stages or a dict of this rank's.
-        self.stages = {s: stages[s].to(ctx.device) for s in sched.stages_of(ctx.rank)}
-        try:
-            self.policy = resolve(config.precision, config.boundary_dtype, ctx.device)
-            check_master_weights(self.policy, self.stages)
-        except ConveyorError as e:
-            raise _same(e)
-        if ctx.dp_size > 1:
-            dataparallel.broadcast_from_replica0(self.stages.values(), ctx)
-        self.first_rank = sched.placement[0]
-        self.last_rank = sched.placement[-1]
-        self.params = parameters_of(self.stages.values())
-        self.optimizer = optimizer(self.params) if optimizer is not None and self.params else None
-        self.loop = trainloop.TrainLoop(self, extras or trainloop.Extras())
-        prepost = config.prepost if config.prepost is not None else ctx.backend != "nccl"
-        try:  # shared-memory channels for transport="shm"; None: torch.distributed
-            self.transport = (shm_for_pipeline(ctx, sched.placement)
-                              if config.transport == "shm" and sched.P > 1 else None)
-        except ConveyorError as e:
-            raise _same(e)
-        self.comm = self._comm()
-        self.interp = Interpreter(sched, rank=ctx.rank, stages=self.stages, comm=self.comm,
-                                  loss_fn=loss_fn, prepost=prepost, policy=self.policy)
-        # Inference gets its own comm: its outputs carry no gradient, so their
-        # handshake differs from training's.
-        self._eval_comm = self._comm()
-        self._eval_interp = Interpreter(add_comms(sched.without_backward()), rank=ctx.rank,
-                                        stages=self.stages, comm=self._eval_comm,
-                                        loss_fn=loss_fn, prepost=prepost, policy=self.policy)
-        self.dp_sync = (dataparallel.GradSync(self.interp, self.stages, ctx,
-                                              overlap=config.dp_overlap)
-                        if ctx.dp_size > 1 else None)
-        self.clock_offset = (estimate_clock_offset(ctx.rank, ctx.world_size, device=ctx.device,
-                                                   rounds=config.clock_rounds,
-                                                   group=ctx.pp_group)
-                             if ctx.world_size > 1 else 0.0)
-        self.steps = 0
-        self._final = False  # the gradients are final (see forward_backward)
-        self.hang_watched = watch_hangs(self)  # a hang prints every rank's position
-
-    def _comm(self) -> Comm:
-        strict = self.config.strict_order or os.environ.get("CONVEYOR_STRICT_ORDER") == "1"
-        return Comm(rank=self.ctx.rank, placement=self.schedule.placement,
-                    device=self.ctx.device, timeout_s=self.config.timeout_s, strict_order=strict,
-                    group=self.ctx.pp_group, transport=self.transport,
-                    wire=self.policy.boundary)
 
     # -- public -------------------------------------------------------------------
     @property
