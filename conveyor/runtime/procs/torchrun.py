@@ -21,6 +21,7 @@ def run_under_torchrun(fn, args, kwargs, options):
     import torch
     import torch.distributed as dist
 
+    from conveyor.runtime.procs.deadline import bounded
     from conveyor.runtime.procs.elastic import join_attempt_group
     from conveyor.runtime.transport.group import init_rank
 
@@ -43,11 +44,12 @@ def run_under_torchrun(fn, args, kwargs, options):
         value = to_cpu(fn(ctx, *args, **kwargs))
         leave_together(ctx)
         gathered = [None] * ctx.world_size if rank == 0 else None
-        dist.gather_object(value, gathered, dst=0)
-        # Tear the group down only once everyone is done with it: a rank that
-        # exits with the group alive, or while a peer still talks to it, can
-        # abort in gloo's destructor.
-        dist.barrier()
+        with bounded("the results gather and exit barrier", None):
+            dist.gather_object(value, gathered, dst=0)
+            # Tear the group down only once everyone is done with it: a rank
+            # that exits with the group alive, or while a peer still talks to
+            # it, can abort in gloo's destructor.
+            dist.barrier()
     except BaseException as e:  # noqa: BLE001 - every failure must end this rank
         die(report_of(e, rank=rank))
     dist.destroy_process_group()

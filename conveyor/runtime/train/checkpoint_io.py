@@ -53,6 +53,7 @@ import torch.distributed as dist
 from conveyor.errors import PipelineError
 from conveyor.partition import resolve_balance, stage_ranges
 from conveyor.runtime.execute.stages import layers_of
+from conveyor.runtime.procs.deadline import bounded
 
 __all__ = ["CheckpointError", "layer_names", "save_pipeline", "load_pipeline", "export_state_dict",
            "read_manifest"]
@@ -154,7 +155,8 @@ def _rng_state(device: torch.device) -> dict:
 
 def _barrier(pipe) -> None:
     if pipe.ctx.global_size > 1:
-        dist.barrier()  # the whole world: no replica reads before the files are in place
+        with bounded("the checkpoint barrier", None):
+            dist.barrier()  # the whole world: no replica reads before the files are in place
 
 
 def _write_rank_file(path: Path, state: dict) -> None:
@@ -193,7 +195,8 @@ def save_pipeline(pipe, path, *, scheduler=None) -> Path:
     names = sorted(state["model"])
     gathered = [None] * pipe.ctx.world_size if rank == 0 else None
     if pipe.ctx.world_size > 1:
-        dist.gather_object(names, gathered, group=pipe.ctx.pp_group, group_dst=0)
+        with bounded("the checkpoint's name gather", pipe.ctx.pp_group):
+            dist.gather_object(names, gathered, group=pipe.ctx.pp_group, group_dst=0)
     else:
         gathered = [names]
     if rank == 0:

@@ -13,6 +13,7 @@ from conveyor.runtime.execute.batching import split_batch
 from conveyor.runtime.execute.interpreter import Interpreter
 from conveyor.runtime.execute.recorder import ActivationMemory, Recorder, gather_timeline
 from conveyor.runtime.procs import agree
+from conveyor.runtime.procs.deadline import bounded
 from conveyor.runtime.train import dataparallel
 from conveyor.runtime.train.config import StepResult
 from conveyor.runtime.transport.comm import Comm
@@ -51,7 +52,8 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
             # the previous step (rank 0 gathering its timeline, say)
             # shows up as this step's bubble. (The whole world: replicas
             # meet in the gradient all-reduce, so they start together too.)
-            dist.barrier()
+            with bounded("the recorded-step barrier", None):
+                dist.barrier()
     loss, outputs = interp.run(data, recorder=recorder, memory=memory)
     stats = comm.counts()
     if memory is not None:
@@ -83,7 +85,9 @@ def share_loss(ctx, loss, last_rank: int) -> float:
     buf = (loss.to(ctx.device) if loss is not None
            else torch.zeros((), dtype=torch.float64, device=ctx.device))
     if ctx.world_size > 1:
-        dist.broadcast(buf, group=ctx.pp_group, group_src=last_rank)
+        with bounded("the loss broadcast", ctx.pp_group):
+            dist.broadcast(buf, group=ctx.pp_group, group_src=last_rank)
     if ctx.dp_size > 1:  # each replica's loss is its share of the global batch's
-        dist.all_reduce(buf, group=ctx.dp_group)
+        with bounded("the loss all-reduce over replicas", ctx.dp_group):
+            dist.all_reduce(buf, group=ctx.dp_group)
     return float(buf.item())

@@ -37,6 +37,7 @@ import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
 from conveyor.runtime.execute.batching import microbatch_sizes
+from conveyor.runtime.procs.deadline import bounded
 from conveyor.runtime.train.losses import batch_normalizer
 from conveyor.runtime.train.tied import (
     TiedParams, check_undeclared, find_shared, fingerprints, resolve_ties,
@@ -57,7 +58,8 @@ def global_grad_norm(counted: Sequence[torch.nn.Parameter], *, world_size: int,
         if p.grad is not None:
             sq += p.grad.detach().to(torch.float64).pow(2).sum()
     if world_size > 1:
-        dist.all_reduce(sq, group=group)
+        with bounded("the gradient-norm all-reduce", group):
+            dist.all_reduce(sq, group=group)
     return math.sqrt(float(sq))
 
 
