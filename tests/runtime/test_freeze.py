@@ -14,7 +14,9 @@ parallel: most of a case is the timeout, spent asleep.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -142,3 +144,40 @@ def test_a_frozen_rank_ends_every_process_with_the_collective_named(case, outcom
     ranks, command_end = check(case, outcomes[case])
     print(f"\n{'/'.join(case)}: last rank gone {ranks:.1f} s, command ended "
           f"{command_end:.1f} s after the freeze (timeout_s={TIMEOUT_S:g})")
+
+
+SUSPEND_SCRIPT = """
+import os, signal, sys, time
+import torch.distributed as dist
+from conveyor.runtime.procs import hang
+server = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+client = dist.TCPStore("127.0.0.1", server.port, is_master=False)
+w = hang._Watch(0, 1, client)  # one rank: a report would not wait for answers
+p = w.progress
+p.timeout_s = 2.0
+p.wait_since = time.monotonic()
+p.collective = "the step agreement all-gather over ranks 0, 1"
+os.kill(os.getpid(), signal.SIGSTOP)  # the whole job suspended (Ctrl-Z); resumed 4 s later
+time.sleep(1.0)  # four polls of the watch, running again: 1 s of waiting, not 5
+p.collective = None
+print("no report", flush=True)
+"""
+
+
+def test_a_job_stopped_and_resumed_as_a_whole_is_not_taken_for_a_hang(tmp_path):
+    # Ctrl-Z then fg, or a scheduler's suspend and resume, stops every rank
+    # at once: nobody waited on a frozen peer. Without the watch's stall
+    # compensation this rank reported a hang (exit 75) the moment it ran again.
+    script = tmp_path / "suspend.py"
+    script.write_text(SUSPEND_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while (Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T"
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
+    time.sleep(4.0)
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "no report" in out, err[-2000:]
+    assert "conveyor: hang" not in err

@@ -65,6 +65,7 @@ BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
 FIRST_STEP = 2.0     # the first step (handshakes, lazy start-up) gets this times timeout_s
 POLL_S = 0.25
 ANSWER_S = 5.0       # how long the reporter waits for the other ranks' progress
+STALL_S = 2.0        # a poll this much late: this process was stopped, not waiting
 
 
 @dataclass
@@ -179,14 +180,22 @@ class _Watch:
 
     def _loop(self) -> None:
         published = False
+        last = time.monotonic()
         while not self.stopping.wait(POLL_S):
+            now = time.monotonic()
+            late, last = now - last - POLL_S, now
+            p = self.progress
+            if late > STALL_S and p.waiting() and p.wait_since < now - late:
+                # This process did not run (the whole job stopped with Ctrl-Z or
+                # a scheduler's suspend, then resumed): that time is not spent
+                # waiting on a peer, or every rank would report at once on resume.
+                p.wait_since += late
             try:
                 if self.store.check([self.key + "exit"]):
                     os._exit(EXIT_CODE)
                 if self.store.check([self.key + "report"]) and not published:
                     self._publish()
                     published = True
-                p = self.progress
                 since = p.wait_since  # set before the wait is marked (see deadline)
                 if (p.waiting() and time.monotonic() - since > p.timeout_s
                         and self.store.add(self.key + "claims", 1) == 1):
