@@ -140,8 +140,9 @@ def _gather(record: list[int], device: torch.device, world_size: int,
     mine = torch.tensor([_MAGIC] + record, dtype=torch.int64, device=device)
     parts = [torch.empty_like(mine) for _ in range(world_size)]
     try:
-        with bounded(what, group):
+        with bounded(what, group):  # .tolist() inside: on NCCL the host waits there
             dist.all_gather(parts, mine, group=group)
+            return [p.tolist() for p in parts]
     except RuntimeError as e:
         from conveyor.runtime.errors import PeerFailedError
 
@@ -149,7 +150,6 @@ def _gather(record: list[int], device: torch.device, world_size: int,
         raise PeerFailedError(f"rank {dist.get_rank()} lost a peer while the ranks compared "
                               f"their steps ({first}); the failing rank reports the cause",
                               rank=dist.get_rank()) from e
-    return [p.tolist() for p in parts]
 
 
 def _compare(rows: list[list[int]], rank: int, *, describe, group=None) -> None:

@@ -84,10 +84,14 @@ def share_loss(ctx, loss, last_rank: int) -> float:
         return float(loss)
     buf = (loss.to(ctx.device) if loss is not None
            else torch.zeros((), dtype=torch.float64, device=ctx.device))
+    # Each wait includes reading the value: on NCCL the call only enqueues
+    # the collective and the host blocks in .item().
     if ctx.world_size > 1:
         with bounded("the loss broadcast", ctx.pp_group):
             dist.broadcast(buf, group=ctx.pp_group, group_src=last_rank)
+            value = float(buf.item())
     if ctx.dp_size > 1:  # each replica's loss is its share of the global batch's
         with bounded("the loss all-reduce over replicas", ctx.dp_group):
             dist.all_reduce(buf, group=ctx.dp_group)
-    return float(buf.item())
+            value = float(buf.item())
+    return value
