@@ -105,6 +105,19 @@ def main() -> None:
 FREEZE_HEAD = "## A frozen rank"  # the section --freeze writes
 
 
+FREEZE_NOTES = """
+Before the fix (issue 33 and issue 26, `timeout_s=10`, SIGSTOP of one rank):
+between steps nothing ended within 100 s, over gloo and over shm (5 of 5
+trials over shm never ended); SIGSTOP at a random moment over shm: 3 of 11
+trials never ended within 90-120 s, the other 8 in 15-19 s; torchrun (gloo)
+took 46 s (as the issues report them; reproduced here with
+`timeout_s=3`: of 4 SIGSTOPs at a random moment over shm, 1 left the
+survivor in the step agreement's all-gather for good, the other 3 ended
+11.6 s after the stop). The full matrix, 20 trials per case for both ways of freezing
+(640 launches), is `python benchmarks/bench_faults.py --freeze`.
+"""
+
+
 def freeze_cases(hows: list[str]) -> list[tuple[str, str, str, str]]:
     """(launcher, point, how, transport): every point under the local
     launcher, the first two under torchrun, over gloo ("dist") and shm."""
@@ -171,7 +184,7 @@ def run_matrix(args) -> None:
             f"{'-' if worst is None else f'{worst:.1f} s'} (bound: timeout_s + 15 s).\n\n"
             "| launcher | point | freeze | transport | ended | ranks gone (median) | (worst) "
             "| command ended (median) | (worst) |\n|---|---|---|---|---|---|---|---|---|\n"
-            + "\n".join(rows) + "\n")
+            + "\n".join(rows) + "\n" + FREEZE_NOTES)
     old = args.out.read_text() if args.out.exists() else ""
     head = (old[:old.index(FREEZE_HEAD)] if FREEZE_HEAD in old else old).rstrip() + "\n\n"
     args.out.write_text(head + text)

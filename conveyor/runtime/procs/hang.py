@@ -146,8 +146,8 @@ def format_table(rows: list[dict], *, reporter: int, timeout_s: float) -> str:
             f"{timeout_s:g} s (timeout_s, x{FIRST_STEP:g} on the first step); every "
             f"rank's position:\n" + "\n".join(lines) + absent +
             "\n(busy: in this action; waiting: blocked on that peer or collective; outside: "
-            "in its own code since the last; raise PipelineConfig(timeout_s=...) if a rank "
-            "is only slow)")
+            "in its own code, not the pipeline's; raise PipelineConfig(timeout_s=...) if a "
+            "rank is only slow)")
 
 
 class _Watch:
