@@ -216,7 +216,10 @@ def _train_rank(ctx, cfg: DemoConfig, sweep: SweepConfig | None, started: float,
     if out is not None:
         score[0], score[1] = int((out.argmax(dim=1).cpu() == yte).sum()), len(yte)
     if ctx.world_size > 1:
-        dist.broadcast(score, group=pipe.ctx.pp_group, group_src=pipe.last_rank)
+        from conveyor.runtime.procs.deadline import bounded
+
+        with bounded("the demo's score broadcast", pipe.ctx.pp_group):
+            dist.broadcast(score, group=pipe.ctx.pp_group, group_src=pipe.last_rank)
     if ctx.rank != 0:
         if sweep is not None:
             sweep_rank(ctx, sweep)

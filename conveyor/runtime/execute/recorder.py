@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
+from conveyor.runtime.procs.deadline import bounded
 from conveyor.schedule.ir import KINDS, Action
 from conveyor.sim.timeline import Event, Timeline
 
@@ -155,6 +156,27 @@ class ActivationMemory:
         self.current = self.peak = 0
 
 
+def _exchange(mine, mine_stats, *, rank: int, world_size: int, device, group):
+    """Every rank's (events, stats) on rank 0; None on the others."""
+    with bounded("the timeline gather", group):
+        if rank != 0:
+            dist.send(torch.tensor([mine.shape[0]], dtype=torch.int64, device=device),
+                      group=group, group_dst=0)
+            dist.send(mine.to(device), group=group, group_dst=0)
+            dist.send(mine_stats.to(device), group=group, group_dst=0)
+            return None
+        per_rank = [(mine, mine_stats)]
+        for r in range(1, world_size):
+            n = torch.zeros(1, dtype=torch.int64, device=device)
+            dist.recv(n, group=group, group_src=r)
+            buf = torch.zeros(int(n.item()), 5, dtype=torch.float64, device=device)
+            dist.recv(buf, group=group, group_src=r)
+            st = torch.zeros(len(_STATS), dtype=torch.float64, device=device)
+            dist.recv(st, group=group, group_src=r)
+            per_rank.append((buf.cpu(), st.cpu()))
+        return per_rank
+
+
 def gather_timeline(recorder: Recorder, *, rank: int, world_size: int, offset: float,
                     stats: dict[str, float], device: torch.device, schedule, meta: dict,
                     group=None) -> Timeline | None:
@@ -169,21 +191,10 @@ def gather_timeline(recorder: Recorder, *, rank: int, world_size: int, offset: f
             for a, s, e in recorder.events]
     mine = torch.tensor(rows, dtype=torch.float64).reshape(-1, 5)  # (events, 5)
     mine_stats = torch.tensor([float(stats.get(k, 0)) for k in _STATS], dtype=torch.float64)
-    if rank != 0:
-        dist.send(torch.tensor([mine.shape[0]], dtype=torch.int64, device=device), group=group,
-                  group_dst=0)
-        dist.send(mine.to(device), group=group, group_dst=0)
-        dist.send(mine_stats.to(device), group=group, group_dst=0)
+    per_rank = _exchange(mine, mine_stats, rank=rank, world_size=world_size, device=device,
+                         group=group)
+    if per_rank is None:
         return None
-    per_rank = [(mine, mine_stats)]
-    for r in range(1, world_size):
-        n = torch.zeros(1, dtype=torch.int64, device=device)
-        dist.recv(n, group=group, group_src=r)
-        buf = torch.zeros(int(n.item()), 5, dtype=torch.float64, device=device)
-        dist.recv(buf, group=group, group_src=r)
-        st = torch.zeros(len(_STATS), dtype=torch.float64, device=device)
-        dist.recv(st, group=group, group_src=r)
-        per_rank.append((buf.cpu(), st.cpu()))
     events = []
     for r, (rows_t, _) in enumerate(per_rank):
         for stage, code, mb, s, e in rows_t.tolist():

@@ -36,6 +36,7 @@ import torch
 import torch.distributed as dist
 
 from conveyor.runtime.errors import AgreementError
+from conveyor.runtime.procs.deadline import bounded
 
 __all__ = ["Agreement", "finish", "fingerprint", "weights_digest"]
 
@@ -114,7 +115,8 @@ class Agreement:
         weights = self.digests["weights"] if step == 0 else 0
         record = [kind, started, step, self.P, self.M, batch, self.digests["schedule"],
                   self.digests["model"], weights]
-        rows = _gather(record, self.device, self.world_size, self.group)
+        rows = _gather(record, self.device, self.world_size, self.group,
+                       what="the step agreement all-gather")
         _compare(rows, self.rank, describe=self._describe, group=self.group)
 
     def _describe(self, name: str) -> list[str]:
@@ -129,16 +131,18 @@ def finish(ctx) -> None:
     if ctx.world_size == 1:
         return
     rows = _gather([LEAVING, _started["n"], 0, 0, 0, 0, 0, 0, 0], ctx.device, ctx.world_size,
-                   ctx.pp_group)
+                   ctx.pp_group, what="the end-of-function agreement all-gather")
     _compare(rows, ctx.rank, describe=None, group=ctx.pp_group)
 
 
 def _gather(record: list[int], device: torch.device, world_size: int,
-            group=None) -> list[list[int]]:
+            group=None, *, what: str) -> list[list[int]]:
     mine = torch.tensor([_MAGIC] + record, dtype=torch.int64, device=device)
     parts = [torch.empty_like(mine) for _ in range(world_size)]
     try:
-        dist.all_gather(parts, mine, group=group)
+        with bounded(what, group):  # .tolist() inside: on NCCL the host waits there
+            dist.all_gather(parts, mine, group=group)
+            return [p.tolist() for p in parts]
     except RuntimeError as e:
         from conveyor.runtime.errors import PeerFailedError
 
@@ -146,7 +150,6 @@ def _gather(record: list[int], device: torch.device, world_size: int,
         raise PeerFailedError(f"rank {dist.get_rank()} lost a peer while the ranks compared "
                               f"their steps ({first}); the failing rank reports the cause",
                               rank=dist.get_rank()) from e
-    return [p.tolist() for p in parts]
 
 
 def _compare(rows: list[list[int]], rank: int, *, describe, group=None) -> None:
@@ -193,7 +196,8 @@ def _kind_error(recs: list[dict]) -> AgreementError:
 
 def _digest_error(name: str, values: dict, mine: list[str], group=None) -> AgreementError:
     texts = [None] * len(values)
-    dist.all_gather_object(texts, mine, group=group)
+    with bounded("the agreement's description all-gather", group):
+        dist.all_gather_object(texts, mine, group=group)
     what = {"schedule": "the schedule", "model": "the model (layer types and parameter "
             "shapes per stage)", "weights": "the initial weights"}[name]
     fix = {"schedule": "build the schedule alike on every rank",

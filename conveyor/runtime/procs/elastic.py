@@ -169,8 +169,11 @@ class CheckpointPolicy:
         if pipe.ctx.world_size > 1:
             import torch.distributed as dist
 
+            from conveyor.runtime.procs.deadline import bounded
+
             box = [None if path is None else str(path)]
-            dist.broadcast_object_list(box, src=0)
+            with bounded("the resume broadcast of the checkpoint path", None):
+                dist.broadcast_object_list(box, src=0)
             path = None if box[0] is None else Path(box[0])
         if path is None:
             return None

@@ -14,7 +14,8 @@ Cost: one slice assignment into the map per action and per wait; the texts
 are formatted once, at set-up.
 
 Record: byte 0 state (0 none, 1 busy, 2 waiting), bytes 1-4 the peer
-(int32), bytes 5-6 the text's length, then the text (UTF-8).
+(int32; -1 while waiting in a collective), bytes 5-6 the text's length,
+then the text (UTF-8).
 
 The folder (``make_dir``) is named after the launcher that made it, its pid
 and the start time of that process: the launcher removes it when the run
@@ -74,7 +75,9 @@ class LastWords:
             self.texts.setdefault(a, (describe(a) + cut_of(a)).encode()[:SIZE - _HEAD.size])
 
     def _put(self, state: int, peer: int, action) -> None:
-        text = self.texts.get(action, b"")
+        self._put_text(state, peer, self.texts.get(action, b""))
+
+    def _put_text(self, state: int, peer: int, text: bytes) -> None:
         self.map[_HEAD.size:_HEAD.size + len(text)] = text
         _HEAD.pack_into(self.map, 0, state, peer, len(text))
 
@@ -84,13 +87,18 @@ class LastWords:
     def waiting(self, peer: int, action) -> None:
         self._put(_WAITING, peer, action)
 
+    def collective(self, text: bytes) -> None:
+        """Waiting in a collective; ``text`` (UTF-8, at most SIZE - 7 bytes)
+        says which and over which ranks."""
+        self._put_text(_WAITING, -1, text)
+
     def idle(self) -> None:
         _HEAD.pack_into(self.map, 0, _NONE, -1, 0)
 
 
 def read(directory, rank: int) -> str:
-    """" while busy in ..." / " while waiting on rank p in ...", or "" when
-    nothing is known."""
+    """" while busy in ..." / " while waiting on rank p in ..." / " while
+    waiting in <collective>", or "" when nothing is known."""
     try:
         raw = (Path(directory) / f"rank{rank}").read_bytes()
         state, peer, n = _HEAD.unpack_from(raw, 0)
@@ -100,7 +108,8 @@ def read(directory, rank: int) -> str:
     if state == _BUSY and text:
         return f" while busy in {text}"
     if state == _WAITING and text:
-        return f" while waiting on rank {peer} in {text}"
+        return (f" while waiting on rank {peer} in {text}" if peer >= 0
+                else f" while waiting in {text}")
     return ""
 
 

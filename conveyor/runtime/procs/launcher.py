@@ -351,6 +351,10 @@ def _stop(procs) -> None:
     for p in procs:
         if p.is_alive():
             p.terminate()
+            try:  # a stopped rank (SIGSTOP) acts on SIGTERM only once it runs again
+                os.kill(p.pid, signal.SIGCONT)
+            except OSError:
+                pass
     deadline = time.monotonic() + 3.0
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))

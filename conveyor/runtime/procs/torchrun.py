@@ -22,6 +22,7 @@ def run_under_torchrun(fn, args, kwargs, options):
     import torch
     import torch.distributed as dist
 
+    from conveyor.runtime.procs.deadline import bounded
     from conveyor.runtime.procs.elastic import join_attempt_group
     from conveyor.runtime.transport.group import init_rank
 
@@ -46,11 +47,12 @@ def run_under_torchrun(fn, args, kwargs, options):
         # Every rank gets the list, as the local launcher's caller does: a
         # script that indexes launch's result runs unchanged on every rank.
         gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, value)
-        # Tear the group down only once everyone is done with it: a rank that
-        # exits with the group alive, or while a peer still talks to it, can
-        # abort in gloo's destructor.
-        dist.barrier()
+        with bounded("the results gather and exit barrier", None):
+            dist.all_gather_object(gathered, value)
+            # Tear the group down only once everyone is done with it: a rank
+            # that exits with the group alive, or while a peer still talks to
+            # it, can abort in gloo's destructor.
+            dist.barrier()
     except BaseException as e:  # noqa: BLE001 - every failure must end this rank
         die(report_of(e, rank=rank))
     dist.destroy_process_group()

@@ -56,6 +56,7 @@ from conveyor.partition import resolve_balance, stage_ranges
 from conveyor.runtime.execute.stages import layers_of
 from conveyor.runtime.procs import ckptdir
 from conveyor.runtime.procs.ckptdir import CheckpointError
+from conveyor.runtime.procs.deadline import bounded
 from conveyor.runtime.train.checkpoint_files import (
     FORMAT, VERSION, file_of, read_manifest, read_rank_file, resolve,
 )
@@ -152,7 +153,8 @@ def _rng_state(device: torch.device) -> dict:
 
 def _barrier(pipe) -> None:
     if pipe.ctx.global_size > 1:
-        dist.barrier()  # the whole world: no replica reads before the files are in place
+        with bounded("the checkpoint barrier", None):
+            dist.barrier()  # the whole world: no replica reads before the files are in place
 
 
 def _write_rank_file(path: Path, state: dict) -> None:
@@ -182,7 +184,8 @@ def _begin(pipe, path: Path) -> str:
                    f"writable folder")
             box = [("error", msg)]
     if pipe.ctx.global_size > 1:
-        dist.broadcast_object_list(box, src=0)
+        with bounded("the checkpoint's start (rank 0's verdict on the folder)", None):
+            dist.broadcast_object_list(box, src=0)
     status, value = box[0]
     if status == "error":
         err = CheckpointError(value)
@@ -213,7 +216,8 @@ def save_pipeline(pipe, path, *, scheduler=None) -> Path:
     mine = (name, sorted(state["model"]), os.stat(path / name).st_size)
     gathered = [None] * pipe.ctx.world_size if rank == 0 else None
     if pipe.ctx.world_size > 1:
-        dist.gather_object(mine, gathered, group=pipe.ctx.pp_group, group_dst=0)
+        with bounded("the checkpoint's name gather", pipe.ctx.pp_group):
+            dist.gather_object(mine, gathered, group=pipe.ctx.pp_group, group_dst=0)
     else:
         gathered = [mine]
     if rank == 0:

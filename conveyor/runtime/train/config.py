@@ -29,12 +29,13 @@ class PipelineConfig:
                     override per call).
     track_memory:   count the activation bytes held for backward (peak per
                     rank); None: only on recorded steps.
-    timeout_s:      longest wait on a peer inside a step before every rank
-                    reports its position and exits (see hang.py); the first
-                    step a process runs gets twice that (handshakes, lazy
-                    start-up, the first step after a checkpoint load).
-                    Building the model and loading checkpoints happen
-                    outside steps, bounded by LaunchOptions.timeout_s.
+    timeout_s:      longest wait on a peer, point-to-point or in a
+                    collective (also between steps and in checkpoint saves),
+                    before every rank reports its position and exits (see
+                    hang.py, deadline.py); the first step a process runs gets
+                    twice that (handshakes, lazy start-up, the first step
+                    after a checkpoint load). Building the pipeline is
+                    bounded by LaunchOptions.timeout_s instead.
     prepost:        post receives before the compute that precedes them, to
                     overlap transfer and compute; None: on for gloo, off for
                     NCCL (which matches messages in order, not by tag).

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from conveyor.runtime.execute.batching import microbatch_sizes
+from conveyor.runtime.procs.deadline import bounded
 from conveyor.schedule.ir import B, I, W
 
 __all__ = ["replica_rows", "take_rows", "replica_batch", "GradSync", "broadcast_from_replica0"]
@@ -150,7 +151,8 @@ class GradSync:
             self._start(s)
         for s in self.order:
             for work, flat, ps in self.pending.get(s, ()):
-                work.wait()
+                with bounded(f"the data-parallel gradient all-reduce of stage {s}", self.group):
+                    work.wait()
                 at = 0
                 for p in ps:
                     n = p.grad.numel()

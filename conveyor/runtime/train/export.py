@@ -31,6 +31,7 @@ import torch.distributed as dist
 from conveyor.runtime.execute.recompute import CheckpointedStage
 from conveyor.runtime.execute.split import Chain
 from conveyor.runtime.execute.stages import SequentialStage
+from conveyor.runtime.procs.deadline import bounded
 
 __all__ = ["export_state", "local_state"]
 
@@ -76,7 +77,8 @@ def export_state(pipe, *, rename=None, dst: int = 0) -> dict[str, torch.Tensor] 
     if pipe.ctx.world_size == 1:
         return mine
     parts = [None] * pipe.ctx.world_size if pipe.ctx.rank == dst else None
-    dist.gather_object(mine, parts, group=pipe.ctx.pp_group, group_dst=dst)
+    with bounded("the export's gather", pipe.ctx.pp_group):
+        dist.gather_object(mine, parts, group=pipe.ctx.pp_group, group_dst=dst)
     if parts is None:
         return None
     out: dict[str, torch.Tensor] = {}

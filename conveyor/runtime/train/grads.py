@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from conveyor.errors import PipelineError
 from conveyor.runtime.errors import NonFiniteError
+from conveyor.runtime.procs.deadline import bounded
 
 __all__ = ["finish_local", "finish_grads", "unscale_and_check", "raise_nonfinite",
            "reduce_flags", "NONFINITE"]
@@ -105,8 +106,9 @@ def reduce_flags(pipe, flags: list[float]) -> list[float]:
     if ctx.world_size == 1 and ctx.dp_size == 1:
         return flags
     buf = torch.tensor(flags, dtype=torch.float64, device=ctx.device)
-    dist.all_reduce(buf)  # the default group: every rank of every replica
-    return buf.tolist()
+    with bounded("the non-finite flags' all-reduce", None):  # every rank of every replica
+        dist.all_reduce(buf)
+        return buf.tolist()
 
 
 def _first_nonfinite(pipe) -> str | None:
@@ -133,7 +135,8 @@ def raise_nonfinite(pipe, loss_bad: bool, grad_bad: bool, loss_value) -> None:
     world = dist.get_world_size() if dist.is_initialized() else 1
     reports = [mine] * world
     if world > 1:
-        dist.all_gather_object(reports, mine)
+        with bounded("the non-finite report's gather", None):
+            dist.all_gather_object(reports, mine)
     found = {r: rep for r, rep in enumerate(reports) if rep["loss"] or rep["param"]}
     lines = []
     for r, rep in found.items():

@@ -16,6 +16,7 @@ from conveyor.runtime.execute.batching import split_batch
 from conveyor.runtime.execute.interpreter import Interpreter
 from conveyor.runtime.execute.recorder import ActivationMemory, Recorder, gather_timeline
 from conveyor.runtime.procs import agree
+from conveyor.runtime.procs.deadline import bounded
 from conveyor.runtime.train import dataparallel
 from conveyor.runtime.train.config import StepResult
 from conveyor.runtime.train.grads import finish_local
@@ -68,7 +69,8 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
             # the previous step (rank 0 gathering its timeline, say)
             # shows up as this step's bubble. (The whole world: replicas
             # meet in the gradient all-reduce, so they start together too.)
-            dist.barrier()
+            with bounded("the recorded-step barrier", None):
+                dist.barrier()
     loss, outputs = interp.run(data, recorder=recorder, memory=memory)
     stats = comm.counts()
     if memory is not None:
@@ -109,7 +111,6 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
                       aux_loss=aux_total, aux=aux)
 
 
-
 def share(ctx, loss, flags: tuple = ()) -> tuple[float, list[float]]:
     """The step's loss on every rank, and ``flags`` summed over every rank:
     one all-reduce over the pipeline (only the last stage's rank holds a
@@ -122,11 +123,16 @@ def share(ctx, loss, flags: tuple = ()) -> tuple[float, list[float]]:
         buf[0] = loss.to(ctx.device)
     if flags:
         buf[1:] = torch.tensor(flags, dtype=torch.float64)
+    # Each wait includes reading the values: on NCCL the call only enqueues
+    # the collective and the host blocks in .tolist().
     if ctx.world_size > 1:
-        dist.all_reduce(buf, group=ctx.pp_group)
-    if ctx.dp_size > 1:
-        dist.all_reduce(buf, group=ctx.dp_group)
-    values = buf.tolist()
+        with bounded("the loss all-reduce", ctx.pp_group):
+            dist.all_reduce(buf, group=ctx.pp_group)
+            values = buf.tolist()
+    if ctx.dp_size > 1:  # each replica's loss is its share of the global batch's
+        with bounded("the loss all-reduce over replicas", ctx.dp_group):
+            dist.all_reduce(buf, group=ctx.dp_group)
+            values = buf.tolist()
     return values[0], values[1:]
 
 

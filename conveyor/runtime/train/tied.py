@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from conveyor.errors import PipelineError
+from conveyor.runtime.procs.deadline import bounded
 
 __all__ = ["TiedParameterError", "Tie", "TiedParams", "find_shared", "resolve_ties",
            "fingerprints", "check_undeclared"]
@@ -230,7 +231,8 @@ class TiedParams:
             total = (torch.zeros_like(tie.local[0]) if not grads
                      else grads[0].clone() if len(grads) == 1 else torch.stack(grads).sum(0))
             if tie.group is not None:
-                dist.all_reduce(total, group=tie.group)
+                with bounded(f"the tie sum all-reduce of {tie}", tie.group):
+                    dist.all_reduce(total, group=tie.group)
             for p in tie.local:
                 p.grad = total if p is tie.local[0] else total.clone()
 

@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from conveyor.errors import ConveyorError, PipelineError
 from conveyor.runtime.execute.batching import microbatch_sizes
+from conveyor.runtime.procs.deadline import bounded
 from conveyor.runtime.train.amp import Scaler, resolve_scale
 from conveyor.runtime.train.grads import raise_nonfinite
 from conveyor.runtime.train.losses import batch_normalizer
@@ -60,7 +61,8 @@ def global_grad_norm(counted: Sequence[torch.nn.Parameter], *, world_size: int,
         if p.grad is not None:
             sq += p.grad.detach().to(torch.float64).pow(2).sum()
     if world_size > 1:
-        dist.all_reduce(sq, group=group)
+        with bounded("the gradient-norm all-reduce", group):
+            dist.all_reduce(sq, group=group)
     return math.sqrt(float(sq))
 
 
