@@ -113,11 +113,15 @@ def run(args) -> int:
         return 0
 
     def note() -> None:
-        print("conveyor viz: simulating every schedule for the page (cached for next time)...",
-              file=sys.stderr, flush=True)
+        print(f"conveyor viz: building the page's data (every schedule, P 1..{args.max_P}, "
+              f"M 1..{args.max_M}; cached for next time)", file=sys.stderr, flush=True)
+
+    def progress(name: str, done: int, total: int, seconds: float) -> None:
+        print(f"conveyor viz: [{done}/{total}] {name} ({seconds:.1f} s)", file=sys.stderr,
+              flush=True)
 
     data = build_data(P_max=args.max_P, M_max=args.max_M, ratios=ratios, jobs=args.jobs,
-                      cache=not args.no_cache, on_build=note)
+                      cache=not args.no_cache, on_build=note, on_progress=progress)
     html = render_page(data, initial=initial, measured=None if sweep else measured, sweep=sweep)
     path = write_page(args.output, html)
     print(f"wrote {path} ({len(html.encode()) / 1e6:.2f} MB); open it in a browser")

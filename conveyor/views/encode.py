@@ -46,24 +46,31 @@ Token = tuple[int, "int | None"]  # (symbol index, explicit mb or None)
 
 
 def _tokens(row: Sequence[Action], stages: Sequence[int]) -> list[Token]:
-    chunk_of = {s: c for c, s in enumerate(stages)}
+    # (stage, kind) -> symbol for this rank: one dict lookup per action, as
+    # the page's data holds ~10 million actions and this runs for each.
+    sym_of = {(s, k): c * 4 + j for c, s in enumerate(stages) for j, k in enumerate(_KINDS)}
     expected: dict[int, int] = {}
     out: list[Token] = []
     for a in row:
-        if a.kind not in _KINDS:
-            raise ScheduleError(f"cannot encode {a}: only compute actions (F, B, I, W) are "
-                                f"drawn; pass schedule.compute_only()")
-        c = chunk_of.get(a.stage)
-        if c is None:
-            raise ScheduleError(f"cannot encode {a}: stage {a.stage} is not one of this rank's "
-                                f"stages {list(stages)}")
-        sym = c * 4 + _KINDS.index(a.kind)
-        if sym >= len(ALPHABET):
-            raise ScheduleError(f"cannot encode {a}: rank holds {len(stages)} stages, the "
-                                f"encoding supports at most {len(ALPHABET) // 4}")
-        out.append((sym, None if a.mb == expected.get(sym, 0) else a.mb))
-        expected[sym] = a.mb + 1
+        s, kind, mb = a
+        sym = sym_of.get((s, kind))
+        if sym is None or sym >= len(ALPHABET):
+            _refuse(a, stages)
+        e = expected.get(sym, 0)
+        out.append((sym, None if mb == e else mb))
+        expected[sym] = mb + 1
     return out
+
+
+def _refuse(a: Action, stages: Sequence[int]) -> None:
+    if a.kind not in _KINDS:
+        raise ScheduleError(f"cannot encode {a}: only compute actions (F, B, I, W) are "
+                            f"drawn; pass schedule.compute_only()")
+    if a.stage not in stages:
+        raise ScheduleError(f"cannot encode {a}: stage {a.stage} is not one of this rank's "
+                            f"stages {list(stages)}")
+    raise ScheduleError(f"cannot encode {a}: rank holds {len(stages)} stages, the "
+                        f"encoding supports at most {len(ALPHABET) // 4}")
 
 
 def _write_token(tok: Token) -> str:
@@ -73,23 +80,32 @@ def _write_token(tok: Token) -> str:
 
 def _compress(tokens: list[Token]) -> str:
     """Greedy run-length coding of repeated token groups, one level of nesting
-    (a group's body is itself run-length coded)."""
+    (a group's body is itself run-length coded). Works on a string with one
+    character per distinct token, so that finding repeats is done by str
+    methods in C (the page's build encodes ~10 million tokens)."""
+    char_of: dict[Token, str] = {}
+    text = "".join(char_of.setdefault(t, chr(0x100 + len(char_of))) for t in tokens)
+    token_of = {c: t for t, c in char_of.items()}
+    return _compress_text(text, token_of)
+
+
+def _compress_text(text: str, token_of: dict[str, Token]) -> str:
     parts: list[str] = []
-    i, n = 0, len(tokens)
+    i, n = 0, len(text)
     while i < n:
         best_p, best_k = 1, 1
         for p in range(1, min(_MAX_PERIOD, (n - i) // 2) + 1):
-            unit = tokens[i:i + p]
+            unit = text[i:i + p]
             k = 1
-            while tokens[i + k * p:i + (k + 1) * p] == unit:
+            while text.startswith(unit, i + k * p):
                 k += 1
             if k >= 2 and p * k > best_p * best_k:
                 best_p, best_k = p, k
         count = "" if best_k == 1 else str(best_k)
         if best_p == 1:
-            parts.append(_write_token(tokens[i]) + count)
+            parts.append(_write_token(token_of[text[i]]) + count)
         else:
-            parts.append("(" + _compress(tokens[i:i + best_p]) + ")" + count)
+            parts.append("(" + _compress_text(text[i:i + best_p], token_of) + ")" + count)
         i += best_p * best_k
     return "".join(parts)
 
