@@ -5,7 +5,6 @@ tests/views/record_sweep.py (P = 4, gpipe, emulated device time)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
