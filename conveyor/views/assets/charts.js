@@ -13,6 +13,26 @@ var ConveyorCharts = (function () {
     return 10 * p;
   }
 
+  // Shapes grouped by style and drawn pass by pass, each pass one kind of
+  // shape: a pattern, a fill, a solid or dashed outline, or a label.
+  var PASSES = ["p", "p", "f", "p", "s", "d", "f", "t"];
+  function Batch() { this.passes = PASSES.map(function () { return new Map(); }); }
+  Batch.prototype.add = function (pass, style, item) {
+    var groups = this.passes[pass], list = groups.get(style);
+    if (!list) groups.set(style, list = []);
+    list.push(item);
+  };
+  Batch.prototype.draw = function (p) {
+    this.passes.forEach(function (groups, i) {
+      var kind = PASSES[i];
+      groups.forEach(function (list, style) {
+        if (kind === "t") { p.texts(list, { size: 10, align: "center", color: style }); return; }
+        p.rects(list, kind === "p" ? { pattern: style } : kind === "f" ? { fill: style } :
+          { stroke: style, dash: kind === "d" });
+      });
+    });
+  };
+
   function rowHeight(P) { return P <= 8 ? 28 : Math.max(12, Math.floor(300 / P)); }
   function memRow(P) { return Math.max(7, Math.min(14, Math.floor(rowHeight(P) / 2))); }
   function panelHeight(P, withMemory) {
@@ -35,35 +55,43 @@ var ConveyorCharts = (function () {
       var label = v > 1 ? "rank " + r + " (s " + byRank[r].join(",") + ")" : "stage " + byRank[r][0];
       p.text(frame.x + 4, y0 + r * rowH + rowH / 2 + 4, label, { size: rowH < 16 ? 9 : 11, color: INK });
     }
+    // Drawn in passes, each batched by style (one canvas style change per
+    // colour, not per cell: at P = 16, M = 64 there are thousands of cells):
+    // idle time, all-reduces, fills, W hatching, outlines, chunk bands, labels.
+    var batch = new Batch();
     var idle = g.pieces || lay.gaps.map(function (gp) { return [gp[0], gp[1], gp[2], 0, -1]; });
-    idle.forEach(function (gp) {
-      var kind = gp[3] ? "transfer" : "bubble", x = X(gp[1]), w = (gp[2] - gp[1]) * sx;
-      p.rect(x, y0 + gp[0] * rowH + pad, w, h, { pattern: kind, cls: kind });
+    for (var j = 0; j < idle.length; j++) {
+      var gp = idle[j], kind = gp[3] ? "transfer" : "bubble", x = X(gp[1]), w = (gp[2] - gp[1]) * sx;
+      batch.add(0, kind, [x, y0 + gp[0] * rowH + pad, w, h, kind]);
       drawn[kind] = true;
       if (hits) hits.push({ panel: frame.panel, x: x, y: y0 + gp[0] * rowH, w: Math.max(w, 2), h: rowH, idle: gp });
-    });
-    var events = model.events, labelW = p.measure("s00 F00", 10) + 4;
-    for (var j = 0; j < events.length; j++) {
-      var e = events[j], x = X(e.start), w = Math.max((e.end - e.start) * sx - 1, 0.5), y = y0 + e.r * rowH + pad;
-      if (e.k === 5) {  // a data-parallel all-reduce (listed first: compute draws over it)
-        p.rect(x, y, w + 1, h, { pattern: "allreduce", cls: "allreduce" }); drawn.allreduce = true; continue;
+    }
+    var events = model.events, labelW = p.measure("s00 F00", 10) + 4, chunkOf = {};
+    byRank.forEach(function (st) { st.forEach(function (s, c) { chunkOf[s] = c; }); });
+    for (j = 0; j < events.length; j++) {
+      var e = events[j], y = y0 + e.r * rowH + pad;
+      x = X(e.start); w = Math.max((e.end - e.start) * sx - 1, 0.5);
+      if (e.k === 5) {  // a data-parallel all-reduce (compute draws over it)
+        batch.add(1, "allreduce", [x, y, w + 1, h, "allreduce"]); drawn.allreduce = true; continue;
       }
       if (e.k >= 4) continue;  // measured SEND/RECV: their time is in the idle pieces
-      var kind = KINDS[e.k], fill = kind === "F" ? D.strong(e.mb) : D.tint(e.mb);
+      kind = KINDS[e.k];
+      var fill = kind === "F" ? D.strong(e.mb) : D.tint(e.mb), cell = [x, y, w, h, "cell " + kind];
       drawn[kind] = true;
-      if (kind === "F") p.rect(x, y, w, h, { fill: fill, cls: "cell F" });
-      else p.rect(x, y, w, h, { fill: fill, stroke: kind === "W" || w < 4 ? null : D.edge(e.mb), dash: kind === "I",
-        cls: "cell " + kind, pattern: kind === "W" ? "w" : null });
-      if (v > 1) {  // which of the rank's chunks: a dark band on later chunks
-        var c = byRank[e.r].indexOf(e.s);
-        if (c > 0) { p.rect(x, y, w, 3, { fill: "rgba(29,35,48," + (0.35 + 0.5 * c / (v - 1)).toFixed(2) + ")" }); drawn.chunk = true; }
+      batch.add(2, fill, cell);
+      if (kind === "W") batch.add(3, "w", cell);
+      else if (kind !== "F" && w >= 4) batch.add(kind === "I" ? 5 : 4, D.edge(e.mb), cell);
+      var c = v > 1 ? chunkOf[e.s] : 0;
+      if (c > 0) {  // which of the rank's chunks: a dark band on later chunks
+        batch.add(6, "rgba(29,35,48," + (0.35 + 0.5 * c / (v - 1)).toFixed(2) + ")", [x, y, w, 3, null]);
+        drawn.chunk = true;
       }
-      if (h >= 11) {
-        var text = w >= labelW ? "s" + e.s + " " + kind + e.mb : w >= 15 ? String(e.mb) : null;
-        if (text) p.text(x + w / 2, y + h / 2 + 4, text, { size: 10, align: "center", color: D.labelOn(fill) });
+      if (h >= 11 && w >= 15) {
+        batch.add(7, D.labelOn(fill), [x + w / 2, y + h / 2 + 4, w >= labelW ? "s" + e.s + " " + kind + e.mb : String(e.mb)]);
       }
       if (hits) hits.push({ panel: frame.panel, x: x, y: y0 + e.r * rowH, w: Math.max(w, 2), h: rowH, event: e });
     }
+    batch.draw(p);
     var hl = g.highlight || {};
     var outline = function (list, colour, key) {
       if (!list || !list.length) return;

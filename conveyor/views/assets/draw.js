@@ -56,13 +56,16 @@ var ConveyorDraw = (function () {
     rgb = hslRgb(h, 70, hi).map(function (x) { return Math.round(255 * x); });
     return (cache[key] = hex(rgb));
   }
-  function strong(mb) { return colourAt(hue(mb), F_LUM); }   // forward fill
-  function tint(mb) { return colourAt(hue(mb), B_LUM); }     // backward fills
-  function edge(mb) { return colourAt(hue(mb), 0.5); }       // backward outline, still 3:1 to the bubble
+  var byMb = { f: [], b: [], e: [] };  // per micro-batch: computed once
+  function strong(mb) { return byMb.f[mb] || (byMb.f[mb] = colourAt(hue(mb), F_LUM)); }  // forward fill
+  function tint(mb) { return byMb.b[mb] || (byMb.b[mb] = colourAt(hue(mb), B_LUM)); }    // backward fills
+  function edge(mb) { return byMb.e[mb] || (byMb.e[mb] = colourAt(hue(mb), 0.5)); }    // backward outline, 3:1 to the bubble
   // Black or white, whichever contrasts more with the fill.
+  var labels = {};
   function labelOn(fill) {
+    if (labels[fill]) return labels[fill];
     var L = rgbLuminance(parseHex(fill));
-    return contrast(L, 0) >= contrast(L, 1) ? "#000" : "#fff";
+    return (labels[fill] = contrast(L, 0) >= contrast(L, 1) ? "#000" : "#fff");
   }
 
   // ---- painters ------------------------------------------------------------
@@ -74,12 +77,17 @@ var ConveyorDraw = (function () {
 
   function canvasPainter(canvas, W, H, dprOverride) {
     var dpr = dprOverride || window.devicePixelRatio || 1;
-    canvas.width = Math.round(W * dpr);
-    canvas.height = Math.round(H * dpr);
-    if (canvas.style) { canvas.style.width = W + "px"; canvas.style.height = H + "px"; }
-    var ctx = canvas.getContext("2d"), pats = {};
+    // Resizing reallocates the canvas: only when the size changes.
+    var cw = Math.round(W * dpr), ch = Math.round(H * dpr);
+    if (canvas.width !== cw) canvas.width = cw;
+    if (canvas.height !== ch) canvas.height = ch;
+    if (canvas.style && canvas.style.width !== W + "px") canvas.style.width = W + "px";
+    if (canvas.style && canvas.style.height !== H + "px") canvas.style.height = H + "px";
+    var ctx = canvas.getContext("2d"), pats = canvas.conveyorPatterns;
+    if (!pats || pats.dpr !== dpr) pats = canvas.conveyorPatterns = { dpr: dpr };
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.clearRect(0, 0, cw, ch);
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    ctx.clearRect(0, 0, W, H);
     function pattern(name) {
       if (pats[name]) return pats[name];
       var p = PATTERNS[name], c = document.createElement("canvas"), n = Math.round(8 * dpr);
@@ -112,6 +120,31 @@ var ConveyorDraw = (function () {
         ctx.font = (o.bold ? "600 " : "") + (o.size || 11) + "px system-ui, sans-serif";
         ctx.textAlign = o.align || "left";
         ctx.fillText(str, x, y);
+      },
+      // many shapes of one style: [x, y, w, h, class] each (one style change)
+      rects: function (list, o) {
+        var j, q;
+        if (o.fill || o.pattern) {
+          ctx.fillStyle = o.fill || pattern(o.pattern);
+          for (j = 0; j < list.length; j++) { q = list[j]; ctx.fillRect(q[0], q[1], q[2], q[3]); }
+        }
+        if (o.stroke) {
+          ctx.strokeStyle = o.stroke; ctx.lineWidth = 1;
+          ctx.setLineDash(o.dash ? [3, 2] : []);
+          ctx.beginPath();
+          for (j = 0; j < list.length; j++) {
+            q = list[j];
+            ctx.rect(q[0] + 0.5, q[1] + 0.5, Math.max(q[2] - 1, 0), Math.max(q[3] - 1, 0));
+          }
+          ctx.stroke();
+          ctx.setLineDash([]);
+        }
+      },
+      texts: function (list, o) {
+        ctx.fillStyle = o.color || INK;
+        ctx.font = (o.size || 11) + "px system-ui, sans-serif";
+        ctx.textAlign = o.align || "left";
+        for (var j = 0; j < list.length; j++) ctx.fillText(list[j][2], list[j][0], list[j][1]);
       },
       measure: function (str, size) {
         ctx.font = (size || 11) + "px system-ui, sans-serif";
@@ -173,6 +206,16 @@ var ConveyorDraw = (function () {
         out.push('<text x="' + f2(x) + '" y="' + f2(y) + '" fill="' + (o.color || INK) + '" font-size="' +
           (o.size || 11) + '"' + (o.bold ? ' font-weight="600"' : "") + ' text-anchor="' + anchor + '">' +
           esc(str) + "</text>");
+      },
+      rects: function (list, o) {
+        for (var j = 0; j < list.length; j++) {
+          var q = list[j];
+          this.rect(q[0], q[1], q[2], q[3], { fill: o.fill, pattern: o.pattern, stroke: o.stroke, dash: o.dash,
+            cls: o.stroke ? null : q[4] });
+        }
+      },
+      texts: function (list, o) {
+        for (var j = 0; j < list.length; j++) this.text(list[j][0], list[j][1], list[j][2], o);
       },
       measure: function (str, size) {
         measureCanvas = measureCanvas || document.createElement("canvas").getContext("2d");

@@ -283,6 +283,11 @@
     return model(name, Object.assign({}, st, { M: 1 }), o, true).lay.T;
   }
 
+  var legendKeys = null, curveWidth = 300, shownHtml = {};
+  // innerHTML only when it changes: parsing it again costs as much as drawing
+  function setHtml(id, html) {
+    if (shownHtml[id] !== html) { shownHtml[id] = html; $(id).innerHTML = html; }
+  }
   function show(orders, st, t0) {
     var models = [], refusedText = [], costError = st.costError, failed = false;
     for (var i = 0; i < orders.length && !failed; i++) {
@@ -306,27 +311,31 @@
       if (failed && current) return finish(st, t0);  // keep the last valid chart
     }
     api.models = models;
+    // Sizes are read before anything on the page changes (one layout, not several).
+    var width = Math.max(300, Math.floor($("gantt").clientWidth || 900)), canvas = $("gantt-canvas");
+    curveWidth = $("curve-canvas").parentNode.clientWidth || 300;
     var sc = schedByName[st.schedule];
-    $("summary").innerHTML = [sc].concat(st.compare ? [schedByName[st.compare]] : []).map(function (s) {
+    setHtml("summary", [sc].concat(st.compare ? [schedByName[st.compare]] : []).map(function (s) {
       return "<p>" + infoHtml(s) + "</p>"; }).join("") + refusedText.map(function (t) {
-      return '<p class="refused">' + esc(t) + "</p>"; }).join("");
+      return '<p class="refused">' + esc(t) + "</p>"; }).join(""));
     var m0 = models[0] && models[0].name === st.schedule ? models[0] : null;
     $("M-out").textContent = m0 && m0.M !== st.M ? "1 (fixed: " + st.schedule + " runs the batch as one)" : st.M;
-    $("stats").innerHTML = '<tr><th scope="col">schedule</th><th scope="col">M run</th><th scope="col">bubble (simulated)</th>' +
+    setHtml("stats", '<tr><th scope="col">schedule</th><th scope="col">M run</th><th scope="col">bubble (simulated)</th>' +
       '<th scope="col">bubble (formula)</th><th scope="col">step time</th><th scope="col">' +
       (st.fixed ? "step time (whole batch)" : "step time per micro-batch of data (÷ M)") +
       '</th><th scope="col">peak activations per rank (micro-batch-equivalents' + (st.costs.mem ? ", bytes" : "") +
-      ')</th><th scope="col">costs per stage</th></tr>' + models.map(function (m) { return statsRow(m, st); }).join("");
-    var width = Math.max(300, Math.floor($("gantt").clientWidth || 900)), canvas = $("gantt-canvas");
+      ')</th><th scope="col">costs per stage</th></tr>' + models.map(function (m) { return statsRow(m, st); }).join(""));
     if (api.onModels) api.onModels(models, st);
     if (models.length) {
       var fig = figureOf(models, st, width);
       var drawn = C.figure(D.canvasPainter(canvas, width, C.figureHeight(fig)), fig, true);
       current = { fig: fig, drawn: drawn.drawn, hits: drawn.hits, geometry: drawn.geometry, st: st };
-      $("legend").innerHTML = D.legendHtml(drawn.drawn);
+      var keys = Object.keys(drawn.drawn).sort().join();
+      if (keys !== legendKeys) { legendKeys = keys; $("legend").innerHTML = D.legendHtml(drawn.drawn); }
     } else {
       D.canvasPainter(canvas, width, 1);
       current = null;
+      legendKeys = "";
       $("legend").innerHTML = "";
     }
     var text = models.map(function (m) {
@@ -409,11 +418,16 @@
       }) };
   }
   function drawCurve() {
-    var box = $("curve-canvas").parentNode, w = Math.min(420, Math.max(260, (box.clientWidth || 300) - 8));
+    var w = Math.min(420, Math.max(260, curveWidth - 8));
     var c = curveData(w);
     C.bubbleCurve(D.canvasPainter($("curve-canvas"), w, C.curveHeight(c)), c);
   }
 
+  var hashTimer = 0;
+  function writeHash() {
+    clearTimeout(hashTimer);
+    if (history.replaceState) history.replaceState(null, "", toHash());
+  }
   function redraw() {
     var t0 = performance.now(), st = state();
     $("P-out").textContent = st.P;
@@ -424,7 +438,10 @@
       "a schedule with v chunks per rank gives each chunk 1/v of its P-th", layer: "one value per layer (L values, L a " +
       "multiple of every schedule's stages); each stage sums its layers", stage: "one value, or one per stage of each " +
       "schedule: a V schedule's 2P stages then model a model twice as big" }[st.costs.unit] || "";
-    if (history.replaceState) history.replaceState(null, "", toHash());
+    // The address bar follows the state, at most a few times a second: writing
+    // it costs as much as a redraw.
+    clearTimeout(hashTimer);
+    hashTimer = setTimeout(writeHash, 150);
     var names = [st.schedule].concat(st.compare ? [st.compare] : []);
     if (DATA.mode === "serve") {
       var ticket = ++served;
@@ -538,7 +555,9 @@
     if (st.costs) Object.keys(st.costs).forEach(function (k) { $(COST_FIELDS[k]).value = st.costs[k]; });
     if (st.fixed !== undefined) $("fixed").checked = st.fixed;
     if (st.critical !== undefined) $("critical").checked = st.critical;
-    return redraw();
+    var done = redraw();
+    writeHash();
+    return done;
   };
   function events(m) {
     return m.events.filter(function (e) { return e.k < 5; })
