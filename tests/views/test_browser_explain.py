@@ -21,7 +21,6 @@ from conveyor.views.page import render_page, write_page
 from conveyor.views.steps import steps_section
 
 from tests.views.conftest import screenshot_dir
-from tests.views.helpers import slowed_steps
 from tests.views.test_browser import _cost_model, _expect, _open, _random_costs, _typed
 
 pytestmark = pytest.mark.browser
@@ -149,8 +148,8 @@ def test_a_measured_wait_names_the_late_message_and_its_sender(page, tmp_path, d
 
 def test_several_steps_show_the_spread_per_rank_and_the_straggler(page, tmp_path, default_data):
     expect = _expect()
-    tls = slowed_steps("1f1b", 4, 8, steps=5, slow_rank=2)
-    sp = steps_section(tls, [f"step{k}.json" for k in range(5)])
+    files = sorted((Path(__file__).parent / "data" / "steps").glob("step*.json"))  # a real run
+    sp = steps_section([load_timeline(f) for f in files], files)
     path = write_page(tmp_path / "s.html", render_page(
         default_data, steps=sp, initial={"schedule": "1f1b", "P": 4, "M": 8, "view": "step"}))
     _open(page, path)
@@ -162,4 +161,5 @@ def test_several_steps_show_the_spread_per_rank_and_the_straggler(page, tmp_path
     assert re.search(rf"{med * 1e3:.4g} ms / {worst * 1e3:.4g} ms", rows.nth(3).text_content())
     expect(page.locator("#step-pick-out")).to_contain_text("the median step")
     page.locator("#step-pick").fill("0")
-    expect(page.locator("#measured-head")).to_have_text("measured (step0.json)")
+    expect(page.locator("#measured-head")).to_have_text("measured (step1.json)")
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "explorer-steps.png"), full_page=True)

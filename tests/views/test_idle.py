@@ -92,6 +92,20 @@ def test_steps_name_the_straggler_and_the_spread():
     assert len(sp["runs"]) == 5 and sp["files"][0] == "s0.json"
 
 
+def test_recorded_steps_name_the_slow_stage():
+    # tests/views/data/steps: five steps of a real run (record_steps.py) whose
+    # stage 2 is an emulated device 1.5 times as slow as the others. Emulated
+    # times are sleeps, which a loaded machine stretches, so the ratio is only
+    # near 1.5; which rank is slowest is not in doubt.
+    steps = Path(__file__).parent / "data" / "steps"
+    files = sorted(steps.glob("step*.json"))
+    sp = steps_section([load_timeline(f) for f in files], files)
+    assert len(files) == 5 and sp["straggler"]["rank"] == 2
+    assert 1.2 < sp["straggler"]["ratio"] < 1.8
+    waits = [w[0] for w in sp["wait"]]
+    assert waits.index(min(waits)) == 2          # the straggler waits least: the others wait on it
+
+
 def test_steps_of_different_runs_are_refused():
     with pytest.raises(TimelineError, match="pass steps of one run"):
         steps_section([measured_like("gpipe", 4, 8), measured_like("1f1b", 4, 8)], ["a", "b"])

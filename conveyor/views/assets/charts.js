@@ -175,7 +175,7 @@ var ConveyorCharts = (function () {
     var key = [];
     c.series.forEach(function (s, i) {
       var col = SERIES[i % SERIES.length];
-      if (s.formula.length) key.push(["line", col, s.name + ": closed form"]);
+      if (s.formula.length) key.push(["line", col, s.name + ": closed form", i > 0]);
       if (s.points.length) key.push(["dot", col, s.name + ": simulated" + (s.pending ? " (computing...)" : "")]);
       if ((s.measured || []).length) key.push(["measured", col, s.name + ": measured bubble (waiting on a peer)"]);
     });
@@ -212,7 +212,7 @@ var ConveyorCharts = (function () {
     c.series.forEach(function (s) { if (s.mark) p.dot(lx(s.mark[0]), ly(s.mark[1]), 5, { fill: "none", stroke: INK, width: 2 }); });
     var ky = b + 40;
     curveKey(c).forEach(function (k) {
-      if (k[0] === "line") p.line([[l, ky - 4], [l + 18, ky - 4]], { color: k[1], width: 1.6 });
+      if (k[0] === "line") p.line([[l, ky - 4], [l + 18, ky - 4]], { color: k[1], width: 1.6, dash: k[3] });
       else if (k[0] === "dot") p.dot(l + 9, ky - 4, 2.5, { fill: k[1] });
       else if (k[0] === "measured") p.rect(l + 5, ky - 8, 8, 8, { fill: k[1] });
       else p.dot(l + 9, ky - 4, 5, { fill: "none", stroke: k[1], width: 2 });
