@@ -191,15 +191,17 @@
       var i = kv.indexOf("=");
       if (i > 0) q[kv.slice(0, i)] = decodeURIComponent(kv.slice(i + 1));
     });
+    // The hash is the whole state: what toHash leaves out is at its default.
     if (schedByName[q.s]) ctl.schedule.value = q.s;
-    if (q.c === "" || schedByName[q.c]) ctl.compare.value = q.c;
+    ctl.compare.value = schedByName[q.c] ? q.c : "";
+    Object.keys(DEFAULTS).forEach(function (k) { if (q[k] === undefined) $(COST_FIELDS[k]).value = DEFAULTS[k]; });
     if (+q.P >= 1 && +q.P <= DATA.P_max) ctl.P.value = q.P;
     if (+q.M >= 1 && +q.M <= DATA.M_max) ctl.M.value = q.M;
     if (q.v === "step" || q.v === "fwd") $(q.v === "step" ? "view-step" : "view-fwd").checked = true;
     Object.keys(COST_FIELDS).forEach(function (k) { if (q[k] !== undefined) $(COST_FIELDS[k]).value = q[k]; });
-    if (q.fix !== undefined) $("fixed").checked = q.fix === "1";
-    if (q.mem !== undefined) $("memory").checked = q.mem !== "0";
-    if (q.cp !== undefined) $("critical").checked = q.cp === "1";
+    $("fixed").checked = q.fix === "1";
+    $("memory").checked = q.mem !== "0";
+    $("critical").checked = q.cp === "1";
   }
 
   // ---- numbers ---------------------------------------------------------------------

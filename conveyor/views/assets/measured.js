@@ -91,8 +91,14 @@ var ConveyorMeasured = (function () {
     var what = /RECV_F/.test(recv) ? "the input of its next forward" : "the gradient for its next backward";
     if (msg[2] === null) return head + "it waited in " + esc(recv) + " for " + what + "; the run recorded no matching send.";
     var late = msg[4] > msg[6] ? " — " + t(msg[4] - msg[6], ms) + " after rank " + r + " began to wait" : "";
+    // what the sender computed just before: the action whose output the message carries
+    var m = /^(\d+)SEND_([FB])(\d+)$/.exec(msg[2]), made = null;
+    if (m) parseEvents(me.events).forEach(function (e) {
+      if (e.r === sender && e.s === +m[1] && e.mb === +m[3] && (m[2] === "F" ? e.k === 0 : e.k === 1 || e.k === 2)) made = e;
+    });
+    var after = made ? " after computing " + made.s + KINDS[made.k] + made.mb + " (ended " + t(made.end, ms) + ")" : "";
     return head + "it waited in " + esc(recv) + " for " + what + " from <b>rank " + sender + "</b>, which sent it (" +
-      esc(msg[2]) + ") at " + t(msg[4], ms) + late + "; it arrived at " + t(msg[7], ms) + ", " +
+      esc(msg[2]) + ") at " + t(msg[4], ms) + after + late + "; it arrived at " + t(msg[7], ms) + ", " +
       t(Math.max(0, msg[7] - Math.max(msg[4], msg[6])), ms) + " in flight. The late message: " + esc(msg[2]) +
       " from rank " + sender + ".";
   }
