@@ -342,7 +342,7 @@ def test_sweep_small_multiples_follow_the_m_slider(page, tmp_path, default_data)
 
 def _box(page, sel):
     return page.evaluate(f"(() => {{ const b = document.querySelector('{sel}')"
-                         f".getBoundingClientRect(); return [b.top, b.bottom, b.right]; }})()")
+                         f".getBoundingClientRect(); return [b.top, b.bottom, b.right, b.left]; }})()")
 
 
 def test_400px_layout_puts_chart_and_m_slider_in_one_viewport(browser, default_page, tmp_path):
@@ -363,9 +363,9 @@ def test_400px_layout_puts_chart_and_m_slider_in_one_viewport(browser, default_p
     narrow = page.evaluate("document.getElementById('gantt-canvas').clientWidth")
     page.set_viewport_size({"width": 1280, "height": 800})
     page.wait_for_function(f"document.getElementById('gantt-canvas').clientWidth > {narrow + 200}")
-    # at 1280 px the cost fields sit beside the chart, not above it
-    assert _box(page, "#cost-F")[0] < _box(page, "#gantt-canvas")[1]
-    assert _box(page, "#gantt-canvas")[0] < _box(page, "#cost-F")[0]
+    # at 1280 px the cost fields sit beside the chart (to its right), not above it
+    cost, chart = _box(page, "#cost-F"), _box(page, "#gantt-canvas")
+    assert cost[3] > chart[2] and cost[0] > chart[0]
     context.close()
 
 

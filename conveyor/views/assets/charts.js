@@ -4,7 +4,7 @@
  * Nothing here knows any schedule: it draws events. */
 var ConveyorCharts = (function () {
   "use strict";
-  var D = ConveyorDraw, KINDS = "FBIW", INK = D.INK, MUTED = D.MUTED;
+  var D = ConveyorDraw, KINDS = "FBIW", INK = D.INK, MUTED = D.MUTED, CELL = ["cell F", "cell B", "cell I", "cell W"];
 
   function niceStep(span, target) {
     var raw = span / target, p = Math.pow(10, Math.floor(Math.log10(raw || 1)));
@@ -17,10 +17,11 @@ var ConveyorCharts = (function () {
   // shape: a pattern, a fill, a solid or dashed outline, or a label.
   var PASSES = ["p", "p", "f", "p", "s", "d", "f", "t"];
   function Batch() { this.passes = PASSES.map(function () { return new Map(); }); }
-  Batch.prototype.add = function (pass, style, item) {
+  // items are flat: x, y, w, h, class for shapes; x, y, text for labels
+  Batch.prototype.add = function (pass, style, a, b, c, d, e) {
     var groups = this.passes[pass], list = groups.get(style);
     if (!list) groups.set(style, list = []);
-    list.push(item);
+    if (pass === 7) list.push(a, b, c); else list.push(a, b, c, d, e);
   };
   Batch.prototype.draw = function (p) {
     this.passes.forEach(function (groups, i) {
@@ -43,12 +44,12 @@ var ConveyorCharts = (function () {
   // each rank holds over time on the figure's one memory scale.
   // g: {model, lay, title, memory, pieces (measured idle: [r, t0, t1, kind, msg]),
   //     highlight: {critical: [events], chain: [events], pick: [r, t0, t1]}}
-  // frame: {x, y, width, left, T, drawn, memPeak, hits, panel}.
+  // frame: {x, y, width, left, T, drawn, memPeak, geometry, panel}.
   function ganttPanel(p, g, frame) {
     var model = g.model, lay = g.lay, P = model.P, byRank = ConveyorReplay.stagesByRank(model.placement, P);
     var v = model.placement.length / P, rowH = rowHeight(P), left = frame.left, drawn = frame.drawn;
     var plotW = frame.width - left - 10, sx = plotW / (frame.T || 1), y0 = frame.y + 20;
-    var x0 = frame.x + left, pad = rowH > 16 ? 3 : 1, h = rowH - 2 * pad, hits = frame.hits;
+    var x0 = frame.x + left, pad = rowH > 16 ? 3 : 1, h = rowH - 2 * pad;
     var X = function (t) { return x0 + (t - lay.t0) * sx; };
     p.text(frame.x + 4, frame.y + 14, g.title, { bold: true, size: 12 });
     for (var r = 0; r < P; r++) {
@@ -62,9 +63,8 @@ var ConveyorCharts = (function () {
     var idle = g.pieces || lay.gaps.map(function (gp) { return [gp[0], gp[1], gp[2], 0, -1]; });
     for (var j = 0; j < idle.length; j++) {
       var gp = idle[j], kind = gp[3] ? "transfer" : "bubble", x = X(gp[1]), w = (gp[2] - gp[1]) * sx;
-      batch.add(0, kind, [x, y0 + gp[0] * rowH + pad, w, h, kind]);
+      batch.add(0, kind, x, y0 + gp[0] * rowH + pad, w, h, kind);
       drawn[kind] = true;
-      if (hits) hits.push({ panel: frame.panel, x: x, y: y0 + gp[0] * rowH, w: Math.max(w, 2), h: rowH, idle: gp });
     }
     var events = model.events, labelW = p.measure("s00 F00", 10) + 4, chunkOf = {};
     byRank.forEach(function (st) { st.forEach(function (s, c) { chunkOf[s] = c; }); });
@@ -72,24 +72,23 @@ var ConveyorCharts = (function () {
       var e = events[j], y = y0 + e.r * rowH + pad;
       x = X(e.start); w = Math.max((e.end - e.start) * sx - 1, 0.5);
       if (e.k === 5) {  // a data-parallel all-reduce (compute draws over it)
-        batch.add(1, "allreduce", [x, y, w + 1, h, "allreduce"]); drawn.allreduce = true; continue;
+        batch.add(1, "allreduce", x, y, w + 1, h, "allreduce"); drawn.allreduce = true; continue;
       }
       if (e.k >= 4) continue;  // measured SEND/RECV: their time is in the idle pieces
       kind = KINDS[e.k];
-      var fill = kind === "F" ? D.strong(e.mb) : D.tint(e.mb), cell = [x, y, w, h, "cell " + kind];
+      var fill = kind === "F" ? D.strong(e.mb) : D.tint(e.mb), cls = CELL[e.k];
       drawn[kind] = true;
-      batch.add(2, fill, cell);
-      if (kind === "W") batch.add(3, "w", cell);
-      else if (kind !== "F" && w >= 4) batch.add(kind === "I" ? 5 : 4, D.edge(e.mb), cell);
+      batch.add(2, fill, x, y, w, h, cls);
+      if (kind === "W") batch.add(3, "w", x, y, w, h, cls);
+      else if (kind !== "F" && w >= 4) batch.add(kind === "I" ? 5 : 4, D.edge(e.mb), x, y, w, h, cls);
       var c = v > 1 ? chunkOf[e.s] : 0;
       if (c > 0) {  // which of the rank's chunks: a dark band on later chunks
-        batch.add(6, "rgba(29,35,48," + (0.35 + 0.5 * c / (v - 1)).toFixed(2) + ")", [x, y, w, 3, null]);
+        batch.add(6, "rgba(29,35,48," + (0.35 + 0.5 * c / (v - 1)).toFixed(2) + ")", x, y, w, 3, null);
         drawn.chunk = true;
       }
       if (h >= 11 && w >= 15) {
-        batch.add(7, D.labelOn(fill), [x + w / 2, y + h / 2 + 4, w >= labelW ? "s" + e.s + " " + kind + e.mb : String(e.mb)]);
+        batch.add(7, D.labelOn(fill), x + w / 2, y + h / 2 + 4, w >= labelW ? "s" + e.s + " " + kind + e.mb : String(e.mb));
       }
-      if (hits) hits.push({ panel: frame.panel, x: x, y: y0 + e.r * rowH, w: Math.max(w, 2), h: rowH, event: e });
     }
     batch.draw(p);
     var hl = g.highlight || {};
@@ -153,18 +152,43 @@ var ConveyorCharts = (function () {
   function figureHeight(fig) {
     return fig.panels.reduce(function (h, g) { return h + panelHeight(g.model.P, !!g.memory) + 6; }, 4) + 34;
   }
-  // Returns {drawn, hits, geometry}; `hits` only when asked (the screen).
-  function figure(p, fig, wantHits, y) {
+  // Returns {drawn, geometry (per panel: x0, y0, rowH, sx, t0), plotW, memPeak}.
+  function figure(p, fig, y) {
     var left = fig.panels.some(function (g) { return g.model.placement.length > g.model.P; }) ? 104 : 64;
     if (fig.width < 520) left = Math.min(left, 56);
     var memPeak = 0;
     fig.panels.forEach(function (g) { (g.memory || []).forEach(function (m) { memPeak = Math.max(memPeak, m.peak); }); });
     var frame = { x: 0, y: (y || 0) + 4, width: fig.width, left: left, T: fig.T, drawn: {}, memPeak: memPeak,
-      hits: wantHits ? [] : null, geometry: [], panel: 0 };
+      geometry: [], panel: 0 };
     fig.panels.forEach(function (g, i) { frame.panel = i; frame.y = ganttPanel(p, g, frame) + 6; });
     axis(p, frame, frame.y, fig.scale, fig.unitLabel);
-    return { drawn: frame.drawn, hits: frame.hits, geometry: frame.geometry, memPeak: memPeak,
-      plotW: frame.width - left - 10 };
+    return { drawn: frame.drawn, geometry: frame.geometry, memPeak: memPeak, plotW: frame.width - left - 10 };
+  }
+
+  // Where each cell of a drawn figure is, for clicks, keys and tests (built
+  // when asked, not on every redraw): {panel, x, y, w, h, idle or event}.
+  function hitList(fig, geometry) {
+    var out = [];
+    fig.panels.forEach(function (g, i) {
+      var geo = geometry[i], X = function (t) { return geo.x0 + (t - geo.t0) * geo.sx; };
+      var idle = g.pieces || g.lay.gaps.map(function (gp) { return [gp[0], gp[1], gp[2], 0, -1]; });
+      idle.forEach(function (gp) {
+        out.push({ panel: i, x: X(gp[1]), y: geo.y0 + gp[0] * geo.rowH, w: Math.max((gp[2] - gp[1]) * geo.sx, 2),
+          h: geo.rowH, idle: gp });
+      });
+      g.model.events.forEach(function (e) {
+        if (e.k >= 4) return;
+        out.push({ panel: i, x: X(e.start), y: geo.y0 + e.r * geo.rowH, w: Math.max((e.end - e.start) * geo.sx - 1, 2),
+          h: geo.rowH, event: e });
+      });
+    });
+    return out;
+  }
+  // a drawn figure with its cells found on first use
+  function drawnFigure(fig, out, extra) {
+    var d = Object.assign({ fig: fig, drawn: out.drawn, geometry: out.geometry }, extra || {}), hits = null;
+    Object.defineProperty(d, "hits", { get: function () { return hits || (hits = hitList(fig, out.geometry)); } });
+    return d;
   }
 
   // ---- bubble against M -------------------------------------------------------
@@ -176,7 +200,7 @@ var ConveyorCharts = (function () {
     c.series.forEach(function (s, i) {
       var col = SERIES[i % SERIES.length];
       if (s.formula.length) key.push(["line", col, s.name + ": closed form", i > 0]);
-      if (s.points.length) key.push(["dot", col, s.name + ": simulated" + (s.pending ? " (computing...)" : "")]);
+      if (s.points.length || s.pending) key.push(["dot", col, s.name + ": simulated" + (s.pending ? " (computing…)" : "")]);
       if ((s.measured || []).length) key.push(["measured", col, s.name + ": measured bubble (waiting on a peer)"]);
     });
     if (c.series.some(function (s) { return s.mark; })) key.push(["ring", INK, "the chart above (M = " + c.M + ")"]);
@@ -243,7 +267,7 @@ var ConveyorCharts = (function () {
   function exportFigure(p, ex, lay) {
     p.rect(0, 0, ex.fig.width, lay.height, { fill: "#fff" });
     var y = figureHeight(ex.fig) + 4;
-    figure(p, ex.fig, false, 0);
+    figure(p, ex.fig, 0);
     lay.rows.forEach(function (row) {
       row.forEach(function (cell) { cell[0].swatch(p, 6 + cell[1], y + 2, 20, 12); p.text(6 + cell[1] + 26, y + 12, cell[0].label, { size: 11, color: MUTED }); });
       y += 20;
@@ -252,6 +276,6 @@ var ConveyorCharts = (function () {
     if (ex.summary) p.text(6, y + 14, ex.summary, { size: 10, color: MUTED });
   }
 
-  return { figure: figure, figureHeight: figureHeight, bubbleCurve: bubbleCurve, curveHeight: curveHeight,
+  return { figure: figure, figureHeight: figureHeight, hitList: hitList, drawnFigure: drawnFigure, bubbleCurve: bubbleCurve, curveHeight: curveHeight,
     exportLayout: exportLayout, exportFigure: exportFigure, niceStep: niceStep, rowHeight: rowHeight };
 }());

@@ -83,7 +83,13 @@ var ConveyorDraw = (function () {
     if (canvas.height !== ch) canvas.height = ch;
     if (canvas.style && canvas.style.width !== W + "px") canvas.style.width = W + "px";
     if (canvas.style && canvas.style.height !== H + "px") canvas.style.height = H + "px";
-    var ctx = canvas.getContext("2d"), pats = canvas.conveyorPatterns;
+    var ctx = canvas.getContext("2d"), pats = canvas.conveyorPatterns, font = null, align = null, ink = null;
+    // Setting a canvas font or colour parses it: only when it changes.
+    function textStyle(colour, f, a) {
+      if (font !== f) { ctx.font = font = f; }
+      if (align !== a) { ctx.textAlign = align = a; }
+      if (ink !== colour) { ctx.fillStyle = ink = colour; }
+    }
     if (!pats || pats.dpr !== dpr) pats = canvas.conveyorPatterns = { dpr: dpr };
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, cw, ch);
@@ -105,6 +111,7 @@ var ConveyorDraw = (function () {
     }
     return {
       rect: function (x, y, w, h, o) {
+        ink = null;
         if (o.fill) { ctx.fillStyle = o.fill; ctx.fillRect(x, y, w, h); }
         if (o.pattern) { ctx.fillStyle = pattern(o.pattern); ctx.fillRect(x, y, w, h); }
         if (o.stroke) {
@@ -116,41 +123,38 @@ var ConveyorDraw = (function () {
         }
       },
       text: function (x, y, str, o) {
-        ctx.fillStyle = o.color || INK;
-        ctx.font = (o.bold ? "600 " : "") + (o.size || 11) + "px system-ui, sans-serif";
-        ctx.textAlign = o.align || "left";
+        textStyle(o.color || INK, (o.bold ? "600 " : "") + (o.size || 11) + "px system-ui, sans-serif", o.align || "left");
         ctx.fillText(str, x, y);
       },
-      // many shapes of one style: [x, y, w, h, class] each (one style change)
+      // many shapes of one style, flat: x, y, w, h, class for each (one style change)
       rects: function (list, o) {
-        var j, q;
+        var j;
         if (o.fill || o.pattern) {
           ctx.fillStyle = o.fill || pattern(o.pattern);
-          for (j = 0; j < list.length; j++) { q = list[j]; ctx.fillRect(q[0], q[1], q[2], q[3]); }
+          for (j = 0; j < list.length; j += 5) ctx.fillRect(list[j], list[j + 1], list[j + 2], list[j + 3]);
         }
         if (o.stroke) {
           ctx.strokeStyle = o.stroke; ctx.lineWidth = 1;
           ctx.setLineDash(o.dash ? [3, 2] : []);
           ctx.beginPath();
-          for (j = 0; j < list.length; j++) {
-            q = list[j];
-            ctx.rect(q[0] + 0.5, q[1] + 0.5, Math.max(q[2] - 1, 0), Math.max(q[3] - 1, 0));
+          for (j = 0; j < list.length; j += 5) {
+            ctx.rect(list[j] + 0.5, list[j + 1] + 0.5, Math.max(list[j + 2] - 1, 0), Math.max(list[j + 3] - 1, 0));
           }
           ctx.stroke();
           ctx.setLineDash([]);
         }
+        ink = null;  // fillStyle changed under the text cache
       },
       texts: function (list, o) {
-        ctx.fillStyle = o.color || INK;
-        ctx.font = (o.size || 11) + "px system-ui, sans-serif";
-        ctx.textAlign = o.align || "left";
-        for (var j = 0; j < list.length; j++) ctx.fillText(list[j][2], list[j][0], list[j][1]);
+        textStyle(o.color || INK, (o.size || 11) + "px system-ui, sans-serif", o.align || "left");
+        for (var j = 0; j < list.length; j += 3) ctx.fillText(list[j + 2], list[j], list[j + 1]);
       },
       measure: function (str, size) {
-        ctx.font = (size || 11) + "px system-ui, sans-serif";
+        textStyle(ink || INK, (size || 11) + "px system-ui, sans-serif", align || "left");
         return ctx.measureText(str).width;
       },
       line: function (pts, o) {
+        ink = null;
         ctx.beginPath();
         pts.forEach(function (p, i) { if (i) ctx.lineTo(p[0], p[1]); else ctx.moveTo(p[0], p[1]); });
         if (o.fill) { ctx.fillStyle = o.fill; ctx.fill(); }
@@ -162,6 +166,7 @@ var ConveyorDraw = (function () {
         }
       },
       dot: function (x, y, r, o) {
+        ink = null;
         ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI);
         if (o.fill && o.fill !== "none") { ctx.fillStyle = o.fill; ctx.fill(); }
         if (o.stroke) { ctx.strokeStyle = o.stroke; ctx.lineWidth = o.width || 1; ctx.stroke(); }
@@ -208,14 +213,13 @@ var ConveyorDraw = (function () {
           esc(str) + "</text>");
       },
       rects: function (list, o) {
-        for (var j = 0; j < list.length; j++) {
-          var q = list[j];
-          this.rect(q[0], q[1], q[2], q[3], { fill: o.fill, pattern: o.pattern, stroke: o.stroke, dash: o.dash,
-            cls: o.stroke ? null : q[4] });
+        for (var j = 0; j < list.length; j += 5) {
+          this.rect(list[j], list[j + 1], list[j + 2], list[j + 3], { fill: o.fill, pattern: o.pattern, stroke: o.stroke,
+            dash: o.dash, cls: o.stroke ? null : list[j + 4] });
         }
       },
       texts: function (list, o) {
-        for (var j = 0; j < list.length; j++) this.text(list[j][0], list[j][1], list[j][2], o);
+        for (var j = 0; j < list.length; j += 3) this.text(list[j], list[j + 1], list[j + 2], o);
       },
       measure: function (str, size) {
         measureCanvas = measureCanvas || document.createElement("canvas").getContext("2d");

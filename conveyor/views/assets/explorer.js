@@ -79,15 +79,17 @@
   function record(name, P, M) { return schedByName[name].configs[P - 1][M - 1]; }
   function identity(P) { return Array.from({ length: P }, function (_, r) { return r; }); }
 
-  function orderOf(name, st, M) {
+  // passing: decoded for the curve, not kept (it would push the chart's orders out)
+  function orderOf(name, st, M, passing) {
     var P = st.P, sc = schedByName[name];
-    if (sc.solver) return solvedOrder(name, st, M);
+    if (sc.solver) return solvedOrder(name, st, M, passing);
     var rec = record(name, P, M), id = name + "|" + P + "|" + M;
     if (rec.err) return { refused: rec.err };
     var placement = rec.pl || identity(P), rows = decoded.get(id);
     if (!rows) {
       var byRank = R.stagesByRank(placement, P);
-      rows = remember(id, rec.o.map(function (code, r) { return R.decodeRow(code, byRank[r], DATA.alphabet); }));
+      rows = rec.o.map(function (code, r) { return R.decodeRow(code, byRank[r], DATA.alphabet); });
+      if (!passing) remember(id, rows);
     }
     // The micro-batches the order really runs (naive: 1 whatever M is asked);
     // records are shared between M values that give the same order.
@@ -97,13 +99,14 @@
   }
 
   // zb-auto: the order solved for the typed costs (solver.js), one stage per rank.
-  function solvedOrder(name, st, M) {
+  function solvedOrder(name, st, M, passing) {
     var P = st.P, id = name + "|" + P + "|" + M + "|" + st.costs.key + "|" + (st.fixed ? "x" : "");
     var hit = decoded.get(id);
     if (hit) return hit;
     var c = K.forSchedule(st.costs, P, P), scale = st.fixed ? 1 / M : 1;
     var best = ConveyorSolver.zbAuto(P, M, R.costTable(c, P, scale));
-    return remember(id, { rows: best.rows, placement: best.placement, M: M, rec: null, candidate: best.candidate });
+    var out = { rows: best.rows, placement: best.placement, M: M, rec: null, candidate: best.candidate };
+    return passing ? out : remember(id, out);
   }
 
   // One schedule under the state's costs: events, layout, memory, metrics.
@@ -330,8 +333,8 @@
     if (api.onModels) api.onModels(models, st);
     if (models.length) {
       var fig = figureOf(models, st, width);
-      var drawn = C.figure(D.canvasPainter(canvas, width, C.figureHeight(fig)), fig, true);
-      current = { fig: fig, drawn: drawn.drawn, hits: drawn.hits, geometry: drawn.geometry, st: st };
+      var drawn = C.figure(D.canvasPainter(canvas, width, C.figureHeight(fig)), fig);
+      current = C.drawnFigure(fig, drawn, { st: st });
       var keys = Object.keys(drawn.drawn).sort().join();
       if (keys !== legendKeys) { legendKeys = keys; $("legend").innerHTML = D.legendHtml(drawn.drawn); }
     } else {
@@ -390,25 +393,41 @@
     while (e.next <= DATA.M_max && performance.now() - t0 < budgetMs) {
       var M = e.next++, st = Object.assign({}, e.st, { M: M });
       try {
-        var o = DATA.mode === "serve" && !schedByName[e.name].solver ? null : orderOf(e.name, st, M);
-        if (o && !o.refused) e.points.push([M, model(e.name, st, o, true).lay.bubble]);
+        var o = DATA.mode === "serve" && !schedByName[e.name].solver ? null : orderOf(e.name, st, M, true);
+        if (o && !o.refused) e.points.push([M, bubbleOf(e.name, st, o)]);
       } catch (err) { if (!(err instanceof K.CostError)) throw err; e.next = DATA.M_max + 1; }
     }
     e.done = e.next > DATA.M_max;
+  }
+  // The bubble of one point: the replay's end and the work the costs give
+  // (busy time does not depend on the order); with data parallelism, the chart's way.
+  function bubbleOf(name, st, o) {
+    if (st.costs.dp > 1 && st.view === "step") return model(name, st, o, true).lay.bubble;
+    var fwd = st.view === "fwd", rows = o.rows, S = o.placement.length;
+    if (fwd) rows = rows.map(function (row) { return row.filter(function (x) { return x.k === 0; }); });
+    var scale = st.fixed ? 1 / o.M : st.M / o.M, c = K.forSchedule(st.costs, S, st.P), table = R.costTable(c, S, scale);
+    if (st.costs.rpn > 0) table.link = R.nodeLinks(st.costs, o.placement, table.bytes);
+    var T = R.replay(rows, o.placement, table, true), busy = 0;
+    rows.forEach(function (row) { row.forEach(function (x) { busy += table.dur[x.k][x.s]; }); });
+    return T > 0 ? 1 - busy / (st.P * T) : 0;
   }
   function curve(st, models) {
     var entries = models.map(function (m) { return curveEntry(m.name, st); });
     lastCurve = { st: st, entries: entries, marks: models.map(function (m) { return [st.M, m.lay.bubble]; }) };
     drawCurve();
+    // The other points wait until the slider has rested for 250 ms, then come
+    // a few at a time (8 ms slices), so a drag never waits for them.
     if (entries.some(function (e) { return !e.done; }) && !curveJob) {
       curveJob = setTimeout(function step() {
         curveJob = null;
         var open = lastCurve.entries.filter(function (e) { return !e.done; });
         if (!open.length) return;
+        var rest = performance.now() - lastRedrawAt;
+        if (rest < 250) { curveJob = setTimeout(step, 250 - rest); return; }
         curveWork(open[0], 8);
         drawCurve();
         curveJob = setTimeout(step, 0);
-      }, 0);
+      }, 250);
     }
   }
   function curveData(width) {
@@ -425,13 +444,13 @@
     C.bubbleCurve(D.canvasPainter($("curve-canvas"), w, C.curveHeight(c)), c);
   }
 
-  var hashTimer = 0;
+  var hashTimer = 0, lastRedrawAt = 0;
   function writeHash() {
     clearTimeout(hashTimer);
     if (history.replaceState) history.replaceState(null, "", toHash());
   }
   function redraw() {
-    var t0 = performance.now(), st = state();
+    var t0 = lastRedrawAt = performance.now(), st = state();
     $("P-out").textContent = st.P;
     $("M-out").textContent = st.M;
     ["cost-I", "cost-W"].forEach(function (id) { $(id).disabled = st.view === "fwd"; });
@@ -469,6 +488,8 @@
   }
   function fileStem() { var st = state(); return "conveyor-" + st.schedule + (st.compare ? "-vs-" + st.compare : "") + "-P" + st.P + "-M" + st.M; }
   function exportSpec() {
+    // a download holds the whole curve: finish its points now
+    if (lastCurve) lastCurve.entries.forEach(function (e) { if (!e.done) curveWork(e, Infinity); });
     return { fig: current.fig, legend: D.legendItems(current.drawn), curve: lastCurve ? curveData(Math.min(420, current.fig.width)) : null };
   }
   api.svgText = function () {

@@ -39,14 +39,14 @@ var ConveyorMeasured = (function () {
   function t(x, ms) { var u = unitOf(ms); return +(x * u[0]).toPrecision(4) + " " + u[1]; }
   function esc(s) { return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;"); }
 
-  var shown = null;  // {ms, hits, model, pick}
+  var shown = null;  // {ms, figure (its cells: .hits), model, pick}
   function drawOne(canvasId, m, title, T, ms, pick) {
     var u = unitOf(ms), canvas = $(canvasId), w = width(canvas.parentNode);
     var fig = { width: w, T: T, scale: u[0], unitLabel: u[1],
       panels: [{ model: m, lay: m.lay, title: title, pieces: m.pieces, highlight: pick ? { pick: pick } : null }] };
-    var out = C.figure(D.canvasPainter(canvas, w, C.figureHeight(fig)), fig, true);
+    var out = C.figure(D.canvasPainter(canvas, w, C.figureHeight(fig)), fig);
     canvas.setAttribute("aria-label", title);
-    return out;
+    return C.drawnFigure(fig, out);
   }
 
   // The measured run and its simulation. They share a time axis unless their
@@ -74,7 +74,7 @@ var ConveyorMeasured = (function () {
     $("step-measured-sim").textContent = t(ms.simulated.T, ms);
     $("measured-head").textContent = "measured (" + ms.file + ")";
     if (ms.note) { $("measured-note").hidden = false; $("measured-note").textContent = "Note: " + ms.note + "."; }
-    shown = { ms: ms, hits: a.hits, model: meas, pick: pick };
+    shown = { ms: ms, figure: a, model: meas, pick: pick };
   }
 
   // What a measured idle piece [r, t0, t1, kind, message] was: the message the
@@ -106,7 +106,7 @@ var ConveyorMeasured = (function () {
   function bindClicks() {
     var canvas = $("canvas-measured");
     function pickAt(x, y) {
-      var hits = shown ? shown.hits : [];
+      var hits = shown ? shown.figure.hits : [];
       for (var i = hits.length - 1; i >= 0; i--) {
         var h = hits[i];
         if (h.idle && x >= h.x && x < h.x + h.w && y >= h.y && y < h.y + h.h) return h.idle;

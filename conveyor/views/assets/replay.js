@@ -65,8 +65,9 @@ var ConveyorReplay = (function () {
   // via 0 the step's start, 1 its rank's previous action (prev), 2 the input
   // from event `by`, which ended `link` earlier; ties go to the rank, then to
   // the first dependency, as the replay's strict ">" gives them.
-  function replay(rows, placement, costs) {
-    var S = placement.length, P = rows.length, M = 0, r, a, t, dur = costs.dur, link = costs.link;
+  // lite: no events, only the step's end (the curve's many replays make no garbage).
+  function replay(rows, placement, costs, lite) {
+    var S = placement.length, P = rows.length, M = 0, r, a, t, dur = costs.dur, link = costs.link, tMax = 0;
     rows.forEach(function (row) { row.forEach(function (x) { if (x.mb + 1 > M) M = x.mb + 1; }); });
     var key = function (s, k, mb) { return (s * 4 + k) * M + mb; };
     var hasI = new Uint8Array(S * M);  // (s, mb) whose input gradient comes from I, not B
@@ -88,7 +89,7 @@ var ConveyorReplay = (function () {
       return 2;
     }
     var pos = new Array(P).fill(0), clock = new Array(P).fill(0), waiting = {};
-    var ready = [], head = 0, events = [], evAt = new Array(S * 4 * M), last = new Array(P).fill(null);
+    var ready = [], head = 0, events = [], evAt = lite ? null : new Array(S * 4 * M), last = new Array(P).fill(null);
     for (r = 0; r < P; r++) ready.push(r);
     while (head < ready.length) {
       r = ready[head++];
@@ -101,7 +102,7 @@ var ConveyorReplay = (function () {
           var e = end[depKey[j]], lk = 0;
           if (e !== e) { missing = depKey[j]; break; }  // NaN: not run yet
           if (depCut[j] >= 0) { lk = link[depCut[j]]; e += lk; }
-          if (e > t) { t = e; via = 2; by = evAt[depKey[j]]; hop = lk; }
+          if (e > t) { t = e; via = 2; by = lite ? null : evAt[depKey[j]]; hop = lk; }
         }
         if (missing !== null) { (waiting[missing] = waiting[missing] || []).push(r); break; }
         var tEnd = t + dur[a.k][a.s];
@@ -109,17 +110,19 @@ var ConveyorReplay = (function () {
         end[ka] = tEnd;
         clock[r] = tEnd;
         pos[r]++;
-        var ev = { r: r, s: a.s, k: a.k, mb: a.mb, start: t, end: tEnd, via: via, by: by, link: hop, prev: prev };
-        events.push(ev);
-        evAt[ka] = ev;
-        last[r] = ev;
+        if (lite) { if (tEnd > tMax) tMax = tEnd; last[r] = true; } else {
+          var ev = { r: r, s: a.s, k: a.k, mb: a.mb, start: t, end: tEnd, via: via, by: by, link: hop, prev: prev };
+          events.push(ev);
+          evAt[ka] = ev;
+          last[r] = ev;
+        }
         if (waiting[ka]) { ready.push.apply(ready, waiting[ka]); delete waiting[ka]; }
       }
     }
     for (r = 0; r < P; r++) {
       if (pos[r] < rows[r].length) throw new Error("replay stuck on rank " + r);
     }
-    return events;
+    return lite ? tMax : events;
   }
 
   // One value for every stage (a number or a one-element list) or one per stage.
