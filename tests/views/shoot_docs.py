@@ -51,6 +51,7 @@ def shoot(out: Path) -> list[Path]:
     from conveyor.views.sweep import sweep_section
     from tests.views.conftest import CHROMIUM, CHROMIUM_ARGS
 
+    out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".shoot"
     tmp.mkdir(exist_ok=True)
