@@ -23,9 +23,9 @@ __all__ = ["render_page", "write_page", "asset_text", "page_data"]
 
 _ASSETS = Path(__file__).resolve().parent / "assets"
 # Painters and charts, costs, the zb-auto solver, the measured views and the
-# explanations, then the controls that use them all.
-_SCRIPTS = ("draw.js", "charts.js", "costs.js", "solver.js", "measured.js", "explain.js",
-            "explorer.js")
+# explanations, then the controls that use them all, and the tests' entry points.
+_SCRIPTS = ("draw.js", "charts.js", "costs.js", "solver.js", "curve.js", "measured.js", "explain.js",
+            "explorer.js", "hooks.js")
 _SLOT = re.compile(r"/\*CONVEYOR_(CSS|REPLAY_JS|JS|DATA)\*/")
 _DATA_BLOCK = re.compile(r'<script type="application/octet-stream" id="conveyor-data"[^>]*>([^<]*)</script>')
 

@@ -368,81 +368,9 @@
     $("redraw-ms").textContent = api.lastRedrawMs.toFixed(1) + " ms";
   }
 
-  // ---- bubble against M: every schedule shown, under the typed costs, computed
-  // a slice at a time after the redraw (each point is a replay, or a solve).
-  var curves = new Map(), curveJob = null, lastCurve = null;
-  function curveKey(name, st) {
-    return [name, st.P, st.view, st.fixed ? 1 : 0, st.costs.key].join("|");
-  }
-  function curveEntry(name, st) {
-    var key = curveKey(name, st), e = curves.get(key);
-    if (!e) {
-      var sc = schedByName[name], formula = [];
-      if (sc.configs) for (var M = 1; M <= DATA.M_max; M++) {
-        var rec = sc.configs[st.P - 1][M - 1];
-        if (rec && !rec.err && rec.fb) formula.push([M, bubbleValue(rec.fb)]);
-      }
-      e = { name: name, formula: formula, points: [], next: 1, done: false, st: st };
-      curves.set(key, e);
-      if (curves.size > 24) curves.delete(curves.keys().next().value);
-    }
-    return e;
-  }
-  function curveWork(e, budgetMs) {
-    var t0 = performance.now();
-    while (e.next <= DATA.M_max && performance.now() - t0 < budgetMs) {
-      var M = e.next++, st = Object.assign({}, e.st, { M: M });
-      try {
-        var o = DATA.mode === "serve" && !schedByName[e.name].solver ? null : orderOf(e.name, st, M, true);
-        if (o && !o.refused) e.points.push([M, bubbleOf(e.name, st, o)]);
-      } catch (err) { if (!(err instanceof K.CostError)) throw err; e.next = DATA.M_max + 1; }
-    }
-    e.done = e.next > DATA.M_max;
-  }
-  // The bubble of one point: the replay's end and the work the costs give
-  // (busy time does not depend on the order); with data parallelism, the chart's way.
-  function bubbleOf(name, st, o) {
-    if (st.costs.dp > 1 && st.view === "step") return model(name, st, o, true).lay.bubble;
-    var fwd = st.view === "fwd", rows = o.rows, S = o.placement.length;
-    if (fwd) rows = rows.map(function (row) { return row.filter(function (x) { return x.k === 0; }); });
-    var scale = st.fixed ? 1 / o.M : st.M / o.M, c = K.forSchedule(st.costs, S, st.P), table = R.costTable(c, S, scale);
-    if (st.costs.rpn > 0) table.link = R.nodeLinks(st.costs, o.placement, table.bytes);
-    var T = R.replay(rows, o.placement, table, true), busy = 0;
-    rows.forEach(function (row) { row.forEach(function (x) { busy += table.dur[x.k][x.s]; }); });
-    return T > 0 ? 1 - busy / (st.P * T) : 0;
-  }
-  function curve(st, models) {
-    var entries = models.map(function (m) { return curveEntry(m.name, st); });
-    lastCurve = { st: st, entries: entries, marks: models.map(function (m) { return [st.M, m.lay.bubble]; }) };
-    drawCurve();
-    // The other points wait until the slider has rested for 250 ms, then come
-    // a few at a time (8 ms slices), so a drag never waits for them.
-    if (entries.some(function (e) { return !e.done; }) && !curveJob) {
-      curveJob = setTimeout(function step() {
-        curveJob = null;
-        var open = lastCurve.entries.filter(function (e) { return !e.done; });
-        if (!open.length) return;
-        var rest = performance.now() - lastRedrawAt;
-        if (rest < 250) { curveJob = setTimeout(step, 250 - rest); return; }
-        curveWork(open[0], 8);
-        drawCurve();
-        curveJob = setTimeout(step, 0);
-      }, 250);
-    }
-  }
-  function curveData(width) {
-    var st = lastCurve.st;
-    return { width: width, P: st.P, Mmax: DATA.M_max, M: st.M,
-      series: lastCurve.entries.map(function (e, i) {
-        return { name: e.name, formula: e.formula, points: e.points, pending: !e.done, mark: lastCurve.marks[i],
-          measured: api.sweepPointsFor ? api.sweepPointsFor(Object.assign({}, st, { schedule: e.name })) : [] };
-      }) };
-  }
-  function drawCurve() {
-    var w = Math.min(420, Math.max(260, curveWidth - 8));
-    var c = curveData(w);
-    C.bubbleCurve(D.canvasPainter($("curve-canvas"), w, C.curveHeight(c)), c);
-  }
+  // ---- bubble against M (curve.js), for every schedule shown
+  var bubbleCurve = null;
+  function curve(st, models) { bubbleCurve.show(st, models); }
 
   var hashTimer = 0, lastRedrawAt = 0;
   function writeHash() {
@@ -488,9 +416,8 @@
   }
   function fileStem() { var st = state(); return "conveyor-" + st.schedule + (st.compare ? "-vs-" + st.compare : "") + "-P" + st.P + "-M" + st.M; }
   function exportSpec() {
-    // a download holds the whole curve: finish its points now
-    if (lastCurve) lastCurve.entries.forEach(function (e) { if (!e.done) curveWork(e, Infinity); });
-    return { fig: current.fig, legend: D.legendItems(current.drawn), curve: lastCurve ? curveData(Math.min(420, current.fig.width)) : null };
+    return { fig: current.fig, legend: D.legendItems(current.drawn),
+      curve: bubbleCurve.complete(Math.min(420, current.fig.width)) };
   }
   api.svgText = function () {
     if (!current) return null;
@@ -552,88 +479,23 @@
       cancelAnimationFrame(pending);
       pending = requestAnimationFrame(function () { redraw(); if (api.redrawMeasured) api.redrawMeasured(); });
     });
+    bubbleCurve = ConveyorCurve.create({ data: DATA, spec: function (n) { return schedByName[n]; }, orderOf: orderOf,
+      model: model, api: api, canvas: $("curve-canvas"), width: function () { return curveWidth; },
+      lastRedrawAt: function () { return lastRedrawAt; } });
     if (window.ConveyorExplain) ConveyorExplain.init(api);
     if (DATA.measured || DATA.sweep || DATA.steps) ConveyorMeasured.init(DATA, api);
     return redraw();
   }
 
-  // ---- hooks for tests, benchmarks and the other scripts -------------------------
+  // ---- for the other scripts (explain.js, measured.js) and hooks.js ------------------
   api.state = state;
   api.redraw = redraw;
   api.hash = toHash;
   api.current = function () { return current; };
   api.num = num;
-  // st: {schedule, compare, P, M, view, ratio (F = 1, B = ratio) or costs {unit, F, I, W, lat, bytes, ...} as typed, fixed}
-  api.set = function (st) {
-    if (st.schedule !== undefined) ctl.schedule.value = st.schedule;
-    if (st.compare !== undefined) ctl.compare.value = st.compare;
-    if (st.P !== undefined) ctl.P.value = st.P;
-    if (st.M !== undefined) ctl.M.value = st.M;
-    if (st.view !== undefined) $(st.view === "step" ? "view-step" : "view-fwd").checked = true;
-    if (st.ratio !== undefined) {
-      $("cost-F").value = 1; $("cost-I").value = st.ratio / 2; $("cost-W").value = st.ratio - st.ratio / 2;
-      $("cost-lat").value = 0; $("cost-bytes").value = 0; $("cost-bw").value = "inf";
-      Object.keys(DEFAULTS).forEach(function (k) { $(COST_FIELDS[k]).value = DEFAULTS[k]; });
-    }
-    if (st.costs) Object.keys(st.costs).forEach(function (k) { $(COST_FIELDS[k]).value = st.costs[k]; });
-    if (st.fixed !== undefined) $("fixed").checked = st.fixed;
-    if (st.critical !== undefined) $("critical").checked = st.critical;
-    var done = redraw();
-    writeHash();
-    return done;
-  };
-  function events(m) {
-    return m.events.filter(function (e) { return e.k < 5; })
-      .map(function (e) { return [e.r, e.s + KINDS[e.k] + e.mb, e.start, e.end]; });
-  }
-  // The page's own timeline of the shown schedule: [rank, "2F5", start, end] per action.
-  api.timeline = function (st) {
-    if (st) api.set(st);
-    var m = api.models[0];
-    return m && m.name === state().schedule ? events(m) : null;
-  };
-  // Its data-parallel all-reduces: [rank, stage, start, end, ready], as Timeline.collectives.
-  api.collectives = function () {
-    var m = api.models[0];
-    return m ? m.events.filter(function (e) { return e.k === 5; })
-      .map(function (e) { return [e.r, e.s, e.start, e.end, e.ready]; }) : null;
-  };
-  // The critical path of the i-th schedule shown: [rank, "2F5", via] per action, first first.
-  api.criticalPath = function (i) {
-    var m = api.models[i || 0];
-    return m ? R.criticalPath(m.events).map(function (e) { return [e.r, e.s + KINDS[e.k] + e.mb, ["start", "rank", "data"][e.via]]; }) : null;
-  };
-  // The order the page solved for zb-auto: per rank, ["0F0", "0I0", ...].
-  api.solvedOrder = function () {
-    var m = api.models[0];
-    if (!m || !schedByName[m.name].solver) return null;
-    var o = orderOf(m.name, state(), state().M);
-    return o.rows.map(function (row) { return row.map(function (x) { return x.s + KINDS[x.k] + x.mb; }); });
-  };
-  // Replay every embedded configuration and compare step time and bubble with Python's.
-  api.selfCheck = function () {
-    var bad = [], count = 0;
-    DATA.schedules.forEach(function (sc) {
-      if (!sc.configs) return;
-      for (var P = 1; P <= DATA.P_max; P++) for (var M = 1; M <= DATA.M_max; M++) {
-        var rec = record(sc.name, P, M);
-        if (rec.err || !rec.r) continue;
-        var views = [["fwd", 2]].concat(DATA.ratios.map(function (x) { return ["step", x]; }));
-        views.forEach(function (vw) {
-          var costs = { unit: "stage", f: [1], i: [vw[1] / 2], w: [vw[1] - vw[1] / 2], latency: 0, bandwidth: Infinity,
-            bytes: [0], dp: 1, rpn: 0, pbytes: [0], key: "check" };
-          var st = { schedule: sc.name, P: P, M: M, view: vw[0], costs: costs, fixed: false };
-          var o = orderOf(sc.name, st, M);
-          st.M = o.M;
-          var m = model(sc.name, st, o);
-          count++;
-          if (!m.python || m.lay.T !== m.python.T || Math.abs(m.lay.bubble - bubbleValue(m.python.bubble)) > 1e-9) {
-            bad.push([sc.name, P, M, vw, m.lay.T, m.python && m.python.T]);
-          }
-        });
-      }
-    });
-    return { checked: count, mismatches: bad.slice(0, 20), n_bad: bad.length };
-  };
+  // the inside, for hooks.js (the tests' and benchmark's entry points)
+  api.inner = { ctl: ctl, fields: COST_FIELDS, defaults: DEFAULTS, writeHash: writeHash, orderOf: orderOf,
+    model: model, record: record, bubbleValue: bubbleValue, data: function () { return DATA; },
+    spec: function (name) { return schedByName[name]; } };
   api.ready = loadData().then(init);
 }());
