@@ -45,21 +45,34 @@ _MAX_PERIOD = 16
 Token = tuple[int, "int | None"]  # (symbol index, explicit mb or None)
 
 
-def _tokens(row: Sequence[Action], stages: Sequence[int]) -> list[Token]:
-    # (stage, kind) -> symbol for this rank: one dict lookup per action, as
-    # the page's data holds ~10 million actions and this runs for each.
-    sym_of = {(s, k): c * 4 + j for c, s in enumerate(stages) for j, k in enumerate(_KINDS)}
-    expected: dict[int, int] = {}
-    out: list[Token] = []
+def _text(row: Sequence[Action], stages: Sequence[int]) -> tuple[str, dict[str, Token]]:
+    """The row as a string with one character per distinct token, and the
+    token of each character: finding repeats is then done by str methods in C
+    (the page's build encodes ~10 million actions, so this loop is lean)."""
+    # kind -> stage -> symbol for this rank
+    sym_of: dict[str, dict[int, int]] = {k: {s: c * 4 + j for c, s in enumerate(stages)}
+                                         for j, k in enumerate(_KINDS)}
+    expected = [0] * (4 * max(len(stages), 1))
+    plain = [chr(0x100 + sym) for sym in range(len(expected))]  # the next mb, implied
+    jumps: dict[Token, str] = {}                                # an explicit @mb
+    out: list[str] = []
+    add = out.append
     for a in row:
         s, kind, mb = a
-        sym = sym_of.get((s, kind))
+        sym = sym_of.get(kind, {}).get(s)
         if sym is None or sym >= len(ALPHABET):
             _refuse(a, stages)
-        e = expected.get(sym, 0)
-        out.append((sym, None if mb == e else mb))
+        if mb == expected[sym]:
+            add(plain[sym])
+        else:
+            ch = jumps.get((sym, mb))
+            if ch is None:
+                ch = jumps[(sym, mb)] = chr(0x100 + len(plain) + len(jumps))
+            add(ch)
         expected[sym] = mb + 1
-    return out
+    token_of: dict[str, Token] = {c: (sym, None) for sym, c in enumerate(plain)}
+    token_of.update({c: t for t, c in jumps.items()})
+    return "".join(out), token_of
 
 
 def _refuse(a: Action, stages: Sequence[int]) -> None:
@@ -78,23 +91,18 @@ def _write_token(tok: Token) -> str:
     return ("" if jump is None else f"@{jump}") + ALPHABET[sym]
 
 
-def _compress(tokens: list[Token]) -> str:
+def _compress(text: str, token_of: dict[str, Token]) -> str:
     """Greedy run-length coding of repeated token groups, one level of nesting
-    (a group's body is itself run-length coded). Works on a string with one
-    character per distinct token, so that finding repeats is done by str
-    methods in C (the page's build encodes ~10 million tokens)."""
-    char_of: dict[Token, str] = {}
-    text = "".join(char_of.setdefault(t, chr(0x100 + len(char_of))) for t in tokens)
-    token_of = {c: t for t, c in char_of.items()}
-    return _compress_text(text, token_of)
-
-
-def _compress_text(text: str, token_of: dict[str, Token]) -> str:
+    (a group's body is itself run-length coded): at each position, the unit of
+    up to ``_MAX_PERIOD`` tokens whose repeats cover the most tokens."""
     parts: list[str] = []
     i, n = 0, len(text)
     while i < n:
         best_p, best_k = 1, 1
+        first = text[i]
         for p in range(1, min(_MAX_PERIOD, (n - i) // 2) + 1):
+            if text[i + p] != first:   # cannot repeat: skip the slice
+                continue
             unit = text[i:i + p]
             k = 1
             while text.startswith(unit, i + k * p):
@@ -103,9 +111,9 @@ def _compress_text(text: str, token_of: dict[str, Token]) -> str:
                 best_p, best_k = p, k
         count = "" if best_k == 1 else str(best_k)
         if best_p == 1:
-            parts.append(_write_token(token_of[text[i]]) + count)
+            parts.append(_write_token(token_of[first]) + count)
         else:
-            parts.append("(" + _compress_text(text[i:i + best_p], token_of) + ")" + count)
+            parts.append("(" + _compress(text[i:i + best_p], token_of) + ")" + count)
         i += best_p * best_k
     return "".join(parts)
 
@@ -113,7 +121,7 @@ def _compress_text(text: str, token_of: dict[str, Token]) -> str:
 def encode_row(row: Sequence[Action], stages: Sequence[int]) -> str:
     """Encode one rank's compute actions; ``stages`` are the rank's stages in
     ascending order. Raises ScheduleError for comm actions or foreign stages."""
-    return _compress(_tokens(row, stages))
+    return _compress(*_text(row, stages))
 
 
 def _parse(text: str, i: int, depth: int) -> tuple[list[Token], int]:
