@@ -165,3 +165,13 @@ def test_work_colours_stand_apart_from_the_bubble_in_the_drawn_pixels(page, defa
     for contrast, n_work, n_bubble in worst:
         assert n_work >= 64 and n_bubble >= 2          # every micro-batch's colour was read
         assert contrast >= 3.0, worst
+
+
+def test_a_per_cut_list_that_fits_one_schedule_only_keeps_the_chart(page, default_page):
+    expect = _expect()
+    _open(page, default_page)
+    page.evaluate("window.conveyor.set({schedule: '1f1b', compare: 'zbv', P: 4, M: 8, view: 'step', "
+                  "ratio: 2, costs: {bytes: '100,200,100', bw: '1000'}})")   # 3 cuts: 1f1b's
+    expect(page.locator("#cost-error")).to_contain_text(
+        "zbv: activation bytes has 3 values but this schedule has 7 cuts between its 8 stages")
+    expect(page.locator("#cost-bytes")).to_have_attribute("aria-invalid", "true")

@@ -80,7 +80,12 @@ var ConveyorCosts = (function () {
   // The typed costs resolved for one schedule with S stages on P ranks, in
   // the form ConveyorReplay.costTable takes: per-stage f, i, w, pbytes.
   function forSchedule(c, S, P) {
-    var unit = c.unit || "model", L = Math.max(c.f.length, c.i.length, c.w.length);
+    var unit = c.unit || "model", L = Math.max(c.f.length, c.i.length, c.w.length), cuts = Math.max(S - 1, 0);
+    var bytes = c.bytes || [0];
+    if (bytes.length !== 1 && bytes.length !== cuts) {
+      throw new CostError("activation bytes has " + bytes.length + " values but this schedule has " + cuts +
+        " cuts between its " + S + " stages: give 1 or " + cuts, "cost-bytes");
+    }
     return Object.assign({}, c, {
       f: perStage(c.f, S, P, unit, "F", "cost-F", L),
       i: perStage(c.i, S, P, unit, "I", "cost-I", L),
