@@ -86,8 +86,9 @@ def test_memory_lanes_share_one_scale(page, default_page, tmp_path):
     assert [h / gpipe[0] for h in ofob] == pytest.approx([4 / 8, 3 / 8, 2 / 8, 1 / 8], abs=0.02)
     page.evaluate("window.conveyor.set({schedule: 'naive', compare: '1f1b'})")
     svg = page.evaluate("window.conveyor.svgText()")
-    labels = [t.text for t in ET.fromstring(svg).iter(NS + "text") if (t.text or "").startswith("r0:")]
-    assert labels == ["r0: 8", "r0: 4"]                      # naive's lane says what its table says
+    texts = [t.text or "" for t in ET.fromstring(svg).iter(NS + "text")]
+    assert [t for t in texts if t.startswith("r0:")] == ["r0: 8", "r0: 4"]  # naive's lane = its table
+    assert "s0 F0" in texts and "s3 B0" in texts             # cells with room say stage, kind, mb
     assert _row(page, 0)[6] == "8 · 8 · 8 · 8"
     page.locator("#cost-mem").fill("1000000")               # bytes when the sizes are given
     _expect()(page.locator("#stats tr").nth(1).locator("td").nth(5)).to_contain_text("(max 8 MB)")
