@@ -31,10 +31,12 @@ def add_parser(sub) -> None:
     p.add_argument("--plan", metavar="FILE",
                    help="draw a plan written by `conveyor plan`: its schedule simulated with "
                         "the planner's costs, titled with the split and the predicted step")
-    p.add_argument("--timeline", metavar="FILE",
+    p.add_argument("--timeline", metavar="FILE", action="append", default=[],
                    help="a measured timeline (runtime JSON) to show above its simulation, or "
                         "a measured M sweep (the folder `conveyor demo` writes, or its "
-                        "sweep.json) to show as one measured chart per M")
+                        "sweep.json) to show as one measured chart per M; give it once per "
+                        "step for several recorded steps of one run (the spread per rank "
+                        "and the straggler)")
     p.add_argument("--open", action="store_true",
                    help="open the written page in your web browser")
     p.add_argument("-s", "--schedule", help="schedule shown first (gpipe, or the timeline's)")
@@ -68,6 +70,7 @@ def run(args) -> int:
     from conveyor.views.measured import measured_section
     from conveyor.views.page import render_page, write_page
     from conveyor.views.serve import SERVE_RATIOS, make_server
+    from conveyor.views.steps import steps_section
     from conveyor.views.sweep import is_sweep, sweep_section
 
     if args.plan:
@@ -81,13 +84,20 @@ def run(args) -> int:
     if not 0 < args.ratio <= 100:
         raise ViewError(f"--ratio {args.ratio:g} is not a valid backward/forward cost; "
                         f"give a number in (0, 100], e.g. 2")
-    measured = sweep = None
-    if args.timeline and is_sweep(args.timeline):
-        sweep = sweep_section(args.timeline)
+    measured = sweep = steps = None
+    if len(args.timeline) > 1:
+        if any(is_sweep(t) for t in args.timeline):
+            raise ViewError("a measured sweep is shown alone; give its folder as the only "
+                            "--timeline, or give one timeline file per step")
+        steps = steps_section([load_timeline(t) for t in args.timeline], args.timeline,
+                              schedule=args.schedule, P=args.P, M=args.M)
+        measured = steps["runs"][steps["median_step"]]
+    elif args.timeline and is_sweep(args.timeline[0]):
+        sweep = sweep_section(args.timeline[0])
         measured = sweep["runs"][-1]  # the explorer starts at the sweep's largest M
     elif args.timeline:
-        tl = load_timeline(args.timeline)
-        measured = measured_section(tl, source=args.timeline, schedule=args.schedule,
+        tl = load_timeline(args.timeline[0])
+        measured = measured_section(tl, source=args.timeline[0], schedule=args.schedule,
                                     P=args.P, M=args.M)
     initial = {"schedule": args.schedule if args.schedule is not None
                else (measured or {}).get("schedule", "gpipe"),
@@ -105,7 +115,8 @@ def run(args) -> int:
                             f"choose 1..{top} or raise --max-{key}")
     if args.serve:
         server = make_server(port=args.port, P_max=args.max_P, M_max=args.max_M,
-                             ratios=ratios, initial=initial, measured=measured, sweep=sweep)
+                             ratios=ratios, initial=initial, measured=measured, sweep=sweep,
+                             steps=steps)
         host, port = server.server_address[:2]
         print(f"conveyor viz: serving the explorer at http://{host}:{port}/ (Ctrl-C stops)",
               flush=True)
@@ -118,12 +129,17 @@ def run(args) -> int:
         return 0
 
     def note() -> None:
-        print("conveyor viz: simulating every schedule for the page (cached for next time)...",
-              file=sys.stderr, flush=True)
+        print(f"conveyor viz: building the page's data (every schedule, P 1..{args.max_P}, "
+              f"M 1..{args.max_M}; cached for next time)", file=sys.stderr, flush=True)
+
+    def progress(name: str, done: int, total: int, seconds: float) -> None:
+        print(f"conveyor viz: [{done}/{total}] {name} ({seconds:.1f} s)", file=sys.stderr,
+              flush=True)
 
     data = build_data(P_max=args.max_P, M_max=args.max_M, ratios=ratios, jobs=args.jobs,
-                      cache=not args.no_cache, on_build=note)
-    html = render_page(data, initial=initial, measured=None if sweep else measured, sweep=sweep)
+                      cache=not args.no_cache, on_build=note, on_progress=progress)
+    html = render_page(data, initial=initial, measured=None if sweep or steps else measured,
+                       sweep=sweep, steps=steps)
     path = write_page(args.output, html)
     print(f"wrote {path} ({len(html.encode()) / 1e6:.2f} MB); open it in a browser")
     if args.open:

@@ -5,13 +5,18 @@ Per (schedule, P, M) the page gets the compute-action order of every rank
 (``encode.py``), the placement where it is not one stage per rank, and the
 metrics Python computed: the closed-form bubble, and for the forward-only view
 and each embedded backward/forward cost ratio (default B = 2F) the step time
-and the simulated bubble, plus the peak in-flight activations. The page replays
-the order under any costs the user types to place the cells (see
-``assets/replay.js``) and compares with the Python metrics where they exist;
-a browser test checks the replay against simulate() under random costs.
+and the simulated bubble. The page replays the order under any costs the user
+types to place the cells (see ``assets/replay.js``) and compares with the
+Python metrics where they exist; a browser test checks the replay against
+simulate() under random costs.
 
-Simulating ~3,000 configurations per ratio takes seconds, so the result is
-cached on disk, keyed by the source of everything it depends on.
+Schedules whose order depends on the costs (zb-auto) are not built here: the
+page re-solves them for the typed costs with a port of their solver
+(``assets/solver.js``; ``PAGE_SOLVED``), which a browser test holds equal to
+the Python solver.
+
+The build takes seconds, so the result is cached on disk, keyed by the source
+of everything it depends on.
 """
 
 from __future__ import annotations
@@ -19,52 +24,89 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
 
 import conveyor
 from conveyor.errors import ConveyorError, ScheduleError, ValidationError
-from conveyor.schedule import build_schedule, get_spec, schedule_names
-from conveyor.sim import CostModel, formula_bubble, simulate
-from conveyor.sim.timeline import Timeline
+from conveyor.schedule import Schedule, build_schedule, get_spec, schedule_names
+from conveyor.schedule.deps import replay
+from conveyor.sim import CostModel, formula_bubble
 from conveyor.userfiles import read_json
 from conveyor.views.encode import ALPHABET, encode_rows
 from conveyor.views.errors import ViewError
-from conveyor.views.metrics import bubble_code, stage_peaks
+from conveyor.views.metrics import MAX_DEN
 
-__all__ = ["FORMAT", "DEFAULT_RATIOS", "build_data", "config_record", "cache_dir", "spec_info"]
+__all__ = ["FORMAT", "DEFAULT_RATIOS", "PAGE_SOLVED", "build_data", "checked_M", "config_record",
+           "cache_dir", "spec_info"]
 
-FORMAT = "conveyor.viz/1"
+FORMAT = "conveyor.viz/2"
 # Python's metrics are embedded at B = 2F only (what `conveyor plot bubble`
 # draws): the page replays any other costs itself (a browser test checks it
 # against simulate()), and each extra ratio would cost build time and bytes.
 DEFAULT_RATIOS = (2.0,)
+# Schedules whose order is solved for the costs at hand: the page runs its port
+# of the solver (assets/solver.js) for the typed costs instead of embedding
+# Python's orders for the default costs (name -> the page's solver).
+PAGE_SOLVED = {"zb-auto": "zb-auto"}
+
+
+def checked_M(M: int) -> bool:
+    """Whether Python's metrics are embedded for M: powers of two only. The page
+    compares its replay with them on every redraw there (and a browser test
+    replays every one); replaying every M in Python took most of the build's
+    time, and the replay's equality at any costs is tested in the browser."""
+    return M & (M - 1) == 0
 
 
 def _number(x: float) -> int | float:
     return int(x) if float(x).is_integer() else x
 
 
-def _metrics(tl: Timeline) -> list:
-    """[step time, bubble] for embedding; bubble is "n/d" or a float."""
-    return [_number(tl.step_time), bubble_code(tl)]
+def _metrics(sched: Schedule, costs: CostModel) -> list:
+    """[step time, bubble] of ``sched`` under ``costs``, for embedding; the
+    bubble is "n/d" when exact and small, else a float (as ``bubble_code``).
+
+    The same replay as simulate(), without building a Timeline: this runs for
+    every configuration of the page, so it is most of the build's time. A
+    stuck replay is a broken generator and raises ValidationError."""
+    duration, link = costs.duration_fn(sched.S)
+    run = replay(sched, duration, link)
+    if run.stuck:
+        r, (step, a, dep) = min(run.stuck.items())
+        raise ValidationError(f"schedule {sched.name!r} (P={sched.P}, M={sched.M}) cannot "
+                              f"finish: rank {r} waits at step {step} ({a}) for {dep}",
+                              rank=r, step=step, action=a)
+    t0, T = min(run.starts, default=0.0), max(run.ends, default=0.0)
+    T -= t0
+    if T <= 0:
+        return [0, "0/1"]
+    busy = math.fsum(e - s for s, e in zip(run.starts, run.ends))
+    frac = 1 - Fraction(busy) / (sched.P * Fraction(T))
+    code = f"{frac.numerator}/{frac.denominator}" if frac.denominator <= MAX_DEN \
+        else round(float(frac), 6)
+    return [_number(T), code]
 
 
-def config_record(name: str, P: int, M: int, ratios: Sequence[float]) -> dict:
+def config_record(name: str, P: int, M: int, ratios: Sequence[float],
+                  sched: Schedule | None = None, *, metrics: bool = True) -> dict:
     """Everything the page needs for one (schedule, P, M), computed in Python.
 
     Keys: ``o`` order code per rank; ``pl`` placement (only when not one stage
     per rank in order); ``M`` the schedule's own M where it differs (naive is
     always one batch); ``fb`` closed-form bubble "n/d" or None; ``fw`` and
     ``r[i]`` [step time, bubble] of the forward-only view and of the step at
-    ``ratios[i]``; ``pk`` peak activations per stage and, with several stages
-    per rank, ``pr`` per rank. (Where the generator refuses P and M, the
-    record is ``{"err": its message}`` instead; see ``_one_P``.)
+    ``ratios[i]``, only with ``metrics``. (Where the generator refuses P and M,
+    the record is ``{"err": its message}`` instead; see ``_one_P``.)
+    ``sched``: the schedule when already built (else it is built here).
     """
-    sched = build_schedule(name, P, M).compute_only()
+    sched = (sched or build_schedule(name, P, M)).compute_only()
     rec: dict = {"o": encode_rows(sched.actions, sched.placement)}
     if sched.placement != tuple(range(P)):
         rec["pl"] = list(sched.placement)
@@ -72,21 +114,10 @@ def config_record(name: str, P: int, M: int, ratios: Sequence[float]) -> dict:
         rec["M"] = sched.M
     fb = formula_bubble(name, P, M)
     rec["fb"] = None if fb is None else f"{fb.numerator}/{fb.denominator}"
-    runs = []
-    first = None
-    for i, ratio in enumerate(ratios):
-        # Validate once; the other ratios replay the same order.
-        tl = simulate(sched, CostModel(forward=1.0, backward=float(ratio)), check=(i == 0))
-        runs.append(_metrics(tl))
-        first = first or tl
-    rec["r"] = runs
-    rec["fw"] = _metrics(simulate(sched.without_backward(), CostModel(forward=1.0),
-                                  check=False))
-    # Each rank runs its list in order, so what it holds at any moment depends
-    # on the order only, not on the costs: one ratio's peaks serve all.
-    rec["pk"] = stage_peaks(first)
-    if sched.S != P:
-        rec["pr"] = first.peak_activations()
+    if metrics:
+        rec["r"] = [_metrics(sched, CostModel(forward=1.0, backward=float(ratio)))
+                    for ratio in ratios]
+        rec["fw"] = _metrics(sched.without_backward(), CostModel(forward=1.0))
     return rec
 
 
@@ -104,9 +135,9 @@ def _one_P(name: str, P: int, M_max: int, ratios: tuple[float, ...]) -> list[dic
             out.append({"err": str(e)})
             continue
         # Some schedules ignore M (naive runs one batch): simulate each order once.
-        key = (sched.M, sched.placement, sched.actions)
+        key = (sched.M, sched.placement, sched.actions, checked_M(M))
         if key not in seen:
-            seen[key] = config_record(name, P, M, ratios)
+            seen[key] = config_record(name, P, M, ratios, sched, metrics=checked_M(M))
         out.append(seen[key])
     return out
 
@@ -184,14 +215,17 @@ def _cache_key(names: list[str], P_max: int, M_max: int, ratios: tuple[float, ..
 
 def build_data(*, names: Sequence[str] | None = None, P_max: int = 16, M_max: int = 64,
                ratios: Sequence[float] = DEFAULT_RATIOS, jobs: int | None = None,
-               cache: bool = True, on_build: Callable[[], None] | None = None) -> dict:
+               cache: bool = True, on_build: Callable[[], None] | None = None,
+               on_progress: Callable[[str, int, int, float], None] | None = None) -> dict:
     """Build (or load from the cache) the explorer's data for ``names`` (default:
     every registered schedule), P = 1..P_max, M = 1..M_max and the offered
     backward/forward ``ratios``.
 
     ``jobs`` worker processes share the work (default: one per CPU);
     ``on_build`` is called when the data is computed rather than read from the
-    cache (the CLI says so, as it takes seconds). Raises
+    cache, and ``on_progress(name, done, total, seconds)`` each time a
+    schedule's configurations are all built (the CLI prints them). Schedules in
+    ``PAGE_SOLVED`` get no configurations: the page solves them. Raises
     ViewError on bad options, ScheduleError for an unknown schedule and
     ValidationError when a generator produces a broken schedule.
     """
@@ -207,25 +241,44 @@ def build_data(*, names: Sequence[str] | None = None, P_max: int = 16, M_max: in
             pass  # a broken cache entry (or something else in its place) is rebuilt below
     if on_build is not None:
         on_build()
-    tasks = [(name, P) for name in names for P in range(P_max, 0, -1)]
+    built = [n for n in names if n not in PAGE_SOLVED]
+    # Schedule by schedule (progress can name them), the largest P first in
+    # each: they take longest, so the pool's workers end together.
+    tasks = [(name, P) for name in built for P in range(P_max, 0, -1)]
     results: dict[tuple[str, int], list[dict]] = {}
-    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks)))
+    left = {name: P_max for name in built}
+    t_start = time.perf_counter()
+
+    def done(task) -> None:
+        left[task[0]] -= 1
+        if not left[task[0]] and on_progress is not None:
+            finished = sum(1 for n in built if not left[n])
+            on_progress(task[0], finished, len(built), time.perf_counter() - t_start)
+
+    jobs = max(1, min(jobs or os.cpu_count() or 1, len(tasks) or 1))
     # Workers are forked so that schedules registered at run time are known to
     # them; where fork is unavailable the build runs in this process.
     if jobs > 1 and "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-            futures = {t: pool.submit(_one_P, t[0], t[1], M_max, ratios) for t in tasks}
-            results = {t: f.result() for t, f in futures.items()}
+            futures = {pool.submit(_one_P, t[0], t[1], M_max, ratios): t for t in tasks}
+            for f in as_completed(futures):
+                results[futures[f]] = f.result()
+                done(futures[f])
     else:
-        results = {t: _one_P(t[0], t[1], M_max, ratios) for t in tasks}
-    data = {
-        "format": FORMAT, "alphabet": ALPHABET, "P_max": P_max, "M_max": M_max,
-        "ratios": [_number(x) for x in ratios],
-        "schedules": [dict(spec_info(name),
-                           configs=[results[(name, P)] for P in range(1, P_max + 1)])
-                      for name in names],
-    }
+        for t in tasks:
+            results[t] = _one_P(t[0], t[1], M_max, ratios)
+            done(t)
+    schedules = []
+    for name in names:
+        info = spec_info(name)
+        if name in PAGE_SOLVED:
+            info["solver"] = PAGE_SOLVED[name]
+        else:
+            info["configs"] = [results[(name, P)] for P in range(1, P_max + 1)]
+        schedules.append(info)
+    data = {"format": FORMAT, "alphabet": ALPHABET, "P_max": P_max, "M_max": M_max,
+            "ratios": [_number(x) for x in ratios], "schedules": schedules}
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -45,25 +45,45 @@ _MAX_PERIOD = 16
 Token = tuple[int, "int | None"]  # (symbol index, explicit mb or None)
 
 
-def _tokens(row: Sequence[Action], stages: Sequence[int]) -> list[Token]:
-    chunk_of = {s: c for c, s in enumerate(stages)}
-    expected: dict[int, int] = {}
-    out: list[Token] = []
+def _text(row: Sequence[Action], stages: Sequence[int]) -> tuple[str, dict[str, Token]]:
+    """The row as a string with one character per distinct token, and the
+    token of each character: finding repeats is then done by str methods in C
+    (the page's build encodes ~10 million actions, so this loop is lean)."""
+    # kind -> stage -> symbol for this rank
+    sym_of: dict[str, dict[int, int]] = {k: {s: c * 4 + j for c, s in enumerate(stages)}
+                                         for j, k in enumerate(_KINDS)}
+    expected = [0] * (4 * max(len(stages), 1))
+    plain = [chr(0x100 + sym) for sym in range(len(expected))]  # the next mb, implied
+    jumps: dict[Token, str] = {}                                # an explicit @mb
+    out: list[str] = []
+    add = out.append
     for a in row:
-        if a.kind not in _KINDS:
-            raise ScheduleError(f"cannot encode {a}: only compute actions (F, B, I, W) are "
-                                f"drawn; pass schedule.compute_only()")
-        c = chunk_of.get(a.stage)
-        if c is None:
-            raise ScheduleError(f"cannot encode {a}: stage {a.stage} is not one of this rank's "
-                                f"stages {list(stages)}")
-        sym = c * 4 + _KINDS.index(a.kind)
-        if sym >= len(ALPHABET):
-            raise ScheduleError(f"cannot encode {a}: rank holds {len(stages)} stages, the "
-                                f"encoding supports at most {len(ALPHABET) // 4}")
-        out.append((sym, None if a.mb == expected.get(sym, 0) else a.mb))
-        expected[sym] = a.mb + 1
-    return out
+        s, kind, mb = a
+        sym = sym_of.get(kind, {}).get(s)
+        if sym is None or sym >= len(ALPHABET):
+            _refuse(a, stages)
+        if mb == expected[sym]:
+            add(plain[sym])
+        else:
+            ch = jumps.get((sym, mb))
+            if ch is None:
+                ch = jumps[(sym, mb)] = chr(0x100 + len(plain) + len(jumps))
+            add(ch)
+        expected[sym] = mb + 1
+    token_of: dict[str, Token] = {c: (sym, None) for sym, c in enumerate(plain)}
+    token_of.update({c: t for t, c in jumps.items()})
+    return "".join(out), token_of
+
+
+def _refuse(a: Action, stages: Sequence[int]) -> None:
+    if a.kind not in _KINDS:
+        raise ScheduleError(f"cannot encode {a}: only compute actions (F, B, I, W) are "
+                            f"drawn; pass schedule.compute_only()")
+    if a.stage not in stages:
+        raise ScheduleError(f"cannot encode {a}: stage {a.stage} is not one of this rank's "
+                            f"stages {list(stages)}")
+    raise ScheduleError(f"cannot encode {a}: rank holds {len(stages)} stages, the "
+                        f"encoding supports at most {len(ALPHABET) // 4}")
 
 
 def _write_token(tok: Token) -> str:
@@ -71,25 +91,29 @@ def _write_token(tok: Token) -> str:
     return ("" if jump is None else f"@{jump}") + ALPHABET[sym]
 
 
-def _compress(tokens: list[Token]) -> str:
+def _compress(text: str, token_of: dict[str, Token]) -> str:
     """Greedy run-length coding of repeated token groups, one level of nesting
-    (a group's body is itself run-length coded)."""
+    (a group's body is itself run-length coded): at each position, the unit of
+    up to ``_MAX_PERIOD`` tokens whose repeats cover the most tokens."""
     parts: list[str] = []
-    i, n = 0, len(tokens)
+    i, n = 0, len(text)
     while i < n:
         best_p, best_k = 1, 1
+        first = text[i]
         for p in range(1, min(_MAX_PERIOD, (n - i) // 2) + 1):
-            unit = tokens[i:i + p]
+            if text[i + p] != first:   # cannot repeat: skip the slice
+                continue
+            unit = text[i:i + p]
             k = 1
-            while tokens[i + k * p:i + (k + 1) * p] == unit:
+            while text.startswith(unit, i + k * p):
                 k += 1
             if k >= 2 and p * k > best_p * best_k:
                 best_p, best_k = p, k
         count = "" if best_k == 1 else str(best_k)
         if best_p == 1:
-            parts.append(_write_token(tokens[i]) + count)
+            parts.append(_write_token(token_of[first]) + count)
         else:
-            parts.append("(" + _compress(tokens[i:i + best_p]) + ")" + count)
+            parts.append("(" + _compress(text[i:i + best_p], token_of) + ")" + count)
         i += best_p * best_k
     return "".join(parts)
 
@@ -97,7 +121,7 @@ def _compress(tokens: list[Token]) -> str:
 def encode_row(row: Sequence[Action], stages: Sequence[int]) -> str:
     """Encode one rank's compute actions; ``stages`` are the rank's stages in
     ascending order. Raises ScheduleError for comm actions or foreign stages."""
-    return _compress(_tokens(row, stages))
+    return _compress(*_text(row, stages))
 
 
 def _parse(text: str, i: int, depth: int) -> tuple[list[Token], int]:

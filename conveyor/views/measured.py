@@ -17,6 +17,7 @@ from conveyor.schedule import B, F, I, W, Schedule, build_schedule
 from conveyor.schedule.ir import COMPUTE_KINDS
 from conveyor.sim import CostModel, simulate
 from conveyor.sim.timeline import Timeline
+from conveyor.views.idle import WAIT, idle_totals, split_idle
 from conveyor.views.metrics import bubble_code, stage_peaks
 
 __all__ = ["match_schedule", "measured_costs", "simulate_like", "measured_section",
@@ -77,15 +78,49 @@ def simulate_like(tl: Timeline, sched: Schedule) -> Timeline:
     return simulate(sched, measured_costs(tl), unit=tl.unit)
 
 
+def _idle(tl: Timeline) -> dict:
+    """The idle pieces for the page: ``pieces`` rows [rank, start, end, kind (0
+    waiting on a peer, 1 transfer in flight), message index or -1], adjacent
+    pieces of one kind and message merged; ``messages`` rows [receive, its
+    rank, send or None, sender or None, send start, send end, receive start,
+    receive end] (times from the step's start, None where there is no send);
+    and the shares of rank-time ``wait``, ``transfer``, ``idle``."""
+    t0 = tl.t0
+    pieces = split_idle(tl)
+    index: dict[int, int] = {}
+    messages, rows = [], []
+    for p in pieces:
+        m = -1
+        if p.message is not None:
+            key = id(p.message.recv)
+            if key not in index:
+                index[key] = len(messages)
+                rv, sd = p.message.recv, p.message.send
+                messages.append([str(rv.action), rv.rank, None if sd is None else str(sd.action),
+                                 p.message.sender, None if sd is None else sd.start - t0,
+                                 None if sd is None else sd.end - t0, rv.start - t0,
+                                 rv.end - t0])
+            m = index[key]
+        kind = 0 if p.kind == WAIT else 1
+        last = rows[-1] if rows else None
+        if last and last[0] == p.rank and last[3] == kind and last[4] == m \
+                and last[2] == p.start - t0:
+            last[2] = p.end - t0
+        else:
+            rows.append([p.rank, p.start - t0, p.end - t0, kind, m])
+    return {"pieces": rows, "messages": messages, **idle_totals(tl, pieces)}
+
+
 def _events(tl: Timeline) -> dict:
-    # Communication events (SEND/RECV) come too: the page draws them on their
-    # own, so that time spent moving data is not shown as bubble.
+    # Communication events (SEND/RECV) come too, and with them each rank's
+    # idle time split into waiting on a peer (the bubble) and transfer in
+    # flight (views/idle.py), so that moving data is not drawn as bubble.
     t0 = tl.t0
     return {
         "events": [[e.rank, str(e.action), e.start - t0, e.end - t0]
                    for r in range(tl.P) for e in tl.rank_events(r, compute_only=False)],
         "T": tl.step_time, "bubble": bubble_code(tl), "per_rank": tl.bubbles(),
-        "peaks": stage_peaks(tl),
+        "peaks": stage_peaks(tl), **_idle(tl),
     }
 
 

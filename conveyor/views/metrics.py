@@ -12,11 +12,11 @@ from fractions import Fraction
 from conveyor.schedule.ir import B, F, W
 from conveyor.sim.timeline import Timeline
 
-__all__ = ["exact_bubble", "bubble_code", "fraction_text", "percent_text", "stage_peaks"]
+__all__ = ["MAX_DEN", "exact_bubble", "bubble_code", "fraction_text", "percent_text", "stage_peaks"]
 
 # Fractions with larger denominators are shown as a percentage only: a
 # "1234/56789" is no easier to read than "2.2%".
-_MAX_DEN = 100_000
+MAX_DEN = 100_000
 
 
 def exact_bubble(tl: Timeline) -> Fraction | None:
@@ -32,7 +32,7 @@ def exact_bubble(tl: Timeline) -> Fraction | None:
         return Fraction(0)
     busy = math.fsum(e.end - e.start for r in range(tl.P) for e in tl.rank_events(r))
     frac = 1 - Fraction(busy) / (tl.P * Fraction(T))
-    if frac.denominator > _MAX_DEN or abs(float(frac) - tl.bubble_overall) > 1e-9:
+    if frac.denominator > MAX_DEN or abs(float(frac) - tl.bubble_overall) > 1e-9:
         return None
     return frac
 

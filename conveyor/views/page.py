@@ -1,8 +1,9 @@
 """The explorer page: one self-contained HTML file (inline CSS, JS and data).
 
 ``render_page`` fills ``assets/explorer.html`` with the stylesheet, the
-scripts (``replay.js``, the mirror of the engine; ``explorer.js``, drawing and
-controls) and the data; nothing is fetched from anywhere when the page opens, so it works
+scripts (``replay.js``, the mirror of the engine; ``solver.js``, zb-auto's
+solver; ``costs.js``, what each stage costs; the drawing, the measured views,
+the explanations and the controls) and the data; nothing is fetched from anywhere when the page opens, so it works
 from ``file://`` on a machine with no network. ``write_page`` writes it
 atomically: a failed build never leaves a partial page behind.
 """
@@ -21,8 +22,10 @@ from conveyor.views.files import atomic_write
 __all__ = ["render_page", "write_page", "asset_text", "page_data"]
 
 _ASSETS = Path(__file__).resolve().parent / "assets"
-# Drawing (canvas and SVG), the measured views, then the controls that use them.
-_SCRIPTS = ("draw.js", "measured.js", "explorer.js")
+# Painters and charts, costs, the zb-auto solver, the measured views and the
+# explanations, then the controls that use them all, and the tests' entry points.
+_SCRIPTS = ("draw.js", "charts.js", "costs.js", "solver.js", "curve.js", "measured.js", "explain.js",
+            "explorer.js", "hooks.js")
 _SLOT = re.compile(r"/\*CONVEYOR_(CSS|REPLAY_JS|JS|DATA)\*/")
 _DATA_BLOCK = re.compile(r'<script type="application/octet-stream" id="conveyor-data"[^>]*>([^<]*)</script>')
 
@@ -51,7 +54,8 @@ def page_data(html: str) -> dict:
 
 
 def render_page(data: dict, *, mode: str = "embedded", initial: dict | None = None,
-                measured: dict | None = None, sweep: dict | None = None) -> str:
+                measured: dict | None = None, sweep: dict | None = None,
+                steps: dict | None = None) -> str:
     """The page's HTML for ``data`` (from ``build_data``, or the schedule list
     alone in ``mode="serve"``).
 
@@ -59,11 +63,13 @@ def render_page(data: dict, *, mode: str = "embedded", initial: dict | None = No
               or "step") and ratio (one of ``data["ratios"]``).
     measured: a ``measured_section`` to draw above the explorer.
     sweep:    a ``sweep_section``: one measured chart per M, above the explorer.
+    steps:    a ``steps_section``: several measured steps of one run, their
+              spread per rank, one step's chart above the explorer.
     """
     if mode not in ("embedded", "serve"):
         raise ValueError(f"mode={mode!r}; use 'embedded' or 'serve'")
     payload = dict(data, format=FORMAT, mode=mode, initial=initial or {}, measured=measured,
-                   sweep=sweep)
+                   sweep=sweep, steps=steps)
     parts = {"CSS": asset_text("explorer.css"), "REPLAY_JS": asset_text("replay.js"),
              "JS": "\n".join(asset_text(n) for n in _SCRIPTS), "DATA": _packed(payload)}
     # One pass, so text inside the inserted parts is never taken for a slot.

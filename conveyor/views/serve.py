@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from conveyor.errors import ConveyorError
 from conveyor.schedule import build_schedule, get_spec, schedule_names
 from conveyor.sim import CostModel, formula_bubble, simulate
-from conveyor.views.data import ALPHABET, spec_info
+from conveyor.views.data import ALPHABET, PAGE_SOLVED, spec_info
 from conveyor.views.errors import ViewError
 from conveyor.views.metrics import bubble_code, stage_peaks
 from conveyor.views.page import render_page
@@ -135,15 +135,19 @@ class _Server(ThreadingHTTPServer):
 
 def make_server(*, port: int = 0, P_max: int = 16, M_max: int = 64,
                 ratios=SERVE_RATIOS, initial: dict | None = None,
-                measured: dict | None = None, sweep: dict | None = None) -> ThreadingHTTPServer:
+                measured: dict | None = None, sweep: dict | None = None,
+                steps: dict | None = None) -> ThreadingHTTPServer:
     """An HTTP server on 127.0.0.1:``port`` (0: any free port) serving the page
     in served mode. Call ``serve_forever()`` on it; ``server_address`` has the
     port."""
     data = {"alphabet": ALPHABET, "P_max": P_max, "M_max": M_max,
             "ratios": [int(x) if float(x).is_integer() else x for x in ratios],
-            "schedules": [spec_info(n) for n in schedule_names()]}
+            "schedules": [dict(spec_info(n), **({"solver": PAGE_SOLVED[n]}
+                                                 if n in PAGE_SOLVED else {}))
+                          for n in schedule_names()]}
     server = _Server(("127.0.0.1", port), _Handler)
     server.page = render_page(data, mode="serve", initial=initial,
-                              measured=None if sweep else measured, sweep=sweep).encode()
+                              measured=None if sweep or steps else measured, sweep=sweep,
+                              steps=steps).encode()
     server.P_max, server.M_max = P_max, M_max
     return server

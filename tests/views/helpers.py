@@ -74,3 +74,45 @@ def registered_vshape() -> registered:
 
 def registered_picky() -> registered:
     return registered("test-picky", picky, "test only: M must be a multiple of P")
+
+
+def stage_values(xs: list[float], S: int, P: int, unit: str) -> list[float]:
+    """Per-stage values from typed ones, as the page's costs.js resolves them:
+    "model" (one value or one per P-th of the model; a stage of S = vP gets
+    1/v of its P-th), "layer" (L values, each stage sums its L/S layers) or
+    "stage" (one value or one per stage). The same float operations, so the
+    results are bit-equal."""
+    if unit == "stage":
+        return list(xs) * S if len(xs) == 1 else list(xs)
+    if unit == "layer":
+        per = len(xs) // S
+        out = []
+        for s in range(S):
+            total = 0.0
+            for x in xs[s * per:(s + 1) * per]:
+                total += x
+            out.append(total)
+        return out
+    v = S / P
+    return [(xs[0] if len(xs) == 1 else xs[int(s // v)]) / v for s in range(S)]
+
+
+def slowed_steps(name: str = "1f1b", P: int = 4, M: int = 8, *, steps: int = 5,
+                 slow_rank: int = 2, factor: float = 1.5) -> list[Timeline]:
+    """Several recorded-like steps of one run in which rank ``slow_rank``'s
+    compute takes ``factor`` times as long as the others' (a straggler), each
+    step with its own jitter."""
+    out = []
+    for k in range(steps):
+        rng = random.Random(100 + k)
+        sched = build_schedule(name, P, M)
+        base = {F: 0.010, B: 0.020, I: 0.010, W: 0.010}
+        dur = {a: base[a.kind] * (factor if sched.placement[a.stage] == slow_rank else 1.0)
+               * (1 + rng.uniform(-0.1, 0.1)) for _, _, a in sched}
+        run = replay(sched, lambda r, a: dur[a])
+        t0 = 1_700_000_000.0 + k
+        events = [Event(sched.placement[a.stage], a, t0 + run.start[a], t0 + run.end[a])
+                  for a in run.start]
+        out.append(Timeline(P=P, M=sched.M, S=sched.S, schedule=name, events=events,
+                            source="measured", unit="s", meta={"note": f"step {k}"}))
+    return out

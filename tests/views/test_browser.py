@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import struct
 import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from conveyor.schedule import build_schedule
 from conveyor.sim import CostModel, formula_bubble, load_timeline, simulate
 from conveyor.views.data import build_data
+from conveyor.views.idle import idle_totals
 from conveyor.views.measured import cpu_note, measured_section
 from conveyor.views.metrics import fraction_text, percent_text
 from conveyor.views.page import render_page, write_page
@@ -24,7 +24,7 @@ from conveyor.views.serve import make_server
 from conveyor.views.sweep import sweep_section
 
 from tests.views.conftest import screenshot_dir
-from tests.views.helpers import registered_picky, registered_vshape
+from tests.views.helpers import registered_picky, registered_vshape, stage_values
 
 pytestmark = pytest.mark.browser
 SWEEP = Path(__file__).parent / "data" / "sweep"
@@ -82,14 +82,21 @@ def test_seed_numbers_and_hatched_bubble(page, default_page, tmp_path):
     assert [u for u in requests if not u.startswith("file://")] == []
 
 
-def _random_costs(rng: random.Random, S: int) -> dict:
-    """Random costs: one value for all stages, or one per stage (S of them)."""
+def _random_costs(rng: random.Random, S: int, P: int | None = None, unit: str = "stage") -> dict:
+    """Random typed costs: one value for all stages, or one per stage (S of
+    them; "stage" unit) or per P-th of the model (P of them; "model" unit)."""
+    n = S if unit == "stage" else P
+
     def values(lo, hi):
-        n = rng.choice([1, S])
-        return [round(rng.uniform(lo, hi), 2) for _ in range(n)]
-    return {"F": values(0.3, 2), "I": values(0.3, 2), "W": values(0, 1.5),
+        k = rng.choice([1, n])
+        return [round(rng.uniform(lo, hi), 2) for _ in range(k)]
+    return {"unit": unit, "F": values(0.3, 2), "I": values(0.3, 2), "W": values(0, 1.5),
             "lat": round(rng.choice([0, rng.uniform(0, 1)]), 3),
             "bytes": rng.choice([0, 1000, 2048]), "bw": rng.choice(["inf", 4000, 512])}
+
+
+def _typed(c: dict) -> dict:
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in c.items()}
 
 
 def _python_events(name, P, M, view, c):
@@ -97,46 +104,49 @@ def _python_events(name, P, M, view, c):
             for e in _python_timeline(name, P, M, view, c).events]
 
 
+def _cost_model(S, P, c, scale=1.0, dp=None) -> CostModel:
+    """The CostModel the page's typed costs ``c`` stand for (see costs.js)."""
+    unit = c.get("unit", "model")
+    f, i, w = (stage_values(c[k], S, P, unit) for k in ("F", "I", "W"))
+    if scale != 1:
+        f, i, w = ([x * scale for x in xs] for xs in (f, i, w))
+    b = [x + y for x, y in zip(i, w)]
+    extra = {} if dp is None else dict(
+        dp=dp["dp"], ranks_per_node=dp["rpn"] or None, inter_latency=dp["ilat"],
+        inter_bandwidth=float(dp["ibw"]), allreduce_overlap=dp["ar"] == "overlap",
+        param_bytes=stage_values(dp["pb"], S, P, unit))
+    return CostModel(forward=f, backward=b, input_grad=i, weight_grad=w, latency=c["lat"],
+                     bandwidth=float(c["bw"]), activation_bytes=c["bytes"], **extra)
+
+
 def _python_timeline(name, P, M, view, c, dp=None):
     sched = build_schedule(name, P, M).compute_only()
     if view == "fwd":
         sched = sched.without_backward()
     scale = M / sched.M          # naive runs the same batch as one bigger micro-batch
-    per = lambda xs: [x * scale for x in xs] if scale != 1 else xs   # noqa: E731
-    f, i, w = per(c["F"]), per(c["I"]), per(c["W"])
-    if len(f) == 1 and len(i) == 1 and len(w) == 1:
-        f, i, w = f[0], i[0], w[0]
-    else:
-        S = sched.S
-        f, i, w = ([x[0]] * S if len(x) == 1 else x for x in (f, i, w))
-    b = [x + y for x, y in zip(i, w)] if isinstance(i, list) else i + w
-    extra = {} if dp is None else dict(
-        dp=dp["dp"], ranks_per_node=dp["rpn"] or None, inter_latency=dp["ilat"],
-        inter_bandwidth=float(dp["ibw"]), param_bytes=dp["pb"] if len(dp["pb"]) > 1 else dp["pb"][0],
-        allreduce_overlap=dp["ar"] == "overlap")
-    costs = CostModel(forward=f, backward=b, input_grad=i, weight_grad=w, latency=c["lat"],
-                      bandwidth=float(c["bw"]), activation_bytes=c["bytes"], **extra)
-    return simulate(sched, costs)
+    return simulate(sched, _cost_model(sched.S, P, c, scale, dp))
 
 
 def test_random_costs_replay_exactly_as_python_simulate(page, default_page, default_data):
     _open(page, default_page)
     rng = random.Random(13)
-    names = [s["name"] for s in default_data["schedules"]]
-    for k in range(14):
+    names = [s["name"] for s in default_data["schedules"] if "solver" not in s]
+    for k in range(16):
         name, P, M = rng.choice(names), rng.randint(1, 16), rng.randint(1, 64)
         view = "fwd" if k % 4 == 0 else "step"
-        c = _random_costs(rng, build_schedule(name, P, M).S)
-        typed = {k2: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k2, v in c.items()}
+        c = _random_costs(rng, build_schedule(name, P, M).S, P, ["stage", "model"][k % 2])
         js = page.evaluate("st => window.conveyor.timeline(st)",
                            {"schedule": name, "compare": "", "P": P, "M": M, "view": view,
-                            "costs": typed})
+                            "costs": _typed(c)})
         assert js is not None, (name, P, M, view, c)  # None: the page refused the costs
         assert sorted(js) == sorted(_python_events(name, P, M, view, c)), (name, P, M, view, c)
     # and every embedded configuration's step time and bubble equal Python's
     check = page.evaluate("window.conveyor.selfCheck()")
     assert check["n_bad"] == 0, check["mismatches"]
-    assert check["checked"] == len(names) * 16 * 64 * (1 + len(default_data["ratios"]))
+    embedded = sum(1 for sc in default_data["schedules"] if "configs" in sc
+                   for row in sc["configs"] for rec in row if "r" in rec)
+    assert embedded == len(names) * 16 * 7                  # M = 1, 2, 4, ..., 64
+    assert check["checked"] == embedded * (1 + len(default_data["ratios"]))
 
 
 def test_dp_all_reduce_replays_exactly_as_python_simulate(page, default_page):
@@ -153,8 +163,7 @@ def test_dp_all_reduce_replays_exactly_as_python_simulate(page, default_page):
         dp = {"dp": rng.choice([2, 3, 8, 64]), "rpn": rng.choice([0, 1, 2, 3, 8]),
               "ilat": round(rng.uniform(0, 2), 3), "ibw": rng.choice(["inf", 100, 37]),
               "pb": pb, "ar": rng.choice(["overlap", "after"])}
-        typed = {k2: ",".join(map(str, v)) if isinstance(v, list) else str(v)
-                 for k2, v in {**c, **dp}.items()}
+        typed = _typed({**c, **dp})
         js = page.evaluate("st => window.conveyor.timeline(st)",
                            {"schedule": name, "compare": "", "P": P, "M": M, "view": "step",
                             "costs": typed})
@@ -166,7 +175,7 @@ def test_dp_all_reduce_replays_exactly_as_python_simulate(page, default_page):
     assert tl.collectives  # the last case draws some: the SVG has one rect per all-reduce
     svg = ET.fromstring(page.evaluate("window.conveyor.svgText()"))
     ns = "{http://www.w3.org/2000/svg}"
-    rects = [e for e in svg.iter(ns + "rect") if e.get("class") == "allreduce"]
+    rects = [e for e in svg.iter(ns + "rect") if e.get("class") == "allreduce"]   # not the legend's
     assert len(rects) == len(tl.collectives)
     assert "all-reduce" in page.locator("#legend").text_content()
     assert "dp=" in page.evaluate("window.conveyor.hash()")
@@ -206,12 +215,16 @@ def test_a_cost_change_redraws_and_a_bad_one_says_why(page, default_page):
     c["lat"] = 0.5
     T2 = max(e[3] for e in _python_events("1f1b", 4, 8, "step", c))
     expect(page.locator("#stats tr").nth(1).locator("td").nth(3)).to_have_text(f"{T2:g}")
-    page.locator("#P").fill("5")                             # 4 values of F, 5 stages
-    expect(page.locator("#summary .refused")).to_have_text(
-        "1f1b: F has 4 values but there are 5 stages; give one value, or one per stage")
+    page.locator("#P").fill("5")                             # 4 values of F, P = 5
+    expect(page.locator("#cost-error")).to_contain_text(
+        "1f1b: F has 4 values: give 1, or 5 (one per P-th of the model")
+    expect(page.locator("#cost-F")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#stats tr").nth(1).locator("td").nth(3)).to_have_text(f"{T2:g}")
     page.locator("#P").fill("4")
+    expect(page.locator("#cost-error")).to_be_hidden()
     page.locator("#cost-W").fill("x")
     expect(page.locator("#cost-error")).to_contain_text('W "x" is not a number')
+    expect(page.locator("#cost-W")).to_have_class("invalid")
     expect(page.locator("#stats tr").nth(1).locator("td").nth(3)).to_have_text(f"{T2:g}")
 
 
@@ -230,7 +243,8 @@ def test_url_hash_round_trip(page, browser, default_page):
     other.close()
 
 
-def test_download_buttons_give_valid_svg_and_png(page, default_page, tmp_path):
+def test_downloads_are_opaque_and_hold_the_legend_and_the_curve(page, default_page, tmp_path):
+    from PIL import Image
     _open(page, default_page)
     page.evaluate("window.conveyor.set({schedule: 'gpipe', compare: '1f1b', P: 4, M: 8, "
                   "view: 'step', ratio: 2})")
@@ -240,22 +254,29 @@ def test_download_buttons_give_valid_svg_and_png(page, default_page, tmp_path):
     d.value.save_as(svg_path)
     assert svg_path.name == "conveyor-gpipe-vs-1f1b-P4-M8.svg"
     root = ET.parse(svg_path).getroot()
-    assert root.tag == "{http://www.w3.org/2000/svg}svg" and root.get("role") == "img"
-    cells = [e for e in root.iter("{http://www.w3.org/2000/svg}rect")
-             if (e.get("class") or "").startswith("cell")]
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == ns + "svg" and root.get("role") == "img"
+    cells = [e for e in root.iter(ns + "rect") if (e.get("class") or "").startswith("cell")]
     assert len(cells) == 2 * 4 * 8 * 2                      # F and B of both schedules
+    texts = [t.text or "" for t in root.iter(ns + "text")]
+    assert "bubble: the rank waits on a peer" in texts     # the legend
+    assert any(t.startswith("bubble vs M") for t in texts)  # the curve, with its key
+    assert "gpipe: closed form" in texts and "1f1b: simulated" in texts
+    first = next(e for e in root if e.tag == ns + "rect")   # under everything: white
+    assert first.get("fill") == "#fff" and first.get("width") == root.get("width")
+    chart_h = page.evaluate("document.getElementById('gantt-canvas').clientHeight")
+    assert float(root.get("height")) > chart_h + 150       # chart, legend and curve
     with page.expect_download() as d:
         page.locator("#download-png").click()
     png = tmp_path / "x.png"
     d.value.save_as(png)
-    head = png.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n"
-    w, h = struct.unpack(">II", head[16:24])
+    img = Image.open(png)
     css_w = page.evaluate("document.getElementById('gantt-canvas').clientWidth")
-    assert w == css_w * page.evaluate("devicePixelRatio") and h > 200
+    assert img.size[0] == css_w * page.evaluate("devicePixelRatio") and img.size[1] > chart_h + 150
+    assert img.convert("RGBA").getextrema()[3] == (255, 255)  # opaque: readable on any viewer
 
 
-def test_measured_view_draws_communication(page, tmp_path, default_data):
+def test_measured_view_splits_idle_into_bubble_and_transfer(page, tmp_path, default_data):
     tl = load_timeline(SWEEP / "M04.json")                   # a real run, with SEND/RECV events
     sec = measured_section(tl, source="M04.json")
     sec["note"] = cpu_note(tl, cores=2)                      # as on a 2-core machine
@@ -265,11 +286,14 @@ def test_measured_view_draws_communication(page, tmp_path, default_data):
     requests: list[str] = []
     _open(page, path, requests)
     expect = _expect()
-    expect(page.locator("#bubble-measured")).to_have_text(percent_text(tl.bubble_overall))
-    comm = sum(e.duration for e in tl.events if not e.action.is_compute)
-    expect(page.locator("#comm-measured")).to_have_text(percent_text(comm / (4 * tl.step_time)))
-    assert comm > 0
-    expect(page.locator("#legend-measured")).to_contain_text("communication: SEND/RECV")
+    shares = idle_totals(tl)
+    assert shares["transfer"] > 0 and shares["wait"] > 0
+    expect(page.locator("#bubble-measured")).to_have_text(percent_text(shares["wait"]))
+    expect(page.locator("#transfer-measured")).to_have_text(percent_text(shares["transfer"]))
+    expect(page.locator("#idle-measured")).to_have_text(percent_text(tl.bubble_overall))
+    legend = page.locator("#legend-measured")
+    expect(legend).to_contain_text("bubble: the rank waits on a peer")
+    expect(legend).to_contain_text("transfer in flight")
     expect(page.locator("#measured-note")).to_contain_text("4 processes share 2 CPU cores")
     expect(page.locator("#scale-note")).to_be_hidden()         # 132 vs 129 ms: one time axis
     page.screenshot(path=str(screenshot_dir(tmp_path) / "explorer-measured.png"), full_page=True)
@@ -296,16 +320,19 @@ def test_sweep_small_multiples_follow_the_m_slider(page, tmp_path, default_data)
     _open(page, path)
     expect = _expect()
     caps = page.locator("#sweep-grid figcaption").all_text_contents()
-    want = [f"M = {r['M']}: measured bubble {percent_text(load_timeline(SWEEP / r['timeline']).bubble_overall)}"
+    want = [f"M = {r['M']}: measured bubble "
+            f"{percent_text(idle_totals(load_timeline(SWEEP / r['timeline']))['wait'])}"
             f" (formula {percent_text(r['formula'])})"
             for r in sorted(json.loads((SWEEP / "sweep.json").read_text())["rows"],
                             key=lambda r: r["M"])]
     assert caps == want
-    measured = [load_timeline(SWEEP / f"M{M:02d}.json").bubble_overall for M in (1, 2, 4, 8, 16)]
+    measured = [idle_totals(load_timeline(SWEEP / f"M{M:02d}.json"))["wait"]
+                for M in (1, 2, 4, 8, 16)]
     assert measured == sorted(measured, reverse=True)        # the bubble shrinks, measured
     expect(page.locator("#sweep-M-out")).to_have_text("16")
     points = page.evaluate("window.conveyor.sweepPointsFor(window.conveyor.state())")
-    assert points == [[M, round(b, 6)] for M, b in zip((1, 2, 4, 8, 16), measured)]  # on the curve
+    assert [M for M, _ in points] == [1, 2, 4, 8, 16]        # on the curve
+    assert [b for _, b in points] == pytest.approx(measured, rel=1e-12)  # JSON may round a bit
     page.locator("#M").fill("4")                             # the explorer's M slider
     expect(page.locator("#sweep-M-out")).to_have_text("4")
     expect(page.locator(".sweep-cell.selected figcaption")).to_contain_text("M = 4:")
@@ -313,27 +340,40 @@ def test_sweep_small_multiples_follow_the_m_slider(page, tmp_path, default_data)
     page.screenshot(path=str(screenshot_dir(tmp_path) / "explorer-sweep.png"), full_page=True)
 
 
-def test_400px_layout_has_no_horizontal_overflow(browser, default_page, tmp_path):
+def _box(page, sel):
+    return page.evaluate(f"(() => {{ const b = document.querySelector('{sel}')"
+                         f".getBoundingClientRect(); return [b.top, b.bottom, b.right, b.left]; }})()")
+
+
+def test_400px_layout_puts_chart_and_m_slider_in_one_viewport(browser, default_page, tmp_path):
     context = browser.new_context(viewport={"width": 400, "height": 800})
     page = context.new_page()
     _open(page, default_page)
-    page.evaluate("window.conveyor.set({schedule: 'gpipe', compare: '1f1b', P: 4, M: 8, "
-                  "view: 'step', ratio: 2})")
-    assert page.evaluate("document.documentElement.scrollWidth") <= 400
-    assert page.evaluate("document.getElementById('gantt-canvas').getBoundingClientRect().right") <= 400
-    page.screenshot(path=str(screenshot_dir(tmp_path) / "explorer-400px.png"), full_page=True)
+    for setting in ("{schedule: 'gpipe', compare: '', P: 4, M: 8, view: 'step', ratio: 2}",
+                    "{schedule: 'gpipe', compare: '1f1b', P: 4, M: 8, view: 'fwd', ratio: 2}"):
+        page.evaluate(f"window.conveyor.set({setting})")
+        page.evaluate("window.scrollTo(0, 0)")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 400
+        chart, slider = _box(page, "#gantt-canvas"), _box(page, "#M")
+        assert chart[2] <= 400
+        # the whole chart, then the M slider, with no scrolling
+        assert 0 <= chart[0] and chart[1] <= slider[0] and slider[1] <= 800, (setting, chart, slider)
+    page.screenshot(path=str(screenshot_dir(tmp_path) / "explorer-400px.png"), full_page=False)
     # a wider window redraws the chart to its new width
     narrow = page.evaluate("document.getElementById('gantt-canvas').clientWidth")
-    page.set_viewport_size({"width": 1000, "height": 800})
+    page.set_viewport_size({"width": 1280, "height": 800})
     page.wait_for_function(f"document.getElementById('gantt-canvas').clientWidth > {narrow + 200}")
+    # at 1280 px the cost fields sit beside the chart (to its right), not above it
+    cost, chart = _box(page, "#cost-F"), _box(page, "#gantt-canvas")
+    assert cost[3] > chart[2] and cost[0] > chart[0]
     context.close()
 
 
 def test_labels_contrast_at_least_4_5(page, default_page):
     _open(page, default_page)
     worst = page.evaluate("""() => { const D = ConveyorDraw; let w = 99;
-        for (let mb = 0; mb < 64; mb++) for (const l of [47, 86]) {
-          const L = D.luminance(D.hue(mb), 62, l), c = D.labelOn(D.hue(mb), 62, l);
+        for (let mb = 0; mb < 64; mb++) for (const fill of [D.strong(mb), D.tint(mb)]) {
+          const L = D.rgbLuminance(D.parseHex(fill)), c = D.labelOn(fill);
           w = Math.min(w, D.contrast(L, c === '#000' ? 0 : 1)); }
         return w; }""")
     assert worst >= 4.5
@@ -346,10 +386,12 @@ def test_page_is_generic_over_chunks_and_split_backward(page, tmp_path):
         path = write_page(tmp_path / "v.html", render_page(
             data, initial={"schedule": name, "P": 3, "M": 4, "view": "step", "ratio": 1.5}))
         _open(page, path)
-        c = {"F": [1, 2, 1, 1, 1, 1], "I": [0.5], "W": [0.25], "lat": 0.125, "bytes": 0, "bw": "inf"}
+        c = {"unit": "stage", "F": [1, 2, 1, 1, 1, 1], "I": [0.5], "W": [0.25], "lat": 0.125,
+             "bytes": 0, "bw": "inf"}
         js = page.evaluate("st => window.conveyor.timeline(st)", {
-            "P": 3, "M": 4, "costs": {"F": "1,2,1,1,1,1", "I": "0.5", "W": "0.25", "lat": "0.125"}})
-        assert js is not None, (name, P, M, view, c)  # None: the page refused the costs
+            "P": 3, "M": 4, "costs": {"unit": "stage", "F": "1,2,1,1,1,1", "I": "0.5", "W": "0.25",
+                                      "lat": "0.125"}})
+        assert js is not None, c  # None: the page refused the costs
         assert sorted(js) == sorted(_python_events(name, 3, 4, "step", c))
     assert page.evaluate("window.conveyor.selfCheck()")["n_bad"] == 0
     legend = page.locator("#legend").text_content()
@@ -388,7 +430,7 @@ def test_served_page_draws_python_orders(page, served):
     requests: list[str] = []
     _open(page, served, requests)
     page.locator("#M").fill("32")
-    expect(page.locator("#stats tr").nth(1).locator("td.b")).to_have_text("8.6%")
+    expect(page.locator("#stats tr").nth(1).locator("td.b")).to_have_text("3/35 = 8.6%")
     assert _row(page)[3] == fraction_text(formula_bubble("gpipe", 4, 32))
     page.select_option("#compare", "1f1b")                   # side by side, both from the server
     expect(page.locator("#stats tr")).to_have_count(3)

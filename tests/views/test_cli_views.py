@@ -116,3 +116,31 @@ def test_exit_code_through_the_real_entry_point(tmp_path):
     assert run.returncode == 2
     assert run.stderr.startswith("conveyor: error: ") and "is not valid JSON" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_viz_with_several_steps_of_one_run(tmp_path, capsys):
+    from tests.views.helpers import slowed_steps
+    paths = []
+    for k, tl in enumerate(slowed_steps("1f1b", 4, 8, steps=3, slow_rank=3)):
+        paths += ["--timeline", str(tl.save(tmp_path / f"step{k}.json"))]
+    out = tmp_path / "page.html"
+    assert main(["viz", *paths, "-o", str(out), *SMALL]) == 0
+    data = page_data(out.read_text())
+    assert data["steps"]["straggler"]["rank"] == 3 and len(data["steps"]["runs"]) == 3
+    assert data["measured"] is None and data["initial"]["schedule"] == "1f1b"
+    other = tmp_path / "other.json"
+    measured_like("gpipe", 4, 8).save(other)
+    assert main(["viz", *paths, "--timeline", str(other), "-o", str(tmp_path / "x.html"),
+                 *SMALL]) == 2
+    assert "pass steps of one run" in capsys.readouterr().err
+
+
+def test_viz_prints_its_progress_per_schedule(tmp_path, capsys):
+    out = tmp_path / "page.html"
+    assert main(["viz", "-o", str(out), "--no-cache", *SMALL]) == 0
+    from conveyor.schedule import schedule_names
+    from conveyor.views.data import PAGE_SOLVED
+    n = len([x for x in schedule_names() if x not in PAGE_SOLVED])
+    err = capsys.readouterr().err
+    assert "building the page's data" in err
+    assert f"[1/{n}] naive" in err and f"[{n}/{n}] " in err

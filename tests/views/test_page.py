@@ -32,6 +32,8 @@ def test_default_page_is_at_most_3_mb(default_page, default_data):
     # it covers P 1..16 x M 1..64 x every registered schedule
     assert data["P_max"] == 16 and data["M_max"] == 64
     for sc in data["schedules"]:
+        if "solver" in sc:                           # zb-auto: solved in the page
+            continue
         assert len(sc["configs"]) == 16 and {len(row) for row in sc["configs"]} == {64}
 
 

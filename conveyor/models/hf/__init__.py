@@ -13,7 +13,7 @@ not model. Families (``families.FAMILIES``, by ``config.model_type``): GPT-2,
 GPT-J, GPT-NeoX, OPT, BLOOM, Falcon, Llama, Mistral, Mixtral, Qwen2,
 Qwen2-MoE, Qwen3, Gemma, Gemma 2, Gemma 3 (text), Granite, Cohere, Phi,
 Phi-3. A new one is a ``Family`` of the public building blocks
-(``Embed``, ``Block``, ``Head``, ``RotaryContext``, ...), see docs/models.md.
+(``Embed``, ``Block``, ``Head``, ``RotaryContext``, ...), see https://github.com/conveyor-pp/conveyor/blob/main/docs/models.md.
 
 Side inputs, per stage: ``attention_mask`` (n, T) (1 token, 0 padding) is
 given to every stage by the pipeline, cut from the batch each rank holds

@@ -11,7 +11,7 @@ does the same in pieces: ``Embed`` on the first stage, ``Block`` per layer
 (its ``Context`` rebuilds the layer's keyword arguments from the side inputs
 on the rank that runs it, so only the hidden state crosses a cut) and
 ``Head`` on the last stage. ``conveyor.models.hf.families`` assembles them per
-family; a new family is a few lines of the same (docs/models.md).
+family; a new family is a few lines of the same (https://github.com/conveyor-pp/conveyor/blob/main/docs/models.md).
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ def family_of(model: nn.Module) -> Family:
     raise PartitionError(
         f"{type(model).__name__} (model_type {kind!r}) is not a family this adapter knows "
         f"({known}); adapt it in a few lines with causal_lm_chain(model, family=Family(...)) "
-        f"(docs/models.md 'Adapting a family'), or cut it with split_by_names")
+        f"(https://github.com/conveyor-pp/conveyor/blob/main/docs/models.md, 'Adapting a "
+        f"family'), or cut it with split_by_names")
 
 
 def _on_meta(model: nn.Module) -> bool:

@@ -142,5 +142,6 @@ def _refusal(family, model, err, tol, dtype, what, shape, win, set_fields) -> st
         f"{tol:.0e}), so it is refused rather than trained wrong. Config fields set that this "
         f"adaptation does not model: {named}. What to do: adapt the family with the building "
         f"blocks of conveyor.models.hf (causal_lm_chain(model, family=Family(...)), "
-        f"docs/models.md 'Adapting a family'), or cut the model yourself with split_by_names; "
+        f"https://github.com/conveyor-pp/conveyor/blob/main/docs/models.md, 'Adapting a "
+        f"family'), or cut the model yourself with split_by_names; "
         f"verify=False skips this check and trains whatever the chain computes")

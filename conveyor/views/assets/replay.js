@@ -1,9 +1,10 @@
 /* The part of the explorer that mirrors conveyor's Python engine: decoding the
  * embedded action orders (conveyor/views/encode.py), the in-order replay
- * (conveyor/schedule/deps.py, compute actions, free links) and the idle
- * intervals of a timeline (Timeline.idle_intervals). Kept apart from the
- * drawing so that what must stay equal to Python is in one short file; the
- * browser tests compare its results with Python's simulate(). */
+ * (conveyor/schedule/deps.py, compute actions, free links) with why each
+ * action started when it did and the critical path (conveyor/sim/critical.py),
+ * and the idle intervals of a timeline (Timeline.idle_intervals). Kept apart
+ * from the drawing so that what must stay equal to Python is in one short
+ * file; the browser tests compare its results with Python's. */
 var ConveyorReplay = (function () {
   "use strict";
 
@@ -60,8 +61,13 @@ var ConveyorReplay = (function () {
   // link time of its cut, as the simulator's CostModel gives it. Same order of
   // operations as Python, so the same floating-point times.
   // costs: {dur: [F, B, I, W] lists per stage, link: list per cut}.
-  function replay(rows, placement, costs) {
-    var S = placement.length, P = rows.length, M = 0, r, a, t, dur = costs.dur, link = costs.link;
+  // Each event also says why it started then (as conveyor/sim/critical.py):
+  // via 0 the step's start, 1 its rank's previous action (prev), 2 the input
+  // from event `by`, which ended `link` earlier; ties go to the rank, then to
+  // the first dependency, as the replay's strict ">" gives them.
+  // lite: no events, only the step's end (the curve's many replays make no garbage).
+  function replay(rows, placement, costs, lite) {
+    var S = placement.length, P = rows.length, M = 0, r, a, t, dur = costs.dur, link = costs.link, tMax = 0;
     rows.forEach(function (row) { row.forEach(function (x) { if (x.mb + 1 > M) M = x.mb + 1; }); });
     var key = function (s, k, mb) { return (s * 4 + k) * M + mb; };
     var hasI = new Uint8Array(S * M);  // (s, mb) whose input gradient comes from I, not B
@@ -83,7 +89,7 @@ var ConveyorReplay = (function () {
       return 2;
     }
     var pos = new Array(P).fill(0), clock = new Array(P).fill(0), waiting = {};
-    var ready = [], head = 0, events = [];
+    var ready = [], head = 0, events = [], evAt = lite ? null : new Array(S * 4 * M), last = new Array(P).fill(null);
     for (r = 0; r < P; r++) ready.push(r);
     while (head < ready.length) {
       r = ready[head++];
@@ -91,12 +97,12 @@ var ConveyorReplay = (function () {
       while (pos[r] < row.length) {
         a = row[pos[r]];
         t = clock[r];
-        var missing = null, n = deps(a);
+        var missing = null, n = deps(a), prev = last[r], via = prev ? 1 : 0, by = prev, hop = 0;
         for (var j = 0; j < n; j++) {
-          var e = end[depKey[j]];
+          var e = end[depKey[j]], lk = 0;
           if (e !== e) { missing = depKey[j]; break; }  // NaN: not run yet
-          if (depCut[j] >= 0) e += link[depCut[j]];
-          if (e > t) t = e;
+          if (depCut[j] >= 0) { lk = link[depCut[j]]; e += lk; }
+          if (e > t) { t = e; via = 2; by = lite ? null : evAt[depKey[j]]; hop = lk; }
         }
         if (missing !== null) { (waiting[missing] = waiting[missing] || []).push(r); break; }
         var tEnd = t + dur[a.k][a.s];
@@ -104,14 +110,19 @@ var ConveyorReplay = (function () {
         end[ka] = tEnd;
         clock[r] = tEnd;
         pos[r]++;
-        events.push({ r: r, s: a.s, k: a.k, mb: a.mb, start: t, end: tEnd });
+        if (lite) { if (tEnd > tMax) tMax = tEnd; last[r] = true; } else {
+          var ev = { r: r, s: a.s, k: a.k, mb: a.mb, start: t, end: tEnd, via: via, by: by, link: hop, prev: prev };
+          events.push(ev);
+          evAt[ka] = ev;
+          last[r] = ev;
+        }
         if (waiting[ka]) { ready.push.apply(ready, waiting[ka]); delete waiting[ka]; }
       }
     }
     for (r = 0; r < P; r++) {
       if (pos[r] < rows[r].length) throw new Error("replay stuck on rank " + r);
     }
-    return events;
+    return lite ? tMax : events;
   }
 
   // One value for every stage (a number or a one-element list) or one per stage.
@@ -146,9 +157,50 @@ var ConveyorReplay = (function () {
       bytes: 0 }, S, 1);
   }
 
-  // Per rank, activations held over time: +1 when a forward starts, -1 when
-  // its B (or W) ends. Peaks follow Timeline.peak_activations (event order).
-  function memory(events, P, forwardOnly) {
+  // The critical path (conveyor/sim/critical.py critical_path): from the
+  // compute event that ends last (the lowest rank on a tie), each event's
+  // binding back to one that started at the step's start; first event first.
+  function criticalPath(events) {
+    var last = null;
+    events.forEach(function (e) {
+      if (e.k < 4 && (!last || e.end > last.end || (e.end === last.end && e.r < last.r))) last = e;
+    });
+    return chainTo(last);
+  }
+  // The chain of bindings that ends at event e, first event first.
+  function chainTo(e) {
+    var out = [];
+    for (; e; e = e.via ? e.by : null) out.push(e);
+    return out.reverse();
+  }
+
+  // The bubble as an exact fraction [n, d] when every duration and the step
+  // are small binary fractions (1, 0.5, 0.25 ...: then the float sums are
+  // exact, as Python's fsum is) and d <= 100000 (metrics.MAX_DEN), else null.
+  function exactBubble(events, P, T) {
+    if (!(T > 0)) return [0, 1];
+    for (var k = 0, f = 1; k <= 12; k++, f *= 2) {
+      var ok = Number.isInteger(T * f) && T * f < 1e12, busy = 0;
+      for (var j = 0; ok && j < events.length; j++) {
+        var e = events[j];
+        if (e.k >= 4) continue;
+        var d = (e.end - e.start) * f;
+        if (!Number.isInteger(d)) ok = false; else busy += d;
+      }
+      if (!ok) continue;
+      var den = P * T * f, num = den - busy, g = gcd(num, den);
+      num /= g; den /= g;
+      return den <= 100000 ? [num, den] : null;
+    }
+    return null;
+  }
+  function gcd(a, b) { while (b) { var t = a % b; a = b; b = t; } return a || 1; }
+
+  // Per rank, activations held over time: + the stage's weight when a forward
+  // starts, - when its B (or W) ends; weight: what one micro-batch of that
+  // stage holds in micro-batch-equivalents (1, or 1/v for one of v chunks of
+  // the same model). Peaks follow Timeline.peak_activations (event order).
+  function memory(events, P, forwardOnly, weight) {
     var byRank = [], r;
     for (r = 0; r < P; r++) byRank.push([]);
     events.forEach(function (e) { if (e.k < 4) byRank[e.r].push(e); });
@@ -157,13 +209,14 @@ var ConveyorReplay = (function () {
       var held = 0, peak = 0, marks = [];
       row.forEach(function (e) {
         if (forwardOnly) return;
-        if (e.k === 0) { held++; peak = Math.max(peak, held); marks.push([e.start, 1]); }
-        else if (e.k === 1 || e.k === 3) { held--; marks.push([e.end, -1]); }
+        var w = weight ? weight[e.s] : 1;
+        if (e.k === 0) { held += w; peak = Math.max(peak, held); marks.push([e.start, w]); }
+        else if (e.k === 1 || e.k === 3) { held -= w; marks.push([e.end, -w]); }
       });
       marks.sort(function (a, b) { return a[0] - b[0] || a[1] - b[1]; });
       var level = 0, steps = [[0, 0]];
       marks.forEach(function (m) { level += m[1]; steps.push([m[0], level]); });
-      return { peak: peak, steps: steps };
+      return { peak: +peak.toPrecision(12), steps: steps };
     });
   }
 
@@ -255,5 +308,6 @@ var ConveyorReplay = (function () {
 
   return { decodeRow: decodeRow, stagesByRank: stagesByRank, replay: replay,
     slotCosts: slotCosts, costTable: costTable, memory: memory, layout: layout,
-    nodeLinks: nodeLinks, allreduce: allreduce };
+    nodeLinks: nodeLinks, allreduce: allreduce, criticalPath: criticalPath, chainTo: chainTo,
+    exactBubble: exactBubble };
 }());
