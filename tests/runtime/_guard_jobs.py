@@ -143,3 +143,11 @@ def p2_job(ctx) -> dict:
 def dp_job(ctx) -> dict:
     """dp 2 x pp 2 (4 processes): the Inf on replica 1's stage 0 (global rank 2)."""
     return {"scaler": scaler_job(ctx, dp=2, poison_rank=2), "final": final_grads_job(ctx, dp=2)}
+
+
+def mixed_settings_job(ctx) -> None:
+    """Rank 1 asks for bf16, rank 0 for fp32: the first step must refuse."""
+    cfg = PipelineConfig(precision="bf16" if ctx.rank == 1 else "fp32", timeout_s=20)
+    pipe = Pipeline(P_.model(), loss_fn=TokenCrossEntropy(), optimizer=None, schedule="1f1b",
+                    microbatches=P_.M, ctx=ctx, config=cfg)
+    pipe.step(*P_.batch(0))

@@ -281,3 +281,15 @@ def test_token_cross_entropy_sums_bf16_logits_in_float32():
     summed_in_bf16 = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), y.reshape(-1),
                                                        reduction="sum")
     assert abs(float(summed_in_bf16) - float(want)) / float(want) > 1e-4
+
+
+def test_ranks_with_different_precision_settings_are_refused():
+    """The step agreement compares the settings every rank must share, so a
+    bf16 rank beside an fp32 one fails at once, naming the setting, instead
+    of training two different models."""
+    with pytest.raises(RankFailedError) as e:
+        launch(_guard_jobs.mixed_settings_job, nprocs=2, options=ONE_THREAD)
+    text = str(e.value)
+    assert "the ranks disagree on the schedule or its settings" in text, text
+    assert "precision='fp32'" in text and "precision='bf16'" in text
+    assert "PipelineConfig alike on every rank" in text

@@ -88,18 +88,21 @@ class Agreement:
     ``stages``: all S stages (the unsplit model) where this rank built them,
     else None (``from_stages`` with a function: only this rank's stages
     exist, so the model is not compared). ``check_weights``: also compare the
-    parameters' values on the first step (needs ``stages``).
+    parameters' values on the first step (needs ``stages``). ``settings``:
+    a line of the options every rank must share (precision, loss scale,
+    accumulation, ...), compared with the schedule.
     """
 
     def __init__(self, schedule, stages: Sequence[torch.nn.Module] | None, *, rank: int,
                  world_size: int, device: torch.device, check_weights: bool = False,
-                 group=None):
+                 group=None, settings: str = ""):
         self.rank, self.world_size, self.device = rank, world_size, device
         self.group = group  # the pipeline's process group (None: the whole world)
         self.P, self.M = schedule.P, schedule.M
         self.schedule_text = [f"{schedule.name} (P={schedule.P}, M={schedule.M}, S="
                               f"{schedule.S}, placement {list(schedule.placement)})"] + [
-            f"rank {r}: " + " ".join(row) for r, row in enumerate(schedule.text_rows())]
+            f"rank {r}: " + " ".join(row) for r, row in enumerate(schedule.text_rows())] + (
+            [f"settings: {settings}"] if settings else [])
         self.layers = fingerprint(stages) if stages is not None else ["(not compared)"]
         self.weights = weights_digest(stages) if check_weights and stages is not None else []
         self.digests = {"schedule": _digest("\n".join(self.schedule_text)),
@@ -198,9 +201,9 @@ def _digest_error(name: str, values: dict, mine: list[str], group=None) -> Agree
     texts = [None] * len(values)
     with bounded("the agreement's description all-gather", group):
         dist.all_gather_object(texts, mine, group=group)
-    what = {"schedule": "the schedule", "model": "the model (layer types and parameter "
+    what = {"schedule": "the schedule or its settings", "model": "the model (layer types and parameter "
             "shapes per stage)", "weights": "the initial weights"}[name]
-    fix = {"schedule": "build the schedule alike on every rank",
+    fix = {"schedule": "build the schedule and the PipelineConfig alike on every rank",
            "model": "build the same model and balance on every rank",
            "weights": "seed every rank alike (torch.manual_seed) before building the model"}
     n = max(len(t) for t in texts)

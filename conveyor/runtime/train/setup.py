@@ -42,7 +42,7 @@ def wire(pipe, stages, sched, ctx, loss_fn, optimizer, config, extras=None) -> N
     pipe._agreement = agree.Agreement(
         sched, stages if isinstance(stages, list) else None, rank=ctx.rank,
         world_size=ctx.world_size, device=ctx.device, check_weights=config.check_weights,
-        group=ctx.pp_group)
+        group=ctx.pp_group, settings=settings_line(config))
     # ``stages`` is a list of all S stages or a dict of this rank's.
     pipe.stages = {s: stages[s].to(ctx.device) for s in sched.stages_of(ctx.rank)}
     pipe.policy = resolve(config.precision, config.boundary_dtype, ctx.device)
@@ -85,3 +85,13 @@ def make_comm(pipe) -> Comm:
                 device=pipe.ctx.device, timeout_s=pipe.config.timeout_s, strict_order=strict,
                 group=pipe.ctx.pp_group, transport=pipe.transport,
                 wire=pipe.policy.boundary)
+
+
+# The options that change what a step computes or when ranks meet: every rank
+# must hold them alike (the step agreement compares this line).
+_AGREED = ("precision", "boundary_dtype", "loss_scale", "nonfinite", "accumulate",
+           "loss_reduction", "max_grad_norm", "varying_shapes", "transport", "strict_order")
+
+
+def settings_line(config) -> str:
+    return ", ".join(f"{name}={getattr(config, name)!r}" for name in _AGREED)
