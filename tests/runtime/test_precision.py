@@ -18,7 +18,7 @@ against fp32 differs as much (measured with the reference alone).
 from __future__ import annotations
 
 import math
-import time
+import re
 
 import pytest
 import torch
@@ -170,15 +170,16 @@ def test_a_nan_loss_skips_the_update_on_every_rank(p2):
     ("grad", r"rank 0 \(stage 0\): first non-finite gradient: '0\.weight'"),
 ])
 def test_a_nan_stops_every_rank_naming_where(where, named):
-    t0 = time.monotonic()
+    """Every rank raises the same error at the failing step. It ends the run
+    by itself: not through the hang watch, which would print its table, nor
+    a timeout (timing is not asserted: a loaded machine stretches it)."""
     with pytest.raises(RankFailedError) as e:
         launch(_guard_jobs.guard_job, nprocs=2, args=("raise", where), options=ONE_THREAD)
     text = str(e.value)
     assert "step 1: a NaN or Inf reached the gradients, so no rank updated" in text
-    assert __import__("re").search(named, text), text
+    assert re.search(named, text), text
     assert "nonfinite='skip'" in text  # the fix is named
-    # Bounded by the step itself, not by a timeout (timeout_s=20 in the job).
-    assert time.monotonic() - t0 < 20
+    assert "hang" not in text and "timed out" not in text
 
 
 @pytest.mark.parametrize("fixture", ["p2", "dp2"])
