@@ -7,7 +7,7 @@ replica 1, for "dp"):
 
     between    in the user's loop, before it calls step
     agreement  inside the step's agreement check, before its all-gather
-    loss       before the loss broadcast (rank 1 holds the last stage: the
+    loss       before the loss all-reduce (rank 1 holds the last stage: the
                others wait for its loss)
     tie        before the tie sum (the first and last layer share a weight)
     dp         before the data-parallel gradient all-reduce (dp 2 x pp 2,
@@ -42,7 +42,7 @@ AT = 2  # the step that freezes: after the first step, so timeout_s applies (not
 WAITED_IN = {
     "between": "the step agreement all-gather over ranks 0, 1",
     "agreement": "the step agreement all-gather over ranks 0, 1",
-    "loss": "the loss broadcast over ranks 0, 1",
+    "loss": "the loss all-reduce over ranks 0, 1",
     "tie": "the tie sum all-reduce of ",
     "dp": "the data-parallel gradient all-reduce of stage 1 over ranks 1, 3",
     "save": "the checkpoint's name gather over ranks 0, 1",
@@ -110,9 +110,10 @@ def _plant(pipe, point: str, how: str, out_dir: str) -> None:
     if point == "agreement":
         pipe._agreement.check = _at_step(pipe, pipe._agreement.check, how, out_dir)
     elif point == "loss":
-        run.share_loss = _at_step(pipe, run.share_loss, how, out_dir)
+        run.share = _at_step(pipe, run.share, how, out_dir)
     elif point == "tie":
-        # The update runs after the step's count went up: freeze in step AT's update.
+        # Tie sums and the dp all-reduce run as a step's gradients are finished,
+        # inside the step: this freezes in step AT + 1's (the others wait there).
         tied = pipe.loop.tied
         sync = tied.sync_grads
         tied.sync_grads = lambda: (freeze(how, out_dir) if pipe.steps == AT + 1 else None,

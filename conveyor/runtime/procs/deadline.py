@@ -2,7 +2,7 @@
 
 Point-to-point waits are watched through the comm's hooks (``hang``). Every
 other blocking call conveyor makes on a process group once a pipeline is
-built (the step agreement, the loss broadcast, tie sums, the gradient-norm
+built (the step agreement, the loss all-reduce, tie sums, the gradient-norm
 all-reduce, data-parallel all-reduces, checkpoint barriers, the timeline
 gather, the recorded-step barrier, the end-of-function agreement) runs
 inside ``bounded``. It marks the wait in this process's ``Progress``, so the

@@ -6,7 +6,7 @@ torch's ``init_device_mesh(..., (dp, P), mesh_dim_names=("dp", "pp"))`` lays
 ranks out the same way. Two kinds of process group:
 
 * pp group of replica d: global ranks d*P .. d*P+P-1; every transfer,
-  loss broadcast, clock alignment, agreement check, timeline gather, tied
+  loss all-reduce, clock alignment, agreement check, timeline gather, tied
   weight and gradient norm of a pipeline stays inside it;
 * dp group of pipeline rank p: global ranks p, P+p, 2P+p, ...; the gradient
   all-reduce of the replicas (``conveyor.runtime.train.dataparallel``) and the loss
