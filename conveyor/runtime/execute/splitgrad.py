@@ -28,12 +28,37 @@ outputs, exact but not cheaper.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
+import torch._functorch.config as _functorch_config
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-__all__ = ["WeightGrad", "backward_input"]
+__all__ = ["WeightGrad", "backward_input", "in_input_phase"]
+
+# True while I's engine call runs. A compiled graph's backward is one node
+# that cannot tell from the engine which outputs are wanted, so it reads this
+# (compilesplit). Not thread-local: the engine may run nodes on its own
+# device threads; one process runs one backward at a time.
+_INPUT_PHASE = [False]
+
+
+def in_input_phase() -> bool:
+    """Whether the autograd engine is running I (``backward_input``)."""
+    return _INPUT_PHASE[0]
+
+
+@contextlib.contextmanager
+def _input_phase():
+    _INPUT_PHASE[0] = True
+    try:
+        # I keeps the graph for W (retain_graph), which a compiled backward
+        # that reuses its saved tensors' memory ("donated buffers") refuses.
+        with _functorch_config.patch(donated_buffer=False):
+            yield
+    finally:
+        _INPUT_PHASE[0] = False
 
 
 def _walk(roots) -> tuple[list, dict]:
@@ -159,7 +184,9 @@ def backward_input(ys: Sequence[torch.Tensor], gs, inputs: Sequence[torch.Tensor
         handles.append(n.register_prehook(hook))
     try:
         if inputs:
-            gin = torch.autograd.grad(ys, list(inputs), gs, retain_graph=True, allow_unused=True)
+            with _input_phase():
+                gin = torch.autograd.grad(ys, list(inputs), gs, retain_graph=True,
+                                          allow_unused=True)
         else:
             gin = ()
     finally:

@@ -25,6 +25,12 @@ loading a checkpoint) nothing is watched: the process group's timeout
 timeout stays as a backstop, ``BACKSTOP_S`` after the first step's, for when
 the store is unreachable.
 
+Compiling (``PipelineConfig(compile=...)``): a rank compiling a stage is
+busy for seconds to minutes, and its peers wait on it. While any rank
+compiles (``compiling``, published through the store) no wait counts as a
+hang: a wait's clock restarts when the last compile ends. The comm's own
+timeout gets ``COMPILE_S`` more.
+
 Instrumentation: ``watch(pipe)`` hooks into the pipeline's interpreters
 (``on_step``, ``wrap_actions``) and comms (``on_wait``), so the interpreter
 and comm stay unaware of it.
@@ -45,14 +51,15 @@ from datetime import timedelta
 from conveyor.runtime.errors import describe
 from conveyor.runtime.procs.lastwords import LastWords
 
-__all__ = ["Progress", "watch", "format_table", "backstop_s", "EXIT_CODE", "BACKSTOP_S",
-           "FIRST_STEP"]
+__all__ = ["Progress", "watch", "format_table", "backstop_s", "compiling", "EXIT_CODE",
+           "BACKSTOP_S", "FIRST_STEP", "COMPILE_S"]
 
 EXIT_CODE = 75       # what every rank exits with after a hang report
 BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
 FIRST_STEP = 2.0     # the first step (handshakes, lazy start-up) gets this times timeout_s
 POLL_S = 0.25
 ANSWER_S = 5.0       # how long the reporter waits for the other ranks' progress
+COMPILE_S = 3600.0   # more backstop for a pipeline that compiles its stages
 
 
 @dataclass
@@ -72,9 +79,12 @@ class Progress:
     peer: int | None = None
     wait_since: float = 0.0
     timeout_s: float = 60.0  # for the step running
+    compiling: bool = False  # compiling a stage (see ``compiling``)
 
     def row(self, rank: int, now: float) -> dict:
-        if self.step is None:
+        if self.compiling and self.doing is not None:
+            state, what, since = "compiling", describe(self.doing), self.doing_since
+        elif self.step is None:
             state, what, since = "outside a step", "", None
         elif self.peer is not None:
             state, what, since = "waiting", describe(self.doing), self.wait_since
@@ -131,7 +141,7 @@ class _Watch:
         self.thread.join(timeout=5.0)
 
     def _loop(self) -> None:
-        published = False
+        published, told = False, False
         while not self.stopping.wait(POLL_S):
             try:
                 if self.store.check([self.key + "exit"]):
@@ -140,9 +150,14 @@ class _Watch:
                     self._publish()
                     published = True
                 p = self.progress
-                if (p.peer is not None and time.monotonic() - p.wait_since > p.timeout_s
-                        and self.store.add(self.key + "claims", 1) == 1):
-                    self._report(p.timeout_s)
+                if p.compiling != told:  # ranks compiling, counted in the store
+                    told = p.compiling
+                    self.store.add(self.key + "compiling", 1 if told else -1)
+                if p.peer is not None and time.monotonic() - p.wait_since > p.timeout_s:
+                    if self.store.add(self.key + "compiling", 0) > 0:
+                        p.wait_since = time.monotonic()  # a peer compiles: not a hang
+                    elif self.store.add(self.key + "claims", 1) == 1:
+                        self._report(p.timeout_s)
             except Exception:  # the store went away: the run is ending anyway
                 return
 
@@ -187,6 +202,13 @@ def _the_watch(rank: int, world_size: int) -> _Watch | None:
     return _WATCH
 
 
+def compiling(on: bool) -> None:
+    """This process starts (True) or ends (False) compiling a stage; called
+    by ``conveyor.runtime.execute.compiled``. No-op without a watch."""
+    if _WATCH is not None:
+        _WATCH.progress.compiling = on
+
+
 def watch(pipe) -> bool:
     """Put the pipeline's steps under this process's hang watch. Returns
     False (and changes nothing) for one process or without a reachable store."""
@@ -198,8 +220,9 @@ def watch(pipe) -> bool:
     p, timeout_s, lw = w.progress, pipe.config.timeout_s, w.last_words
     for interp in (pipe.interp, pipe._eval_interp):
         _wrap_interpreter(interp, p, pipe, timeout_s, lw)
+    extra = COMPILE_S if getattr(pipe, "compiled", None) else 0.0
     for comm in (pipe.comm, pipe._eval_comm):
-        _wrap_comm(comm, p, timeout_s, lw, ctx.to_global)
+        _wrap_comm(comm, p, timeout_s, lw, ctx.to_global, extra)
     return True
 
 
@@ -240,8 +263,8 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float,
 
 
 def _wrap_comm(comm, p: Progress, timeout_s: float, lw: LastWords | None = None,
-               to_global=lambda r: r) -> None:
-    comm.timeout = timedelta(seconds=backstop_s(timeout_s))
+               to_global=lambda r: r, extra_s: float = 0.0) -> None:
+    comm.timeout = timedelta(seconds=backstop_s(timeout_s) + extra_s)
 
     def begin(peer: int, action) -> None:
         # The comm names pipeline ranks; the table and the launcher's death

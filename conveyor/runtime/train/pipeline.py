@@ -35,6 +35,7 @@ import torch
 from conveyor.errors import ConveyorError, PipelineError
 from conveyor.runtime.checks import check_callables, check_config
 from conveyor.runtime.execute.batching import microbatch_sizes
+from conveyor.runtime.execute.compiled import for_pipeline
 from conveyor.runtime.execute.interpreter import Interpreter
 from conveyor.runtime.execute.precision import resolve
 from conveyor.runtime.execute.recompute import apply_checkpoint, resolve_checkpoint
@@ -207,14 +208,17 @@ class Pipeline:
         prepost = config.prepost if config.prepost is not None else ctx.backend != "nccl"
         self.transport = self._transport()
         self.comm = self._comm()
+        self.compiled = for_pipeline(self.stages, config.compile, rank=ctx.rank, schedule=sched)
         self.interp = Interpreter(sched, rank=ctx.rank, stages=self.stages, comm=self.comm,
-                                  loss_fn=loss_fn, prepost=prepost, policy=self.policy)
+                                  loss_fn=loss_fn, prepost=prepost, policy=self.policy,
+                                  calls=self.compiled)
         # Inference gets its own comm: its outputs carry no gradient, so their
         # handshake differs from training's.
         self._eval_comm = self._comm()
         self._eval_interp = Interpreter(add_comms(sched.without_backward()), rank=ctx.rank,
                                         stages=self.stages, comm=self._eval_comm,
-                                        loss_fn=loss_fn, prepost=prepost, policy=self.policy)
+                                        loss_fn=loss_fn, prepost=prepost, policy=self.policy,
+                                        calls=self.compiled)
         self.dp_sync = (dataparallel.GradSync(self.interp, self.stages, ctx,
                                               overlap=config.dp_overlap)
                         if ctx.dp_size > 1 else None)

@@ -1,0 +1,333 @@
+"""``torch.compile`` per stage: ``PipelineConfig(compile=True | {options})``.
+
+Each rank compiles the stages it holds: a stage's forward is traced by
+dynamo where the interpreter calls it (inside the precision policy's
+autocast, so the graph holds the casts the policy asks for; around an
+activation-checkpointed stage, so the recomputation is compiled into the
+backward) and compiled by inductor with the given options. Parts dynamo
+cannot trace (graph breaks) run eagerly between the compiled graphs, as
+torch.compile does.
+
+The backward of each graph is split into I and W (``compilesplit``): a
+schedule's I runs only the input-gradient part and its W only the
+weight-gradient part, from what I stashed; a full B runs both back to back.
+One compiled artifact serves every schedule, so B and I + W give the same
+gradients bit for bit at the same shapes.
+
+Fallbacks, each announced by one ``CompileFallback`` warning naming the
+stage and kept in ``CompiledStages.fallbacks``:
+
+- a graph whose backward cannot be split (AOTAutograd rearranged its inputs,
+  or its backward has side effects) runs uncompiled, so splitgrad splits it
+  as any eager module; the rest of the stage stays compiled;
+- a stage compiled by hand (a ``torch.compile``d module given to
+  ``from_stages``) under a schedule with I/W: its backward cannot be split,
+  so I and W each run all of it (the gradients are right, the backward
+  costs twice); pass the plain module and ``compile=True`` instead.
+
+Shapes: the stages compile with static shapes while every micro-batch has
+the same shape; under ``varying_shapes``, side inputs, or micro-batches of
+different sizes (``set_dynamic``) they compile with dynamic shapes, one graph
+per shape class: the rank and dtype of each input, and whether a varying
+size is 0 or 1 (torch specialises those). Feature sizes stay static, tied
+to the parameters' shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import time
+import warnings
+from functools import partial
+
+import torch
+import torch.fx.experimental._config as _shape_config
+from torch import nn
+
+from conveyor.errors import ConveyorError, PipelineError
+from conveyor.runtime.errors import StageError
+from conveyor.runtime.execute.compilesplit import NoSplit, SplitBackward, split_backward
+from conveyor.runtime.procs import hang
+
+__all__ = ["CompileFallback", "CompileError", "CompiledStage", "CompiledStages",
+           "resolve_compile", "compile_stages", "for_pipeline", "warn_hand_compiled",
+           "describe_module"]
+
+
+class CompileFallback(UserWarning):
+    """A part of a stage runs uncompiled, or with its backward unsplit."""
+
+
+class CompileError(StageError):
+    """A stage failed to compile (its eager forward works)."""
+
+
+# Process-wide: every graph this process compiles for conveyor's stages,
+# and the seconds dynamo spent compiling them (tracing included).
+_TOTAL = {"graphs": 0, "seconds": 0.0}
+_CURRENT = [""]  # the stage being called ("": none), for _on_start and messages
+_BACKENDS: dict = {}
+_OPEN: dict = {}  # a compile of a stage in progress: its start and saved config
+_HOOKED = [False]
+
+
+def _on_start(_args) -> None:
+    """dynamo starts compiling a frame: if it is one of conveyor's stages,
+    time it, tell the hang watch, and compile without duck sizing (two sizes
+    equal on the first call, a batch of 8 and 8 tokens, would otherwise share
+    one symbol, and the first call where they differ would compile again)."""
+    if not _CURRENT[0] or _OPEN:
+        return
+    _OPEN.update(t0=time.perf_counter(), duck=_shape_config.use_duck_shape)
+    _shape_config.use_duck_shape = False
+    hang.compiling(True)
+
+
+def _on_end(_args) -> None:
+    if not _OPEN:
+        return
+    _shape_config.use_duck_shape = _OPEN["duck"]
+    _TOTAL["seconds"] += time.perf_counter() - _OPEN["t0"]
+    _OPEN.clear()
+    hang.compiling(False)
+
+
+def _install_callbacks() -> None:
+    """Once per process: conveyor's hooks on dynamo's compile start and end
+    (they do nothing for compiles outside conveyor's stages)."""
+    if not _HOOKED[0]:
+        _HOOKED[0] = True
+        from torch._dynamo.callback import callback_handler
+
+        callback_handler.register_start_callback(_on_start)
+        callback_handler.register_end_callback(_on_end)
+
+
+def resolve_compile(value) -> dict | None:
+    """``PipelineConfig.compile`` -> the options to compile with (None: off).
+
+    True: inductor's defaults ({}); a dict: inductor options, as
+    ``torch.compile(options=...)`` takes them, each checked the way torch
+    checks them. Raises PipelineError naming the rejected option."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, dict):
+        raise _same(PipelineError(
+            f"compile={value!r}; use True, False or a dict of torch.compile options "
+            f"(e.g. {{'max_autotune': True}})"))
+    for key, val in value.items():
+        if not isinstance(key, str):
+            raise _same(PipelineError(f"compile option {key!r} is not a string; the keys "
+                                      f"are inductor option names"))
+        try:
+            torch.compile(nn.Identity(), options={key: val})  # checks, compiles nothing
+        except Exception as e:  # torch raises RuntimeError, naming the option
+            why = str(e).split(", known options")[0]
+            known = torch._inductor.list_options()
+            near = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else \
+                "; torch._inductor.list_options() lists them"
+            raise _same(PipelineError(f"compile option {key!r}={val!r} is rejected by "
+                                      f"torch.compile ({why}){hint}")) from None
+    return dict(value)
+
+
+def _same(e: ConveyorError) -> ConveyorError:
+    e.same_on_every_rank = True  # a bad option: every rank rejects it alike
+    return e
+
+
+def describe_module(m: nn.Module, limit: int = 4) -> str:
+    """``SequentialStage(Linear, Tanh, ...)``: a module and its first children's types."""
+    kids = list(m.children())
+    inner = ", ".join(describe_module(k, limit) if k is kids[0] and len(kids) == 1 else
+                      type(k).__name__ for k in kids[:limit])
+    if len(kids) > limit:
+        inner += f", ... {len(kids)} in all"
+    return f"{type(m).__name__}({inner})" if kids else type(m).__name__
+
+
+class _Backend:
+    """A torch.compile backend: inductor, with each backward split into I and W.
+
+    One per set of options in a process: dynamo reuses a compiled graph for
+    another module of the same structure (another stage, or the next
+    pipeline's) only under the same backend object."""
+
+    def __init__(self, options: dict):
+        self.options = options
+        self.fallbacks: list[str] = []
+        self.splits: list[SplitBackward] = []
+
+    def __call__(self, gm, example_inputs):
+        from torch._inductor.compile_fx import compile_fx
+
+        weight_pos = {k for k, t in enumerate(example_inputs) if isinstance(t, nn.Parameter)}
+        shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None
+                  for t in example_inputs]
+        spare = copy.deepcopy(gm)  # compile_fx may rewrite gm; this one runs if the split fails
+        failed: list[str] = []
+        _TOTAL["graphs"] += 1
+        with torch._functorch.config.patch(
+                enable_autograd_cache=False,  # its entries hold the unsplit backward
+                donated_buffer=False,          # I keeps the graph for W
+                force_non_lazy_backward_lowering=True):  # all compiling in the forward
+            compiled = compile_fx(gm, example_inputs, config_patches=self.options,
+                                  inner_compile=partial(self._inner, weight_pos, shapes, failed))
+        if failed:
+            msg = (f"conveyor compile: {_CURRENT[0]}: a graph of {len(gm.graph.nodes)} nodes "
+                   f"runs uncompiled: its backward cannot be split into I and W "
+                   f"({failed[0]})")
+            self.fallbacks.append(msg)
+            warnings.warn(msg, CompileFallback, stacklevel=2)
+            return spare.forward
+        return compiled
+
+    def _inner(self, weight_pos, shapes, failed, gm, example_inputs, **kw):
+        from torch._inductor.compile_fx import compile_fx_inner
+
+        if not kw.get("is_backward"):
+            return compile_fx_inner(gm, example_inputs, **kw)
+        try:
+            _check_outputs(gm, weight_pos, shapes)
+            split = split_backward(gm, weight_pos)
+        except NoSplit as e:
+            failed.append(str(e))
+            return compile_fx_inner(gm, example_inputs, **kw)
+        dI = compile_fx_inner(split.dI, example_inputs, **kw)
+        dW = compile_fx_inner(split.dW, [*example_inputs, *(n.meta["val"] for n in split.stash)],
+                              **kw)
+        sb = SplitBackward(split, dI, dW)
+        self.splits.append(sb)
+        return sb
+
+
+def _check_outputs(gm, weight_pos: set, shapes: list) -> None:
+    """The backward's output k must be the gradient of the forward's input k
+    (parameters found by position); NoSplit when AOTAutograd changed that."""
+    outs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if len(outs) != len(shapes):
+        raise NoSplit(f"its backward returns {len(outs)} gradients for {len(shapes)} inputs")
+    for k in weight_pos:
+        o = outs[k]
+        val = o.meta.get("val") if hasattr(o, "meta") else None
+        if o is not None and (val is None or tuple(val.shape) != shapes[k]):
+            raise NoSplit(f"its backward's output {k} is not the gradient of parameter "
+                          f"input {k} {shapes[k]}")
+
+
+class CompiledStage:
+    """A stage's forward, compiled; called as the module would be.
+
+    ``graphs``: graphs compiled while calling it (recompiles included);
+    ``compile_s``: seconds spent compiling them (dynamo, AOTAutograd and
+    inductor, the backward included)."""
+
+    def __init__(self, module: nn.Module, label: str, backend: _Backend, *, rank: int,
+                 stage: int):
+        self.module, self.label, self.backend = module, label, backend
+        self.rank, self.stage = rank, stage
+        self.dynamic = False
+        self._fns: dict[bool, object] = {}
+        self.graphs = 0
+        self.compile_s = 0.0
+
+    def __call__(self, *args, **kwargs):
+        fn = self._fns.get(self.dynamic)
+        if fn is None:
+            fn = self._fns[self.dynamic] = torch.compile(
+                self.module, backend=self.backend, dynamic=True if self.dynamic else None)
+        graphs, seconds = _TOTAL["graphs"], _TOTAL["seconds"]
+        _CURRENT[0] = self.label  # what _on_start and the backend name
+        try:
+            return fn(*args, **kwargs)
+        except ConveyorError:
+            raise
+        except Exception as e:
+            raise self._failure(e, args, kwargs) from e
+        finally:
+            _CURRENT[0] = ""
+            self.graphs += _TOTAL["graphs"] - graphs
+            self.compile_s += _TOTAL["seconds"] - seconds
+
+    def _failure(self, e: Exception, args, kwargs) -> Exception:
+        """The user's own error if the eager forward fails the same way (so the
+        interpreter blames the layer as without compile), else CompileError."""
+        try:
+            self.module(*args, **kwargs)
+        except Exception as eager:
+            return eager
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return CompileError(
+            f"{self.label} failed to compile ({type(e).__name__}: {first[:300]}); its eager "
+            f"forward runs, so the cause is torch.compile: run with compile=False, or set "
+            f"TORCH_LOGS=+dynamo for where it stopped", rank=self.rank, stage=self.stage,
+            original=e)
+
+
+class CompiledStages(dict):
+    """{stage: CompiledStage} of this rank, for the interpreter to call."""
+
+    fallbacks: list[str]
+
+    def set_dynamic(self, on: bool) -> None:
+        """Compile the next calls with dynamic shapes (True) or static ones."""
+        for c in self.values():
+            c.dynamic = on
+
+    def totals(self) -> tuple[int, float]:
+        """(graphs compiled, seconds spent compiling) by this rank's stages so far."""
+        return (sum(c.graphs for c in self.values()), sum(c.compile_s for c in self.values()))
+
+
+def compile_stages(stages: dict[int, nn.Module], options: dict, *,
+                   rank: int) -> CompiledStages:
+    """This rank's ``stages`` compiled with inductor ``options``. Returns
+    CompiledStages; nothing compiles until the first call."""
+    _install_callbacks()
+    key = tuple(sorted((k, repr(v)) for k, v in options.items()))
+    backend = _BACKENDS.setdefault(key, _Backend(options))
+    out = CompiledStages()
+    out.fallbacks = backend.fallbacks
+    for s, m in stages.items():
+        out[s] = CompiledStage(m, f"rank {rank} stage {s} ({describe_module(m)})", backend,
+                               rank=rank, stage=s)
+    return out
+
+
+def for_pipeline(stages: dict[int, nn.Module], option, *, rank: int,
+                 schedule) -> CompiledStages | None:
+    """What a Pipeline runs its stages with: CompiledStages for
+    ``compile=True | {options}``, None for compile off (after warning about
+    stages compiled by hand when ``schedule`` has I/W)."""
+    options = resolve_compile(option)
+    if options is None:
+        if any(a.kind in ("I", "W") for _, _, a in schedule):
+            warn_hand_compiled(stages, rank=rank)
+        return None
+    return compile_stages(stages, options, rank=rank)
+
+
+def warn_hand_compiled(stages: dict[int, nn.Module], *, rank: int) -> list[str]:
+    """For a schedule with I/W run without ``compile``: warn once per stage
+    that holds a module compiled by hand (its backward cannot be split).
+    Returns the messages."""
+    out = []
+    for s, m in stages.items():
+        if _hand_compiled(m):
+            msg = (f"conveyor compile: rank {rank} stage {s} ({describe_module(m)}) holds a "
+                   f"module compiled by hand with torch.compile: its backward is one node, so "
+                   f"I and W each run all of it (right gradients, twice the backward); give "
+                   f"the plain module and PipelineConfig(compile=True)")
+            warnings.warn(msg, CompileFallback, stacklevel=2)
+            out.append(msg)
+    return out
+
+
+def _hand_compiled(m: nn.Module) -> bool:
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    return any(isinstance(k, OptimizedModule) for k in m.modules())
