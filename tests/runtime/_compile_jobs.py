@@ -11,6 +11,7 @@ from torch import nn
 
 from conveyor.runtime import Pipeline, PipelineConfig
 from conveyor.runtime.execute import compiled as compiled_mod
+from conveyor.runtime.execute.compilesplit import NoSplit, split_backward
 from tests.runtime import _models
 
 D, T = 16, 5  # width and sequence length of the transformer stack
@@ -30,7 +31,7 @@ def mse(out, y):
 
 def _model(cfg: dict, dtype=torch.float64):
     if cfg["model"] == "mlp":
-        return _models.mlp(8, dtype=dtype), _models.loss_fn
+        return _models.mlp(cfg.get("depth", 8), dtype=dtype), _models.loss_fn
     if cfg["model"] == "mlp-seq":  # the MLP on (n, t, features): a sequence dim
         return _models.mlp(8, dtype=dtype), mse
     return block_stack(cfg["blocks"], dtype=dtype), mse
@@ -43,6 +44,10 @@ def _batch(cfg: dict, n: int, k: int, dtype=torch.float64, t: int = T):
     d_in, d_out = (_models.IN, _models.OUT) if cfg["model"] == "mlp-seq" else (D, D)
     return (torch.randn(n, t, d_in, generator=g).to(dtype),
             torch.randn(n, t, d_out, generator=g).to(dtype))
+
+
+def _refuse(gm, weight_pos):
+    raise NoSplit("refused by the test")
 
 
 def split_runs() -> dict:
@@ -99,9 +104,14 @@ def matrix_job(ctx, cases: list[dict]) -> list[dict]:
             else torch.float64
         t0 = time.perf_counter()
         off = _train(ctx, cfg, False, dtype)
-        with warnings.catch_warnings(record=True) as seen:
-            warnings.simplefilter("always")
-            on = _train(ctx, cfg, cfg.get("compile", True), dtype)
+        if cfg.get("refuse_split"):  # fault injection: every backward refuses the split
+            compiled_mod.split_backward = _refuse
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                on = _train(ctx, cfg, cfg.get("compile", True), dtype)
+        finally:
+            compiled_mod.split_backward = split_backward
         row = {"id": cfg["id"], "rank": ctx.rank, "runs": on["runs"], "graphs": on["graphs"],
                "stats": on["stats"], "kinds": on["kinds"], "fallbacks": on["fallbacks"],
                "warnings": [str(w.message) for w in seen
@@ -213,6 +223,45 @@ def count_job(ctx) -> dict:
             "w_err": max(_models.rel_err(a, p.grad) for a, p in zip(w_split, params))}
 
 
+def profile_job() -> dict:
+    """The profiler on compiled layers: how many split-backward calls its I
+    and W timings made, and what it recorded."""
+    from conveyor.measure.profile import profile
+
+    model = _models.mlp(2, seed=5)
+    x, y = _models.batch(8, seed=5)
+    runs0 = split_runs()
+    prof = profile(model, x, repeats=1, warmup=1, progress=False, compile=True)
+    runs1 = split_runs()
+    return {"runs": {k: runs1[k] - runs0[k] for k in runs0}, "meta": prof.meta,
+            "w_bytes": [lay.w_bytes + lay.w_out_bytes for lay in prof.layers],
+            "weight_grad": [lay.weight_grad.at(8) for lay in prof.layers],
+            "kinds": [lay.kind for lay in prof.layers]}
+
+
+def limit_job() -> dict:
+    """A region whose recompile limit is 1 (its own options, so its own
+    region) meets a second shape class: the warning, and the eager result."""
+    from conveyor.runtime.execute.compiled import compile_stages
+
+    saved, compiled_mod.RECOMPILE_LIMIT = compiled_mod.RECOMPILE_LIMIT, 1
+    try:
+        stage = _models.mlp(2, seed=7)
+        calls = compile_stages({0: stage}, {"max_autotune": False}, rank=1)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            x, _ = _models.batch(6, seed=7)
+            calls[0](x[:4])
+            x = x.reshape(2, 3, -1)  # another rank: a new graph whatever dynamo made dynamic
+            out = calls[0](x)
+    finally:
+        compiled_mod.RECOMPILE_LIMIT = saved
+    return {"warnings": [str(w.message) for w in seen
+                         if issubclass(w.category, compiled_mod.CompileFallback)],
+            "fallbacks": calls.fallbacks, "graphs": calls[0].graphs,
+            "err": _models.rel_err(out, stage(x))}
+
+
 def suite_job(ctx, plan: dict) -> dict:
     """Every compile test's work in one launch (process start-up and the
     first compile cost seconds)."""
@@ -223,6 +272,8 @@ def suite_job(ctx, plan: dict) -> dict:
     out["matrix"] = matrix_job(ctx, plan["matrix"])
     t2 = time.perf_counter()
     out["hf"] = hf_job(ctx, plan["hf"]) if plan.get("hf") else None
+    out["profile"] = profile_job() if ctx.rank == 0 else None
+    out["limit"] = limit_job() if ctx.rank == 1 else None
     out["seconds"] = {"count": t1 - t0, "matrix": t2 - t1, "hf": time.perf_counter() - t2}
     return out
 

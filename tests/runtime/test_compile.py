@@ -12,6 +12,7 @@ is the same graph, with or without an input gradient.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conveyor.errors import PipelineError
 from conveyor.runtime import PipelineConfig, RankFailedError, launch
@@ -40,6 +41,9 @@ def _plan() -> dict:
         # sizes 3, 3, 2, 2 in a step, lengths changing between steps
         {"id": "mlp-seq-zb-h1-varying", "model": "mlp-seq", "schedule": "zb-h1", "M": 4,
          "batch": 10, "lengths": [5, 7, 9, 6], "config": {"varying_shapes": True}},
+        # a new structure (depth 3), whose backward the test refuses to split
+        {"id": "mlp-zb-h1-fallback", "model": "mlp", "depth": 3, "schedule": "zb-h1", "M": 4,
+         "batch": 8, "refuse_split": True},
         {"id": "mlp-zb-h1-bf16", "model": "mlp", "schedule": "zb-h1", "M": 4, "batch": 8,
          "config": {"precision": "bf16"}, "reference": True},
     ]
@@ -77,7 +81,7 @@ def test_i_runs_input_gradients_only_and_w_the_rest(run):
     full B ran only for B actions and for stage 0 (no input gradient: its
     W is its whole backward, as without compile)."""
     for cid, rows in run["matrix"].items():
-        if cid.endswith(("-bf16",)):
+        if cid.endswith(("-bf16", "-fallback")):
             continue
         for row in rows:
             runs, kinds = row["runs"], set(row["kinds"])
@@ -127,12 +131,56 @@ def test_bf16_compiled_as_close_to_fp64_as_eager(run):
         assert row["param_err"] < 1e-2, row
 
 
+def test_a_graph_that_cannot_be_split_runs_uncompiled_with_one_warning(run):
+    for row in run["matrix"]["mlp-zb-h1-fallback"]:
+        s = row["rank"]
+        assert len(row["warnings"]) == 1, row["warnings"]
+        assert f"rank {s} stage {s} (SequentialStage(" in row["warnings"][0]
+        assert "runs uncompiled" in row["warnings"][0] and "refused by the test" in row["warnings"][0]
+        assert row["fallbacks"] == row["warnings"]
+        assert row["runs"] == {"I": 0, "W": 0, "B": 0}  # no compiled backward ran
+        assert row["loss_err"] <= TOL and row["param_err"] <= TOL  # eager splitgrad did the work
+
+
+def test_hand_compiled_stage_under_split_schedule_warns():
+    from conveyor.runtime import Pipeline
+    from conveyor.runtime.execute.compiled import CompileFallback
+    from tests.runtime import _models
+    from tests.runtime.test_split_backward import split_on_one_rank
+
+    model = _models.mlp(2)
+    model[0] = torch.compile(model[0])  # compiled by hand, never called here
+    with pytest.warns(CompileFallback, match=r"rank 0 stage 0 \(SequentialStage\(OptimizedModule.*"
+                                             r"compiled by hand.*twice the backward"):
+        Pipeline(model, loss_fn=_models.loss_fn, optimizer=None,
+                 schedule=split_on_one_rank(2))
+
+
 def test_hugging_face_adapter_compiles(run):
     for rows in run["ranks"]:
         hf = rows["hf"]
         assert hf["loss_err"] <= 1e-9 and hf["param_err"] <= 1e-9, hf
         assert hf["graphs"][0] > 0 and hf["graphs"][1:] == [0, 0], hf  # new lengths: no compile
         assert not hf["fallbacks"]
+
+
+def test_profile_times_compiled_layers(run):
+    prof = run["ranks"][0]["profile"]
+    assert prof["meta"]["compile"] is True
+    assert prof["kinds"] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]  # the model's layers
+    # its I and W timings ran the compiled split backward (and its bytes kept
+    # for W were measured after an I alone: more I than W)
+    assert prof["runs"]["W"] > 0 and prof["runs"]["I"] >= prof["runs"]["W"], prof["runs"]
+    linear = [k for k, kind in enumerate(prof["kinds"]) if kind == "Linear"][1:]  # not the first
+    assert all(prof["w_bytes"][k] > 0 and prof["weight_grad"][k] > 0 for k in linear), prof
+
+
+def test_recompile_limit_is_announced_not_silent(run):
+    limit = run["ranks"][1]["limit"]
+    assert limit["graphs"] == 1 and len(limit["warnings"]) == 1, limit
+    assert limit["warnings"][0].startswith("conveyor compile: rank 1 stage 0 (Sequential(Linear")
+    assert "recompile limit (1 graphs)" in limit["warnings"][0]
+    assert limit["fallbacks"] == limit["warnings"] and limit["err"] <= 1e-12
 
 
 def test_bad_compile_option_names_it():

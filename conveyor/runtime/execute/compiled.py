@@ -8,11 +8,14 @@ backward) and compiled by inductor with the given options. Parts dynamo
 cannot trace (graph breaks) run eagerly between the compiled graphs, as
 torch.compile does.
 
-The backward of each graph is split into I and W (``compilesplit``): a
-schedule's I runs only the input-gradient part and its W only the
-weight-gradient part, from what I stashed; a full B runs both back to back.
-One compiled artifact serves every schedule, so B and I + W give the same
-gradients bit for bit at the same shapes.
+Under a schedule with I/W actions, the backward of each graph is split
+into I and W (``compilesplit``): a schedule's I runs only the
+input-gradient part and its W only the weight-gradient part, from what I
+stashed; its B actions (dualpipev has both) run the two back to back, so
+they give the same gradients as I + W bit for bit. Under a schedule
+without I/W, the backward compiles as torch.compile compiles it, in one
+piece (the split costs there: its parts cannot fuse, and what dW reads
+from dI is written to memory).
 
 Fallbacks, each announced by one ``CompileFallback`` warning naming the
 stage and kept in ``CompiledStages.fallbacks``:
@@ -20,6 +23,9 @@ stage and kept in ``CompiledStages.fallbacks``:
 - a graph whose backward cannot be split (AOTAutograd rearranged its inputs,
   or its backward has side effects) runs uncompiled, so splitgrad splits it
   as any eager module; the rest of the stage stays compiled;
+- a stage whose calls need more than ``RECOMPILE_LIMIT`` graphs (stage
+  structures times shape classes, per process): calls that would need a
+  new graph run uncompiled, as torch.compile does at its limit;
 - a stage compiled by hand (a ``torch.compile``d module given to
   ``from_stages``) under a schedule with I/W: its backward cannot be split,
   so I and W each run all of it (the gradients are right, the backward
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import time
 import warnings
 from functools import partial
@@ -52,7 +59,7 @@ from conveyor.runtime.procs import hang
 
 __all__ = ["CompileFallback", "CompileError", "CompiledStage", "CompiledStages",
            "resolve_compile", "compile_stages", "for_pipeline", "warn_hand_compiled",
-           "describe_module"]
+           "describe_module", "CompiledLayer", "compiled_layers"]
 
 
 class CompileFallback(UserWarning):
@@ -66,7 +73,7 @@ class CompileError(StageError):
 # Process-wide: every graph this process compiles for conveyor's stages,
 # and the seconds dynamo spent compiling them (tracing included).
 _TOTAL = {"graphs": 0, "seconds": 0.0}
-_CURRENT = [""]  # the stage being called ("": none), for _on_start and messages
+_CURRENT: list = [None]  # the CompiledStage being called, for _on_start and the backend
 _BACKENDS: dict = {}
 _OPEN: dict = {}  # a compile of a stage in progress: its start and saved config
 _HOOKED = [False]
@@ -77,7 +84,7 @@ def _on_start(_args) -> None:
     time it, tell the hang watch, and compile without duck sizing (two sizes
     equal on the first call, a batch of 8 and 8 tokens, would otherwise share
     one symbol, and the first call where they differ would compile again)."""
-    if not _CURRENT[0] or _OPEN:
+    if _CURRENT[0] is None or _OPEN:
         return
     _OPEN.update(t0=time.perf_counter(), duck=_shape_config.use_duck_shape)
     _shape_config.use_duck_shape = False
@@ -93,15 +100,32 @@ def _on_end(_args) -> None:
     hang.compiling(False)
 
 
+class _LimitWatch(logging.Filter):
+    """dynamo says (in a log record) that a region reached its recompile
+    limit and runs uncompiled from now on: if it is a stage's, warn once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        stage = _CURRENT[0]
+        if stage is not None and str(record.msg).startswith("torch._dynamo hit config."):
+            msg = (f"conveyor compile: {stage.label}: torch.compile reached its recompile "
+                   f"limit ({RECOMPILE_LIMIT} graphs): calls that need a new graph run "
+                   f"uncompiled from now on; TORCH_LOGS=recompiles says why it recompiled")
+            stage.fallbacks.append(msg)
+            warnings.warn(msg, CompileFallback, stacklevel=2)
+        return True
+
+
 def _install_callbacks() -> None:
     """Once per process: conveyor's hooks on dynamo's compile start and end
-    (they do nothing for compiles outside conveyor's stages)."""
+    and on its recompile-limit message (they do nothing for compiles outside
+    conveyor's stages)."""
     if not _HOOKED[0]:
         _HOOKED[0] = True
         from torch._dynamo.callback import callback_handler
 
         callback_handler.register_start_callback(_on_start)
         callback_handler.register_end_callback(_on_end)
+        logging.getLogger("torch._dynamo.convert_frame").addFilter(_LimitWatch())
 
 
 def resolve_compile(value) -> dict | None:
@@ -151,20 +175,26 @@ def describe_module(m: nn.Module, limit: int = 4) -> str:
 
 
 class _Backend:
-    """A torch.compile backend: inductor, with each backward split into I and W.
+    """A torch.compile backend: inductor, each backward split into I and W
+    (``split``) or as torch.compile compiles it (one node; for schedules
+    without I/W, where the split would only cost: the parts cannot fuse,
+    and what dW reads from dI is written to memory).
 
-    One per set of options in a process: dynamo reuses a compiled graph for
-    another module of the same structure (another stage, or the next
+    One per (options, split) in a process: dynamo reuses a compiled graph
+    for another module of the same structure (another stage, or the next
     pipeline's) only under the same backend object."""
 
-    def __init__(self, options: dict):
-        self.options = options
-        self.fallbacks: list[str] = []
+    def __init__(self, options: dict, split: bool):
+        self.options, self.split = options, split
         self.splits: list[SplitBackward] = []
 
     def __call__(self, gm, example_inputs):
         from torch._inductor.compile_fx import compile_fx
 
+        if not self.split:
+            _TOTAL["graphs"] += 1
+            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                return compile_fx(gm, example_inputs, config_patches=self.options)
         weight_pos = {k for k, t in enumerate(example_inputs) if isinstance(t, nn.Parameter)}
         shapes = [tuple(t.shape) if isinstance(t, torch.Tensor) else None
                   for t in example_inputs]
@@ -178,10 +208,12 @@ class _Backend:
             compiled = compile_fx(gm, example_inputs, config_patches=self.options,
                                   inner_compile=partial(self._inner, weight_pos, shapes, failed))
         if failed:
-            msg = (f"conveyor compile: {_CURRENT[0]}: a graph of {len(gm.graph.nodes)} nodes "
-                   f"runs uncompiled: its backward cannot be split into I and W "
-                   f"({failed[0]})")
-            self.fallbacks.append(msg)
+            stage = _CURRENT[0]
+            msg = (f"conveyor compile: {stage.label if stage else 'a stage'}: a graph of "
+                   f"{len(gm.graph.nodes)} nodes runs uncompiled: its backward cannot be split "
+                   f"into I and W ({failed[0]})")
+            if stage is not None:
+                stage.fallbacks.append(msg)
             warnings.warn(msg, CompileFallback, stacklevel=2)
             return spare.forward
         return compiled
@@ -219,6 +251,26 @@ def _check_outputs(gm, weight_pos: set, shapes: list) -> None:
                           f"input {k} {shapes[k]}")
 
 
+def _run(module, *args, **kwargs):
+    """What conveyor compiles: a call of the stage's module. One compiled
+    ``_run`` per backend and shape mode serves every stage (a stage of the
+    same structure as one compiled before reuses its graphs), in a region of
+    its own: torch.compile's other users do not count against its limit."""
+    return module(*args, **kwargs)
+
+
+RECOMPILE_LIMIT = 64  # graphs per region: stage structures x shape classes
+_FNS: dict = {}
+
+
+def _compiled_run(backend: "_Backend", dynamic: bool):
+    key = (id(backend), dynamic)
+    if key not in _FNS:
+        _FNS[key] = torch.compile(_run, backend=backend, dynamic=True if dynamic else None,
+                                  isolate_recompiles=True, recompile_limit=RECOMPILE_LIMIT)
+    return _FNS[key]
+
+
 class CompiledStage:
     """A stage's forward, compiled; called as the module would be.
 
@@ -227,29 +279,26 @@ class CompiledStage:
     inductor, the backward included)."""
 
     def __init__(self, module: nn.Module, label: str, backend: _Backend, *, rank: int,
-                 stage: int):
+                 stage: int, fallbacks: list[str]):
         self.module, self.label, self.backend = module, label, backend
         self.rank, self.stage = rank, stage
+        self.fallbacks = fallbacks  # shared by the pipeline's stages
         self.dynamic = False
-        self._fns: dict[bool, object] = {}
         self.graphs = 0
         self.compile_s = 0.0
 
     def __call__(self, *args, **kwargs):
-        fn = self._fns.get(self.dynamic)
-        if fn is None:
-            fn = self._fns[self.dynamic] = torch.compile(
-                self.module, backend=self.backend, dynamic=True if self.dynamic else None)
+        fn = _compiled_run(self.backend, self.dynamic)
         graphs, seconds = _TOTAL["graphs"], _TOTAL["seconds"]
-        _CURRENT[0] = self.label  # what _on_start and the backend name
+        _CURRENT[0] = self
         try:
-            return fn(*args, **kwargs)
+            return fn(self.module, *args, **kwargs)
         except ConveyorError:
             raise
         except Exception as e:
             raise self._failure(e, args, kwargs) from e
         finally:
-            _CURRENT[0] = ""
+            _CURRENT[0] = None
             self.graphs += _TOTAL["graphs"] - graphs
             self.compile_s += _TOTAL["seconds"] - seconds
 
@@ -283,18 +332,20 @@ class CompiledStages(dict):
         return (sum(c.graphs for c in self.values()), sum(c.compile_s for c in self.values()))
 
 
-def compile_stages(stages: dict[int, nn.Module], options: dict, *,
-                   rank: int) -> CompiledStages:
-    """This rank's ``stages`` compiled with inductor ``options``. Returns
-    CompiledStages; nothing compiles until the first call."""
+def compile_stages(stages: dict[int, nn.Module], options: dict, *, rank: int,
+                   split: bool = True, kind: str = "stage") -> CompiledStages:
+    """This rank's ``stages`` compiled with inductor ``options``, each
+    backward split into I and W (``split``) or not. Returns CompiledStages;
+    nothing compiles until the first call. ``kind`` names them in messages
+    ("rank 0 stage 1 (...)")."""
     _install_callbacks()
-    key = tuple(sorted((k, repr(v)) for k, v in options.items()))
-    backend = _BACKENDS.setdefault(key, _Backend(options))
+    key = (tuple(sorted((k, repr(v)) for k, v in options.items())), split)
+    backend = _BACKENDS.get(key) or _BACKENDS.setdefault(key, _Backend(options, split))
     out = CompiledStages()
-    out.fallbacks = backend.fallbacks
+    out.fallbacks = []
     for s, m in stages.items():
-        out[s] = CompiledStage(m, f"rank {rank} stage {s} ({describe_module(m)})", backend,
-                               rank=rank, stage=s)
+        out[s] = CompiledStage(m, f"rank {rank} {kind} {s} ({describe_module(m)})", backend,
+                               rank=rank, stage=s, fallbacks=out.fallbacks)
     return out
 
 
@@ -304,11 +355,37 @@ def for_pipeline(stages: dict[int, nn.Module], option, *, rank: int,
     ``compile=True | {options}``, None for compile off (after warning about
     stages compiled by hand when ``schedule`` has I/W)."""
     options = resolve_compile(option)
+    split = any(a.kind in ("I", "W") for _, _, a in schedule)
     if options is None:
-        if any(a.kind in ("I", "W") for _, _, a in schedule):
+        if split:
             warn_hand_compiled(stages, rank=rank)
         return None
-    return compile_stages(stages, options, rank=rank)
+    return compile_stages(stages, options, rank=rank, split=split)
+
+
+class CompiledLayer(nn.Module):
+    """A module whose calls go through its compiled form (the profiler times
+    layers this way); its parameters are the module's."""
+
+    def __init__(self, module: nn.Module, call: CompiledStage):
+        super().__init__()
+        self.inner = module
+        self._call = call
+
+    def forward(self, *args, **kwargs):
+        return self._call(*args, **kwargs)
+
+
+def compiled_layers(layers: list[nn.Module], option) -> list[nn.Module]:
+    """``layers`` each compiled on its own (``option`` as ``PipelineConfig.
+    compile``), with dynamic shapes (the profiler runs several batch sizes);
+    ``layers`` itself when compile is off."""
+    options = resolve_compile(option)
+    if options is None:
+        return layers
+    calls = compile_stages(dict(enumerate(layers)), options, rank=0, kind="layer")
+    calls.set_dynamic(True)
+    return [CompiledLayer(m, calls[j]) for j, m in enumerate(layers)]
 
 
 def warn_hand_compiled(stages: dict[int, nn.Module], *, rank: int) -> list[str]:

@@ -38,12 +38,11 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from conveyor.runtime.execute.splitgrad import in_input_phase
+from conveyor.runtime.execute.splitgrad import KEPT as _KEEP, in_input_phase
 
 __all__ = ["NoSplit", "Split", "split_backward", "SplitBackward"]
 
 _SYM = (torch.SymInt, torch.SymFloat, torch.SymBool, int, float, bool)
-_KEEP = "_conveyor_split_w"  # attribute of the autograd node between I and W
 
 
 class NoSplit(Exception):

@@ -35,7 +35,11 @@ import torch
 import torch._functorch.config as _functorch_config
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-__all__ = ["WeightGrad", "backward_input", "in_input_phase"]
+__all__ = ["WeightGrad", "backward_input", "in_input_phase", "KEPT"]
+
+# The attribute of a compiled graph's autograd node that holds what its I
+# computed for its W (compilesplit).
+KEPT = "_conveyor_split_w"
 
 # True while I's engine call runs. A compiled graph's backward is one node
 # that cannot tell from the engine which outputs are wanted, so it reads this
@@ -119,8 +123,15 @@ class WeightGrad:
         self.retain = retain
 
     def tensors(self) -> list[torch.Tensor]:
-        """The recorded gradients (kept from I until W)."""
-        return [g for _, grads, _ in self.groups for g in grads if isinstance(g, torch.Tensor)]
+        """What I keeps until W: the recorded gradients, and what compiled
+        graphs keep on their nodes (``KEPT``, see compilesplit)."""
+        out = [g for _, grads, _ in self.groups for g in grads if isinstance(g, torch.Tensor)]
+        nodes = {id(r.node): r.node for roots, _, _ in self.groups for r in roots
+                 if isinstance(r, GradientEdge)}
+        for node in nodes.values():
+            for part in getattr(node, KEPT, None) or ():
+                out += [t for t in part if isinstance(t, torch.Tensor)]
+        return out
 
     def run(self) -> None:
         for roots, grads, params in self.groups:
