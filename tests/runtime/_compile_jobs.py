@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from conveyor.runtime import Pipeline, PipelineConfig
+from conveyor.runtime.execute import compilebackend
 from conveyor.runtime.execute import compiled as compiled_mod
 from conveyor.runtime.execute.compilesplit import NoSplit, split_backward
 from tests.runtime import _models
@@ -105,13 +106,13 @@ def matrix_job(ctx, cases: list[dict]) -> list[dict]:
         t0 = time.perf_counter()
         off = _train(ctx, cfg, False, dtype)
         if cfg.get("refuse_split"):  # fault injection: every backward refuses the split
-            compiled_mod.split_backward = _refuse
+            compilebackend.split_backward = _refuse
         try:
             with warnings.catch_warnings(record=True) as seen:
                 warnings.simplefilter("always")
                 on = _train(ctx, cfg, cfg.get("compile", True), dtype)
         finally:
-            compiled_mod.split_backward = split_backward
+            compilebackend.split_backward = split_backward
         row = {"id": cfg["id"], "rank": ctx.rank, "runs": on["runs"], "graphs": on["graphs"],
                "stats": on["stats"], "kinds": on["kinds"], "fallbacks": on["fallbacks"],
                "warnings": [str(w.message) for w in seen

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from conveyor.runtime.execute.splitgrad import KEPT as _KEEP, in_input_phase
+from conveyor.runtime.execute.splitgrad import KEPT as _KEEP
+from conveyor.runtime.execute.splitgrad import in_input_phase
 
 __all__ = ["NoSplit", "Split", "split_backward", "SplitBackward"]
 
