@@ -21,7 +21,11 @@ recorded apart. Then the three run in turns, step by step (eager, conveyor,
 by hand, eager, ...), so a noisy moment on the shared machine hits all
 three alike; every step is recorded. Reported: medians over ``--steps``
 steps of the step's wall time and of each rank's compute (the sum of its F,
-B, I and W actions in the measured timeline), and the speedups over eager.
+B, I and W actions: CPU time of its thread, and wall time from the
+measured timeline), and the speedups over eager.
+Before the launches, one stage's backward alone (``stage_backward``):
+what the split costs against torch's one-node compiled backward, and what
+eager splitgrad costs against an eager B.
 The load average before and after is stated: the machine is shared.
 """
 
@@ -76,26 +80,89 @@ def _build(ctx, variant: str, schedule: str) -> Pipeline:
                     ctx=ctx, config=PipelineConfig(compile=variant == "conveyor", timeout_s=600))
 
 
+def _cpu_clock(pipe: Pipeline) -> list:
+    """Count the CPU seconds of this rank's thread in F, B, I and W actions
+    (through the interpreter's ``wrap_actions``): one thread per rank runs
+    the forward, autograd's backward and inductor's kernels, and CPU time is
+    steadier than wall time on a loaded machine. Returns the running total."""
+    total = [0.0]
+
+    def wrap(handler):
+        def run(a):
+            if a.kind not in "FBIW":
+                return handler(a)
+            t0 = time.thread_time()
+            handler(a)
+            total[0] += time.thread_time() - t0
+        return run
+
+    pipe.interp.wrap_actions(wrap)
+    return total
+
+
 def rank_job(ctx, schedule: str, steps: int) -> dict:
     torch.set_num_threads(1)
-    pipes, first = {}, {}
+    pipes, first, cpu = {}, {}, {}
     for v in VARIANTS:
         pipes[v] = _build(ctx, v, schedule)
+        cpu[v] = _cpu_clock(pipes[v])
         x, y = batch(0)
         t0 = time.perf_counter()
         res = pipes[v].step(x, y)
         first[v] = {"wall_s": time.perf_counter() - t0,
                     "compile_s": res.stats.get("compile_s"),
                     "graphs": res.stats.get("compiled_graphs")}
-    rows = {v: {"step_s": [], "busy_s": []} for v in VARIANTS}
+    rows = {v: {"step_s": [], "busy_s": [], "cpu_s": []} for v in VARIANTS}
     for k in range(1, steps + 1):
         for v in VARIANTS:
             x, y = batch(k)
+            c0 = cpu[v][0]
             res = pipes[v].step(x, y, record=True)
+            rows[v]["cpu_s"].append(cpu[v][0] - c0)
             if res.timeline is not None:  # rank 0 gathers every rank's timeline
                 rows[v]["step_s"].append(res.timeline.step_time)
                 rows[v]["busy_s"].append([res.timeline.busy(r) for r in range(ctx.world_size)])
-    return {"first": first, "rows": rows if ctx.rank == 0 else None, "rank": ctx.rank}
+    return {"first": first, "rows": rows, "rank": ctx.rank}
+
+
+def stage_backward(repeats: int) -> dict:
+    """One stage (4 of the blocks, one micro-batch), in this process, one
+    thread: median CPU milliseconds of the backward alone, as a full B and
+    as I then W, eager, compiled by torch (stock: one backward node) and by
+    conveyor (split: dI and dW, B running both). The variants run in turns."""
+    from conveyor.runtime.execute.compiled import compile_stages
+    from conveyor.runtime.execute.splitgrad import backward_input
+
+    torch.set_num_threads(1)
+    blocks = model()[:BLOCKS // 2]
+    x0 = torch.randn(BATCH // M, SEQ, WIDTH)
+    g = torch.randn(BATCH // M, SEQ, WIDTH)
+    stock = torch.compile(blocks)
+    split = compile_stages({0: blocks}, {}, rank=0, split=True)[0]
+
+    def run(fn, how):
+        x = x0.clone().requires_grad_()
+        y = fn(x)
+        t0 = time.thread_time()
+        if how == "B":
+            y.backward(g)
+        else:
+            _, pending = backward_input([y], [g], [x], list(blocks.parameters()))
+            pending.run()
+        t = time.thread_time() - t0
+        blocks.zero_grad(set_to_none=True)
+        return t
+
+    cases = {"eager B": (blocks, "B"), "eager I+W": (blocks, "IW"),
+             "compiled, stock: B": (stock, "B"), "compiled, split: B": (split, "B"),
+             "compiled, split: I+W": (split, "IW")}
+    times: dict[str, list] = {k: [] for k in cases}
+    for k in range(repeats + 2):
+        for name, (fn, how) in cases.items():
+            t = run(fn, how)
+            if k >= 2:  # two warm-up rounds (the first compiles)
+                times[name].append(t)
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
 
 
 def _median(xs):
@@ -110,12 +177,14 @@ def summarise(per_rank: list[dict]) -> dict:
         out["variants"][v] = {
             "step_s": _median(rows[v]["step_s"]),
             "busy_s": [_median([b[r] for b in busy]) for r in range(len(busy[0]))],
+            "cpu_s": [_median(r["rows"][v]["cpu_s"]) for r in per_rank],
             "steps": len(rows[v]["step_s"])}
     eager = out["variants"]["eager"]
     for v in VARIANTS:
         d = out["variants"][v]
         d["step_speedup"] = eager["step_s"] / d["step_s"]
         d["compute_speedup"] = [e / c for e, c in zip(eager["busy_s"], d["busy_s"])]
+        d["cpu_speedup"] = [e / c for e, c in zip(eager["cpu_s"], d["cpu_s"])]
     return out
 
 
@@ -128,19 +197,34 @@ def table(results: dict, load: tuple) -> str:
         f"one thread per rank, gloo. Model: {BLOCKS} transformer blocks, width {WIDTH}, "
         f"{HEADS} heads, GELU, sequence {SEQ}, float32; batch {BATCH} in M = {M} "
         f"micro-batches. Medians over {results['steps']} steps per variant, run in turns.", "",
-        "| schedule | variant | step (ms) | step speedup | compute r0 / r1 (ms) | "
-        "compute speedup r0 / r1 | first step (s) | compile r0 / r1 (s) |",
-        "|---|---|---|---|---|---|---|---|"]
+        "| schedule | variant | step (ms) | step speedup | compute CPU r0 / r1 (ms) | "
+        "compute CPU speedup r0 / r1 | compute wall r0 / r1 (ms) | compute wall speedup "
+        "r0 / r1 | first step (s) | compile r0 / r1 (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     for sched, res in results["schedules"].items():
         for v in VARIANTS:
             d, f = res["variants"][v], res["first"][v]
             comp = " / ".join(f"{1e3 * b:.0f}" for b in d["busy_s"])
             sp = " / ".join(f"{s:.2f}" for s in d["compute_speedup"])
+            ccomp = " / ".join(f"{1e3 * b:.0f}" for b in d["cpu_s"])
+            csp = " / ".join(f"{s:.2f}" for s in d["cpu_speedup"])
             cs = " / ".join("-" if r["compile_s"] is None else f"{r['compile_s']:.1f}" for r in f)
             lines.append(f"| {sched} | {v} | {1e3 * d['step_s']:.0f} | {d['step_speedup']:.2f} "
-                         f"| {comp} | {sp} | {max(r['wall_s'] for r in f):.1f} | {cs} |")
-    lines += ["", "compute: the sum of a rank's F, B, I and W actions in the measured "
-              "timeline (its busy time); step: the recorded step's span. first step: the "
+                         f"| {ccomp} | {csp} | {comp} | {sp} | "
+                         f"{max(r['wall_s'] for r in f):.1f} | {cs} |")
+    sb = results.get("stage_backward")
+    if sb:
+        lines += ["", f"One stage ({BLOCKS // 2} blocks, one micro-batch of {BATCH // M}), "
+                  "in one process: median CPU time of the backward alone over "
+                  f"{results['repeats']} runs in turns.", "",
+                  "| backward | CPU (ms) | / eager B |", "|---|---|---|"]
+        for name, ms in sb.items():
+            lines.append(f"| {name} | {ms:.1f} | {ms / sb['eager B']:.2f} |")
+    lines += ["", "compute CPU: the CPU seconds of the rank's thread inside its F, B, I "
+              "and W actions (one thread per rank does all of their work; steadier than "
+              "wall time on a loaded machine); compute wall: the sum of those actions' "
+              "spans in the measured timeline (the rank's busy time); step: the recorded "
+              "step's span. first step: the "
               "slower rank's wall time of the step that compiled (eager: the first step's "
               "own start-up). compile: seconds the rank spent in dynamo and inductor "
               "(conveyor's stats; the hand-compiled stages report none).", ""]
@@ -151,10 +235,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--schedules", default="1f1b,zbv")
+    ap.add_argument("--repeats", type=int, default=30, help="runs of the one-stage backward")
     ap.add_argument("--out", default=str(Path(__file__).with_name("compile.md")))
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
-    results = {"steps": args.steps, "schedules": {}}
+    results = {"steps": args.steps, "repeats": args.repeats, "schedules": {}}
+    results["stage_backward"] = stage_backward(args.repeats)
     for sched in args.schedules.split(","):
         per_rank = launch(rank_job, nprocs=2, args=(sched, args.steps))
         results["schedules"][sched] = summarise(per_rank)

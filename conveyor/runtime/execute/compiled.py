@@ -123,9 +123,10 @@ def resolve_compile(value) -> dict | None:
         except Exception as e:  # torch raises RuntimeError, naming the option
             why = str(e).split(", known options")[0]
             known = torch._inductor.list_options()
-            near = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else \
-                "; torch._inductor.list_options() lists them"
+            name = key.replace("-", "_")
+            near = difflib.get_close_matches(name, known, n=1)
+            hint = ("" if name in known else f"; did you mean {near[0]!r}?" if near
+                    else "; torch._inductor.list_options() lists them")
             raise _same(PipelineError(f"compile option {key!r}={val!r} is rejected by "
                                       f"torch.compile ({why}){hint}")) from None
     return dict(value)
@@ -204,9 +205,12 @@ class CompiledStage:
             self.module(*args, **kwargs)
         except Exception as eager:
             return eager
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        root = e
+        while root.__cause__ is not None:  # dynamo wraps the compiler's own error
+            root = root.__cause__
+        text = " ".join(str(root).split())[:300]
         return CompileError(
-            f"{self.label} failed to compile ({type(e).__name__}: {first[:300]}); its eager "
+            f"{self.label} failed to compile ({type(root).__name__}: {text}); its eager "
             f"forward runs, so the cause is torch.compile: run with compile=False, or set "
             f"TORCH_LOGS=+dynamo for where it stopped", rank=self.rank, stage=self.stage,
             original=e)
