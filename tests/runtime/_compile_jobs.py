@@ -263,6 +263,36 @@ def limit_job() -> dict:
             "err": _models.rel_err(out, stage(x))}
 
 
+def slow_compile_job(ctx) -> dict:
+    """Rank 1's compile takes 12 s more (a sleep injected into the backend)
+    while rank 0 waits on it with timeout_s=3 (6 s for a first step): the
+    hang watch must see that a rank compiles and report no hang."""
+    original = compilebackend._Backend.__call__
+
+    def slow(self, gm, example_inputs):
+        time.sleep(12)
+        return original(self, gm, example_inputs)
+
+    if ctx.rank == 1:
+        compilebackend._Backend.__call__ = slow
+    try:
+        torch.manual_seed(9)  # width 7: a structure no other case compiled
+        model = nn.Sequential(nn.Linear(_models.IN, 7), nn.Tanh(), nn.Linear(7, 7), nn.Tanh(),
+                              nn.Linear(7, _models.OUT)).double()
+        pipe = Pipeline(model, loss_fn=_models.loss_fn, optimizer=None,
+                        schedule="1f1b", microbatches=2, ctx=ctx,
+                        config=PipelineConfig(compile=True, timeout_s=3))
+        x, y = _models.batch(4, seed=9)
+        t0 = time.perf_counter()
+        first = pipe.step(x, y)
+        wall = time.perf_counter() - t0
+        second = pipe.step(x, y)
+    finally:
+        compilebackend._Backend.__call__ = original
+    return {"watched": pipe.hang_watched, "compile_s": first.stats["compile_s"],
+            "wall_s": wall, "losses": [first.loss, second.loss]}
+
+
 def suite_job(ctx, plan: dict) -> dict:
     """Every compile test's work in one launch (process start-up and the
     first compile cost seconds)."""
@@ -275,6 +305,7 @@ def suite_job(ctx, plan: dict) -> dict:
     out["hf"] = hf_job(ctx, plan["hf"]) if plan.get("hf") else None
     out["profile"] = profile_job() if ctx.rank == 0 else None
     out["limit"] = limit_job() if ctx.rank == 1 else None
+    out["slow"] = slow_compile_job(ctx)  # last: a failure here ends the launch
     out["seconds"] = {"count": t1 - t0, "matrix": t2 - t1, "hf": time.perf_counter() - t2}
     return out
 

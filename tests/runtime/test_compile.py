@@ -183,6 +183,15 @@ def test_recompile_limit_is_announced_not_silent(run):
     assert limit["fallbacks"] == limit["warnings"] and limit["err"] <= 1e-12
 
 
+def test_a_long_compile_is_not_a_hang(run):
+    """Rank 0 waited longer than its first-step timeout (6 s) on rank 1,
+    which was compiling for over 12 s: no hang report, both steps done."""
+    slow0, slow1 = (rows["slow"] for rows in run["ranks"])
+    assert slow0["watched"] and slow1["watched"]  # under the hang watch
+    assert slow1["compile_s"] >= 12 and slow0["wall_s"] >= 12, (slow0, slow1)
+    assert slow0["losses"] == slow1["losses"]
+
+
 def test_bad_compile_option_names_it():
     with pytest.raises(PipelineError, match="'bogus'") as e:
         PipelineConfig(compile={"bogus": 1})
