@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import sys
 import warnings
 
 import torch
@@ -304,6 +305,8 @@ def warn_hand_compiled(stages: dict[int, nn.Module], *, rank: int) -> list[str]:
 
 
 def _hand_compiled(m: nn.Module) -> bool:
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    return any(isinstance(k, OptimizedModule) for k in m.modules())
+    # Without torch._dynamo imported nothing was compiled (and importing it
+    # here would cost every pipeline seconds).
+    frames = sys.modules.get("torch._dynamo.eval_frame")
+    return frames is not None and any(isinstance(k, frames.OptimizedModule)
+                                      for k in m.modules())
