@@ -34,6 +34,7 @@ from conveyor.measure.layer import _nbytes, _tensors
 from conveyor.measure.links import measure_links, transfer_times
 from conveyor.plan.profile import Affine, LayerProfile, LossProfile, Profile
 from conveyor.progress import WeightedProgress
+from conveyor.runtime.execute.compiled import compiled_layers
 from conveyor.runtime.execute.stages import fingerprint, layers_of
 
 __all__ = ["profile", "fingerprint", "measure_links", "tiny_steps", "fit_tiny", "transfer_times",
@@ -67,7 +68,7 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
             optimizer: str = "adam", name: str | None = None, device=None,
             progress: bool | WeightedProgress = True, links: dict | None = None,
             overhead: float | None = None, in_context: bool = True,
-            alongside: int = 0, loss_fn=None, targets=None) -> Profile:
+            alongside: int = 0, loss_fn=None, targets=None, compile=False) -> Profile:
     """Measure every layer of ``model`` (an ``nn.Sequential`` or list of layers)
     on ``sample_batch`` (the model's input: a tensor or tuple of tensors, batch
     along dim 0, at least 2 samples).
@@ -87,16 +88,20 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     machine. For a run of P ranks on this host, P - 1. ``progress``: show a
     bar on stderr (weighted by each step's expected time, with an ETA and
     the phase), or a WeightedProgress to advance (``conveyor profile``).
+    ``compile``: as ``PipelineConfig(compile=...)``: time each layer compiled on
+    its own (with the split backward for I and W; no fusion across layers,
+    which a compiled stage may add), compiling in the warm-up.
     Returns a Profile. Raises PlanError for an unknown
     optimizer, a batch of fewer than 2 samples, a model that is not a chain,
     or more ``alongside`` than spare cores, or a ``loss_fn`` without
     ``targets`` (or the reverse), targets with fewer samples than the batch,
-    or a loss with ``in_context=False``.
+    or a loss or ``compile`` with ``in_context=False``.
     """
     if optimizer not in OPTIMIZER_STATE:
         raise PlanError(f"unknown optimizer {optimizer!r} for the state bytes; choose one of "
                         f"{', '.join(OPTIMIZER_STATE)}")
     layers = layers_of(model)
+    timed = compiled_layers(layers, compile)
     first = _tensors(sample_batch)
     if not first or first[0].shape[0] < 2:
         raise PlanError("the sample batch needs at least 2 samples along dim 0 (the profiler "
@@ -104,6 +109,10 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
     device = torch.device(device) if device is not None else first[0].device
     n0 = first[0].shape[0]
     loss = _check_loss(loss_fn, targets, n0)
+    if compile and not in_context:
+        raise PlanError("compiled layers are timed in context only (their I and W are the "
+                        "split backward's, which timing alone does not run); drop "
+                        "in_context=False (--alone), or compile")
     if loss is not None and not in_context:
         raise PlanError("a loss is timed in context only (after the last layer, feeding its "
                         "backward); drop in_context=False (--alone), or the loss")
@@ -113,14 +122,14 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
         WeightedProgress(title="profile ") if progress else None)
     if bar is not None:
         bar.phase("warm-up", f"{max(warmup, 1)} passes of the whole model")
-    fwd, bwd = _warm_up(layers, sample_batch, device, max(warmup, 1))
+    fwd, bwd = _warm_up(timed, sample_batch, device, max(warmup, 1))
     work = expected_work(fwd, bwd, sizes, warmup + repeats, in_context,
                          [type(layer).__name__ for layer in layers])
     if bar is not None:
         bar.expect(sum(w for _, _, w in work))
         bar.phase(*work[0][:2])
     with busy:
-        per_size, loss_times, x = _measure_sizes(layers, sample_batch, sizes, repeats, warmup,
+        per_size, loss_times, x = _measure_sizes(timed, sample_batch, sizes, repeats, warmup,
                                                  device, in_context, bar, loss, work)
     if bar is not None and bar is not progress:
         bar.close()
@@ -150,6 +159,7 @@ def profile(model, sample_batch, *, repeats: int = 5, warmup: int = 2,
                    repeats=repeats, links=links, overhead=float(overhead), loss=loss_prof,
                    meta={"torch": torch.__version__, "optimizer": optimizer,
                          "timing": "in context" if in_context else "alone",
+                         "compile": compile if compile else False,
                          "alongside": alongside,
                          "loss": None if loss_fn is None else getattr(
                              loss_fn, "__qualname__", type(loss_fn).__name__),

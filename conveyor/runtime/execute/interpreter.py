@@ -98,6 +98,8 @@ class Interpreter(Transfers):
     stages:   {stage index: module} for the stages on this rank.
     loss_fn:  ``loss_fn(output, target) -> scalar`` on the last stage.
     policy:   the precision policy (autocast, widening at cuts, fp32 loss).
+    calls:    what runs each stage's forward, e.g. its compiled form
+              (``execute.compiled``); None: the modules themselves.
 
     ``loss_scale`` (set by the training loop before a step) multiplies every
     micro-batch's loss before its backward; the loss reported is unscaled.
@@ -107,11 +109,12 @@ class Interpreter(Transfers):
 
     def __init__(self, schedule: Schedule, *, rank: int, stages: dict[int, torch.nn.Module],
                  comm: Comm | None, loss_fn: Callable, prepost: bool = True,
-                 policy: Policy | None = None):
+                 policy: Policy | None = None, calls: dict | None = None):
         self.schedule = schedule
         self.rank = rank
         self.row = schedule.actions[rank]
         self.stages = stages
+        self.calls = stages if calls is None else calls
         self.comm = comm
         self.loss_fn = loss_fn
         self.policy = policy or Policy()
@@ -214,7 +217,7 @@ class Interpreter(Transfers):
         else:
             x = self.inp.pop((s, mb))
         args = self._widened(s, mb, x)
-        stage = self.stages[s]
+        stage = self.calls[s]
         if self.data.side:  # side inputs (masks, ids): keyword arguments of every stage
             from functools import partial
             stage = partial(stage, **self.data.side[mb])

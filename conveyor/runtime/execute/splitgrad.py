@@ -28,12 +28,41 @@ outputs, exact but not cheaper.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
+import torch._functorch.config as _functorch_config
 from torch.autograd.graph import GradientEdge, get_gradient_edge
 
-__all__ = ["WeightGrad", "backward_input"]
+__all__ = ["WeightGrad", "backward_input", "in_input_phase", "KEPT"]
+
+# The attribute of a compiled graph's autograd node that holds what its I
+# computed for its W (compilesplit).
+KEPT = "_conveyor_split_w"
+
+# True while I's engine call runs. A compiled graph's backward is one node
+# that cannot tell from the engine which outputs are wanted, so it reads this
+# (compilesplit). Not thread-local: the engine may run nodes on its own
+# device threads; one process runs one backward at a time.
+_INPUT_PHASE = [False]
+
+
+def in_input_phase() -> bool:
+    """Whether the autograd engine is running I (``backward_input``)."""
+    return _INPUT_PHASE[0]
+
+
+@contextlib.contextmanager
+def _input_phase():
+    _INPUT_PHASE[0] = True
+    try:
+        # I keeps the graph for W (retain_graph), which a compiled backward
+        # that reuses its saved tensors' memory ("donated buffers") refuses.
+        with _functorch_config.patch(donated_buffer=False):
+            yield
+    finally:
+        _INPUT_PHASE[0] = False
 
 
 def _walk(roots) -> tuple[list, dict]:
@@ -94,8 +123,15 @@ class WeightGrad:
         self.retain = retain
 
     def tensors(self) -> list[torch.Tensor]:
-        """The recorded gradients (kept from I until W)."""
-        return [g for _, grads, _ in self.groups for g in grads if isinstance(g, torch.Tensor)]
+        """What I keeps until W: the recorded gradients, and what compiled
+        graphs keep on their nodes (``KEPT``, see compilesplit)."""
+        out = [g for _, grads, _ in self.groups for g in grads if isinstance(g, torch.Tensor)]
+        nodes = {id(r.node): r.node for roots, _, _ in self.groups for r in roots
+                 if isinstance(r, GradientEdge)}
+        for node in nodes.values():
+            for part in getattr(node, KEPT, None) or ():
+                out += [t for t in part if isinstance(t, torch.Tensor)]
+        return out
 
     def run(self) -> None:
         for roots, grads, params in self.groups:
@@ -159,7 +195,9 @@ def backward_input(ys: Sequence[torch.Tensor], gs, inputs: Sequence[torch.Tensor
         handles.append(n.register_prehook(hook))
     try:
         if inputs:
-            gin = torch.autograd.grad(ys, list(inputs), gs, retain_graph=True, allow_unused=True)
+            with _input_phase():
+                gin = torch.autograd.grad(ys, list(inputs), gs, retain_graph=True,
+                                          allow_unused=True)
         else:
             gin = ()
     finally:

@@ -35,6 +35,12 @@ process group's timeout (``LaunchOptions.timeout_s``, 300 s) bounds its
 collectives. The comm's own timeout stays as a backstop, ``BACKSTOP_S``
 after the first step's, for when the store is unreachable.
 
+Compiling (``PipelineConfig(compile=...)``): a rank compiling a stage is
+busy for seconds to minutes, and its peers wait on it. While any rank
+compiles (``compiling``, published through the store) no wait counts as a
+hang: a wait's clock restarts when the last compile ends. The comm's own
+timeout gets ``COMPILE_S`` more.
+
 Instrumentation: ``watch(pipe)`` hooks into the pipeline's interpreters
 (``on_step``, ``wrap_actions``) and comms (``on_wait``), so the interpreter
 and comm stay unaware of it.
@@ -57,8 +63,8 @@ from conveyor.runtime.procs import stopped
 from conveyor.runtime.procs.lastwords import ENV as LAST_WORDS, LastWords
 from conveyor.runtime.procs.lastwords import read as read_last_words
 
-__all__ = ["Progress", "watch", "current", "format_table", "backstop_s", "EXIT_CODE",
-           "BACKSTOP_S", "FIRST_STEP"]
+__all__ = ["Progress", "watch", "current", "format_table", "backstop_s", "compiling",
+           "EXIT_CODE", "BACKSTOP_S", "FIRST_STEP", "COMPILE_S"]
 
 EXIT_CODE = 75       # what every rank exits with after a hang report
 BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
@@ -66,6 +72,7 @@ FIRST_STEP = 2.0     # the first step (handshakes, lazy start-up) gets this time
 POLL_S = 0.25
 ANSWER_S = 5.0       # how long the reporter waits for the other ranks' progress
 STALL_S = 2.0        # a poll this much late: this process was stopped, not waiting
+COMPILE_S = 3600.0   # more backstop for a pipeline that compiles its stages
 
 
 @dataclass
@@ -92,11 +99,17 @@ class Progress:
     collective: str | None = None
     members: tuple = ()
     idle_since: float = field(default_factory=time.monotonic)
+    compiling: bool = False  # compiling a stage (see ``compiling``)
 
     def waiting(self) -> bool:
         return self.peer is not None or self.collective is not None
 
     def row(self, rank: int, now: float) -> dict:
+        if self.compiling and self.doing is not None:
+            return {"rank": rank, "state": "compiling", "step": self.step,
+                    "action": describe(self.doing), "group": None, "peer": None,
+                    "mb": getattr(self.doing, "mb", None),
+                    "for_s": round(now - self.doing_since, 1), "last": _text(self.last)}
         if self.collective is not None:
             return {"rank": rank, "state": "waiting", "step": self.step,
                     "action": self.collective, "group": list(self.members), "peer": None,
@@ -179,7 +192,7 @@ class _Watch:
         self.thread.join(timeout=5.0)
 
     def _loop(self) -> None:
-        published = False
+        published, told = False, False
         last = time.monotonic()
         while not self.stopping.wait(POLL_S):
             now = time.monotonic()
@@ -196,10 +209,15 @@ class _Watch:
                 if self.store.check([self.key + "report"]) and not published:
                     self._publish()
                     published = True
+                if p.compiling != told:  # ranks compiling, counted in the store
+                    told = p.compiling
+                    self.store.add(self.key + "compiling", 1 if told else -1)
                 since = p.wait_since  # set before the wait is marked (see deadline)
-                if (p.waiting() and time.monotonic() - since > p.timeout_s
-                        and self.store.add(self.key + "claims", 1) == 1):
-                    self._report(p.timeout_s)
+                if p.waiting() and time.monotonic() - since > p.timeout_s:
+                    if self.store.add(self.key + "compiling", 0) > 0:
+                        p.wait_since = time.monotonic()  # a peer compiles: not a hang
+                    elif self.store.add(self.key + "claims", 1) == 1:
+                        self._report(p.timeout_s)
             except Exception:  # the store went away: the run is ending anyway
                 return
 
@@ -271,6 +289,13 @@ def _the_watch(rank: int, world_size: int) -> _Watch | None:
     return _WATCH
 
 
+def compiling(on: bool) -> None:
+    """This process starts (True) or ends (False) compiling a stage; called
+    by ``conveyor.runtime.execute.compiled``. No-op without a watch."""
+    if _WATCH is not None:
+        _WATCH.progress.compiling = on
+
+
 def watch(pipe) -> bool:
     """Put the pipeline's steps under this process's hang watch. Returns
     False (and changes nothing) for one process or without a reachable store."""
@@ -285,8 +310,9 @@ def watch(pipe) -> bool:
     p.timeout_s = timeout_s * FIRST_STEP
     for interp in (pipe.interp, pipe._eval_interp):
         _wrap_interpreter(interp, p, pipe, timeout_s, lw)
+    extra = COMPILE_S if getattr(pipe, "compiled", None) else 0.0
     for comm in (pipe.comm, pipe._eval_comm):
-        _wrap_comm(comm, p, timeout_s, lw, ctx.to_global)
+        _wrap_comm(comm, p, timeout_s, lw, ctx.to_global, extra)
     return True
 
 
@@ -330,8 +356,8 @@ def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float,
 
 
 def _wrap_comm(comm, p: Progress, timeout_s: float, lw: LastWords | None = None,
-               to_global=lambda r: r) -> None:
-    comm.timeout = timedelta(seconds=backstop_s(timeout_s))
+               to_global=lambda r: r, extra_s: float = 0.0) -> None:
+    comm.timeout = timedelta(seconds=backstop_s(timeout_s) + extra_s)
 
     def begin(peer: int, action) -> None:
         # The comm names pipeline ranks; the table and the launcher's death

@@ -10,6 +10,7 @@ import torch
 
 from conveyor.errors import PipelineError
 from conveyor.runtime.checks import check_config
+from conveyor.runtime.execute.compiled import resolve_compile
 from conveyor.runtime.execute.precision import PRESETS, dtype_of, resolve
 from conveyor.runtime.train.amp import resolve_scale
 from conveyor.runtime.train.grads import NONFINITE
@@ -92,6 +93,12 @@ class PipelineConfig:
                     over the gradients per update). Under loss scaling an
                     overflowing gradient always skips the update and shrinks
                     the scale, as intended; a non-finite loss follows this.
+    compile:        False (default); True: each rank compiles the stages it
+                    holds with torch.compile (inductor), each graph's backward
+                    split into I and W for zero-bubble schedules; a dict:
+                    the same with these inductor options (as
+                    ``torch.compile(options=...)``). Guide:
+                    https://github.com/conveyor-pp/conveyor/blob/main/docs/compile.md.
     """
 
     loss_reduction: str = "mean"
@@ -111,6 +118,7 @@ class PipelineConfig:
     boundary_dtype: Any = None
     loss_scale: Any = None
     nonfinite: str = "raise"
+    compile: Any = False
 
     def __post_init__(self) -> None:
         check_config(self)
@@ -118,6 +126,7 @@ class PipelineConfig:
             resolve(self.precision, None, torch.device("cpu"))  # raises, naming the choices
         dtype_of(self.boundary_dtype, "boundary_dtype")
         resolve_scale(self.loss_scale, self.precision)
+        resolve_compile(self.compile)
         if self.nonfinite not in NONFINITE:
             raise PipelineError(f"nonfinite={self.nonfinite!r}; use 'raise' (stop every rank, "
                                 f"naming where), 'skip' (skip the update on every rank) or "

@@ -71,8 +71,16 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
             # meet in the gradient all-reduce, so they start together too.)
             with bounded("the recorded-step barrier", None):
                 dist.barrier()
+    compiled = pipe.compiled
+    if compiled:  # dynamic shapes where they vary (execute.compiled)
+        compiled.set_dynamic(pipe.config.varying_shapes or bool(data.side)
+                             or len(set(data.sizes)) > 1)
+        graphs0, compile0 = compiled.totals()
     loss, outputs = interp.run(data, recorder=recorder, memory=memory)
     stats = comm.counts()
+    if compiled:  # compile time apart from the step's compute
+        graphs1, compile1 = compiled.totals()
+        stats["compiled_graphs"], stats["compile_s"] = graphs1 - graphs0, compile1 - compile0
     if memory is not None:
         stats["peak_activation_bytes"] = memory.peak
     if device.type == "cuda":

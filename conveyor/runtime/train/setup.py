@@ -10,6 +10,7 @@ import os
 
 from conveyor.errors import PipelineError
 from conveyor.runtime.checks import check_callables, check_config
+from conveyor.runtime.execute.compiled import for_pipeline
 from conveyor.runtime.execute.interpreter import Interpreter
 from conveyor.runtime.execute.precision import resolve
 from conveyor.runtime.execute.recorder import estimate_clock_offset
@@ -59,14 +60,17 @@ def wire(pipe, stages, sched, ctx, loss_fn, optimizer, config, extras=None) -> N
     pipe.transport = (shm_for_pipeline(ctx, sched.placement)
                       if config.transport == "shm" and sched.P > 1 else None)
     pipe.comm = make_comm(pipe)
+    pipe.compiled = for_pipeline(pipe.stages, config.compile, rank=ctx.rank, schedule=sched)
     pipe.interp = Interpreter(sched, rank=ctx.rank, stages=pipe.stages, comm=pipe.comm,
-                              loss_fn=loss_fn, prepost=prepost, policy=pipe.policy)
+                              loss_fn=loss_fn, prepost=prepost, policy=pipe.policy,
+                              calls=pipe.compiled)
     # Inference gets its own comm: its outputs carry no gradient, so their
     # handshake differs from training's.
     pipe._eval_comm = make_comm(pipe)
     pipe._eval_interp = Interpreter(add_comms(sched.without_backward()), rank=ctx.rank,
                                     stages=pipe.stages, comm=pipe._eval_comm,
-                                    loss_fn=loss_fn, prepost=prepost, policy=pipe.policy)
+                                    loss_fn=loss_fn, prepost=prepost, policy=pipe.policy,
+                                    calls=pipe.compiled)
     pipe.dp_sync = (dataparallel.GradSync(pipe.interp, pipe.stages, ctx,
                                           overlap=config.dp_overlap)
                     if ctx.dp_size > 1 else None)
