@@ -39,7 +39,7 @@ from conveyor.runtime.execute.batching import microbatch_sizes
 from conveyor.runtime.execute.interpreter import Interpreter
 from conveyor.runtime.execute.recompute import apply_checkpoint, resolve_checkpoint
 from conveyor.runtime.execute.recorder import estimate_clock_offset
-from conveyor.runtime.execute.stages import parameters_of, split_model
+from conveyor.runtime.execute.stages import parameters_of, split_for
 from conveyor.runtime.procs import agree
 from conveyor.runtime.procs.hang import watch as watch_hangs
 from conveyor.runtime.train import dataparallel, trainloop
@@ -121,7 +121,7 @@ class Pipeline:
             sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
             balance = named_balance(balance, model, sched.S, profile,
                                     placement=sched.placement)
-            stages = apply_checkpoint(split_model(model, sched.S, balance=balance),
+            stages = apply_checkpoint(split_for(model, sched, balance),
                                       resolve_checkpoint(checkpoint, sched.S))
         except ConveyorError as e:
             raise _same(e)
