@@ -42,7 +42,7 @@ from conveyor.runtime.execute.recorder import estimate_clock_offset
 from conveyor.runtime.execute.stages import parameters_of, split_for
 from conveyor.runtime.procs import agree
 from conveyor.runtime.procs.hang import watch as watch_hangs
-from conveyor.runtime.train import dataparallel, trainloop
+from conveyor.runtime.train import dataparallel, sharding, trainloop
 from conveyor.runtime.train.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.train.config import PipelineConfig, StepResult
 from conveyor.runtime.train.planned import from_plan, named_balance
@@ -206,7 +206,13 @@ class Pipeline:
         self.first_rank = sched.placement[0]
         self.last_rank = sched.placement[-1]
         self.params = parameters_of(self.stages.values())
-        self.optimizer = optimizer(self.params) if optimizer is not None and self.params else None
+        try:
+            sharding.check_sharding(config.shard_optimizer, ctx.dp_size, optimizer)
+        except ConveyorError as e:
+            raise _same(e)
+        shard = config.shard_optimizer and bool(self.params)
+        self.optimizer = optimizer(self.params) if optimizer is not None and self.params \
+            and not shard else None
         self.loop = trainloop.TrainLoop(self, extras or trainloop.Extras())
         prepost = config.prepost if config.prepost is not None else ctx.backend != "nccl"
         self.transport = self._transport()
@@ -219,9 +225,14 @@ class Pipeline:
         self._eval_interp = Interpreter(add_comms(sched.without_backward()), rank=ctx.rank,
                                         stages=self.stages, comm=self._eval_comm,
                                         loss_fn=loss_fn, prepost=prepost)
-        self.dp_sync = (dataparallel.GradSync(self.interp, self.stages, ctx,
-                                              overlap=config.dp_overlap)
-                        if ctx.dp_size > 1 else None)
+        self.shards = None  # the optimizer over this replica's slices (sharding.py)
+        if shard:
+            self.shards = sharding.ShardedOptimizer(self, optimizer, overlap=config.dp_overlap)
+            self.optimizer = self.shards.optimizer
+            self.loop.attach_optimizer()
+        self.dp_sync = self.shards or (dataparallel.GradSync(self.interp, self.stages, ctx,
+                                                             overlap=config.dp_overlap)
+                                       if ctx.dp_size > 1 else None)
         self.clock_offset = (estimate_clock_offset(ctx.rank, ctx.world_size, device=ctx.device,
                                                    rounds=config.clock_rounds,
                                                    group=ctx.pp_group)
@@ -343,6 +354,8 @@ class Pipeline:
         Returns {"step", "saved_P", "rng_restored"}; raises CheckpointError."""
         if scheduler is None:
             scheduler = self.loop.scheduler
+        if self.shards is not None:
+            self.shards.wait()  # a late all-gather must not overwrite what is loaded
         return load_pipeline(self, path, scheduler=scheduler)
 
     # -- the step (conveyor.runtime.train.run) --------------------------------------

@@ -121,10 +121,14 @@ class TrainLoop:
         self.tied = TiedParams(ties, rank=pipe.ctx.rank, world_size=pipe.ctx.world_size,
                                dp_rank=pipe.ctx.dp_rank, dp_size=pipe.ctx.dp_size)
         self.counted = self.tied.counted_here(pipe.params)
-        opt = pipe.optimizer
-        self.scheduler = (extras.scheduler(opt) if extras.scheduler is not None
-                          and opt is not None else None)
+        self.attach_optimizer()
         self.micro = 0  # calls of step in the current accumulation window
+
+    def attach_optimizer(self) -> None:
+        """Build the LR scheduler for ``pipe.optimizer`` (again, once a sharded
+        optimizer replaces it)."""
+        opt, make = self.pipe.optimizer, self.extras.scheduler
+        self.scheduler = make(opt) if make is not None and opt is not None else None
 
     @property
     def pipe(self):
@@ -145,9 +149,12 @@ class TrainLoop:
         if pipe.dp_sync is not None:
             pipe.dp_sync.finish()  # the replicas' sum first: clipping needs whole gradients
         self.tied.sync_grads()
+        shards = pipe.shards
+        if shards is not None:  # sharded optimizer: the update works on this replica's slices
+            shards.take_grads()
         k = pipe.config.accumulate
         if k > 1:
-            for p in pipe.params:
+            for p in (pipe.params if shards is None else shards.params):
                 if p.grad is not None:
                     p.grad.div_(k)
         if pipe.config.max_grad_norm is not None:
@@ -160,7 +167,10 @@ class TrainLoop:
                 self.scheduler.step()
 
     def clip(self, max_norm: float) -> float:
-        ctx = self.pipe.ctx
+        ctx, shards = self.pipe.ctx, self.pipe.shards
+        if shards is not None:  # slices of the summed gradient: sum over every rank
+            return clip_grad_norm(shards.params, shards.counted, max_norm,
+                                  world_size=ctx.global_size, device=ctx.device)
         return clip_grad_norm(self.pipe.params, self.counted, max_norm,
                               world_size=ctx.world_size, device=ctx.device, group=ctx.pp_group)
 
