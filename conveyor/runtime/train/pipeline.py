@@ -116,7 +116,7 @@ class Pipeline:
         try:
             ctx = resolve_mesh(ctx or _context(), dp=dp, mesh=mesh)
             if plan is not None:
-                schedule, balance, checkpoint = from_plan(plan, model)
+                schedule, balance, checkpoint = from_plan(plan, model, config)
                 microbatches = None
             sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
             balance = named_balance(balance, model, sched.S, profile,
