@@ -73,8 +73,12 @@ def train_job(ctx, configs: list[dict]) -> list[dict]:
                 early.append(pipe.dp_sync.early)
             if shard:
                 pipe.shards.wait()
+            # autograd accumulated into the flat buffer's views (no second copy)
+            bound = shard and all(p.grad is not None and p.grad.data_ptr() == v.data_ptr()
+                                  for b in pipe.shards.buckets if not b.late
+                                  for p, v in zip(b.params, b.views))
             tag = "sharded" if shard else "plain"
-            row[tag] = {"losses": losses, "early": early,
+            row[tag] = {"losses": losses, "early": early, "grads_in_buffer": bound,
                         "weights": {names[id(p)]: p.detach().tolist() for p in pipe.params},
                         "state_bytes": optimizer_state_bytes(pipe.optimizer),
                         "param_bytes": sum(p.numel() * p.element_size() for p in pipe.params),

@@ -93,6 +93,7 @@ def test_optimizer_state_bytes_fall_by_dp(runs):
 def test_the_reduce_scatter_overlaps_the_backward(runs):
     for r in runs[0]["mlp-1f1b"]:
         assert r["sharded"]["early"] == r["plain"]["early"] == [1, 1, 1]
+        assert r["sharded"]["grads_in_buffer"]  # .grad are views of the scattered buffer
     for r in runs[0]["after"]:
         assert r["sharded"]["early"] == [0, 0, 0]
 

@@ -26,8 +26,9 @@ those slices only, so its state is 1/dp of the unsharded state. A step:
 
 Between a step and the next forward the weights are complete only after
 ``wait()``; conveyor's own entry points wait. ``forward_backward`` leaves the
-local, unsummed gradients in ``.grad``, as without sharding; a
-``before_step`` hook sees them, not the slices.
+local, unsummed gradients in ``.grad``, as without sharding (views of the
+bucket's flat gradient buffer, which autograd accumulates into, so the
+gradients are held once); a ``before_step`` hook sees them, not the slices.
 
 The optimizer must treat all parameters alike (one parameter group, as built
 by ``optimizer(params)``): a slice mixes the elements of several parameters.
@@ -89,15 +90,28 @@ class _Bucket:
                 self.offsets.append(at)
                 at += p.numel()
         self.grads = torch.zeros_like(self.flat)
+        self.views = [self.grads[at:at + p.numel()].view_as(p)
+                      for p, at in zip(params, self.offsets)]
         self.shard = torch.nn.Parameter(self.flat[d * self.k:(d + 1) * self.k])
         self.out = torch.zeros(self.k, dtype=p0.dtype, device=p0.device)
+
+    def bind_grads(self) -> None:
+        """Before a backward: a parameter without a gradient gets a zeroed view
+        of the flat buffer as its ``.grad``, which autograd then accumulates
+        into in place (as DDP's gradient-as-bucket-view), so no second copy
+        of the gradients is kept."""
+        for p, view in zip(self.params, self.views):
+            if p.grad is None:
+                view.zero_()
+                p.grad = view
 
     def fill_grads(self) -> list[torch.Tensor]:
         """The local gradients in the flat buffer (zeros where none), in dp slices."""
         g = self.grads
-        g.zero_()
-        for p, at in zip(self.params, self.offsets):
-            if p.grad is not None:
+        for p, view, at in zip(self.params, self.views, self.offsets):
+            if p.grad is None:
+                view.zero_()
+            elif p.grad.data_ptr() != view.data_ptr():  # replaced (e.g. by the tie sum)
                 g[at:at + p.numel()].copy_(p.grad.detach().reshape(-1))
         return list(g.chunk(len(g) // self.k))
 
@@ -161,7 +175,12 @@ class ShardedOptimizer:
                 if last[s] >= 0:
                     interp.after(last[s], lambda s=s: self._start(s, early=True))
         self._wait_before_forwards(interp)
+        interp.on_step(self._bind_grads, lambda: None)
         pipe._eval_interp.on_step(self.wait, lambda: None)
+
+    def _bind_grads(self) -> None:
+        for b in self.buckets:
+            b.bind_grads()
 
     def _wait_before_forwards(self, interp) -> None:
         """Each stage waits for its buckets right before its first forward."""
