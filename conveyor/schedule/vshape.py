@@ -19,8 +19,12 @@ the generated schedules once M is large enough to reach the steady state.
 Among the blocks of the wanted k with the least steady peak, the generator
 keeps the one whose reordered order is shortest with every pass one slot
 long (the paper's setting, F = I = W per chunk); ties go to the first. The
-choice is made at min(M, 3P) micro-batches (the warm-up and cool-down it
-decides are the same for any larger M) and then built at M.
+choice is made at min(M, 2P+2) micro-batches (the warm-up and cool-down it
+decides are the same for any larger M) and then built at M. V-Min and V-Half
+reorder with ``list_reorder`` alone (the grid reordering gained 0.3 % of the
+span over P = 4..16, M = 1..64, at five times the time); v-budget, whose
+larger k gain more from it (up to 7 %), tries both on schedules of up to
+3,000 passes.
 """
 
 from __future__ import annotations
@@ -78,8 +82,9 @@ def _pick_at(P: int, M: int, k: int, cap: int) -> Block:
     return min(cands, key=lambda b: build_from_block(b, M, cap, grid_limit=0)[1])
 
 
-def _schedule(name: str, P: int, M: int, block: Block, cap: int, meta: dict) -> Schedule:
-    rows, _ = build_from_block(block, M, cap)
+def _schedule(name: str, P: int, M: int, block: Block, cap: int, meta: dict,
+              grid_limit: int = 0) -> Schedule:
+    rows, _ = build_from_block(block, M, cap, grid_limit=grid_limit)
     meta = dict(meta, v=2, k=block.k, residues=list(block.residues), cap=cap)
     return Schedule(name, P, M, tuple(map(tuple, rows)), v_placement(P), meta=meta)
 
@@ -129,7 +134,8 @@ def v_budget(P: int, M: int, *, budget: int | None = None, costs=None) -> Schedu
     best: tuple[float, int, Schedule] | None = None
     fitting = [k for k in _KS if _least(P, k) and _least(P, k)[0].peak <= cap]
     for k in fitting[-2:]:
-        sched = _schedule("v-budget", P, M, _pick(P, M, k, cap), cap, {"budget": budget})
+        sched = _schedule("v-budget", P, M, _pick(P, M, k, cap), cap, {"budget": budget},
+                          grid_limit=3_000)
         if duration is None:
             t = max(replay(sched, lambda r, a: 1.0).ends)
         else:
