@@ -22,9 +22,9 @@ long (the paper's setting, F = I = W per chunk); ties go to the first. The
 choice is made at min(M, 2P+2) micro-batches (the warm-up and cool-down it
 decides are the same for any larger M) and then built at M. V-Min and V-Half
 reorder with ``list_reorder`` alone (the grid reordering gained 0.3 % of the
-span over P = 4..16, M = 1..64, at five times the time); v-budget, whose
-larger k gain more from it (up to 7 %), tries both on schedules of up to
-3,000 passes.
+span over P = 4..16, M = 1..64, at five times the time); v-budget tries both
+for k >= 3, which gain more from it (up to 7 %), on schedules of up to 3,000
+passes.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def v_budget(P: int, M: int, *, budget: int | None = None, costs=None) -> Schedu
     fitting = [k for k in _KS if _least(P, k) and _least(P, k)[0].peak <= cap]
     for k in fitting[-2:]:
         sched = _schedule("v-budget", P, M, _pick(P, M, k, cap), cap, {"budget": budget},
-                          grid_limit=3_000)
+                          grid_limit=3_000 if k >= 3 else 0)
         if duration is None:
             t = max(replay(sched, lambda r, a: 1.0).ends)
         else:
