@@ -57,6 +57,9 @@ def run(args) -> int:
                     schedules=schedules, microbatches=args.microbatches,
                     chunks=tuple(args.chunks), refine=not args.no_refine, cluster=cluster)
     print(plan_table(result, top=args.top))
+    if result.best.shard:
+        print(f"run it with dp={args.dp} and PipelineConfig(shard_optimizer=True): the plan "
+              f"fits only with the optimizer state sharded over the replicas")
     note = cpu_caveat(prof.device, result.best.v, (prof.links or {}).get("transport"))
     if note:
         print(note)

@@ -85,6 +85,8 @@ def add_parser(sub) -> None:
                    help="chunks per rank for interleaved-1f1b and looped-bfs (2)")
     p.add_argument("--cap", type=positive_int, default=None,
                    help="zb-auto: most micro-batches in flight per rank (P)")
+    p.add_argument("--budget", type=positive_int, default=None,
+                   help="v-budget: most chunk-activations per rank (V-Half's peak)")
     p.add_argument("--placement", choices=["line", "v"], default=None,
                    help="zb-auto: one stage per rank (line) or a V (stages r, 2P-1-r on r)")
     p.add_argument("--file", help="simulate a schedule file (.json or torch-style .csv) "
@@ -111,15 +113,15 @@ def schedule_options(args) -> dict:
     from conveyor.errors import ScheduleError
     from conveyor.schedule.generators import get_spec
     spec = get_spec(args.schedule)
-    given = {"v": args.v, "cap": args.cap, "placement": args.placement}
+    given = {"v": args.v, "cap": args.cap, "placement": args.placement, "budget": args.budget}
     given = {k: v for k, v in given.items() if v is not None}
-    flags = {"v": "--chunks", "cap": "--cap", "placement": "--placement"}
+    flags = {"v": "--chunks", "cap": "--cap", "placement": "--placement", "budget": "--budget"}
     for k in given:
         if k not in spec.options:
             raise ScheduleError(f"schedule {spec.name!r} takes no {flags[k]}; it applies to "
                                 + ", ".join(n for n in schedule_names()
                                             if k in get_spec(n).options))
-    if "cap" in spec.options:  # zb-auto plans for the costs it is simulated under
+    if "cap" in spec.options or "budget" in spec.options:  # planned for the costs simulated
         given["costs"] = cost_model(args)
     return given
 
@@ -130,7 +132,8 @@ def run(args) -> int:
     if args.file:
         given = [opt for opt, v in (("-P", args.P), ("-M", args.M), ("--schedule", args.schedule),
                                     ("--chunks", args.v), ("--cap", args.cap),
-                                    ("--placement", args.placement)) if v is not None]
+                                    ("--placement", args.placement), ("--budget", args.budget))
+                 if v is not None]
         if given:
             raise ScheduleError(f"--file {args.file!r} sets the schedule, P and M; drop "
                                 f"{', '.join(given)} (or drop --file)")

@@ -85,12 +85,14 @@ class StageCosts:
     weight_grad: tuple[tuple[float, ...], ...]
     held_per_sample: tuple[float, ...]          # activation bytes kept per sample, per stage
     recompute_per_sample: tuple[float, ...]     # transient bytes per sample in a recompute
-    static_bytes: tuple[int, ...]               # parameters + optimizer state, per stage
+    static_bytes: tuple[float, ...]             # parameters + gradients + optimizer state
     cut_per_sample: tuple[float, ...]           # bytes per sample at each of the S-1 cuts
     in_per_sample: tuple[float, ...] = ()       # the stage's input, per sample
     out_per_sample: tuple[float, ...] = ()      # its output kept for B (0 on the last stage)
     loss_bytes: float = 0.0                     # the weighted loss the last stage keeps
     w_kept: tuple = ()  # per stage: ((tag, bytes per sample), ...) kept from I for W
+    param_bytes: tuple[int, ...] = ()           # per stage: parameters (as many of gradients)
+    optim_bytes: tuple[float, ...] = ()         # per stage: optimizer state held on the rank
 
     def cost_model(self, latency: float = 0.0, bandwidth: float = float("inf")
                    ) -> MicrobatchCostModel:
@@ -200,15 +202,22 @@ def transfer_charges(placement, cut_bytes, host: dict | None) -> tuple[list[floa
     return f, b
 
 
-def stage_costs(profile: Profile, balance, sizes, checkpoint, placement=None) -> StageCosts:
+def stage_costs(profile: Profile, balance, sizes, checkpoint, placement=None, *,
+                shard: int = 1) -> StageCosts:
     """Costs of ``balance`` (layer counts per stage) for micro-batches of
     ``sizes`` samples, with ``checkpoint[s]`` recomputing stage s's forward.
     With ``placement`` (the rank of each stage) and a profile whose links
     carry the runtime's time per send and receive, each F and B (and I)
-    beside a transfer across ranks pays it (``transfer_charges``)."""
+    beside a transfer across ranks pays it (``transfer_charges``).
+
+    Static bytes per stage: its parameters, their gradients (as many bytes)
+    and the optimizer state, divided by ``shard`` when it is sharded over
+    that many data-parallel replicas (``PipelineConfig(shard_optimizer=True)``)."""
     layers = profile.layers
     cut_in = [profile.input_bytes] + [lay.out_bytes for lay in layers]  # cut before layer j
     fw, bw, ig, wg, held, rec, static, outs = [], [], [], [], [], [], [], []
+    pb: list[int] = []
+    ob: list[float] = []
     S = len(balance)
     cuts = [cut_in[r.stop] for r in stage_ranges(balance)[:-1]]
     host = profile.host_transfers if placement is not None else None
@@ -268,11 +277,13 @@ def stage_costs(profile: Profile, balance, sizes, checkpoint, placement=None) ->
         bw.append(tuple(b))
         ig.append(tuple(i))
         wg.append(tuple(w))
-        static.append(sum(x.static_bytes for x in ls))
+        pb.append(sum(x.param_bytes for x in ls))
+        ob.append(sum(x.optim_bytes for x in ls) / shard)
+        static.append(2 * pb[-1] + ob[-1])
     return StageCosts(tuple(balance), tuple(bool(c) for c in checkpoint), tuple(sizes),
                       tuple(fw), tuple(bw), tuple(ig), tuple(wg), tuple(held), tuple(rec),
                       tuple(static), tuple(cuts),
                       tuple(cut_in[r.start] for r in stage_ranges(balance)), tuple(outs),
                       float(profile.meta.get("loss_bytes", 0.0)),
                       tuple(_kept_for_w(layers, r, s, S)
-                            for s, r in enumerate(stage_ranges(balance))))
+                            for s, r in enumerate(stage_ranges(balance))), tuple(pb), tuple(ob))

@@ -24,8 +24,8 @@ def check_request(profile, P, batch, memory, microbatches) -> None:
         if memory < most:
             raise PlanError(
                 f"memory budget {fmt_bytes(memory)} is below what layer {j} "
-                f"({profile.layers[j].kind}) alone needs: {fmt_bytes(most)} of parameters and "
-                f"optimizer state; no split can fit. Raise the budget to at least "
+                f"({profile.layers[j].kind}) alone needs: {fmt_bytes(most)} of parameters, "
+                f"gradients and optimizer state; no split can fit. Raise the budget to at least "
                 f"{fmt_bytes(most)} (plus activations)")
 
 

@@ -10,6 +10,9 @@ plan.json`` draws it with its costs). The plan's own keys:
     batch         samples per step; microbatch_sizes: their split over M
     balance       layers per stage (S entries)
     checkpoint    per stage, whether its activations are recomputed
+    shard_optimizer  whether the plan shards the optimizer state over the
+                  data-parallel replicas (run it with that PipelineConfig);
+                  optional, false in plans written before it
     memory_budget bytes per rank the plan was made for (null: none)
     predicted     {"step_s", "bubble", "peak_bytes": per rank}
     costs         what the prediction was simulated with: "sizes" (the distinct
@@ -46,6 +49,7 @@ class Plan:
         self.balance = [int(x) for x in data["balance"]]
         self.checkpoint = [bool(x) for x in data["checkpoint"]]
         self.predicted = dict(data.get("predicted") or {})
+        self.shard_optimizer = bool(data.get("shard_optimizer", False))
 
     def check_model(self, L: int, fingerprint: str | None) -> None:
         """PlanError unless the plan was made for a model of L layers with this fingerprint."""
@@ -112,6 +116,7 @@ def plan_to_dict(cand, profile, *, batch_size: int, budget: float | None) -> dic
     d.update({"format": FORMAT, "model": profile.model, "batch": batch_size,
               "microbatch_sizes": list(cand.sizes), "balance": list(cand.balance),
               "checkpoint": list(cand.checkpoint), "memory_budget": budget,
+              "shard_optimizer": bool(cand.shard),
               "predicted": {"step_s": cand.step, "bubble": cand.bubble,
                             "peak_bytes": list(cand.peak_bytes)}})
     if cand._costs is not None:

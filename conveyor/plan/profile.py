@@ -119,7 +119,9 @@ class LayerProfile:
 
     @property
     def static_bytes(self) -> int:
-        return self.param_bytes + self.optim_bytes
+        """Parameters, their gradients and the optimizer state: what training
+        holds for the layer whatever the schedule."""
+        return 2 * self.param_bytes + self.optim_bytes
 
 
 @dataclass(frozen=True)

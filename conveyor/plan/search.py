@@ -1,18 +1,22 @@
 """The planner: search schedule x M x chunks x partition x checkpointing.
 
-For every registered schedule (so schedules added later are searched too),
-every micro-batch count M in a small geometric set (M need not divide the
-batch: sizes then differ by one), and every chunk count the schedule offers,
-the planner
+For every registered schedule (so schedules added later are searched too,
+V-Min and V-Half among them, and v-budget at a few budgets between them and
+ZB-V: ``candidates.budget_options``), every micro-batch count M in a small
+geometric set (M need not divide the batch: sizes then differ by one), and
+every chunk count the schedule offers, the planner
 
 1. cuts the layers under the per-layer forward + backward times at the mean
    micro-batch size: with one stage per rank, the exact min-bottleneck
    split; with several (chunks), the split with the least largest rank
    total (``conveyor.partition.placed_partition``);
-2. checks each rank's peak memory against the budget (walking the schedule's
-   order, see ``conveyor.plan.costs``); when a rank is over, it checkpoints
-   the stages of the ranks over budget, then all stages, and re-solves the
-   partition with the memory limit as a constraint;
+2. checks each rank's peak memory against the budget: parameters, their
+   gradients, the optimizer state and the activations the schedule's order
+   holds (``conveyor.plan.memory``); when a rank is over, it shards the
+   optimizer state over the data-parallel replicas (dp > 1; the time model
+   prices its reduce-scatter and all-gather as the all-reduce they replace,
+   the same bytes), then re-cuts under the limit, then checkpoints the stages
+   of the ranks over budget, then all stages;
 3. optionally refines the cut by moving one boundary at a time and keeping
    what the simulator says is faster (the bottleneck ignores fill and drain);
 4. simulates the step (profiled compute, measured link latency and bandwidth).
@@ -22,111 +26,23 @@ The fastest plan within the budget wins; every candidate keeps why it lost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from conveyor.deprecation import renamed
 from conveyor.errors import ConveyorError, PlanError
-from conveyor.partition import balanced_partition, placed_partition
+from conveyor.partition import balanced_partition, placed_partition, uniform_balance
+from conveyor.plan.candidates import (  # noqa: F401 (microbatch_sizes: imported from here)
+    Candidate, PlanResult, budget_options, build, default_microbatches, in_flight,
+    microbatch_sizes,
+)
 from conveyor.plan.costs import backward_times, inner_bytes, stage_costs
 from conveyor.plan.memory import rank_memory
-from conveyor.plan.messages import (
-    check_request, checkpoint_text, explain, fmt_bytes, fmt_time, over_budget,
-)
+from conveyor.plan.messages import check_request, explain, fmt_bytes, fmt_time, over_budget
 from conveyor.plan.profile import Profile
-from conveyor.schedule.generators import build_schedule, schedule_names
-from conveyor.schedule.ir import B, F, W, Schedule
+from conveyor.schedule.generators import schedule_names
+from conveyor.schedule.ir import Schedule
 from conveyor.sim.simulate import simulate
 
 __all__ = ["Candidate", "PlanResult", "search", "default_microbatches", "microbatch_sizes",
            "fmt_bytes", "fmt_time"]
-
-
-@dataclass
-class Candidate:
-    """One configuration and what the simulator predicts for it.
-
-    The schedule is built only when the candidate might win (``schedule`` is
-    None until then); ``S`` and ``placement`` come from a cheap probe build.
-    """
-
-    name: str
-    M: int
-    chunks: int             # the generator's v option (1: its default)
-    P: int
-    S: int
-    placement: tuple
-    split: bool             # the schedule splits the backward into I and W
-    balance: list[int]
-    checkpoint: list[bool]
-    sizes: list[int]
-    schedule: Schedule | None = None
-    step: float = float("inf")
-    bubble: float = float("nan")
-    peak_bytes: list[float] = field(default_factory=list)
-    fits: bool | None = None  # None: never built (it could not win)
-    note: str = ""          # why it lost (filled in by ``search``)
-    bound: float = 0.0      # no step can be shorter (see ``_Searcher.cost``)
-    _costs: object = None
-
-    @property
-    def v(self) -> int:
-        return self.S // self.P
-
-    @property
-    def checkpoint_text(self) -> str:
-        return checkpoint_text(self.checkpoint)
-
-
-@dataclass
-class PlanResult:
-    best: Candidate
-    candidates: list[Candidate]   # fastest first; those over budget last
-    budget: float | None
-    _peaks: object = None         # Candidate -> its peak bytes per rank
-
-    def peaks(self, c: Candidate) -> list[float]:
-        """Per rank peak bytes of ``c`` (without a budget the search replays
-        memory only for the best; other rows on demand)."""
-        return self._peaks(c) if self._peaks is not None else c.peak_bytes
-
-
-def microbatch_sizes(batch: int, M: int) -> list[int]:
-    """The runtime's split: sizes differ by at most one, the larger first."""
-    k, r = divmod(batch, M)
-    return [k + 1 if i < r else k for i in range(M)]
-
-
-def default_microbatches(P: int, batch: int) -> list[int]:
-    """1, 2, 3, 4, 6, 8, 12, ... and P, 2P, 4P, 8P, up to min(batch, 8P, 256)."""
-    top = min(batch, max(8 * P, 8), 256)
-    out, m = {P, 2 * P, 4 * P, 8 * P}, 1
-    while m <= top:
-        out |= {m, m + m // 2}
-        m *= 2
-    return sorted(x for x in out if 1 <= x <= top)
-
-
-def _build(name: str, P: int, M: int, v: int) -> Schedule | None:
-    try:
-        if v == 1:
-            return build_schedule(name, P, M)
-        return build_schedule(name, P, M, v=v)
-    except (ConveyorError, TypeError, ValueError):
-        return None  # this schedule does not take these P, M or v
-
-
-def _in_flight(schedule: Schedule) -> list[int]:
-    """Per stage, the most micro-batches in flight (order only)."""
-    peak = [0] * schedule.S
-    held = [0] * schedule.S
-    for row in schedule.actions:
-        for a in row:
-            if a.kind == F:
-                held[a.stage] += 1
-                peak[a.stage] = max(peak[a.stage], held[a.stage])
-            elif a.kind in (B, W):
-                held[a.stage] -= 1
-    return peak
 
 
 class _Searcher:
@@ -140,7 +56,10 @@ class _Searcher:
         # Each layer's saved bytes plus, as a bound, the input it keeps
         self.saved_pre = _pre([x.saved_bytes + (inner_bytes(layers, j) if j else 0.0)
                                for j, x in enumerate(layers)])
-        self.static_pre = _pre([x.static_bytes for x in layers])
+        self.dp = int(self.cluster.get("dp", 1))
+        # optimizer state divided by dp where it is sharded (index: shard flag)
+        self.static_pre = {sh: _pre([2 * x.param_bytes + x.optim_bytes / (self.dp if sh else 1)
+                                     for x in layers]) for sh in (False, True)}
 
     def layer_times(self, n: float, ckpt: bool) -> list[float]:
         """Forward (twice when checkpointed) + backward per layer; the layers
@@ -151,15 +70,16 @@ class _Searcher:
         return [x.forward.at(n) * (2 if ckpt else 1) + b
                 for x, b in zip(layers, head + back[1:])]
 
-    def fits_fn(self, schedule: Schedule, n_max: int, checkpoint: list[bool]):
+    def fits_fn(self, schedule: Schedule, n_max: int, checkpoint: list[bool],
+                shard: bool = False):
         """A monotone per-stage memory check for the solver: the cut bytes are
         bounded by the largest cut, so a block keeps fitting as it shrinks."""
         if self.budget is None:
             return None
-        flight = _in_flight(schedule)
+        flight = in_flight(schedule)
         per_rank = [len(schedule.stages_of(r)) for r in range(schedule.P)]
         share = [self.budget / per_rank[schedule.placement[s]] for s in range(schedule.S)]
-        sp, st, cm = self.saved_pre, self.static_pre, self.cut_max
+        sp, st, cm = self.saved_pre, self.static_pre[shard], self.cut_max
 
         def fits(s, a, b):
             saved = sp[b] - sp[a]
@@ -181,7 +101,8 @@ class _Searcher:
         while stages f-1..0 still run that micro-batch's backward (the tail).
         So step >= head + busy + max(0, tail - W of rank r).
         """
-        sc = stage_costs(self.prof, c.balance, c.sizes, c.checkpoint, c.placement)
+        sc = stage_costs(self.prof, c.balance, c.sizes, c.checkpoint, c.placement,
+                         shard=self.dp if c.shard else 1)
         busy, wsum, first = [0.0] * c.P, [0.0] * c.P, [c.S] * c.P
         for s, r in enumerate(c.placement):
             back = sum(sc.input_grad[s]) + sum(sc.weight_grad[s]) if c.split \
@@ -212,15 +133,21 @@ class _Searcher:
         return c
 
     def peaks(self, c: Candidate) -> list[float]:
-        """``c.peak_bytes``, replayed now if the search skipped it."""
-        if not c.peak_bytes and c.schedule is not None and c._costs is not None:
-            c.peak_bytes = rank_memory(c.schedule, c._costs)
+        """``c.peak_bytes``, replayed now if the search skipped it (building
+        the schedule of a candidate that could not win, for the table)."""
+        if not c.peak_bytes and c._costs is not None:
+            if c.schedule is None:
+                c.schedule = build(c.name, c.P, c.M, c.chunks, c.options)
+            if c.schedule is not None and c.schedule.S == c.S:
+                c.peak_bytes = rank_memory(c.schedule, c._costs)
         return c.peak_bytes
 
-    def variant(self, c: Candidate, balance, checkpoint) -> Candidate:
-        """The same schedule with another cut or checkpointing, costed and sized."""
+    def variant(self, c: Candidate, balance, checkpoint, shard: bool | None = None
+                ) -> Candidate:
+        """The same schedule with another cut, checkpointing or sharding, costed and sized."""
         new = Candidate(c.name, c.M, c.chunks, c.P, c.S, c.placement, c.split, list(balance),
-                        list(checkpoint), c.sizes, schedule=c.schedule)
+                        list(checkpoint), c.sizes, schedule=c.schedule,
+                        shard=c.shard if shard is None else shard, options=dict(c.options))
         return self.memory(self.cost(new))
 
     def time(self, c: Candidate) -> Candidate:
@@ -248,7 +175,7 @@ class _Searcher:
                 self._cuts[key] = self._partition(times, c.placement, None)
             return self._cuts[key]
         return self._partition(times, c.placement,
-                               self.fits_fn(c.schedule, max(c.sizes), checkpoint))
+                               self.fits_fn(c.schedule, max(c.sizes), checkpoint, c.shard))
 
     @staticmethod
     def _partition(times, placement, fits) -> list[int] | None:
@@ -265,12 +192,41 @@ class _Searcher:
         except ConveyorError:
             return None
 
+    def alternates(self, c: Candidate) -> list[Candidate]:
+        """With several chunks per rank, ``c`` cut two other ways, where they
+        differ and fit: by the least stage bottleneck, and evenly (the seed's
+        rule, Pipeline's default). The least largest rank total can pair a
+        long and a short chunk on each rank, which the V orders (built for
+        chunks of equal cost) run slowly (V-Min on 16 equal layers, P = 4,
+        M = 8: 8 % slower than the even cut, tests/plan/test_vplan.py), and
+        which chunk holds the wide layers moves the peak; the simulator picks."""
+        if c.v < 2:
+            return []
+        n = sum(c.sizes) / len(c.sizes)
+        cuts = [uniform_balance(self.prof.L, c.S)]
+        try:
+            cuts.append(balanced_partition(self.layer_times(n, any(c.checkpoint)), c.S))
+        except ConveyorError:
+            pass
+        out = []
+        for bal in cuts:
+            if bal != c.balance and all(bal != x.balance for x in out):
+                alt = self.variant(c, bal, c.checkpoint)
+                if alt.fits:
+                    out.append(alt)
+        return out
+
     def fit(self, c: Candidate) -> Candidate:
-        """Memory of the built candidate; when a rank is over the budget, re-cut
-        under the limit, then checkpoint the ranks over it, then all stages."""
+        """Memory of the built candidate; when a rank is over the budget, shard
+        the optimizer state over the replicas (dp > 1), then re-cut under the
+        limit, then checkpoint the ranks over it, then all stages."""
         self.memory(c)
         if c.fits:
             return c
+        if self.dp > 1 and not c.shard:  # free in the time model: kept from here on
+            c = self.variant(c, c.balance, c.checkpoint, shard=True)
+            if c.fits:
+                return c
         best, S = c, c.S
         over = {r for r, b in enumerate(c.peak_bytes) if b > self.budget}
         for ck in ([False] * S, [c.placement[s] in over for s in range(S)], [True] * S):
@@ -332,16 +288,18 @@ def search(profile: Profile, *, P: int, batch_size: int, memory: float | None = 
     Ms = microbatches or default_microbatches(P, batch)
     srch = _Searcher(profile, P, batch, memory, refine, cluster)
     cands: list[Candidate] = []
-    for name in names:
+    for name, opts in [(n, o) for n in names for o in budget_options(n, P)]:
         seen_S: set[int] = set()
         for v in chunks:
-            probe = next((sc for M in Ms if (sc := _build(name, P, M, v)) is not None), None)
+            probe = next((sc for M in Ms if (sc := build(name, P, M, v, opts)) is not None),
+                         None)
             if probe is None or probe.S in seen_S or probe.S > profile.L:
                 continue
             seen_S.add(probe.S)
             for M in ([1] if name == "naive" else Ms):  # naive ignores M
                 c = Candidate(name, M, v, P, probe.S, probe.placement, probe.splits_backward,
-                              [], [False] * probe.S, microbatch_sizes(batch, M))
+                              [], [False] * probe.S, microbatch_sizes(batch, M),
+                              options=dict(opts))
                 c.balance = srch.solve(c, c.checkpoint, constrained=False)
                 if c.balance is not None:
                     cands.append(srch.cost(c))
@@ -380,7 +338,7 @@ def _build_and_time(srch: _Searcher, cands: list[Candidate]) -> list[Candidate]:
         if c.bound >= best:
             out.append(c)
             continue
-        sched = _build(c.name, c.P, c.M, c.chunks)
+        sched = build(c.name, c.P, c.M, c.chunks, c.options)
         if sched is None:
             continue
         c.schedule = sched
@@ -395,6 +353,9 @@ def _build_and_time(srch: _Searcher, cands: list[Candidate]) -> list[Candidate]:
         c = srch.fit(c)
         if c.fits and c.bound < best:
             srch.time(c)
+            for alt in srch.alternates(c):
+                if srch.time(alt).step < c.step:
+                    c = alt
             best = min(best, c.step)
         out.append(c)
     return sorted(out, key=_rank)

@@ -61,7 +61,8 @@ def check_config(cfg) -> None:
     if cfg.transport not in ("dist", "shm"):
         raise PipelineError(f"transport={cfg.transport!r}; use 'dist' (torch.distributed: gloo "
                             f"or NCCL) or 'shm' (shared memory between CPU ranks on one host)")
-    for name in ("record", "check_weights", "strict_order", "varying_shapes", "dp_overlap"):
+    for name in ("record", "check_weights", "strict_order", "varying_shapes", "dp_overlap",
+                 "shard_optimizer"):
         if not isinstance(getattr(cfg, name), bool):
             raise PipelineError(f"{name}={getattr(cfg, name)!r}; use True or False")
     for name in ("track_memory", "prepost"):

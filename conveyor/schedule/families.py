@@ -15,6 +15,7 @@ from conveyor.schedule.auto import zb_auto
 from conveyor.schedule.dualpipe import dualpipev
 from conveyor.schedule.generators import register
 from conveyor.schedule.interleaved import interleaved_1f1b, looped_bfs, rounds
+from conveyor.schedule.vshape import peak_v_half, peak_v_min, v_budget, v_half, v_min
 from conveyor.schedule.zerobubble import zb_h1, zb_h2, zbv
 
 __all__: list[str] = []
@@ -82,3 +83,36 @@ register("zb-auto", "automatic zero bubble: the shortest order found for the giv
          memory=lambda P, M, v: P if v == 1 else 2 * P,
          memory_text="cap (default P) micro-batches per rank; 2 cap chunks with V",
          options={"cap": None, "placement": "line"})(zb_auto)
+
+_CM = "Qi et al., Pipeline Parallelism with Controllable Memory (NeurIPS 2024)"
+
+# The V family's bubble: the paper gives ~2P/3M (V-Min) and ~P/2M (V-Half) of
+# the step at F = I = W, i.e. 2P/3 and P/2 of a rank's work per micro-batch,
+# 2(F+I+W) with F, I, W a chunk's; the generated orders stay within those
+# (tests/schedule/test_vshape.py).
+register("v-min", "V-Min: stages r and 2P-1-r on rank r, split backward, the V building "
+                  "blocks of least lifespan (k=1); ~1/3 of 1F1B's activations, ~2/3 of its bubble",
+         formula="~2P/(3M) (F = I = W)", bubble_formula="4P(F+I+W)/3",
+         bubble_time=lambda P, v, F, I, W: 4 * P * (F + I + W) / 3, scope="upper bound",
+         holds_for="F = I = W, M >= 2P", min_M=lambda P, v: 2 * P, source=_CM,
+         memory=lambda P, M, v: min(peak_v_min(P), 2 * M),
+         memory_text="<= 2(P+4)/3 chunks, (P+4)/3 micro-batches of a rank's layers "
+                     "(the paper's bound)",
+         options={})(v_min)
+
+register("v-half", "V-Half: stages r and 2P-1-r on rank r, split backward, the V building "
+                   "blocks with k=2; ~1/2 of 1F1B's activations, ~1/2 of its bubble",
+         formula="~P/(2M) (F = I = W)", bubble_formula="P(F+I+W)",
+         bubble_time=lambda P, v, F, I, W: P * (F + I + W), scope="upper bound",
+         holds_for="F = I = W, M >= 2P", min_M=lambda P, v: 2 * P, source=_CM,
+         memory=lambda P, M, v: min(peak_v_half(P), 2 * M),
+         memory_text="<= P+2 chunks, (P+2)/2 micro-batches of a rank's layers "
+                     "(the paper's bound)",
+         options={})(v_half)
+
+register("v-budget", "controllable memory: stages r and 2P-1-r on rank r; the shortest "
+                     "V-block order found within a budget of chunk-activations per rank",
+         scope="", source=_CM + "; choice and reordering: conveyor",
+         memory=lambda P, M, v: min(peak_v_half(P), 2 * M),
+         memory_text="budget chunks (default V-Half's peak, <= P+2); V-Min's peak to 2P",
+         options={"budget": None})(v_budget)

@@ -25,7 +25,7 @@ SURFACE = {
              "--out", "--no-progress", "--model", "--steps", "--no-sweep", "--sweep-json",
              "--sweep-m", "--sweep-device-ms"],
     "simulate": ["-h/--help", "-P/--ranks", "--stages" + DEP, "-M/--microbatches",
-                 "-s/--schedule", "-v/--chunks", "--cap", "--placement", "--file",
+                 "-s/--schedule", "-v/--chunks", "--cap", "--budget", "--placement", "--file",
                  "--forward-only", "--forward", "--backward", "--input-grad", "--weight-grad",
                  "--latency", "--bandwidth", "--activation-bytes", "--dp", "--nodes",
                  "--param-bytes", "--inter-latency", "--inter-bandwidth", "--no-overlap",

@@ -96,9 +96,11 @@ def test_rank_memory_walks_the_order():
 
 
 def test_budget_below_one_layer():
-    prof = synthetic([1, 1, 1], params=1000)  # 1000 + 2000 bytes per layer
+    # 1000 bytes of parameters, as many of gradients, 2000 of Adam's state per layer
+    prof = synthetic([1, 1, 1], params=1000)
     with pytest.raises(PlanError, match=r"memory budget 2.00 KiB is below what layer 0 "
-                                        r"\(Block\) alone needs: 2.93 KiB"):
+                                        r"\(Block\) alone needs: 3.91 KiB of parameters, "
+                                        r"gradients and optimizer state"):
         search(prof, P=2, batch_size=8, memory=2048)
 
 

@@ -56,6 +56,8 @@ def _build(cfg: dict):
     dtype = _DTYPES[cfg.get("dtype", "float64")]
     if cfg.get("model") == "tuple":
         return _models.tuple_mlp(dtype=dtype, seed=cfg.get("seed", 0))
+    if cfg.get("model") == "even":
+        return _models.even_chain(cfg.get("depth", 16), dtype=dtype, seed=cfg.get("seed", 0))
     return _models.mlp(cfg.get("depth", 8), dtype=dtype, seed=cfg.get("seed", 0))
 
 

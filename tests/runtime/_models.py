@@ -25,6 +25,17 @@ def mlp(depth: int = 8, *, dtype=torch.float64, seed: int = 0) -> nn.Sequential:
     return nn.Sequential(*layers).to(dtype)
 
 
+def even_chain(L: int = 16, *, dtype=torch.float64, seed: int = 0) -> nn.Sequential:
+    """L identical elementwise layers ``x * w + b`` on IN features (no emulated
+    time): every cut, saved input and kept gradient is the same size, so a
+    schedule's bytes follow its order alone. Its IN outputs serve as logits."""
+    from conveyor.measure.emulated import EmulatedLayer, EmulatedTimes
+
+    torch.manual_seed(seed)
+    return nn.Sequential(*[EmulatedLayer(IN, EmulatedTimes(0.0, 0.0))
+                           for _ in range(L)]).to(dtype)
+
+
 class Fork(nn.Module):
     """x -> (x, tanh(x) * 2): a tuple of two tensors crosses the next cut."""
 

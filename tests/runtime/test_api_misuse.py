@@ -97,6 +97,12 @@ CASES = [
     ("M huge", lambda: _pipe(microbatches=10 ** 6), ScheduleError, "1000000"),
     ("balance", lambda: _pipe(balance=[1, 2]), PartitionError, "[1, 2]"),
     ("not a chain", lambda: _pipe(model=torch.nn.Linear(4, 4)), PartitionError, "Linear"),
+    ("v balance per rank", lambda: _pipe(schedule="v-half", balance=[2]), PartitionError,
+     "places 2 stages on each of its 1 ranks (stages r and 2P-1-r on rank r), so the model is "
+     "cut into S = 2 stages, not 1: give 2 counts summing to 2, e.g. balance=[1, 1]"),
+    ("v too few layers", lambda: _pipe(schedule="v-min",
+                                       model=torch.nn.Sequential(torch.nn.Linear(4, 4))),
+     PartitionError, "use a model of at least 2 layers"),
     ("check_weights, stage fn", lambda: Pipeline.from_stages(
         lambda s: torch.nn.Linear(4, 4), loss_fn=_loss, optimizer=None,
         config=PipelineConfig(check_weights=True)), PipelineError, "check_weights"),

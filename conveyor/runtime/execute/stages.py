@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from conveyor.errors import PartitionError
-from conveyor.partition import resolve_balance, stage_ranges
+from conveyor.partition import resolve_balance, stage_ranges, uniform_balance
 
-__all__ = ["SequentialStage", "split_model", "layers_of", "fingerprint", "accepts", "side_for"]
+__all__ = ["SequentialStage", "split_model", "split_for", "layers_of", "fingerprint", "accepts",
+           "side_for"]
 
 
 def accepts(module: nn.Module) -> set[str] | None:
@@ -90,6 +91,28 @@ def split_model(model, stages: int, *, balance: Sequence[int] | None = None
     layers = layers_of(model)
     bal = resolve_balance(len(layers), stages, balance)
     return [SequentialStage(*layers[r.start:r.stop]) for r in stage_ranges(bal)]
+
+
+def split_for(model, schedule, balance: Sequence[int] | None = None) -> list[SequentialStage]:
+    """``split_model`` into ``schedule``'s S stages. Where the schedule puts
+    several stages on a rank (V or loop placement), a split that does not fit
+    raises PartitionError saying so and naming counts that do."""
+    try:
+        return split_model(model, schedule.S, balance=balance)
+    except PartitionError as e:
+        S, P = schedule.S, schedule.P
+        if S == P:
+            raise
+        L = len(layers_of(model))
+        where = ("stages r and 2P-1-r on rank r" if tuple(schedule.placement) ==
+                 tuple(range(P)) + tuple(reversed(range(P))) else "stage s on rank s % P")
+        fix = (f"give {S} counts summing to {L}, e.g. balance={uniform_balance(L, S)}, or "
+               f"leave balance out" if L >= S else
+               f"use a model of at least {S} layers, at most {L // (S // P)} ranks, or a "
+               f"schedule with one stage per rank (1f1b, zb-h1)")
+        raise PartitionError(
+            f"{e}. Schedule {schedule.name!r} places {S // P} stages on each of its {P} ranks "
+            f"({where}), so the model is cut into S = {S} stages, not {P}: {fix}") from None
 
 
 def parameters_of(modules) -> list[torch.nn.Parameter]:

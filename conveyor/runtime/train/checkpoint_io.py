@@ -114,7 +114,7 @@ def _param_names(pipe) -> dict[int, str]:
 
 # -- what a rank holds ------------------------------------------------------------------
 
-def _rank_state(pipe, scheduler) -> dict[str, Any]:
+def _rank_state(pipe, scheduler, optim=None) -> dict[str, Any]:
     names = stage_names(pipe)
     model = {}
     for s, module in _stages(pipe).items():
@@ -122,7 +122,8 @@ def _rank_state(pipe, scheduler) -> dict[str, Any]:
             model[names[s][local]] = t.detach().cpu()
     state: dict[str, Any] = {"model": model, "rng": _rng_state(pipe.ctx.device)}
     if pipe.optimizer is not None:
-        state["optim"] = _optim_state(pipe.optimizer, _param_names(pipe))
+        state["optim"] = optim if optim is not None else _optim_state(pipe.optimizer,
+                                                                      _param_names(pipe))
     if scheduler is not None and pipe.ctx.rank == 0:
         state["scheduler"] = scheduler.state_dict()
     return state
@@ -140,6 +141,14 @@ def _optim_state(opt, pname: dict[int, str]) -> dict:
     groups = [{**{k: v for k, v in g.items() if k != "params"},
                "params": [order[i] for i in g["params"]]} for g in sd["param_groups"]]
     return {"state": state, "groups": groups}
+
+
+def _sharded_optim(pipe) -> dict | None:
+    """With ``shard_optimizer``: the optimizer state gathered per parameter name
+    over the dp replicas (collective over the dp group; every replica calls
+    it), the same layout as ``_optim_state``. None otherwise."""
+    shards = getattr(pipe, "shards", None)
+    return None if shards is None else shards.gather_state(_param_names(pipe))
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -207,10 +216,11 @@ def save_pipeline(pipe, path, *, scheduler=None) -> Path:
     path = Path(path)
     save_id = _begin(pipe, path)
     rank = pipe.ctx.rank
+    optim = _sharded_optim(pipe)  # before replicas part: a sharded state is gathered
     if pipe.ctx.dp_rank != 0:  # replica 0 writes for all (same weights and state)
         _barrier(pipe)
         return path
-    state = _rank_state(pipe, scheduler)
+    state = _rank_state(pipe, scheduler, optim)
     name = ckptdir.rank_file(rank, save_id)
     _write_rank_file(path / name, state)
     mine = (name, sorted(state["model"]), os.stat(path / name).st_size)
@@ -276,7 +286,10 @@ def load_pipeline(pipe, path, *, scheduler=None) -> dict:
             raise CheckpointError(f"checkpoint {d} has no optimizer state but this pipeline "
                                   f"has an optimizer; save one with an optimizer or pass "
                                   f"optimizer=None")
-        _load_optim(pipe.optimizer, _param_names(pipe), saved)
+        if getattr(pipe, "shards", None) is not None:  # sliced into this replica's shard
+            pipe.shards.load_state(_param_names(pipe), saved)
+        else:
+            _load_optim(pipe.optimizer, _param_names(pipe), saved)
     pipe.steps = manifest["step"]
     pipe.loop.load_amp_state(manifest.get("amp"))
     rng_restored = (manifest["P"] == pipe.ctx.world_size and pipe.ctx.dp_size == 1

@@ -64,6 +64,11 @@ class PipelineConfig:
                     Without it shapes are keyed by micro-batch size and the
                     side inputs' shapes, so a new sequence length between steps
                     costs one handshake and a known one none.
+    shard_optimizer: with data parallelism (dp > 1): split the optimizer state
+                    over the replicas (ZeRO-1): gradients reduce-scattered, each
+                    replica updates its slice of the weights, the slices
+                    all-gathered before the next forward
+                    (conveyor.runtime.train.sharding); dp = 1 is refused.
     transport:      how activations and gradients cross the cuts: "dist",
                     torch.distributed (gloo on CPU, NCCL on CUDA); "shm",
                     shared memory between CPU ranks on one host (Linux,
@@ -119,6 +124,7 @@ class PipelineConfig:
     loss_scale: Any = None
     nonfinite: str = "raise"
     compile: Any = False
+    shard_optimizer: bool = False
 
     def __post_init__(self) -> None:
         check_config(self)

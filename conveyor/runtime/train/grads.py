@@ -76,10 +76,14 @@ def finish_local(pipe) -> int:
     if pipe.dp_sync is not None:
         pipe.dp_sync.finish()
     pipe.loop.tied.sync_grads()
+    shards = pipe.shards
+    if shards is not None:  # a sharded optimizer: this replica's slices of the sums
+        shards.take_grads()
     scaler = pipe.loop.scaler
     inv = 1.0 / scaler.scale if scaler is not None else 1.0
     check = scaler is not None or pipe.config.nonfinite != "off"
-    return int(unscale_and_check(pipe.params, inv, check=check))
+    return int(unscale_and_check(pipe.params if shards is None else shards.params, inv,
+                                 check=check))
 
 
 def finish_grads(pipe) -> bool:

@@ -38,7 +38,7 @@ from conveyor.plan import Profile
 from conveyor.runtime.execute.batching import microbatch_sizes
 from conveyor.runtime.execute.interpreter import Interpreter
 from conveyor.runtime.execute.recompute import apply_checkpoint, resolve_checkpoint
-from conveyor.runtime.execute.stages import split_model
+from conveyor.runtime.execute.stages import split_for
 from conveyor.runtime.train import trainloop
 from conveyor.runtime.train.checkpoint_io import layer_names, load_pipeline, save_pipeline
 from conveyor.runtime.train.config import PipelineConfig, StepResult
@@ -126,12 +126,12 @@ class Pipeline:
         try:
             ctx = resolve_mesh(ctx or current_context(), dp=dp, mesh=mesh)
             if plan is not None:
-                schedule, balance, checkpoint = from_plan(plan, model)
+                schedule, balance, checkpoint = from_plan(plan, model, config)
                 microbatches = None
             sched = self._resolve_schedule(schedule, ctx.world_size, microbatches)
             balance = named_balance(balance, model, sched.S, profile,
                                     placement=sched.placement)
-            stages = apply_checkpoint(split_model(model, sched.S, balance=balance),
+            stages = apply_checkpoint(split_for(model, sched, balance),
                                       resolve_checkpoint(checkpoint, sched.S))
         except ConveyorError as e:
             raise _same(e)
@@ -323,6 +323,8 @@ class Pipeline:
         Returns {"step", "saved_P", "rng_restored"}; raises CheckpointError."""
         if scheduler is None:
             scheduler = self.loop.scheduler
+        if self.shards is not None:
+            self.shards.wait()  # a late all-gather must not overwrite what is loaded
         return load_pipeline(self, path, scheduler=scheduler)
 
     def export_state_dict(self, *, rename=None, dst: int = 0):

@@ -59,9 +59,15 @@ def named_balance(balance, model, S: int, profile=None, batch: int | None = None
     return balanced_partition(costs, S, what=balance)
 
 
-def from_plan(plan, model):
+def from_plan(plan, model, config=None):
     """(schedule, balance, checkpoint flags) of a plan file or dict, after
-    checking it belongs to ``model`` (PlanError otherwise)."""
+    checking it belongs to ``model`` and, when the plan shards the optimizer
+    state, that ``config`` does too (PlanError otherwise: the plan fits its
+    budget only so)."""
     p = load_plan(plan)
     p.check_model(len(layers_of(model)), fingerprint(model))
+    if p.shard_optimizer and not getattr(config, "shard_optimizer", False):
+        raise PlanError("the plan shards the optimizer state over the data-parallel replicas "
+                        "(it fits its memory budget only so); build the pipeline with dp=N "
+                        "and config=PipelineConfig(shard_optimizer=True)")
     return p.schedule, p.balance, p.checkpoint

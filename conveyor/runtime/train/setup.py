@@ -17,7 +17,7 @@ from conveyor.runtime.execute.recorder import estimate_clock_offset
 from conveyor.runtime.execute.stages import parameters_of
 from conveyor.runtime.procs import agree
 from conveyor.runtime.procs.hang import watch as watch_hangs
-from conveyor.runtime.train import dataparallel, trainloop
+from conveyor.runtime.train import dataparallel, sharding, trainloop
 from conveyor.runtime.train.amp import check_master_weights
 from conveyor.runtime.train.config import PipelineConfig
 from conveyor.runtime.transport.comm import Comm
@@ -53,7 +53,10 @@ def wire(pipe, stages, sched, ctx, loss_fn, optimizer, config, extras=None) -> N
     pipe.first_rank = sched.placement[0]
     pipe.last_rank = sched.placement[-1]
     pipe.params = parameters_of(pipe.stages.values())
-    pipe.optimizer = optimizer(pipe.params) if optimizer is not None and pipe.params else None
+    sharding.check_sharding(config.shard_optimizer, ctx.dp_size, optimizer)
+    shard = config.shard_optimizer and bool(pipe.params)
+    pipe.optimizer = (optimizer(pipe.params) if optimizer is not None and pipe.params
+                      and not shard else None)
     pipe.loop = trainloop.TrainLoop(pipe, extras or trainloop.Extras())
     prepost = config.prepost if config.prepost is not None else ctx.backend != "nccl"
     # shared-memory channels for transport="shm"; None: torch.distributed
@@ -71,9 +74,14 @@ def wire(pipe, stages, sched, ctx, loss_fn, optimizer, config, extras=None) -> N
                                     stages=pipe.stages, comm=pipe._eval_comm,
                                     loss_fn=loss_fn, prepost=prepost, policy=pipe.policy,
                                     calls=pipe.compiled)
-    pipe.dp_sync = (dataparallel.GradSync(pipe.interp, pipe.stages, ctx,
-                                          overlap=config.dp_overlap)
-                    if ctx.dp_size > 1 else None)
+    pipe.shards = None  # the optimizer over this replica's slices (sharding.py)
+    if shard:
+        pipe.shards = sharding.ShardedOptimizer(pipe, optimizer, overlap=config.dp_overlap)
+        pipe.optimizer = pipe.shards.optimizer
+        pipe.loop.attach_optimizer()
+    pipe.dp_sync = pipe.shards or (dataparallel.GradSync(pipe.interp, pipe.stages, ctx,
+                                                         overlap=config.dp_overlap)
+                                   if ctx.dp_size > 1 else None)
     pipe.clock_offset = (estimate_clock_offset(ctx.rank, ctx.world_size, device=ctx.device,
                                                rounds=config.clock_rounds,
                                                group=ctx.pp_group)
@@ -94,7 +102,8 @@ def make_comm(pipe) -> Comm:
 # The options that change what a step computes or when ranks meet: every rank
 # must hold them alike (the step agreement compares this line).
 _AGREED = ("precision", "boundary_dtype", "loss_scale", "nonfinite", "accumulate",
-           "loss_reduction", "max_grad_norm", "varying_shapes", "transport", "strict_order")
+           "loss_reduction", "max_grad_norm", "varying_shapes", "transport", "strict_order",
+           "compile", "shard_optimizer")
 
 
 def settings_line(config) -> str:

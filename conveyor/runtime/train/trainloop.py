@@ -126,9 +126,7 @@ class TrainLoop:
         self.tied = TiedParams(ties, rank=pipe.ctx.rank, world_size=pipe.ctx.world_size,
                                dp_rank=pipe.ctx.dp_rank, dp_size=pipe.ctx.dp_size)
         self.counted = self.tied.counted_here(pipe.params)
-        opt = pipe.optimizer
-        self.scheduler = (extras.scheduler(opt) if extras.scheduler is not None
-                          and opt is not None else None)
+        self.attach_optimizer()
         self.micro = 0  # calls of step in the current accumulation window
         spec = resolve_scale(pipe.config.loss_scale, pipe.config.precision)
         self.scaler = Scaler(spec) if spec is not None else None
@@ -171,6 +169,12 @@ class TrainLoop:
             return  # an overflow: the update is skipped and the scale shrinks
         raise_nonfinite(self.pipe, my_loss_bad, my_grad_bad, loss_value)
 
+    def attach_optimizer(self) -> None:
+        """Build the LR scheduler for ``pipe.optimizer`` (again, once a sharded
+        optimizer replaces it)."""
+        opt, make = self.pipe.optimizer, self.extras.scheduler
+        self.scheduler = make(opt) if make is not None and opt is not None else None
+
     @property
     def pipe(self):
         return self._pipe()
@@ -189,9 +193,10 @@ class TrainLoop:
         """The update half of a step, on final gradients; False when it was
         skipped (on every rank alike)."""
         pipe = self.pipe
+        shards = pipe.shards  # sharded optimizer: the update works on this replica's slices
         k = pipe.config.accumulate
         if k > 1:
-            for p in pipe.params:
+            for p in (pipe.params if shards is None else shards.params):
                 if p.grad is not None:
                     p.grad.div_(k)
         if not self.finite:
@@ -214,7 +219,10 @@ class TrainLoop:
         return True
 
     def clip(self, max_norm: float) -> float:
-        ctx = self.pipe.ctx
+        ctx, shards = self.pipe.ctx, self.pipe.shards
+        if shards is not None:  # slices of the summed gradient: sum over every rank
+            return clip_grad_norm(shards.params, shards.counted, max_norm,
+                                  world_size=ctx.global_size, device=ctx.device)
         return clip_grad_norm(self.pipe.params, self.counted, max_norm,
                               world_size=ctx.world_size, device=ctx.device, group=ctx.pp_group)
 
