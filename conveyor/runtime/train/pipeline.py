@@ -231,6 +231,9 @@ class Pipeline:
         raises NonFiniteError on every rank). For your own update, a
         GradScaler-free fp16 loop, or inspection.
 
+        With ``shard_optimizer`` the final sums are this replica's slices
+        (``pipe.shards.params``), as the optimizer updates them.
+
         ``sync=False`` leaves all that for later, to accumulate several
         batches cheaply (as DDP's ``no_sync``): call ``finish_grads()`` (or a
         last ``forward_backward`` with sync=True) before reading the

@@ -25,10 +25,14 @@ those slices only, so its state is 1/dp of the unsharded state. A step:
    exchange overlaps whatever runs between the update and that forward.
 
 Between a step and the next forward the weights are complete only after
-``wait()``; conveyor's own entry points wait. ``forward_backward`` leaves the
-local, unsummed gradients in ``.grad``, as without sharding (views of the
-bucket's flat gradient buffer, which autograd accumulates into, so the
-gradients are held once); a ``before_step`` hook sees them, not the slices.
+``wait()``; conveyor's own entry points wait. Gradients: where an unsharded
+``forward_backward`` leaves every parameter's final gradient in ``.grad``,
+a sharded one leaves the final sums in this replica's slices
+(``pipe.shards.params``, what the optimizer updates), unscaled and checked
+for NaN and Inf; the parameters' ``.grad`` (views of the bucket's flat
+gradient buffer, which autograd accumulates into, so the gradients are held
+once) keep this replica's own gradients, tie sums included. A
+``before_step`` hook sees those, not the slices.
 
 The optimizer must treat all parameters alike (one parameter group, as built
 by ``optimizer(params)``): a slice mixes the elements of several parameters.
