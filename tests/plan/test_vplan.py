@@ -16,7 +16,7 @@ P, BATCH, M = 4, 32, [8]
 
 def _least(prof, name, **kw):
     """The fastest plan of one schedule, with no budget, and its fullest rank."""
-    r = search(prof, P=P, batch=BATCH, schedules=[name], microbatches=M, refine=False, **kw)
+    r = search(prof, P=P, batch_size=BATCH, schedules=[name], microbatches=M, refine=False, **kw)
     return max(r.peaks(r.best))
 
 
@@ -25,7 +25,7 @@ def test_a_budget_that_rules_out_1f1b_gets_a_v_schedule_not_a_refusal():
     one, vmin = _least(prof, "1f1b"), _least(prof, "v-min")
     assert vmin < 0.9 * one  # 6.0 MB against 7.2 MB on the fullest rank
     budget = (one + vmin) / 2
-    res = search(prof, P=P, batch=BATCH, memory=budget, microbatches=M, refine=False)
+    res = search(prof, P=P, batch_size=BATCH, memory=budget, microbatches=M, refine=False)
     best = res.best
     assert best.name in ("v-min", "v-half", "v-budget") and best.fits, best.label
     assert max(best.peak_bytes) <= budget
@@ -48,7 +48,7 @@ def test_the_budgeted_family_is_searched_between_v_min_and_zbv():
     assert opts and all(low < o["budget"] < high for o in opts)
     assert budget_options("1f1b", P) == [{}]
     prof = synthetic([1] * 8, act=1e5, params=0)
-    res = search(prof, P=P, batch=BATCH, microbatches=M, refine=False, schedules=["v-budget"])
+    res = search(prof, P=P, batch_size=BATCH, microbatches=M, refine=False, schedules=["v-budget"])
     assert {c.options["budget"] for c in res.candidates} == {o["budget"] for o in opts}
     assert res.best.schedule.meta["budget"] == res.best.options["budget"]
 
@@ -67,21 +67,21 @@ def test_sharding_is_chosen_when_dp_allows_and_the_state_does_not_fit_otherwise(
     base = _least(prof, "1f1b", cluster={"dp": 2})
     # unsharded 1F1B needs 2 layers x (1 + 1 + 2) MB plus activations; sharded 3 MB less
     budget = base - 1.5e6
-    res = search(prof, P=P, batch=BATCH, memory=budget, microbatches=M, refine=False,
+    res = search(prof, P=P, batch_size=BATCH, memory=budget, microbatches=M, refine=False,
                  schedules=["1f1b"], cluster={"dp": 2})
     assert res.best.shard and not any(res.best.checkpoint)
     assert max(res.best.peak_bytes) == pytest.approx(base - 2 * 1_000_000)
     assert "optimizer state 1.91 MiB (sharded)" in plan_table(res)
     # without data parallelism there is nothing to shard: over budget
     with pytest.raises(PlanError, match="no plan fits"):
-        search(prof, P=P, batch=BATCH, memory=budget, microbatches=M, refine=False,
+        search(prof, P=P, batch_size=BATCH, memory=budget, microbatches=M, refine=False,
                schedules=["1f1b"])
 
 
 def test_a_budget_below_every_candidate_names_the_leanest_and_its_bytes():
     prof = synthetic([1] * 8, act=1e5, params=0)
     with pytest.raises(PlanError) as e:
-        search(prof, P=P, batch=BATCH, memory=1e5, microbatches=M, refine=False)
+        search(prof, P=P, batch_size=BATCH, memory=1e5, microbatches=M, refine=False)
     text = str(e.value)
     assert "no plan fits 97.66 KiB per rank on P=4: the leanest, " in text
     assert "needs " in text and "What would fit: --memory" in text
@@ -98,7 +98,7 @@ def test_chunked_plans_try_even_cuts_beside_the_least_rank_total():
     from conveyor.sim import simulate
 
     prof = synthetic([1] * 16, act=1e3, params=0)
-    res = search(prof, P=P, batch=BATCH, schedules=["v-min"], microbatches=M, refine=False)
+    res = search(prof, P=P, batch_size=BATCH, schedules=["v-min"], microbatches=M, refine=False)
     sched = build_schedule("v-min", P, 8)
     times = _Searcher(prof, P, BATCH, None, False).layer_times(4, False)
     lopsided = placed_partition(times, sched.placement)[0]

@@ -311,10 +311,15 @@ def suite_job(ctx, plan: dict) -> dict:
 
 
 def failing_job(ctx) -> int:
-    """Rank 1 compiles with an inductor switch that raises in the compiler."""
-    opt = {"_raise_error_for_testing": True} if ctx.rank == 1 else True
+    """Rank 1 compiles with an inductor switch that raises in the compiler.
+
+    The switch is set in rank 1's process, not in its PipelineConfig: the
+    configs must agree across ranks (the agreement refuses otherwise)."""
+    if ctx.rank == 1:
+        import torch._inductor.config as inductor_config
+        inductor_config._raise_error_for_testing = True
     pipe = Pipeline(_models.mlp(2), loss_fn=_models.loss_fn, optimizer=None, schedule="1f1b",
-                    microbatches=2, ctx=ctx, config=PipelineConfig(compile=opt, timeout_s=120))
+                    microbatches=2, ctx=ctx, config=PipelineConfig(compile=True, timeout_s=120))
     x, y = _models.batch(4)
     pipe.step(x, y)
     return 0

@@ -113,11 +113,11 @@ def planned():
         prof.overhead = 0.0
         need = {}
         for name in ("1f1b", "v-min"):
-            r = search(prof, P=P, batch=256, schedules=[name], microbatches=[8])
+            r = search(prof, P=P, batch_size=256, schedules=[name], microbatches=[8])
             need[name] = max(r.peaks(r.best))
         assert need["v-min"] < need["1f1b"]
         budget = (need["1f1b"] + need["v-min"]) / 2
-        res = search(prof, P=P, batch=256, memory=budget, microbatches=[8],
+        res = search(prof, P=P, batch_size=256, memory=budget, microbatches=[8],
                      schedules=["1f1b", "v-min", "v-half", "zbv"])
         _PLAN.extend([budget, res.best])
     return _PLAN
