@@ -57,8 +57,8 @@ from conveyor.runtime.procs import stopped
 from conveyor.runtime.procs.lastwords import ENV as LAST_WORDS, LastWords
 from conveyor.runtime.procs.lastwords import read as read_last_words
 
-__all__ = ["Progress", "watch", "current", "format_table", "backstop_s", "EXIT_CODE",
-           "BACKSTOP_S", "FIRST_STEP"]
+__all__ = ["Progress", "watch", "watch_runner", "current", "format_table", "backstop_s",
+           "EXIT_CODE", "BACKSTOP_S", "FIRST_STEP"]
 
 EXIT_CODE = 75       # what every rank exits with after a hang report
 BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
@@ -287,6 +287,19 @@ def watch(pipe) -> bool:
         _wrap_interpreter(interp, p, pipe, timeout_s, lw)
     for comm in (pipe.comm, pipe._eval_comm):
         _wrap_comm(comm, p, timeout_s, lw, ctx.to_global)
+    return True
+
+
+def watch_runner(pipe, runner, comm) -> bool:
+    """Put one more runner of actions (with ``row``, ``on_step`` and
+    ``wrap_actions``, as the interpreter has: the decode loop) and its comm
+    under the watch that ``watch(pipe)`` started; False when none runs."""
+    ctx = pipe.ctx
+    w = _the_watch(ctx.global_rank, ctx.global_size) if ctx.global_size > 1 else None
+    if w is None:
+        return False
+    _wrap_interpreter(runner, w.progress, pipe, pipe.config.timeout_s, w.last_words)
+    _wrap_comm(comm, w.progress, pipe.config.timeout_s, w.last_words, ctx.to_global)
     return True
 
 
