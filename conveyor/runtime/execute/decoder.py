@@ -215,7 +215,8 @@ class Decoder:
         except ConveyorError:
             raise
         except Exception as e:
-            what = f"prefill chunk {k}" if k < self.chunks else f"token {k - self.chunks + 1}"
+            what = (f"prefill chunk {k + 1} of {self.chunks}" if k < self.chunks else
+                    f"the step to token {k - self.chunks + 2} of {self.N}")
             raise StageError(
                 f"rank {self.rank} (stage {s}) failed in the forward of lane {li} ({what}) "
                 f"while generating: {type(e).__name__}: {e}", rank=self.rank, stage=s, mb=li,
