@@ -29,10 +29,11 @@ from conveyor.schedule.lowering import add_comms
 from conveyor.schedule.validate import validate
 from conveyor.sim.cost import CostModel
 from conveyor.sim.simulate import simulate
-from conveyor.sim.timeline import Timeline
+from conveyor.schedule.ir import Action
+from conveyor.sim.timeline import Event, Timeline
 
 __all__ = ["decode_costs", "simulate_decode", "decode_summary", "decode_rows",
-           "idle_at_one_lane"]
+           "idle_at_one_lane", "fold_rounds"]
 
 
 def _positive(name: str, x) -> float:
@@ -129,3 +130,17 @@ def decode_rows(P: int, lanes: Sequence[int], *, new_tokens: int, chunks: int = 
         row["speedup"] = row["tokens_per_time"] / row["one_process_tokens_per_time"]
         rows.append(row)
     return rows
+
+
+def fold_rounds(tl: Timeline) -> Timeline:
+    """The decode timeline with every round's virtual stage folded onto its
+    real stage: S rows (not S x rounds), each event labelled by its lane, as
+    the terminal and PNG charts draw it. Metrics are unchanged."""
+    plan = tl.meta.get("decode")
+    if plan is None:
+        raise CostModelError("this timeline is not a decode (no meta['decode'])")
+    S = plan["S"]
+    events = [Event(e.rank, Action(e.action.stage % S, e.action.kind, e.action.mb),
+                    e.start, e.end) for e in tl.events]
+    return Timeline(P=tl.P, M=tl.M, S=S, schedule=tl.schedule, events=events, source=tl.source,
+                    unit=tl.unit, forward_only=True, meta=dict(tl.meta))
