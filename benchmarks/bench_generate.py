@@ -1,0 +1,158 @@
+"""Tokens per second of ``Pipeline.generate`` against the number of lanes.
+
+    .venv/bin/python benchmarks/bench_generate.py [--repeats 3] [--tokens 32]
+        [--per-token-ms 10] [--out benchmarks/generate.json] [--quick]
+
+Emulated device (``conveyor.measure.emulated_decode``): 8 layers, each
+taking ``--per-token-ms`` per token of a forward (a prefill of 4 tokens
+takes 4 times that; the batch does not matter, as on an accelerator whose
+decode step is bound by memory reads), sleeping rather than computing, so
+that 4 ranks fit on a 2-core machine. P = 4 ranks (2 layers each) decode M
+lanes of one sequence each, M in 1, 2, 4, 8; the baseline is one process
+holding all 8 layers (P = 1, the same generate), decoding one lane at a
+time. The target: with M >= P lanes, within 10 % of P x the one-process
+tokens per second.
+
+Real compute (CPU, float32, one thread per rank): the built-in GPT (8
+blocks, width 256, 4 heads, vocabulary 256), P = 2 against one process,
+lanes 1, 2, 4 of one sequence each.
+
+Each configuration is launched once (conveyor's launcher, gloo on
+loopback), warmed up with one short call, then timed ``--repeats`` times;
+the table gives the median tokens per second (new tokens of every
+sequence / wall time of the call on rank 0), and the JSON every run. The
+machine is shared: the load average before and after is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conveyor.runtime import Pipeline, launch
+
+HERE = Path(__file__).resolve().parent
+PROMPT = [1, 2, 3, 4]
+
+
+def _loss(out, target):
+    return torch.nn.functional.mse_loss(out, target)
+
+
+def emulated_job(ctx, M: int, tokens: int, per_token_s: float, repeats: int) -> dict:
+    from conveyor.measure.emulated_decode import emulated_decoder
+
+    torch.set_num_threads(1)
+    stages = emulated_decoder(ctx.world_size, layers=8, width=64, vocab=32,
+                              per_token=per_token_s)
+    pipe = Pipeline.from_stages(stages, loss_fn=_loss, optimizer=None, ctx=ctx)
+    return _time(pipe, [PROMPT] * M, M, tokens, repeats)
+
+
+def gpt_job(ctx, M: int, tokens: int, repeats: int) -> dict:
+    from conveyor.models.gpt import GPT, GPTConfig
+    from conveyor.runtime.execute.split import split_by_names
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab=256, context=128, layers=8, heads=4, width=256))
+    stages = (split_by_names(model, split_points=["blocks.4"]) if ctx.world_size == 2 else
+              split_by_names(model, stages=[_all_pieces(model)]))
+    pipe = Pipeline.from_stages(stages, loss_fn=_loss, optimizer=None, ctx=ctx)
+    return _time(pipe, [list(range(1, 9))] * M, M, tokens, repeats)
+
+
+def _all_pieces(model) -> list[str]:
+    from conveyor.runtime.execute.split import chain_pieces
+    return [n for n, _ in chain_pieces(model)]
+
+
+def _time(pipe, prompts, M: int, tokens: int, repeats: int) -> dict:
+    pipe.generate(prompts, 4, lanes=M)  # warm-up: handshakes, first calls
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        g = pipe.generate(prompts, tokens, lanes=M)
+        wall = time.perf_counter() - t0
+        runs.append({"wall_s": wall, "tokens": g.stats["tokens"],
+                     "tokens_per_s": g.stats["tokens"] / wall,
+                     "kv_cache_bytes": g.stats["kv_cache_bytes"],
+                     "kv_cache_predicted": g.stats["kv_cache_predicted"]})
+    return {"runs": runs}
+
+
+def _row(kind: str, P: int, M: int, per_rank: list[dict]) -> dict:
+    runs = per_rank[0]["runs"]
+    tps = [r["tokens_per_s"] for r in runs]
+    return {"kind": kind, "P": P, "M": M, "median_tokens_per_s": statistics.median(tps),
+            "runs": runs, "kv_cache_bytes": [r["runs"][0]["kv_cache_bytes"] for r in per_rank],
+            "kv_cache_predicted": [r["runs"][0]["kv_cache_predicted"] for r in per_rank]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--per-token-ms", type=float, default=10.0)
+    ap.add_argument("--out", default=str(HERE / "generate.json"))
+    ap.add_argument("--quick", action="store_true", help="1 repeat, 16 tokens")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.repeats, args.tokens = 1, 16
+    load0 = os.getloadavg()
+    t_start = time.time()
+    rows = []
+    per_token = args.per_token_ms / 1000
+    for P, lanes in ((1, [1]), (4, [1, 2, 4, 8])):
+        for M in lanes:
+            got = launch(emulated_job, nprocs=P, args=(M, args.tokens, per_token, args.repeats))
+            rows.append(_row("emulated", P, M, got))
+            print(f"emulated P={P} M={M}: {rows[-1]['median_tokens_per_s']:.1f} tokens/s",
+                  flush=True)
+    for P, lanes in ((1, [1]), (2, [1, 2, 4])):
+        for M in lanes:
+            got = launch(gpt_job, nprocs=P, args=(M, args.tokens, args.repeats))
+            rows.append(_row("gpt-cpu", P, M, got))
+            print(f"gpt-cpu P={P} M={M}: {rows[-1]['median_tokens_per_s']:.1f} tokens/s",
+                  flush=True)
+    out = {"config": {"repeats": args.repeats, "tokens": args.tokens,
+                      "per_token_ms": args.per_token_ms, "emulated_layers": 8,
+                      "prompt_tokens": len(PROMPT), "gpt": "8 blocks, width 256, 4 heads, "
+                      "vocab 256, float32, prompt 8 tokens"},
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                       "python": sys.version.split()[0], "torch": torch.__version__,
+                       "load_before": load0, "load_after": os.getloadavg(),
+                       "seconds": time.time() - t_start},
+           "rows": rows}
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(table(out))
+    return 0
+
+
+def table(out: dict) -> str:
+    """The markdown table of ``out`` (the JSON this script writes)."""
+    lines = ["| device | P | lanes | tokens/s (median) | x one process | target |",
+             "|---|---|---|---|---|---|"]
+    base = {k: next(r["median_tokens_per_s"] for r in out["rows"]
+                    if r["kind"] == k and r["P"] == 1) for k in ("emulated", "gpt-cpu")}
+    for r in out["rows"]:
+        x = r["median_tokens_per_s"] / base[r["kind"]]
+        target = ""
+        if r["kind"] == "emulated" and r["P"] > 1 and r["M"] >= r["P"]:
+            ok = x >= 0.9 * r["P"]
+            target = f"{'met' if ok else 'missed'} (>= {0.9 * r['P']:.1f}x)"
+        lines.append(f"| {r['kind']} | {r['P']} | {r['M']} | {r['median_tokens_per_s']:.1f} | "
+                     f"{x:.2f} | {target} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
