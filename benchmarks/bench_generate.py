@@ -137,20 +137,35 @@ def main(argv=None) -> int:
     return 0
 
 
+def predicted(cfg: dict, P: int, M: int) -> float:
+    """Tokens per second the simulator predicts for the emulated device: the
+    decode schedule with each stage's device time per round (its layers x
+    the time per token x the round's tokens), free links, no overhead."""
+    from conveyor.sim.decode import decode_summary, simulate_decode
+
+    step = cfg["emulated_layers"] // P * cfg["per_token_ms"] / 1000
+    tl = simulate_decode(P, M, new_tokens=cfg["tokens"], step=step,
+                         prefill=step * cfg["prompt_tokens"])
+    return decode_summary(tl)["tokens_per_time"]
+
+
 def table(out: dict) -> str:
     """The markdown table of ``out`` (the JSON this script writes)."""
-    lines = ["| device | P | lanes | tokens/s (median) | x one process | target |",
-             "|---|---|---|---|---|---|"]
+    cfg = out["config"]
+    lines = ["| device | P | lanes | tokens/s (median) | x one process | simulated tokens/s "
+             "(device time only) | target: >= 0.9 P x one process |",
+             "|---|---|---|---|---|---|---|"]
     base = {k: next(r["median_tokens_per_s"] for r in out["rows"]
                     if r["kind"] == k and r["P"] == 1) for k in ("emulated", "gpt-cpu")}
     for r in out["rows"]:
         x = r["median_tokens_per_s"] / base[r["kind"]]
-        target = ""
-        if r["kind"] == "emulated" and r["P"] > 1 and r["M"] >= r["P"]:
-            ok = x >= 0.9 * r["P"]
-            target = f"{'met' if ok else 'missed'} (>= {0.9 * r['P']:.1f}x)"
+        target, sim = "", ""
+        if r["kind"] == "emulated":
+            sim = f"{predicted(cfg, r['P'], r['M']):.1f}"
+            if r["P"] > 1 and r["M"] >= r["P"]:
+                target = f"{'met' if x >= 0.9 * r['P'] else 'missed'} ({x / r['P']:.0%} of P x)"
         lines.append(f"| {r['kind']} | {r['P']} | {r['M']} | {r['median_tokens_per_s']:.1f} | "
-                     f"{x:.2f} | {target} |")
+                     f"{x:.2f} | {sim} | {target} |")
     return "\n".join(lines)
 
 

@@ -55,7 +55,10 @@ def run_decode(args) -> int:
         return 0
     colour = args.color == "always" or (args.color == "auto" and use_colour())
     if args.chart != "never":
-        print(render_gantt(fold_rounds(tl), colour=colour, width=args.width))
+        chart = render_gantt(fold_rounds(tl), colour=colour, width=args.width)
+        legend = chart.rsplit("\n", 1)[1].split("F:")[0]  # "one column = 1 slot"
+        print(chart.rsplit("\n", 1)[0] + f"\n{legend}each cell: the lane a stage works on   "
+              f"idle: ·")
     print(report(tl, rows))
     return 0
 
