@@ -90,6 +90,7 @@ def _errors(ctx, pipe) -> dict:
                                               attention_mask=torch.tensor([[1, 1, 0]])),
         "top-k-greedy": lambda: pipe.generate(PROMPTS, 2, top_k=3),
         "not-decodable": lambda: _plain_pipe(ctx).generate(PROMPTS, 2),
+        "disagree": lambda: pipe.generate(PROMPTS if ctx.rank else PROMPTS[::-1], 2),
     }
     got = {}
     for name, call in calls.items():

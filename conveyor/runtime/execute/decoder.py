@@ -181,7 +181,7 @@ class Decoder:
             if not self.comm.act_meta_known(a.stage - 1, key):
                 self.comm.recv_act_meta(cut=a.stage - 1, size=key, action=a)
             pend = self.comm.post_act(cut=a.stage - 1, mb=a.mb, size=key, action=a)
-            self._next_recv = max(self._next_recv, self.recvs.index(self.step_index) + 1)
+            self._next_recv += 1  # it was the next in list order: every earlier one ran
         self.comm.wait(pend.works, peer=self.place[a.stage - 1], action=a)
         self.inbox[(a.stage, a.mb)] = tuple(b.detach() for b in pend.buffers)
 

@@ -170,6 +170,8 @@ def _compare(rows: list[list[int]], rank: int, *, describe, group=None) -> None:
         if len(set(values.values())) > 1:
             what = {"step": "steps run before this one", "P": "P (ranks of the schedule)",
                     "M": "M (micro-batches)", "batch": "batch size"}[name]
+            if name == "batch" and kinds[0] == GENERATE:  # a digest of the call
+                what = "the generate call (a digest of its prompts and options)"
             raise AgreementError(f"the ranks disagree on {what}: {_show(values)}; every rank "
                                  f"must build the same pipeline and pass the same batch",
                                  field=name, values=values)

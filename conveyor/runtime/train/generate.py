@@ -23,6 +23,7 @@ only, not the loop from the last rank to the first.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -142,9 +143,10 @@ def _run(pipe, p, sched, how, stop, pad_id, M, N, prefill_chunk, chunks, pre, ke
          record) -> Generation:
     ctx, S = pipe.ctx, pipe.schedule.S
     t0 = time.perf_counter()
+    strict = pipe.config.strict_order or os.environ.get("CONVEYOR_STRICT_ORDER") == "1"
     comm = Comm(rank=ctx.rank, placement=sched.placement, device=ctx.device,
-                timeout_s=pipe.config.timeout_s, group=ctx.pp_group,
-                strict_order=pipe.config.strict_order, shape_class=lambda cut: cut % S)
+                timeout_s=pipe.config.timeout_s, group=ctx.pp_group, strict_order=strict,
+                shape_class=lambda cut: cut % S)
     lanes = lanes_of(p, M, new_tokens=N, chunk=prefill_chunk, device=ctx.device)
     dec = Decoder(sched, rank=ctx.rank, stages=pipe.stages, comm=comm, lanes=lanes, S=S,
                   chunks=chunks, new_tokens=N, sampling=how, stop=stop, pad_id=pad_id,
