@@ -37,6 +37,7 @@ from typing import Sequence
 from conveyor.checks import check_int
 from conveyor.errors import ScheduleError
 from conveyor.limits import MAX_S, check_size
+from conveyor.schedule.deps import paused_gc
 from conveyor.schedule.ir import F, Action, Schedule
 
 __all__ = ["DecodePlan", "decode_schedule", "decode_plan", "round_of"]
@@ -114,9 +115,10 @@ def decode_schedule(P: int, M: int, *, new_tokens: int, chunks: int = 1,
     S, K = plan.S, plan.rounds
     vplace = plan.placement * K
     rows: list[list[Action]] = [[] for _ in range(P)]
-    for vs in range(S * K):  # (virtual stage, lane) order: every dependency comes first
-        row = rows[vplace[vs]]
-        for lane in range(M):
-            row.append(Action(vs, F, lane))
-    return Schedule(NAME, P, M, tuple(map(tuple, rows)), placement=vplace, forward_only=True,
-                    meta={"decode": plan.as_dict()})
+    with paused_gc():  # many small tuples, in a process that may hold a model
+        for vs in range(S * K):  # (virtual stage, lane) order: every dependency comes first
+            row = rows[vplace[vs]]
+            for lane in range(M):
+                row.append(Action(vs, F, lane))
+        return Schedule(NAME, P, M, tuple(map(tuple, rows)), placement=vplace,
+                        forward_only=True, meta={"decode": plan.as_dict()})

@@ -44,6 +44,7 @@ from conveyor.runtime.train.preflight import preflight
 from conveyor.runtime.transport.comm import Comm
 from conveyor.schedule import add_comms, validate
 from conveyor.schedule.decode import decode_schedule
+from conveyor.schedule.deps import paused_gc
 
 __all__ = ["Generation", "generate"]
 
@@ -130,9 +131,10 @@ def generate(pipe, prompts, max_new_tokens: int, *, lanes: int | None = None,
     try:
         pre = preflight(pipe, p, lanes=M, sizes=sizes, new_tokens=max_new_tokens,
                         chunk=prefill_chunk, cache_budget=cache_budget)
-        sched = validate(add_comms(decode_schedule(
-            pipe.P, M, new_tokens=max_new_tokens, chunks=chunks,
-            placement=pipe.schedule.placement)))
+        with paused_gc():  # thousands of small tuples beside a model's objects
+            sched = validate(add_comms(decode_schedule(
+                pipe.P, M, new_tokens=max_new_tokens, chunks=chunks,
+                placement=pipe.schedule.placement)))
     except ConveyorError as e:
         raise _same(e)
     return _run(pipe, p, sched, how, stop, pad_id, M, max_new_tokens, prefill_chunk, chunks,
