@@ -72,6 +72,12 @@ def gpt_job(ctx, configs: list[dict]) -> dict:
     stop = int(out["gpt-f64-M2"]["tokens"][0, 0])
     g = pipe.generate(PROMPTS, N, lanes=5, stop_tokens=[stop], return_logits=True)
     out["gpt-stop"] = dict(_result(g), stop=stop)
+    # The same prompts left-padded with a mask, and packed with their lengths.
+    ids = torch.tensor([[0] * (7 - len(q)) + q for q in PROMPTS])
+    out["gpt-2d"] = _result(pipe.generate(ids, N, attention_mask=(ids > 0).long(), lanes=2))
+    flat = torch.tensor([t for q in PROMPTS for t in q])
+    out["gpt-packed"] = _result(pipe.generate(flat, N, lengths=[len(q) for q in PROMPTS],
+                                              lanes=2))
     out["errors"] = _errors(ctx, pipe)
     # After the refused calls the pipeline still generates, the same tokens.
     out["after-errors"] = _result(pipe.generate(PROMPTS, N, lanes=2))

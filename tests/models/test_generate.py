@@ -91,6 +91,14 @@ def test_gpt_float32_and_chunked_prefill(P):
         assert chunked["stats"]["rounds"] == 3 + G.N - 1
 
 
+@pytest.mark.parametrize("P", [2, 4])
+def test_prompts_padded_with_a_mask_or_packed_give_the_same_tokens(P):
+    for row in _rows(P):
+        want = row["gpt-f64-M2"]["tokens"]
+        assert torch.equal(row["gpt-2d"]["tokens"], want)
+        assert torch.equal(row["gpt-packed"]["tokens"], want)
+
+
 def _replay_sampling() -> torch.Tensor:
     """The sampled tokens, one process: the model's full forward, ``pick``
     with one generator per sequence."""
