@@ -32,7 +32,8 @@ def decode_info() -> dict:
                                      f"the last stage sends each token back to stage 0",
             "formula": "1 - MK/(K max(M,P) + min(M,P) - 1), K rounds",
             "holds_for": "one lane: (P-1)/P idle; M >= P lanes: the fill and drain",
-            "source": "conveyor (docs/generation.md)", "rounds": TOKENS}
+            "source": "conveyor: https://github.com/conveyor-pp/conveyor/blob/main/docs/"
+                      "generation.md", "rounds": TOKENS}
 
 
 def decode_configs(P: int, M_max: int, record) -> list[dict]:
