@@ -19,6 +19,10 @@ lanes 1, 2, 4 of one sequence each.
 
 Each configuration is launched once (conveyor's launcher, gloo on
 loopback), warmed up with one short call, then timed ``--repeats`` times;
+one more call at P = 4, M = 8 is recorded (its measured timeline) to say
+where each rank's time went: forwards (and how much longer than the
+device time they took), waits in receives, sends, and Python between
+actions.
 the table gives the median tokens per second (new tokens of every
 sequence / wall time of the call on rank 0), and the JSON every run. The
 machine is shared: the load average before and after is recorded.
@@ -57,6 +61,39 @@ def emulated_job(ctx, M: int, tokens: int, per_token_s: float, repeats: int) -> 
     return _time(pipe, [PROMPT] * M, M, tokens, repeats)
 
 
+def breakdown_job(ctx, M: int, tokens: int, per_token_s: float) -> dict | None:
+    """One recorded call at P ranks, M lanes: where each rank's time went."""
+    from conveyor.measure.emulated_decode import emulated_decoder
+
+    torch.set_num_threads(1)
+    stages = emulated_decoder(ctx.world_size, layers=8, width=64, vocab=32,
+                              per_token=per_token_s)
+    pipe = Pipeline.from_stages(stages, loss_fn=_loss, optimizer=None, ctx=ctx)
+    pipe.generate([PROMPT] * M, 4, lanes=M)
+    g = pipe.generate([PROMPT] * M, tokens, lanes=M, record=True)
+    if g.timeline is None:
+        return None
+    tl, S, layers = g.timeline, ctx.world_size, 8 // ctx.world_size
+    out = {"wall_s": g.stats["wall_s"], "tokens_per_s": g.stats["tokens_per_s"], "ranks": []}
+    for r in range(tl.P):
+        ev = sorted((e for e in tl.events if e.rank == r), key=lambda e: e.start)
+        row = {"forward_s": 0.0, "forward_over_device_s": 0.0, "recv_wait_s": 0.0,
+               "send_s": 0.0, "between_actions_s": 0.0}
+        for e in ev:
+            d = e.end - e.start
+            if e.action.kind == "F":
+                row["forward_s"] += d
+                fed = len(PROMPT) if e.action.stage < S else 1  # round 0: the prefill
+                row["forward_over_device_s"] += d - layers * per_token_s * fed
+            elif e.action.kind == "RECV_F":
+                row["recv_wait_s"] += d
+            else:
+                row["send_s"] += d
+        row["between_actions_s"] = sum(b.start - a.end for a, b in zip(ev, ev[1:]))
+        out["ranks"].append({k: round(v, 4) for k, v in row.items()})
+    return out
+
+
 def gpt_job(ctx, M: int, tokens: int, repeats: int) -> dict:
     from conveyor.models.gpt import GPT, GPTConfig
     from conveyor.runtime.execute.split import split_by_names
@@ -79,10 +116,11 @@ def _time(pipe, prompts, M: int, tokens: int, repeats: int) -> dict:
     pipe.generate(prompts, 4, lanes=M)  # warm-up: handshakes, first calls
     runs = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         g = pipe.generate(prompts, tokens, lanes=M)
         wall = time.perf_counter() - t0
-        runs.append({"wall_s": wall, "tokens": g.stats["tokens"],
+        runs.append({"wall_s": wall, "cpu_s": time.process_time() - c0,
+                     "tokens": g.stats["tokens"],
                      "tokens_per_s": g.stats["tokens"] / wall,
                      "kv_cache_bytes": g.stats["kv_cache_bytes"],
                      "kv_cache_predicted": g.stats["kv_cache_predicted"]})
@@ -92,8 +130,12 @@ def _time(pipe, prompts, M: int, tokens: int, repeats: int) -> dict:
 def _row(kind: str, P: int, M: int, per_rank: list[dict]) -> dict:
     runs = per_rank[0]["runs"]
     tps = [r["tokens_per_s"] for r in runs]
+    # CPU seconds of every rank per token generated, median over the repeats.
+    cpu = [sum(rr["runs"][i]["cpu_s"] for rr in per_rank) / runs[i]["tokens"]
+           for i in range(len(runs))]
     return {"kind": kind, "P": P, "M": M, "median_tokens_per_s": statistics.median(tps),
-            "runs": runs, "kv_cache_bytes": [r["runs"][0]["kv_cache_bytes"] for r in per_rank],
+            "min_tokens_per_s": min(tps), "max_tokens_per_s": max(tps),
+            "median_cpu_ms_per_token": 1000 * statistics.median(cpu), "runs": runs, "kv_cache_bytes": [r["runs"][0]["kv_cache_bytes"] for r in per_rank],
             "kv_cache_predicted": [r["runs"][0]["kv_cache_predicted"] for r in per_rank]}
 
 
@@ -117,6 +159,8 @@ def main(argv=None) -> int:
             rows.append(_row("emulated", P, M, got))
             print(f"emulated P={P} M={M}: {rows[-1]['median_tokens_per_s']:.1f} tokens/s",
                   flush=True)
+    got = launch(breakdown_job, nprocs=4, args=(8, args.tokens, per_token))
+    breakdown = got[0]
     for P, lanes in ((1, [1]), (2, [1, 2, 4])):
         for M in lanes:
             got = launch(gpt_job, nprocs=P, args=(M, args.tokens, args.repeats))
@@ -131,7 +175,7 @@ def main(argv=None) -> int:
                        "python": sys.version.split()[0], "torch": torch.__version__,
                        "load_before": load0, "load_after": os.getloadavg(),
                        "seconds": time.time() - t_start},
-           "rows": rows}
+           "rows": rows, "breakdown_P4_M8": breakdown}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(table(out))
     return 0
@@ -152,9 +196,9 @@ def predicted(cfg: dict, P: int, M: int) -> float:
 def table(out: dict) -> str:
     """The markdown table of ``out`` (the JSON this script writes)."""
     cfg = out["config"]
-    lines = ["| device | P | lanes | tokens/s (median) | x one process | simulated tokens/s "
-             "(device time only) | target: >= 0.9 P x one process |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| device | P | lanes | tokens/s: median (min-max) | x one process | simulated "
+             "tokens/s (device time only) | CPU ms per token, all ranks | target: >= 0.9 P x "
+             "one process |", "|---|---|---|---|---|---|---|---|"]
     base = {k: next(r["median_tokens_per_s"] for r in out["rows"]
                     if r["kind"] == k and r["P"] == 1) for k in ("emulated", "gpt-cpu")}
     for r in out["rows"]:
@@ -164,8 +208,9 @@ def table(out: dict) -> str:
             sim = f"{predicted(cfg, r['P'], r['M']):.1f}"
             if r["P"] > 1 and r["M"] >= r["P"]:
                 target = f"{'met' if x >= 0.9 * r['P'] else 'missed'} ({x / r['P']:.0%} of P x)"
-        lines.append(f"| {r['kind']} | {r['P']} | {r['M']} | {r['median_tokens_per_s']:.1f} | "
-                     f"{x:.2f} | {sim} | {target} |")
+        lines.append(f"| {r['kind']} | {r['P']} | {r['M']} | {r['median_tokens_per_s']:.1f} "
+                     f"({r['min_tokens_per_s']:.1f}-{r['max_tokens_per_s']:.1f}) | {x:.2f} | "
+                     f"{sim} | {r['median_cpu_ms_per_token']:.1f} | {target} |")
     return "\n".join(lines)
 
 

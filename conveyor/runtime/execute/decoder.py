@@ -15,8 +15,9 @@ training step's; what differs is what a forward feeds and keeps:
 
 Every message crosses the same ``Comm`` as training's (shape handshake,
 byte counts, peer-failure errors) and every wait goes through its hooks,
-so the hang watch bounds it. Each message carries a flag after its
-tensors: 1 go on, 0 "this lane has finished". When every sequence of a lane
+so the hang watch bounds it. Each message carries a flag, as one more
+slice of its first tensor along dim 0 (not a message of its own): 1 go on,
+0 "this lane has finished". When every sequence of a lane
 has stopped (a stop token), the last stage sends the flag back; the next
 round runs once more down the chain with flag 0, telling every rank, and
 then every rank skips that lane's remaining actions: the same prefix of
@@ -194,7 +195,7 @@ class Decoder:
             got = self.out.pop((vs - 1, lane))
         else:
             got = self.inbox.pop((vs, lane))
-        return got[:-1], int(got[-1].item())
+        return _split_flag(got)
 
     def _forward(self, a: Action) -> None:
         vs, li = a.stage, a.mb
@@ -229,7 +230,7 @@ class Decoder:
         self._count_cache(s, li, cache)
         if s < self.S - 1:
             ys = y if isinstance(y, tuple) else (y,)
-            self.out[(vs, li)] = (*ys, _flag(flag, ys[0].device))
+            self.out[(vs, li)] = _with_flag(ys, flag)
             return
         out_flag = flag
         if flag and k >= self.chunks - 1:
@@ -237,7 +238,7 @@ class Decoder:
         if vs + 1 < len(self.place):  # the loop: the token back to stage 0
             tok = self.tokens[li][:, k - self.chunks + 1:k - self.chunks + 2] \
                 if k >= self.chunks - 1 else torch.full((lane.n, 1), self.pad_id)
-            self.out[(vs, li)] = (tok.to(lane.ids.device), _flag(out_flag, lane.ids.device))
+            self.out[(vs, li)] = _with_flag((tok.to(lane.ids.device),), out_flag)
 
     def _choose(self, li: int, k: int, y) -> int:
         """The last stage: pick lane ``li``'s tokens of round k; the flag to
@@ -262,5 +263,21 @@ class Decoder:
         self.peak_cache_bytes = max(self.peak_cache_bytes, self.cache_bytes)
 
 
-def _flag(value: int, device) -> torch.Tensor:
-    return torch.tensor([value], dtype=torch.long, device=device)
+def _with_flag(ys: tuple, flag: int) -> tuple:
+    """The message: ``ys`` with the flag as one more slice of the first
+    tensor along dim 0 (no message of its own: half the transfers), or as a
+    tensor after them when the first is 0-dim."""
+    first = ys[0]
+    if first.ndim == 0:
+        return (*ys, torch.tensor([flag], dtype=torch.long, device=first.device))
+    extra = torch.full((1, *first.shape[1:]), flag, dtype=first.dtype, device=first.device)
+    return (torch.cat([first, extra]), *ys[1:])
+
+
+def _split_flag(got: tuple) -> tuple[tuple, int]:
+    """``_with_flag`` undone: (the tensors, the flag). Both sides decide the
+    same way: by the first tensor's dimensions."""
+    first = got[0]
+    if first.ndim == 0:
+        return got[:-1], int(got[-1].item())
+    return (first[:-1], *got[1:]), int(first[-1].reshape(-1)[0].item())
