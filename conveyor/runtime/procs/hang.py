@@ -57,8 +57,8 @@ from conveyor.runtime.procs import stopped
 from conveyor.runtime.procs.lastwords import ENV as LAST_WORDS, LastWords
 from conveyor.runtime.procs.lastwords import read as read_last_words
 
-__all__ = ["Progress", "watch", "watch_runner", "current", "format_table", "backstop_s",
-           "EXIT_CODE", "BACKSTOP_S", "FIRST_STEP"]
+__all__ = ["Progress", "watch", "current", "format_table", "backstop_s", "EXIT_CODE",
+           "BACKSTOP_S", "FIRST_STEP"]
 
 EXIT_CODE = 75       # what every rank exits with after a hang report
 BACKSTOP_S = 15.0    # the comm's own timeout, after the report's
