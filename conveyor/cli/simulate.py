@@ -95,6 +95,8 @@ def add_parser(sub) -> None:
                    help="forward passes only, as in the seed's picture")
     add_cost_options(p)
     add_dp_options(p)
+    from conveyor.cli.simdecode import add_decode_options
+    add_decode_options(p, positive_int)
     p.add_argument("--json", action="store_true", help="print the timeline and metrics as JSON")
     p.add_argument("-o", "--output", metavar="FILE", default=None,
                    help="also write the timeline to FILE (for `conveyor plot gantt --timeline` "
@@ -129,6 +131,11 @@ def schedule_options(args) -> dict:
 def run(args) -> int:
     if args.output is not None:
         check_outputs([args.output])
+    if args.decode or args.new_tokens is not None or args.prefill_chunks is not None:
+        if not args.decode:
+            raise ScheduleError("--new-tokens and --prefill-chunks go with --decode")
+        from conveyor.cli.simdecode import run_decode
+        return run_decode(args)
     if args.file:
         given = [opt for opt, v in (("-P", args.P), ("-M", args.M), ("--schedule", args.schedule),
                                     ("--chunks", args.v), ("--cap", args.cap),

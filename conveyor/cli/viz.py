@@ -108,7 +108,8 @@ def run(args) -> int:
                "view": args.view or ("step" if measured and not measured["forward_only"]
                                      else "fwd"),
                "ratio": args.ratio}
-    get_spec(initial["schedule"])
+    if initial["schedule"] != "decode" or args.serve:  # the page's decode entry (views.decodedata)
+        get_spec(initial["schedule"])
     for key, top in (("P", args.max_P), ("M", args.max_M)):
         if not 1 <= initial[key] <= top and not measured:
             raise ViewError(f"-{key} {initial[key]} is outside the page's 1..{top}; "

@@ -6,8 +6,9 @@ that runs Python, so nothing is downloaded. Every rank reads it and draws the
 same random windows (same seed); the pipeline cuts the model by name
 (``embed``, ``blocks.i``, ``head``), ties the head to the embedding across
 the first and last rank, clips the global gradient norm and follows a
-warm-up + cosine LR schedule. At the end the parent joins the ranks' stages
-into one model and samples from it.
+warm-up + cosine LR schedule. At the end the ranks sample from the trained
+model through the pipeline (``Pipeline.generate``: one lane per rank, each
+continuing its own prompt), and every rank returns the samples.
 """
 
 from __future__ import annotations
@@ -137,10 +138,31 @@ def train_rank(ctx, cfg: GPTDemoConfig, quiet: bool = False):
                 print(f"step {k + 1:4d}/{cfg.steps}  train loss {recent:.3f}  val loss "
                       f"{ev:.3f}  val perplexity {math.exp(ev):6.2f}  "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
-    # numpy: torch tensors do not survive the trip back to the parent process.
-    state = {n: t.detach().cpu().numpy() for st in pipe.stages.values()
-             for n, t in st.state_dict().items()}
-    return {"losses": losses, "evals": evals, "state": state}
+    samples, stats = sample_rank(pipe, cfg, ctx.world_size)
+    return {"losses": losses, "evals": evals, "samples": samples, "generate": stats}
+
+
+PROMPTS = (b"def ", b"class ", b"import ", b"for ", b"if ", b"return ", b"with ", b"# ")
+
+
+def sample_rank(pipe, cfg: GPTDemoConfig, lanes: int) -> tuple[list[bytes], dict]:
+    """``cfg.sample`` bytes after each of ``lanes`` prompts, sampled at
+    temperature 0.8 through the pipeline, one lane each. The model's context
+    holds ``cfg.context`` positions, so a long sample is made in windows:
+    each call continues the last half-context of what came before (a fresh
+    prefill), until ``cfg.sample`` bytes are there. Collective."""
+    seqs = [list(PROMPTS[i % len(PROMPTS)]) for i in range(lanes)]
+    made, calls, t0 = 0, 0, time.perf_counter()
+    while made < cfg.sample:
+        window = [q[-(cfg.context // 2):] for q in seqs]
+        room = cfg.context - max(len(w) for w in window) + 1  # positions left to feed
+        n = min(room, cfg.sample - made)
+        g = pipe.generate(window, n, lanes=lanes, temperature=0.8, seed=cfg.seed + calls)
+        for q, new in zip(seqs, g.tokens.tolist()):
+            q.extend(new)
+        made, calls = made + n, calls + 1
+    wall = time.perf_counter() - t0
+    return [bytes(q) for q in seqs], {"calls": calls, "tokens": made * lanes, "wall_s": wall}
 
 
 def _cuts(layers: int, P: int) -> list[int]:
@@ -176,7 +198,6 @@ def run_gpt_demo(cfg: GPTDemoConfig, *, backend: str | None = None,
                  quiet: bool = False) -> dict:
     """Train across ``cfg.stages`` local processes, print progress, then join
     the stages and print a sample. Returns the rank-0 result."""
-    from conveyor.models.gpt import GPT, GPTConfig
     from conveyor.runtime import LaunchOptions, launch
     text = corpus(cfg.corpus_bytes)
     print(f"GPT demo: {cfg.layers} blocks, width {cfg.width}, {cfg.heads} heads, context "
@@ -185,20 +206,14 @@ def run_gpt_demo(cfg: GPTDemoConfig, *, backend: str | None = None,
           f"M={cfg.microbatches}, {cfg.steps} steps of {cfg.batch} windows", flush=True)
     results = launch(train_rank, nprocs=cfg.stages, args=(cfg, quiet),
                      options=LaunchOptions(backend=backend))
-    model = GPT(GPTConfig(vocab=256, context=cfg.context, layers=cfg.layers, heads=cfg.heads,
-                          width=cfg.width)).to(getattr(torch, cfg.dtype))
-    state = {}
-    for r in results:
-        state.update({n: torch.from_numpy(a) for n, a in r["state"].items()})
-    model.load_state_dict(state)  # the tied copies (embed, head) are bit-identical
-    model.eval()
     first, last = results[0]["evals"][0][1], results[0]["evals"][-1][1]
     print(f"val loss {first:.3f} -> {last:.3f} nats/byte, perplexity {math.exp(first):.2f} "
           f"-> {math.exp(last):.2f}")
-    prompt = torch.tensor([list(b"def ")])
-    out = model.generate(prompt, cfg.sample, temperature=0.8,
-                         generator=torch.Generator().manual_seed(cfg.seed))
-    print("sample:\n" + bytes(out[0].tolist()).decode("utf-8", errors="replace"))
+    st = results[0]["generate"]
+    print(f"sampled through the pipeline: {cfg.stages} lanes (one prompt each) of "
+          f"{cfg.sample} bytes, {st['calls']} generate call(s), "
+          f"{st['tokens'] / st['wall_s']:.0f} bytes/s")
+    print("sample:\n" + results[0]["samples"][0].decode("utf-8", errors="replace"))
     return results[0]
 
 

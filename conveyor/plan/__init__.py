@@ -8,6 +8,7 @@ The profiler that writes profiles is ``conveyor.profile`` (needs torch).
 """
 
 from conveyor.plan.costs import MicrobatchCostModel, stage_costs, transfer_charges
+from conveyor.plan.kvmemory import KVLayer, fed_tokens, kv_cache_bytes, kv_tokens_within
 from conveyor.plan.memory import rank_memory
 from conveyor.plan.planfile import Plan, load_plan, plan_to_dict, save_plan
 from conveyor.plan.profile import Affine, LayerProfile, LossProfile, Profile, load_profile
@@ -15,4 +16,4 @@ from conveyor.plan.search import Candidate, PlanResult, default_microbatches, se
 
 __all__ = ["Affine", "LayerProfile", "LossProfile", "Profile", "load_profile", "search", "Candidate",
            "PlanResult", "default_microbatches", "MicrobatchCostModel", "stage_costs", "transfer_charges",
-           "rank_memory", "Plan", "load_plan", "plan_to_dict", "save_plan"]
+           "rank_memory", "KVLayer", "fed_tokens", "kv_cache_bytes", "kv_tokens_within", "Plan", "load_plan", "plan_to_dict", "save_plan"]

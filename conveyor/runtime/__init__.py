@@ -30,6 +30,8 @@ from conveyor.runtime.train.amp import LossScale
 from conveyor.runtime.train.pipeline import Pipeline, PipelineConfig, StepResult, microbatch_sizes
 from conveyor.runtime.execute.stages import SequentialStage, split_model
 from conveyor.runtime.execute.aux import add_aux_loss, collect_aux
+from conveyor.runtime.train.generate import Generation
+from conveyor.runtime.train.preflight import CacheBudgetError, ContextError, LanesError
 
 __all__ = [
     "Pipeline", "PipelineConfig", "StepResult", "microbatch_sizes",
@@ -38,4 +40,5 @@ __all__ = [
     "CheckpointPolicy", "latest_checkpoint", "restart_count",
     "StageError", "AgreementError", "PeerFailedError", "RankFailedError", "FailureReport",
     "LossScale", "NonFiniteError", "add_aux_loss", "collect_aux",
+    "Generation", "ContextError", "CacheBudgetError", "LanesError",
 ]

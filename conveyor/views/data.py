@@ -39,6 +39,7 @@ from conveyor.schedule import Schedule, build_schedule, get_spec, schedule_names
 from conveyor.schedule.deps import replay
 from conveyor.sim import CostModel, formula_bubble
 from conveyor.userfiles import read_json
+from conveyor.views import decodedata
 from conveyor.views.encode import ALPHABET, encode_rows
 from conveyor.views.errors import ViewError
 from conveyor.views.metrics import MAX_DEN
@@ -112,7 +113,7 @@ def config_record(name: str, P: int, M: int, ratios: Sequence[float],
         rec["pl"] = list(sched.placement)
     if sched.M != M:
         rec["M"] = sched.M
-    fb = formula_bubble(name, P, M)
+    fb = formula_bubble(name, P, M) if name in schedule_names() else None
     rec["fb"] = None if fb is None else f"{fb.numerator}/{fb.denominator}"
     if metrics:
         rec["r"] = [_metrics(sched, CostModel(forward=1.0, backward=float(ratio)))
@@ -122,6 +123,9 @@ def config_record(name: str, P: int, M: int, ratios: Sequence[float],
 
 
 def _one_P(name: str, P: int, M_max: int, ratios: tuple[float, ...]) -> list[dict]:
+    if name == decodedata.NAME:
+        return decodedata.decode_configs(P, M_max, lambda n, P, M, s: config_record(
+            n, P, M, ratios, s, metrics=checked_M(M)))
     seen: dict[tuple, dict] = {}
     out = []
     for M in range(1, M_max + 1):
@@ -204,6 +208,8 @@ def _cache_key(names: list[str], P_max: int, M_max: int, ratios: tuple[float, ..
     for pkg in ("schedule", "sim", "views"):
         files.update((root / pkg).glob("*.py"))
     for name in names:
+        if name == decodedata.NAME:
+            continue  # its source is in the packages above
         src = inspect.getsourcefile(get_spec(name).build)
         if src:
             files.add(Path(src).resolve())
@@ -218,7 +224,7 @@ def build_data(*, names: Sequence[str] | None = None, P_max: int = 16, M_max: in
                cache: bool = True, on_build: Callable[[], None] | None = None,
                on_progress: Callable[[str, int, int, float], None] | None = None) -> dict:
     """Build (or load from the cache) the explorer's data for ``names`` (default:
-    every registered schedule), P = 1..P_max, M = 1..M_max and the offered
+    every registered schedule, and the decode schedule: ``decodedata``), P = 1..P_max, M = 1..M_max and the offered
     backward/forward ``ratios``.
 
     ``jobs`` worker processes share the work (default: one per CPU);
@@ -230,9 +236,10 @@ def build_data(*, names: Sequence[str] | None = None, P_max: int = 16, M_max: in
     ValidationError when a generator produces a broken schedule.
     """
     ratios = _check_options(P_max, M_max, ratios)
-    names = list(schedule_names() if names is None else names)
+    names = list(schedule_names() + [decodedata.NAME] if names is None else names)
     for name in names:
-        get_spec(name)
+        if name != decodedata.NAME:
+            get_spec(name)
     path = cache_dir() / f"viz-{_cache_key(names, P_max, M_max, ratios)}.json" if cache else None
     if path is not None and path.exists():
         try:
@@ -271,7 +278,7 @@ def build_data(*, names: Sequence[str] | None = None, P_max: int = 16, M_max: in
             done(t)
     schedules = []
     for name in names:
-        info = spec_info(name)
+        info = decodedata.decode_info() if name == decodedata.NAME else spec_info(name)
         if name in PAGE_SOLVED:
             info["solver"] = PAGE_SOLVED[name]
         else:

@@ -124,3 +124,29 @@ def test_dp_flags_reach_the_timeline(capsys):
     # dp groups {r, 4+r, 8+r, 12+r} span both nodes: 1.5 x 400 / 40 + 6 x 0.5 = 18.
     spans = {round(c[3] - c[2], 9) for c in data["timeline"]["collectives"]}
     assert spans == {18.0}
+
+
+def test_decode_row_chart_and_table(capsys):
+    assert main(["simulate", "--decode", "-P", "3", "-M", "1", "--new-tokens", "2",
+                 "--color", "never", "--width", "200"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("stage")]
+    # One lane: a prefill round, then the token's round, one stage at a time.
+    assert rows == ["stage 0 │ 0 · · 0 · ·", "stage 1 │ · 0 · · 0 ·", "stage 2 │ · · 0 · · 0"]
+    assert "idle per rank       66.7%  66.7%  66.7%" in out
+    table = out.split("idle\n", 1)[1].splitlines()
+    assert table[0].split() == ["1", "0.333", "1.00", "66.7%"]
+    assert [line.split()[0] for line in table] == ["1", "2", "3", "4", "6"]
+
+
+def test_decode_json_and_refusals(capsys):
+    assert main(["simulate", "--decode", "-P", "2", "-M", "2", "--new-tokens", "4",
+                 "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["decode"]["M"] == 2 and got["metrics"]["tokens"] == 8
+    assert got["metrics"]["idle_overall"] == pytest.approx(1 / 9)  # 1 - 16/(2*8 + 2)
+    assert main(["simulate", "--decode", "-s", "gpipe"]) == 2
+    assert "--decode simulates the decode schedule itself; drop --schedule" in \
+        capsys.readouterr().err
+    assert main(["simulate", "--new-tokens", "3"]) == 2
+    assert "--new-tokens and --prefill-chunks go with --decode" in capsys.readouterr().err

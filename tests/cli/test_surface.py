@@ -29,6 +29,7 @@ SURFACE = {
                  "--forward-only", "--forward", "--backward", "--input-grad", "--weight-grad",
                  "--latency", "--bandwidth", "--activation-bytes", "--dp", "--nodes",
                  "--param-bytes", "--inter-latency", "--inter-bandwidth", "--no-overlap",
+                 "--decode", "--new-tokens", "--prefill-chunks",
                  "--json", "-o/--output", "--color", "--chart", "--width"],
     "schedules": ["-h/--help", "--json"],
     "viz": ["-h/--help", "-o/--output", "--plan", "--timeline", "--open", "-s/--schedule",

@@ -9,8 +9,9 @@ _RUNS: dict[int, dict] = {}
 
 
 def all_jobs(ctx, plan: dict) -> dict:
-    from tests.models import _hf_jobs, _jobs, _model_jobs, _varlen
+    from tests.models import _generate_jobs, _hf_jobs, _jobs, _model_jobs, _varlen
     jobs = {"tied": _jobs.tied_job, "predict": _jobs.predict_job,
+            "generate": _generate_jobs.generate_job,
             "families": _model_jobs.model_job, "varlen": _varlen.varlen_job,
             "undeclared": _jobs.undeclared_job, "hf": _hf_jobs.family_job,
             "hf_own": lambda ctx, fams: [_hf_jobs.own_loss_job(ctx, f) for f in fams],
@@ -24,6 +25,9 @@ def runs(P: int) -> dict:
         from tests.models import _families as fam, test_families, test_tied, test_varlen
         plan = {"tied": test_tied.grid(P), "predict": 4, "families": test_families.grid(),
                 "undeclared": None}
+        if P in (2, 4):
+            from tests.models import test_generate
+            plan["generate"] = test_generate.plan(P)
         if P == 2:
             plan["varlen"] = test_varlen.CONFIGS
             if fam.have_transformers():

@@ -37,6 +37,10 @@ def test_pipelined_gpt_matches_unsplit_loss_curve_and_learns(capsys):
     assert [float(p) for p in ppl] == pytest.approx([math.exp(first), math.exp(last)], rel=2e-3)
     sample = out.split("sample:\n", 1)[1]
     assert sample.startswith("def ") and len(sample) >= 40
+    # Sampled through the pipeline: one lane per rank, in windows of the context.
+    assert "sampled through the pipeline: 4 lanes (one prompt each) of 40 bytes" in out
+    assert [len(x) for x in result["samples"]] == [4 + 40, 6 + 40, 7 + 40, 4 + 40]
+    assert result["samples"][0].decode("utf-8", "replace") == sample.rstrip("\n")
 
 
 def test_cli_refuses_bad_steps_in_one_line():

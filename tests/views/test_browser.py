@@ -130,7 +130,8 @@ def _python_timeline(name, P, M, view, c, dp=None):
 def test_random_costs_replay_exactly_as_python_simulate(page, default_page, default_data):
     _open(page, default_page)
     rng = random.Random(13)
-    names = [s["name"] for s in default_data["schedules"] if "solver" not in s]
+    names = [s["name"] for s in default_data["schedules"]
+             if "solver" not in s and "rounds" not in s]  # decode: its own test below
     for k in range(16):
         name, P, M = rng.choice(names), rng.randint(1, 16), rng.randint(1, 64)
         view = "fwd" if k % 4 == 0 else "step"
@@ -145,8 +146,40 @@ def test_random_costs_replay_exactly_as_python_simulate(page, default_page, defa
     assert check["n_bad"] == 0, check["mismatches"]
     embedded = sum(1 for sc in default_data["schedules"] if "configs" in sc
                    for row in sc["configs"] for rec in row if "r" in rec)
-    assert embedded == len(names) * 16 * 7                  # M = 1, 2, 4, ..., 64
+    assert embedded == (len(names) + 1) * 16 * 7            # M = 1, 2, 4, ..., 64; decode
     assert check["checked"] == embedded * (1 + len(default_data["ratios"]))
+
+
+def test_decode_lanes_replay_as_python_simulates_them(page, default_page):
+    """The decode entry: each round's stage costs a whole P-th of the model
+    (costs.js), as simulate_decode gives it; the idle fraction falls from
+    (P-1)/P as lanes fill, and the table counts tokens per time unit."""
+    from conveyor.sim.decode import simulate_decode
+    from conveyor.views.decodedata import TOKENS
+
+    expect = _expect()
+    _open(page, default_page)
+    for P, M, F, lat in ((4, 1, "1", 0), (4, 4, "0.5,1,1,2", 0.25), (3, 7, "1.5", 0)):
+        c = {"unit": "model", "F": F, "I": "1", "W": "1", "lat": str(lat), "bytes": "0",
+             "bw": "inf"}
+        js = page.evaluate("st => window.conveyor.timeline(st)",
+                           {"schedule": "decode", "compare": "", "P": P, "M": M, "view": "fwd",
+                            "costs": c})
+        step = [float(x) for x in F.split(",")]
+        tl = simulate_decode(P, M, new_tokens=TOKENS, step=step if len(step) > 1 else step[0],
+                             latency=lat)
+        want = [(e.rank, str(e.action), e.start, e.end) for e in tl.events
+                if e.action.kind == "F"]
+        got = [tuple(e) for e in js if e[1].split("F")[0].isdigit()]  # compute: "{vs}F{lane}"
+        assert sorted(got) == sorted(want), (P, M, F)
+    page.evaluate("st => window.conveyor.timeline(st)",
+                  {"schedule": "decode", "compare": "", "P": 4, "M": 1, "view": "fwd",
+                   "costs": {"F": "1", "lat": "0"}})
+    cell = page.locator("#stats tr").nth(1).locator("td.b")
+    expect(cell).to_have_text("3/4 = 75.0%")
+    page.locator("#M").fill("8")
+    expect(cell).to_have_text("3/67 = 4.5%")
+    assert "8 lanes · 0.955224 tokens per time unit" in _row(page)[1]  # 64 tokens, 67 slots
 
 
 def test_dp_all_reduce_replays_exactly_as_python_simulate(page, default_page):

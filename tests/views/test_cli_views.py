@@ -140,7 +140,7 @@ def test_viz_prints_its_progress_per_schedule(tmp_path, capsys):
     assert main(["viz", "-o", str(out), "--no-cache", *SMALL]) == 0
     from conveyor.schedule import schedule_names
     from conveyor.views.data import PAGE_SOLVED
-    n = len([x for x in schedule_names() if x not in PAGE_SOLVED])
+    n = len([x for x in schedule_names() if x not in PAGE_SOLVED]) + 1  # and decode
     err = capsys.readouterr().err
     assert "building the page's data" in err
     assert f"[1/{n}] naive" in err and f"[{n}/{n}] " in err

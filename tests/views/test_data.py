@@ -3,7 +3,9 @@ import json
 import pytest
 
 from conveyor.schedule import build_schedule, schedule_names
+from conveyor.schedule.decode import decode_schedule
 from conveyor.sim import CostModel, simulate
+from conveyor.views import decodedata
 from conveyor.views.data import PAGE_SOLVED, build_data, cache_dir, checked_M, config_record
 from conveyor.views.encode import decode_rows
 from conveyor.views.errors import ViewError
@@ -28,6 +30,12 @@ def test_naive_runs_one_batch_whatever_m():
     assert rec["M"] == 1 and rec["fb"] == "3/4" and rec["r"] == [[12, "3/4"]]
 
 
+def _build(name, P, M):
+    if name == decodedata.NAME:
+        return decode_schedule(P, M, new_tokens=decodedata.TOKENS)
+    return build_schedule(name, P, M)
+
+
 def _check_against_python(data):
     ratios = data["ratios"]
     for sc in data["schedules"]:
@@ -36,7 +44,7 @@ def _check_against_python(data):
             continue
         for P, row in enumerate(sc["configs"], start=1):
             for M, rec in enumerate(row, start=1):
-                sched = build_schedule(sc["name"], P, M)
+                sched = _build(sc["name"], P, M)
                 placement = rec.get("pl", list(range(P)))
                 assert list(sched.placement) == placement
                 decoded = decode_rows(rec["o"], placement)
@@ -53,8 +61,21 @@ def _check_against_python(data):
 
 def test_small_grid_equals_python_simulation():
     data = build_data(P_max=5, M_max=6, ratios=(1, 1.5, 3), jobs=1, cache=False)
-    assert [s["name"] for s in data["schedules"]] == schedule_names()
+    assert [s["name"] for s in data["schedules"]] == schedule_names() + ["decode"]
     _check_against_python(data)
+
+
+def test_the_decode_entry_holds_its_closed_form():
+    data = build_data(names=["decode"], P_max=4, M_max=8, ratios=(2,), jobs=1, cache=False)
+    sc = data["schedules"][0]
+    assert sc["rounds"] == decodedata.TOKENS and "lanes" in sc["summary"]
+    for P, row in enumerate(sc["configs"], start=1):
+        for M, rec in enumerate(row, start=1):
+            # One lane: (P-1)/P idle; the simulated bubble equals the closed form.
+            assert rec["fb"] == ("0/1" if P == 1 else f"{P - 1}/{P}") or M > 1
+            if "fw" in rec:
+                assert rec["fw"][1] == rec["fb"] or rec["fw"][1] == "0/1" == rec["fb"]
+    assert sc["configs"][3][7]["fb"] == "3/67"  # P = 4, M = 8: 1 - 64/(8*8 + 3)
 
 
 def test_generic_schedule_with_chunks_and_split_backward():

@@ -61,7 +61,8 @@ class CausalLMChain(nn.Module):
                       and getattr(config, "output_router_logits", False) else None)
             self.embed = fam.embed(model)
             context = fam.context(model)
-            self.layers = nn.ModuleList(Block(layer, context, i, router=router)
+            self.layers = nn.ModuleList(Block(layer, context, i, router=router,
+                                              cache_arg=fam.cache)
                                         for i, layer in enumerate(fam.layers(model)))
             self.head = fam.head(model)
         except AttributeError as e:

@@ -18,11 +18,12 @@ __all__ = ["GPT2Context", "OPTContext", "OPTEmbed", "BloomContext", "FalconConte
 class GPT2Context(Context):
     """GPT-2: the causal mask (built with the position ids) and the position ids."""
 
-    def layer_kwargs(self, index, hidden, attention_mask, position_ids) -> dict:
+    def layer_kwargs(self, index, hidden, attention_mask, position_ids, cache=None) -> dict:
         pos = positions(hidden, position_ids)
         if attention_mask is not None and attention_mask.ndim < 4:
             attention_mask = attention_mask.view(hidden.shape[0], -1)
-        return {"attention_mask": causal_mask(self.config, hidden, attention_mask, pos),
+        return {"attention_mask": causal_mask(self.config, hidden, attention_mask, pos,
+                                              cache=cache, layer_idx=index),
                 "position_ids": pos}
 
 
@@ -60,8 +61,9 @@ class OPTContext(Context):
     """OPT: the causal mask (built without position ids, as OPT does) and
     the mask-counted position ids."""
 
-    def layer_kwargs(self, index, hidden, attention_mask, position_ids) -> dict:
-        return {"attention_mask": causal_mask(self.config, hidden, attention_mask),
+    def layer_kwargs(self, index, hidden, attention_mask, position_ids, cache=None) -> dict:
+        return {"attention_mask": causal_mask(self.config, hidden, attention_mask, cache=cache,
+                                              layer_idx=index),
                 "position_ids": opt_positions(hidden, attention_mask, position_ids)}
 
 
@@ -69,7 +71,7 @@ class BloomContext(Context):
     """BLOOM: the causal mask and the ALiBi biases, both from the attention
     mask (``build_alibi_tensor`` of the model's own module)."""
 
-    def layer_kwargs(self, index, hidden, attention_mask, position_ids) -> dict:
+    def layer_kwargs(self, index, hidden, attention_mask, position_ids, cache=None) -> dict:
         from transformers.models.bloom import modeling_bloom as mb
 
         n, T = hidden.shape[:2]
@@ -82,7 +84,8 @@ class BloomContext(Context):
             attention_mask = attention_mask.to(hidden.device)
             alibi = mb.build_alibi_tensor(attention_mask, heads, dtype=hidden.dtype)
         return {"alibi": alibi,
-                "attention_mask": causal_mask(self.config, hidden, attention_mask)}
+                "attention_mask": causal_mask(self.config, hidden, attention_mask, cache=cache,
+                                              layer_idx=index)}
 
 
 class FalconContext(Context):
@@ -93,12 +96,13 @@ class FalconContext(Context):
         super().__init__(config)
         self.rotary = rotary
 
-    def layer_kwargs(self, index, hidden, attention_mask, position_ids) -> dict:
+    def layer_kwargs(self, index, hidden, attention_mask, position_ids, cache=None) -> dict:
         from transformers.models.falcon import modeling_falcon as mf
 
         n, T = hidden.shape[:2]
         pos = positions(hidden, position_ids)
-        mask = causal_mask(self.config, hidden, attention_mask, pos, allow_is_causal_skip=False)
+        mask = causal_mask(self.config, hidden, attention_mask, pos, allow_is_causal_skip=False,
+                           cache=cache, layer_idx=index)
         if self.config.alibi:
             heads = self.config.num_attention_heads
             ones = (torch.ones((n, T), device=hidden.device, dtype=torch.long)

@@ -61,6 +61,12 @@ class Family:
     refuse:  config -> None, or why this configuration cannot be adapted.
     router:  model -> its MoE router loss (``RouterLoss``), for families
              whose ``output_router_logits`` is wired; None: not wired.
+    cache:   the keyword the family's layers take the model's KV cache
+             class under ("cache" in transformers 5, "layer_past" in some),
+             which lets ``Pipeline.generate`` decode it with a cache per
+             lane; None: no cache path, and generate refuses the family by
+             name. Declared only where a test holds the pipeline's greedy
+             tokens equal to the model's own ``generate``.
     """
 
     name: str
@@ -71,6 +77,7 @@ class Family:
     models: tuple[str, ...] = ()
     refuse: Callable | None = None
     router: Callable | None = None
+    cache: str | None = None
 
 
 FAMILIES: dict[str, Family] = {}
@@ -100,7 +107,7 @@ def layer_types(config) -> list[str] | None:
 
 def _decoder(name, *, embed_scale=None, logit_scale=None, logit_divide=None, softcap=None,
              sliding=False, per_type=False, norm="norm", dropout=None, models=(), refuse=None,
-             router=None):
+             router=None, cache="cache"):
     """Register a rotary decoder; the keyword arguments name config fields
     (``embed_scale``: multiplies the embeddings; ``logit_scale`` /
     ``logit_divide``: multiply / divide the logits; ``softcap``: caps them)
@@ -119,7 +126,7 @@ def _decoder(name, *, embed_scale=None, logit_scale=None, logit_divide=None, sof
         head=lambda m: Head(getattr(m.model, norm), m.lm_head, scale=cfg(m, logit_scale),
                             divide=cfg(m, logit_divide), softcap=cfg(m, softcap)),
         models=(("sliding_window", "layer_types") if sliding else ()) + tuple(models),
-        refuse=refuse, router=router))
+        refuse=refuse, router=router, cache=cache))
 
 
 def _moe(experts_field: str, router_cls: str):
@@ -163,7 +170,7 @@ register_family(Family(
     embed=lambda m: Embed(m.transformer.wte, positions=m.transformer.wpe,
                           dropout=m.transformer.drop),
     layers=lambda m: m.transformer.h, context=lambda m: GPT2Context(m.config),
-    head=lambda m: Head(m.transformer.ln_f, m.lm_head)))
+    head=lambda m: Head(m.transformer.ln_f, m.lm_head), cache="cache"))
 
 register_family(Family(
     "gpt_neox",
@@ -171,28 +178,31 @@ register_family(Family(
     layers=lambda m: m.gpt_neox.layers,
     context=lambda m: RotaryContext(m.config, m.gpt_neox.rotary_emb),
     head=lambda m: Head(m.gpt_neox.final_layer_norm,
-                        m.lm_head if hasattr(m, "lm_head") else m.embed_out)))
+                        m.lm_head if hasattr(m, "lm_head") else m.embed_out),
+    cache="layer_past"))
 
 register_family(Family(
     "gptj",
     embed=lambda m: Embed(m.transformer.wte, dropout=m.transformer.drop),
     layers=lambda m: m.transformer.h,
     context=lambda m: RotaryContext(m.config, m.transformer.rotary_emb),
-    head=lambda m: Head(m.transformer.ln_f, m.lm_head)))
+    head=lambda m: Head(m.transformer.ln_f, m.lm_head), cache="cache"))
 
 register_family(Family(
     "falcon",
     embed=lambda m: Embed(m.transformer.word_embeddings),
     layers=lambda m: m.transformer.h,
     context=lambda m: FalconContext(m.config, m.transformer.rotary_emb),
-    head=lambda m: Head(m.transformer.ln_f, m.lm_head), models=("alibi",)))
+    head=lambda m: Head(m.transformer.ln_f, m.lm_head), models=("alibi",),
+    cache="layer_past"))
 
 register_family(Family(
     "bloom",
     embed=lambda m: Embed(m.transformer.word_embeddings,
                           norm=m.transformer.word_embeddings_layernorm),
     layers=lambda m: m.transformer.h, context=lambda m: BloomContext(m.config),
-    head=lambda m: Head(m.transformer.ln_f, m.lm_head), models=("alibi",)))
+    head=lambda m: Head(m.transformer.ln_f, m.lm_head), models=("alibi",),
+    cache="layer_past"))
 
 
 def _opt_refuse(config):
@@ -209,4 +219,4 @@ register_family(Family(
     layers=lambda m: m.model.decoder.layers, context=lambda m: OPTContext(m.config),
     head=lambda m: Head(m.model.decoder.final_layer_norm, m.lm_head,
                         project=m.model.decoder.project_out),
-    refuse=_opt_refuse))
+    refuse=_opt_refuse, cache="cache"))

@@ -6,8 +6,8 @@ batch differently. Without a check such a run hangs until the process-group
 timeout, and then each rank blames its peer. So each step opens with one
 all-gather of a fixed record of 10 integers (80 bytes per rank):
 
-    kind    what the rank is doing: a training step, a predict, or leaving
-            (its function returned; the launcher sends this record)
+    kind    what the rank is doing: a training step, a predict, a generate,
+            or leaving (its function returned; the launcher sends this record)
     started how many steps/predicts this process started before (any pipeline)
     step    how many steps/predicts this pipeline ran before
     P, M, batch
@@ -40,8 +40,9 @@ from conveyor.runtime.procs.deadline import bounded
 
 __all__ = ["Agreement", "finish", "fingerprint", "weights_digest"]
 
-STEP, PREDICT, LEAVING = 1, 2, 3
-_KINDS = {STEP: "starts step", PREDICT: "starts predict", LEAVING: "finished its function"}
+STEP, PREDICT, LEAVING, GENERATE = 1, 2, 3, 4
+_KINDS = {STEP: "starts step", PREDICT: "starts predict", LEAVING: "finished its function",
+          GENERATE: "starts generate"}
 _FIELDS = ("kind", "started", "step", "P", "M", "batch", "schedule", "model", "weights")
 _LEN = 1 + len(_FIELDS)  # a magic number first: a record from another collective shows
 _MAGIC = 0x636F6E76  # "conv"
@@ -172,6 +173,8 @@ def _compare(rows: list[list[int]], rank: int, *, describe, group=None) -> None:
         if len(set(values.values())) > 1:
             what = {"step": "steps run before this one", "P": "P (ranks of the schedule)",
                     "M": "M (micro-batches)", "batch": "batch size"}[name]
+            if name == "batch" and kinds[0] == GENERATE:  # a digest of the call
+                what = "the generate call (a digest of its prompts and options)"
             raise AgreementError(f"the ranks disagree on {what}: {_show(values)}; every rank "
                                  f"must build the same pipeline and pass the same batch",
                                  field=name, values=values)

@@ -316,6 +316,19 @@ def watch(pipe) -> bool:
     return True
 
 
+def watch_runner(pipe, runner, comm) -> bool:
+    """Put one more runner of actions (with ``row``, ``on_step`` and
+    ``wrap_actions``, as the interpreter has: the decode loop) and its comm
+    under the watch that ``watch(pipe)`` started; False when none runs."""
+    ctx = pipe.ctx
+    w = _the_watch(ctx.global_rank, ctx.global_size) if ctx.global_size > 1 else None
+    if w is None:
+        return False
+    _wrap_interpreter(runner, w.progress, pipe, pipe.config.timeout_s, w.last_words)
+    _wrap_comm(comm, w.progress, pipe.config.timeout_s, w.last_words, ctx.to_global)
+    return True
+
+
 def _wrap_interpreter(interp, p: Progress, pipe, timeout_s: float,
                       lw: LastWords | None = None) -> None:
     # The first step this process runs with this interpreter gets FIRST_STEP

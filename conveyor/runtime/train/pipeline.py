@@ -294,6 +294,27 @@ class Pipeline:
                 m.train(modes[s])
         return res.output
 
+    def generate(self, prompts, max_new_tokens: int, **options):
+        """Continue ``prompts`` by ``max_new_tokens`` tokens each, decoding
+        through the pipeline with a KV cache per lane. Collective: every
+        rank calls it with the same prompts; returns the same Generation
+        (tokens, lengths, sequences, stats) on every rank.
+
+        prompts: a list of 1-D token sequences; a flat tensor with
+        ``lengths=[...]``; or an (n, T) tensor, left-padded, with
+        ``attention_mask=``. Options (keyword): lanes (M, default min(n, P)),
+        temperature (0: greedy), top_k, top_p, seed, stop_tokens, pad_id,
+        prefill_chunk, cache_budget (bytes per rank), return_logits, record.
+        See ``conveyor.runtime.train.generate`` and
+        https://github.com/conveyor-pp/conveyor/blob/main/docs/generation.md.
+
+        Raises, on every rank before any decodes: PipelineError for a stage
+        that cannot decode or a bad option, ContextError, CacheBudgetError,
+        LanesError; while decoding, StageError / PeerFailedError as ``step``.
+        """
+        from conveyor.runtime.train.generate import generate
+        return generate(self, prompts, max_new_tokens, **options)
+
     def evaluate(self, inputs: Batch = None, targets: Batch = None, *,
                  batch_size: int | None = None, normalizer: float | None = None,
                  side: Side = None) -> float:

@@ -70,8 +70,12 @@ class Comm:
 
     def __init__(self, *, rank: int, placement: Sequence[int], device: torch.device,
                  timeout_s: float, group=None, strict_order: bool = False, pool: bool = True,
-                 transport=None, wire: torch.dtype | None = None):
+                 transport=None, wire: torch.dtype | None = None, shape_class=None):
         self.rank = rank
+        # cut -> the cut whose handshake it shares (None: its own). The decode
+        # loop's virtual cuts (conveyor.schedule.decode) repeat the real ones
+        # every round: one handshake per real cut, not per round.
+        self._class = shape_class or (lambda cut: cut)
         # None: torch.distributed's isend/irecv; else an object with the same
         # calls (conveyor.runtime.transport.shm.ShmTransport)
         self.transport = transport
@@ -110,7 +114,7 @@ class Comm:
         # hashed, and a clash needs two keys new on one cut in the same step.
         if not isinstance(size, int):
             size = zlib.crc32(repr(size).encode())
-        return self._tag(size % 65536, cut, _META)
+        return self._tag(size % 65536, self._class(cut), _META)
 
     # -- sending -------------------------------------------------------------------
     def _isend(self, t: torch.Tensor, dst: int, tag: int, action):
@@ -129,12 +133,12 @@ class Comm:
         dst = self.placement[cut + 1]
         metas = meta_of(tensors, self.wire)
         held = []
-        known = self.meta_out.get((cut, size))
+        known = self.meta_out.get((self._class(cut), size))
         if known is None:
             meta = encode_meta(metas, stage=cut).to(self.device)
             held.append((self._isend(meta, dst, self._meta_tag(size, cut), action), meta))
             self.meta_bytes += nbytes(meta)
-            self.meta_out[(cut, size)] = metas
+            self.meta_out[(self._class(cut), size)] = metas
         elif known != metas:
             raise StageError(
                 f"stage {cut} output changed from {_show(known)} to {_show(metas)} for "
@@ -167,7 +171,7 @@ class Comm:
 
     # -- receiving -----------------------------------------------------------------
     def act_meta_known(self, cut: int, size: int) -> bool:
-        return (cut, size) in self.meta_in
+        return (self._class(cut), size) in self.meta_in
 
     def recv_act_meta(self, *, cut: int, size: int, action) -> tuple[TensorMeta, ...]:
         """Blocking: the handshake for micro-batches of this size over ``cut``."""
@@ -187,13 +191,13 @@ class Comm:
                 f"same schedule (on NCCL, or with strict_order, a misordered lowering pairs a "
                 f"message with the wrong receive)", rank=self.rank, stage=cut + 1,
                 mb=getattr(action, "mb", None), action=action) from e
-        self.meta_in[(cut, size)] = metas
+        self.meta_in[(self._class(cut), size)] = metas
         return metas
 
     def post_act(self, *, cut: int, mb: int, size: int, action) -> Pending:
         """Post the receives of stage ``cut``'s outputs for micro-batch ``mb``;
         the handshake for this size must be known (see ``act_meta_known``)."""
-        metas = self.meta_in[(cut, size)]
+        metas = self.meta_in[(self._class(cut), size)]
         src = self.placement[cut]
         bufs = tuple(self._buffer(src, m.shape, m.dtype) for m in metas)
         return self._post(bufs, src, [self._tag(mb, cut, _ACT, i) for i in range(len(bufs))],

@@ -79,7 +79,16 @@ var ConveyorCosts = (function () {
 
   // The typed costs resolved for one schedule with S stages on P ranks, in
   // the form ConveyorReplay.costTable takes: per-stage f, i, w, pbytes.
-  function forSchedule(c, S, P) {
+  // rounds (the decode schedule): its S stages are `rounds` passes over the
+  // model, each stage a whole stage of its round, costed as S / rounds stages.
+  function forSchedule(c, S, P, rounds) {
+    if (rounds > 1) {
+      var one = forSchedule(c, S / rounds, P), tile = function (xs) {
+        return Array.from({ length: S }, function (_, s) { return xs[s % xs.length]; });
+      };
+      return Object.assign(one, { f: tile(one.f), i: tile(one.i), w: tile(one.w),
+        pbytes: tile(one.pbytes), weight: tile(one.weight) });
+    }
     var unit = c.unit || "model", L = Math.max(c.f.length, c.i.length, c.w.length), cuts = Math.max(S - 1, 0);
     var bytes = c.bytes || [0];
     if (bytes.length !== 1 && bytes.length !== cuts) {

@@ -118,7 +118,8 @@
     // The same global batch: a schedule that runs fewer micro-batches (naive: one)
     // gets proportionally bigger ones; with a fixed batch each costs 1/M of it.
     var scale = st.fixed ? 1 / order.M : st.M / order.M;
-    var S = order.placement.length, c = K.forSchedule(st.costs, S, st.P), table = R.costTable(c, S, scale);
+    var S = order.placement.length, c = K.forSchedule(st.costs, S, st.P, schedByName[name].rounds),
+      table = R.costTable(c, S, scale);
     if (st.costs.rpn > 0) table.link = R.nodeLinks(st.costs, order.placement, table.bytes);
     var events = R.replay(rows, order.placement, table);
     // Replicas are identical: one is replayed and each rank's all-reduces added.
@@ -254,7 +255,8 @@
   function peaksOf(m) { return m.memory.map(function (x) { return num(x.peak); }); }
 
   function statsRow(m, st) {
-    var fixedNote = m.M !== st.M ? " (fixed: the whole batch at once)" : "";
+    var fixedNote = m.M !== st.M ? " (fixed: the whole batch at once)" : "", rounds = schedByName[m.name].rounds;
+    if (rounds) fixedNote = " lanes · " + num(m.M * rounds / m.lay.T) + " tokens per time unit";
     var peaks = peaksOf(m), mem = st.costs.mem;
     return "<tr><th scope=\"row\">" + esc(m.name) + "</th><td>" + m.M + fixedNote + "</td><td class=\"b\">" +
       simBubble(m) + "</td><td>" + (m.python ? bubbleText(m.python.formula) : m.candidate ? "solved: " + esc(m.candidate) : "") +
