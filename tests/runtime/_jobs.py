@@ -19,6 +19,19 @@ from tests.runtime import _models
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
+def exchange_bytes(P: int) -> int:
+    """Bytes every step sends, over all P ranks, outside the pipeline's own
+    messages: the step agreement (each rank's record of 10 int64 to rank 0,
+    which sends the table of P records back to each; procs/agree.py) and the
+    step's end (each rank's loss, flags and auxiliary loss, 4 float64, to
+    the rank that finishes last, which sends the sums back to each;
+    train/stepend.py). Point-to-point over gloo, whatever the transport."""
+    from conveyor.runtime.train.stepend import WIDTH
+
+    agreement = (P - 1) * 80 + (P - 1) * 80 * P
+    return agreement + 2 * (P - 1) * WIDTH * 8
+
+
 @contextmanager
 def count_traffic():
     """Count what this process hands to torch.distributed while the body runs:

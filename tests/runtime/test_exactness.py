@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from conveyor.runtime import launch
-from conveyor.runtime.train import stepend
 from conveyor.runtime.transport.comm import META_LEN
 from conveyor.schedule import Action, Schedule, build_schedule, save_schedule
 from conveyor.schedule.ir import B, F, I, W
@@ -138,13 +137,8 @@ def test_only_cut_activations_cross(runs, P):
     micro-batches): forward activations plus their gradients, nothing more.
     The only other traffic is the handshake (first step of a size) and two
     exchanges of point-to-point messages, no collective: the step agreement
-    (each rank's record of 10 int64 to rank 0, which sends the table of P
-    records back to each; procs/agree.py) and the step's end (each rank's
-    loss, flags and auxiliary loss, 4 float64, to the rank that finishes
-    last, which sends the sums back to each; train/stepend.py)."""
+    and the step's end (``_jobs.exchange_bytes``)."""
     run = runs(P)
-    agreement = (P - 1) * 80 + (P - 1) * 80 * P
-    end = 2 * (P - 1) * stepend.WIDTH * 8
     for cid, rows in run["rows"].items():
         cfg = run["cfgs"][cid]
         place = rows[0]["placement"]
@@ -159,7 +153,7 @@ def test_only_cut_activations_cross(runs, P):
             assert sum(s["recv_bytes"] for s in steps) == expected, (cid, k)
             # What torch.distributed saw beyond what the comm layer counted.
             extra = sum(s["p2p_bytes"] - s["sent_bytes"] - s["meta_bytes"] for s in steps)
-            assert extra == agreement + end, (cid, k, extra)
+            assert extra == _jobs.exchange_bytes(P), (cid, k, extra)
             for s in steps:
                 assert s["collective_bytes"] == 0, (cid, k)
             meta = sum(s["meta_bytes"] for s in steps)

@@ -173,7 +173,7 @@ class Interpreter(Transfers):
                     handler(row[i])
                     recorder.add(row[i], t0, clock())
                 if release[i]:
-                    self._release_sends(release[i])
+                    self._release_sends(release[i], proven=True)
             gate()  # a rank without transfers
             # Sends without an earlier proof of delivery: wait for them now.
             self._release_sends(list(self.sends))
