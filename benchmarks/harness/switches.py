@@ -18,9 +18,13 @@ the loss on every rank, a guard) is not needed to get through the step:
                so memory then grows with M; timing only)
     hooks      the hang watch's per-action and per-wait bookkeeping, its
                last words and the collectives' deadline wrapper are off
-               (hang.py, lastwords.py, deadline.py)
+               (hang.py, lastwords.py, deadline.py); its thread still polls
     nonfinite  PipelineConfig(nonfinite="off"): no pass over the gradients
     all        every one of the above
+
+Every switch works on the code before issue 32 too (its one blocking
+agreement check, its loss all-reduce in run.share), so the same benchmark
+gives the breakdown before and after.
 """
 
 from __future__ import annotations
@@ -57,7 +61,10 @@ def config_for(config, off: frozenset[str]):
 def switch_off(pipe, off: frozenset[str]) -> None:
     """Switch off, on this built pipeline, what lives on its own objects."""
     if "agree" in off:
-        pipe._agreement.begin = lambda **kw: None
+        if hasattr(pipe._agreement, "begin"):
+            pipe._agreement.begin = lambda **kw: None
+        else:  # the code before issue 32: one blocking check
+            pipe._agreement.check = lambda **kw: None
     if "sendwait" in off:
         interp = pipe.interp
         interp.plan = dataclasses.replace(
@@ -74,15 +81,24 @@ def _local_share(self, loss, flags=()):
     return (float(loss) if loss is not None else 0.0), [float(f) for f in flags]
 
 
+def _local_share_before(ctx, loss, flags=()):
+    return (float(loss) if loss is not None else 0.0), [float(f) for f in flags]
+
+
 @contextlib.contextmanager
 def during_step(off: frozenset[str]):
     """Patch the module-level calls a source makes, for one step."""
     patches = []
     if "loss" in off:
-        from conveyor.runtime.train.stepend import StepEnd
+        try:
+            from conveyor.runtime.train.stepend import StepEnd
+        except ImportError:  # the code before issue 32: one all-reduce, run.share
+            from conveyor.runtime.train import run
 
-        patches.append((StepEnd, "share", _local_share))
-        patches.append((StepEnd, "post", lambda self: None))
+            patches.append((run, "share", _local_share_before))
+        else:
+            patches.append((StepEnd, "share", _local_share))
+            patches.append((StepEnd, "post", lambda self: None))
     if "hooks" in off:
         from conveyor.runtime.procs import hang
 

@@ -22,6 +22,9 @@ For each rank of a lowered schedule, a RankPlan holds:
 * ``first_transfer``: the position before which the rank first sends or
   posts a receive (its list's length when it never does); the compute
   before it touches no peer, so it may overlap the step's agreement.
+* ``first_recv``: the position of its first receive, where it is likely
+  to wait (at the latest there, the first stage's rank waits out the fill):
+  a place for work that must be done before the step ends but not soon.
 
 For 1F1B this releases stage s's activation send of micro-batch mb when the
 gradient of mb comes back, so the buffers a rank holds stay within 1F1B's
@@ -49,6 +52,7 @@ class RankPlan:
     post_limit: tuple[int, ...]
     release_after: tuple[tuple[Action, ...], ...]
     first_transfer: int = 0
+    first_recv: int = 0
 
 
 def _matching_recv(schedule: Schedule, a: Action) -> Action:
@@ -219,7 +223,8 @@ def _plan_rank(schedule: Schedule, rank: int, prepost: bool) -> RankPlan:
     # run as actions of their own.
     first = next((i for i, a in enumerate(row)
                   if not a.is_compute or (recvs and limit[i] >= recvs[0])), n)
-    return RankPlan(peer, recvs, tuple(limit), tuple(tuple(x) for x in release), first)
+    return RankPlan(peer, recvs, tuple(limit), tuple(tuple(x) for x in release), first,
+                    recvs[0] if recvs else n)
 
 
 def finishing_rank(schedule: Schedule) -> int:

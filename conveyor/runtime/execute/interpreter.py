@@ -140,14 +140,16 @@ class Interpreter(Transfers):
 
     # -- the loop ------------------------------------------------------------------
     def run(self, data: StepData, *, recorder: Recorder | None = None,
-            memory: ActivationMemory | None = None,
-            gate: Callable[[], None] | None = None) -> tuple[torch.Tensor | None, dict]:
+            memory: ActivationMemory | None = None, gate: Callable[[], None] | None = None,
+            idle: Callable[[], None] | None = None) -> tuple[torch.Tensor | None, dict]:
         """Run the step. Returns (sum of weighted losses or None if this rank
         has no last stage, {mb: last-stage output} for forward-only steps).
         ``gate()``, if given, is called once before this rank's first send or
         receive (``plan.first_transfer``), and before leaving when an action
         failed first: the step's agreement (``procs.agree``), which its
-        peers wait in."""
+        peers wait in. ``idle()`` is called once after it, at the first
+        receive (``plan.first_recv``), where the rank is likely to wait,
+        once the receives due there are posted."""
         self.data, self.memory = data, memory
         self.inp, self.out, self.gout, self.gin, self.wpend = {}, {}, {}, {}, {}
         self.aux, self.aux_values = {}, {}  # backward roots per (s, mb); values by name
@@ -159,6 +161,7 @@ class Interpreter(Transfers):
         clock = time.perf_counter
         limit, release, row = self.plan.post_limit, self.plan.release_after, self.row
         at = self.plan.first_transfer if gate is not None else -1
+        at_idle = self.plan.first_recv if idle is not None else -1
         gate = _once(gate)
         try:
             for i, handler in enumerate(self._dispatch):
@@ -166,6 +169,8 @@ class Interpreter(Transfers):
                     gate()
                 self.step_index = i
                 self._post_upto(limit[i])
+                if i == at_idle:  # after the pipeline's receives: they come first
+                    idle()
                 if recorder is None:
                     handler(row[i])
                 else:

@@ -4,9 +4,9 @@ Every rank runs the same script, but nothing stops one rank from calling
 ``step`` once more, building its model with another layer, or cutting its
 batch differently. Without a check such a run hangs until the process-group
 timeout, and then each rank blames its peer. So each step opens with an
-exchange of a fixed record of 10 integers (80 bytes per rank), gathered on
-pipeline rank 0 and broadcast back as one table, so every rank sees every
-record:
+exchange of a fixed record of 10 integers (80 bytes per rank), sent to the
+last pipeline rank, which sends the table of them back, so every rank sees
+every record:
 
     kind    what the rank is doing: a training step, a predict, or leaving
             (its function returned; the launcher sends this record)
@@ -166,37 +166,43 @@ UP_TAG, DOWN_TAG = 2**31 - 1, 2**31 - 2
 
 
 class _Exchange:
-    """One agreement exchange in flight: every record goes to pipeline rank
-    0, which sends the table of them back to every rank; calling the object
-    completes it and compares. Over gloo a ``star`` of point-to-point
-    messages, every receive posted at once, so the records travel while
-    rank 0 computes and the table the moment it is sent: one hop each way,
-    where gloo's ring all-gather took 2 (P - 1) dependent steps (12 ms at P
-    = 8 on a loaded 2-core machine; benchmarks/SCHEDULES.md). Over NCCL the
-    same as a gather and a broadcast."""
+    """One agreement exchange in flight: every record goes to the last
+    pipeline rank, which sends the table of them back to every rank;
+    calling the object completes it and compares.
+
+    The last rank: it waits at the start of a step anyway (its first action
+    receives what every stage before it computed), and its place is known
+    without a schedule, to a leaving rank too. Over gloo the exchange is a
+    ``star`` of point-to-point messages, every receive posted at once, so
+    the records travel while the first stage computes and the table goes
+    out the moment it is complete: one hop each way, where gloo's ring
+    all-gather took 2 (P - 1) dependent steps (12 ms at P = 8 on a loaded
+    2-core machine; benchmarks/SCHEDULES.md). Over NCCL a gather and a
+    broadcast."""
 
     def __init__(self, record: list[int], device, world_size: int, group, rank: int,
                  what: str, describe, backend: str):
         self.world_size, self.group, self.rank = world_size, group, rank
         self.what, self.describe = what, describe
+        self.root = root = world_size - 1
         self.star = None
         try:
             if usable(backend, world_size):
                 self.mine = torch.tensor([_MAGIC] + record, dtype=torch.int64)
-                self.star = Star(group=group, rank=rank, size=world_size, root=0,
+                self.star = Star(group=group, rank=rank, size=world_size, root=root,
                                  up_tag=UP_TAG, down_tag=DOWN_TAG, up_shape=(_LEN,),
                                  down_shape=(world_size, _LEN), dtype=torch.int64)
                 self.star.post()
-                if rank != 0:
+                if rank != root:
                     self.star.send(self.mine)
                 return
             mine = torch.tensor([_MAGIC] + record, dtype=torch.int64, device=device)
             self.table = torch.empty((world_size, len(mine)), dtype=torch.int64, device=device)
             self.mine = mine  # kept alive until the gather is done
-            self.works = [dist.gather(mine, list(self.table.unbind(0)) if rank == 0 else None,
-                                      group=group, group_dst=0, async_op=True)]
-            if rank != 0:
-                self.works.append(dist.broadcast(self.table, group=group, group_src=0,
+            self.works = [dist.gather(mine, list(self.table.unbind(0)) if rank == root else None,
+                                      group=group, group_dst=root, async_op=True)]
+            if rank != root:
+                self.works.append(dist.broadcast(self.table, group=group, group_src=root,
                                                  async_op=True))
         except RuntimeError as e:
             raise _lost(e) from e
@@ -212,15 +218,15 @@ class _Exchange:
         """Every record, on this rank (after waiting for them)."""
         with bounded(self.what, self.group):  # .tolist() inside: on NCCL the host waits there
             if self.star is not None:
-                if self.rank == 0:
+                if self.rank == self.root:
                     table = torch.stack(self.star.collect(self.mine))
                     self.star.reply(table)
                     return table.tolist()
                 return self.star.answer().tolist()
             for w in self.works:
                 w.wait()
-            if self.rank == 0:
-                dist.broadcast(self.table, group=self.group, group_src=0)
+            if self.rank == self.root:
+                dist.broadcast(self.table, group=self.group, group_src=self.root)
             return self.table.tolist()
 
 

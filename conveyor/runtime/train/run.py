@@ -72,12 +72,13 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
             with bounded("the recorded-step barrier", None):
                 dist.barrier()
     # The agreement overlaps this rank's compute before its first transfer;
-    # once it has passed, the receives of the step's end exchange are posted.
-    agreed = pipe._agreement.begin(kind=agree.PREDICT if interp.forward_only else agree.STEP,
-                                   step=pipe.steps, batch=sum(data.sizes))
+    # the receives of the step's end exchange are posted after it, where the
+    # rank first waits.
+    gate = pipe._agreement.begin(kind=agree.PREDICT if interp.forward_only else agree.STEP,
+                                 step=pipe.steps, batch=sum(data.sizes))
     ending = None if interp.forward_only else StepEnd(pipe.ctx, finishing_rank(pipe.schedule))
-    loss, outputs = interp.run(data, recorder=recorder, memory=memory,
-                               gate=_gate(agreed, ending))
+    loss, outputs = interp.run(data, recorder=recorder, memory=memory, gate=gate,
+                               idle=ending.post if ending is not None else None)
     stats = comm.counts()
     if memory is not None:
         stats["peak_activation_bytes"] = memory.peak
@@ -115,18 +116,6 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
     return StepResult(loss=loss_value, timeline=timeline, stats=stats,
                       wall_s=time.perf_counter() - t_start, output=output, finite=finite,
                       aux_loss=aux_total, aux=aux)
-
-
-def _gate(agreed, ending):
-    """What the interpreter calls before this rank's first transfer."""
-    if agreed is None:
-        return None if ending is None else ending.post
-
-    def gate() -> None:
-        agreed()
-        if ending is not None:
-            ending.post()
-    return gate
 
 
 def share_loss(ctx, loss, last_rank: int = 0) -> float:
