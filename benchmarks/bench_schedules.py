@@ -4,6 +4,8 @@
     python benchmarks/bench_schedules.py --quick    # P in {2, 4}, M in {4, 8}
     python benchmarks/bench_schedules.py --smoke --out-dir /tmp/s   # a tiny grid, seconds
     python benchmarks/bench_schedules.py --report-only              # SCHEDULES.md from JSON
+    python benchmarks/bench_schedules.py --short        # issue 32: actions of a few ms
+    python benchmarks/bench_schedules.py --breakdown    # issue 32: overhead by source
 
 The emulated workload with its backward split into I and W sleeps (I = W =
 B / 2 by default), so zero-bubble schedules gain what they would on a GPU. The
@@ -12,6 +14,13 @@ generators join without an edit here) and every torch.distributed.pipelining
 schedule (``harness.frameworks.TORCH_SCHEDULES``); where both have a name,
 both run it, in turns, on the same model copies. Writes ``schedules.json`` and
 ``SCHEDULES.md`` (targets, then a table per P and M) into --out-dir.
+
+``--short`` and ``--breakdown`` (issue 32, ``harness.short``) time 1F1B, GPipe
+and interleaved 1F1B with actions of a few milliseconds (16 emulated layers,
+0.5 and 2 ms forward per layer), and conveyor's 1F1B with each source of
+per-step overhead switched off; they write ``schedules_short.json`` and
+``overhead.json``, which SCHEDULES.md shows in a section of its own (with
+``*_before.json`` beside them, the same cases before issue 32's changes).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from harness.config import EmulatedWorkload, RunSettings  # noqa: E402
 from harness.driver import run_benchmark  # noqa: E402
 from harness.frameworks import TORCH_SCHEDULES  # noqa: E402
 from harness.report import RATIO_TARGET, markdown_conditions  # noqa: E402
+from harness import short  # noqa: E402
 from harness.schedules_report import (  # noqa: E402
     HEADLINE_TARGET, VS_TORCH_MEDIAN_P8, VS_TORCH_TARGET, headline, markdown_schedules,
     targets_schedules,
@@ -108,8 +118,35 @@ def write_markdown(result: dict, out: Path) -> None:
              "returns freed memory. n/s: the framework does not run that case (it has no such "
              "schedule, or refuses this P and M); -: not measured.", ""]
     lines += targets_md(rows)
+    lines += short_md(out.parent)
     lines += markdown_schedules(rows)
     out.write_text("\n".join(lines))
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def short_md(folder: Path) -> list[str]:
+    """Issue 32's section (short actions, the overhead by source), from the
+    JSON files in ``folder``; nothing when they are absent."""
+    data, parts = _load(folder / "schedules_short.json"), _load(folder / "overhead.json")
+    if data is None and parts is None:
+        return []
+    lines = ["## Short actions (issue 32)", "",
+             "Written by `python benchmarks/bench_schedules.py --short` and `--breakdown`; "
+             "raw numbers in `schedules_short.json` and `overhead.json` (and "
+             "`*_before.json`: the same commands on the code before issue 32's changes, "
+             "commit 104316d).", ""]
+    if data is not None:
+        lines += short.markdown_short(data, _load(folder / "schedules_short_before.json"))
+    if parts is not None:
+        lines += ["### Per-step overhead by source", ""]
+        lines += short.markdown_breakdown(parts, _load(folder / "overhead_before.json"))
+    notes = folder / "short_notes.md"
+    if notes.exists():
+        lines += [notes.read_text().rstrip(), ""]
+    return lines
 
 
 def main(argv=None) -> int:
@@ -130,12 +167,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", default=str(HERE), help="where the results go")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite SCHEDULES.md from schedules.json, run nothing")
+    ap.add_argument("--short", action="store_true",
+                    help="issue 32: 1f1b, gpipe, interleaved-1f1b with 16 layers of 0.5 and 2 "
+                         "ms (forward) at P in {4, 8}, M in {8, 16} -> schedules_short.json")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="issue 32: conveyor's 1f1b with each overhead source off, in turns "
+                         "(P in {4, 8}, M = 8) -> overhead.json")
+    ap.add_argument("--suffix", default="",
+                    help="append to the --short / --breakdown JSON's name (e.g. _before)")
     args = ap.parse_args(argv)
     out = Path(args.out_dir)
     if args.report_only:
         write_markdown(json.loads((out / "schedules.json").read_text()), out / "SCHEDULES.md")
         return 0
     out.mkdir(parents=True, exist_ok=True)
+    if args.short or args.breakdown:
+        return run_issue32(args, out, argv)
     workload = EmulatedWorkload(forward=args.forward, backward=args.backward,
                                 input_grad=args.input_grad, split_backward=True,
                                 **({"width": 64, "mb_size": 2} if args.smoke else {}))
@@ -157,6 +204,41 @@ def main(argv=None) -> int:
     write_markdown(result, out / "SCHEDULES.md")
     print(f"wrote {out / 'SCHEDULES.md'} and {out / 'schedules.json'} "
           f"({result['elapsed_s']:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def run_issue32(args, out: Path, argv) -> int:
+    """``--short`` / ``--breakdown``: run, write the JSON, refresh SCHEDULES.md."""
+    Ps = [int(x) for x in args.Ps.split(",")] if args.Ps else [4, 8]
+    small = {"width": 64, "mb_size": 2} if args.smoke else {}
+    t0 = time.monotonic()
+    cmd = ("python benchmarks/bench_schedules.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])).strip()
+    jobs = []
+    if args.short:
+        Ms = [int(x) for x in args.Ms.split(",")] if args.Ms else [8, 16]
+        jobs.append(("schedules_short", lambda bar: short.run_short(
+            Ps=Ps, Ms=Ms, repeats=1 if args.smoke else max(args.repeats, 9),
+            warmup=1 if args.smoke else args.warmup, on_progress=bar.advance, **small),
+            len(Ps) * len(Ms) * len(short.LENGTHS_MS) * len(short.SCHEDULES)))
+    if args.breakdown:
+        Ms = [int(x) for x in args.Ms.split(",")] if args.Ms else [8]
+        jobs.append(("overhead", lambda bar: short.run_breakdown(
+            Ps=Ps, Ms=Ms, repeats=1 if args.smoke else max(args.repeats, 15),
+            warmup=1 if args.smoke else args.warmup, on_progress=bar.advance, **small),
+            len(Ps) * len(Ms) * len(short.LENGTHS_MS)))
+    for name, run, n in jobs:
+        bar = ProgressBar(n, title=f"{name} ")
+        try:
+            data = run(bar)
+        finally:
+            bar.close()
+        data["command"], data["elapsed_s"] = cmd, time.monotonic() - t0
+        (out / f"{name}{args.suffix}.json").write_text(json.dumps(data, indent=1))
+    if (out / "schedules.json").exists():
+        write_markdown(json.loads((out / "schedules.json").read_text()), out / "SCHEDULES.md")
+    print(f"wrote {', '.join(f'{n}{args.suffix}.json' for n, _, _ in jobs)} in {out} "
+          f"({time.monotonic() - t0:.0f} s)", file=sys.stderr)
     return 0
 
 

@@ -142,7 +142,8 @@ class RunSettings:
 
     repeats:    timed steps per framework; medians are reported.
     warmup:     untimed steps first (shape handshakes, allocator warm-up).
-    frameworks: which implementations run, alternating step by step.
+    frameworks: which implementations run, alternating step by step
+                (``FRAMEWORKS``, or ``conveyor-no-<source>``: see switches.py).
     timeout:    seconds before a run of one process group is declared hung.
     memory:     also measure RSS per step, in processes of their own (see
                 ``worker.measure_memory``); without it RSS comes from the
@@ -159,7 +160,11 @@ class RunSettings:
         _count("repeats", self.repeats)
         _count("warmup", self.warmup, at_least=0)
         _seconds("timeout", self.timeout, zero_ok=False)
-        bad = [f for f in self.frameworks if f not in FRAMEWORKS]
+        from .switches import PREFIX, SOURCES, variant_sources
+
+        bad = [f for f in self.frameworks if f not in FRAMEWORKS and variant_sources(f) is None]
         if bad or not self.frameworks:
             raise BenchError(f"unknown framework(s) {bad or self.frameworks!r}; "
-                             f"choose from {', '.join(FRAMEWORKS)}")
+                             f"choose from {', '.join(FRAMEWORKS)}, or conveyor with one "
+                             f"source of overhead off: "
+                             f"{', '.join(PREFIX + s for s in SOURCES + ('all',))}")

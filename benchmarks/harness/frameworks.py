@@ -13,6 +13,7 @@ from torch import nn
 
 from .config import LR, BenchError, Unsupported
 from .conveyor_runner import ConveyorRunner
+from .switches import variant_sources
 from .workloads import loss_fn
 
 __all__ = ["make_runner", "stage_plan", "TorchRunner", "TORCH_SCHEDULES"]
@@ -38,7 +39,7 @@ def stage_plan(framework: str, schedule: str, P: int, M: int) -> tuple[int, list
     from conveyor.errors import ScheduleError
     from conveyor.schedule import build_schedule
 
-    if framework == "conveyor":
+    if variant_sources(framework) is not None:  # conveyor, or it with a switch off
         try:
             sched = build_schedule(schedule, P, M)
         except ScheduleError as e:
@@ -92,6 +93,8 @@ def make_runner(framework: str, modules: dict[int, nn.Module], *, rank: int, P: 
     Unsupported when it cannot run the case."""
     if framework == "torch":
         return TorchRunner(modules, rank=rank, P=P, schedule=schedule, M=M, device=device)
-    if framework == "conveyor":
-        return ConveyorRunner(modules, rank=rank, P=P, schedule=schedule, M=M, device=device)
+    off = variant_sources(framework)
+    if off is not None:
+        return ConveyorRunner(modules, rank=rank, P=P, schedule=schedule, M=M, device=device,
+                              off=off)
     raise BenchError(f"unknown framework {framework!r}; choose conveyor or torch")

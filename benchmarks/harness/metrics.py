@@ -75,6 +75,7 @@ def summarize_case(raw: dict, *, workload: str, costs: CostModel | None,
                **_rss(raw.get("memory"), fw, per_rep, P),
                "bytes": statistics.median(sum(m["bytes"] for m in rep) for rep in per_rep),
                "sends": statistics.median(sum(m["sends"] for m in rep) for rep in per_rep)}
+        row.update(_head_tail(per_rep))
         own_bytes = [sum(m["own_bytes"] for m in rep) for rep in per_rep
                      if all(m.get("own_bytes") is not None for m in rep)]
         if own_bytes:
@@ -88,6 +89,31 @@ def summarize_case(raw: dict, *, workload: str, costs: CostModel | None,
             row["timeline"] = rep_t.shifted(0.0).to_dict()
         rows.append(row)
     return rows
+
+
+def _head_tail(per_rep) -> dict:
+    """Where a step spends its time outside the stages' own work, from the
+    probe's stamps (one clock for every process on a host):
+
+    head_s: from the first rank starting the step to the first stage
+            starting its first forward (splitting the batch, conveyor's step
+            agreement), median over the timed steps.
+    tail_s: from the last stage work of the step ending (the last backward
+            or W anywhere) to the last rank's optimizer update ending (the
+            gradients' final pass, conveyor's loss exchange, the update).
+    """
+    heads, tails = [], []
+    for rep in per_rep:
+        starts = [e[3] for m in rep for e in m["events"]]
+        ends = [e[4] for m in rep for e in m["events"]]
+        if not starts:
+            continue
+        heads.append(min(starts) - min(m["t0"] for m in rep))
+        tails.append(max(m["t1"] for m in rep) - max(ends))
+    if not heads:
+        return {}
+    return {"head_s": statistics.median(heads), "tail_s": statistics.median(tails),
+            "heads_s": heads, "tails_s": tails}
 
 
 def _explain(schedule: str, P: int, M: int, t: Timeline, latency, per_rep) -> dict:

@@ -19,6 +19,12 @@ For each rank of a lowered schedule, a RankPlan holds:
   engine of ``conveyor.schedule.deps`` runs them). The wait then returns at
   once, so it cannot deadlock, whatever other ranks do. Sends without such
   proof are waited on at the end of the step.
+* ``first_transfer``: the position before which the rank first sends or
+  posts a receive (its list's length when it never does); the compute
+  before it touches no peer, so it may overlap the step's agreement.
+* ``first_recv``: the position of its first receive, where it is likely
+  to wait (at the latest there, the first stage's rank waits out the fill):
+  a place for work that must be done before the step ends but not soon.
 
 For 1F1B this releases stage s's activation send of micro-batch mb when the
 gradient of mb comes back, so the buffers a rank holds stay within 1F1B's
@@ -32,9 +38,9 @@ from dataclasses import dataclass
 
 from conveyor.errors import ScheduleError
 from conveyor.schedule.deps import Dependencies, replay
-from conveyor.schedule.ir import RECV_B, RECV_F, SEND_B, SEND_F, Action, Schedule
+from conveyor.schedule.ir import B, RECV_B, RECV_F, SEND_B, SEND_F, Action, Schedule
 
-__all__ = ["RankPlan", "peer_columns", "plan_rank", "vector_clocks"]
+__all__ = ["RankPlan", "peer_columns", "plan_rank", "vector_clocks", "finishing_rank"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class RankPlan:
     recvs: tuple[int, ...]
     post_limit: tuple[int, ...]
     release_after: tuple[tuple[Action, ...], ...]
+    first_transfer: int = 0
+    first_recv: int = 0
 
 
 def _matching_recv(schedule: Schedule, a: Action) -> Action:
@@ -211,4 +219,27 @@ def _plan_rank(schedule: Schedule, rank: int, prepost: bool) -> RankPlan:
             k = bisect_left(cols[q], j, lo=i + 1)
             if k < n:
                 release[k].append(a)
-    return RankPlan(peer, recvs, tuple(limit), tuple(tuple(x) for x in release))
+    # Receives are posted before action i up to limit[i]; sends and receives
+    # run as actions of their own.
+    first = next((i for i, a in enumerate(row)
+                  if not a.is_compute or (recvs and limit[i] >= recvs[0])), n)
+    return RankPlan(peer, recvs, tuple(limit), tuple(tuple(x) for x in release), first,
+                    recvs[0] if recvs else n)
+
+
+def finishing_rank(schedule: Schedule) -> int:
+    """The rank whose last action ends last when F, I and W take one unit
+    and B two (the lowest such rank on a tie): the rank the others wait for
+    at the end of a step, so a collective that ends the step is cheapest
+    rooted there (rank 0 for 1F1B and GPipe, whose first stage runs the last
+    backward). Kept on the schedule."""
+    return _memo(schedule, "finishing", lambda: _finishing_rank(schedule))
+
+
+def _finishing_rank(schedule: Schedule) -> int:
+    rp = replay(schedule, lambda r, a: 2.0 if a.kind == B else
+                (1.0 if a.is_compute else 0.0))
+    if rp.stuck:
+        return 0  # validated schedules never stick; any rank is a correct root
+    ends = [rp.end_of(row[-1]) if row else float("-inf") for row in schedule.actions]
+    return max(range(schedule.P), key=lambda r: (ends[r], -r))

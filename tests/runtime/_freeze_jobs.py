@@ -6,8 +6,8 @@ Points (the frozen rank is rank 1; global rank 3, pipeline rank 1 of
 replica 1, for "dp"):
 
     between    in the user's loop, before it calls step
-    agreement  inside the step's agreement check, before its all-gather
-    loss       before the loss all-reduce (rank 1 holds the last stage: the
+    agreement  inside the step's agreement check, before its exchange
+    loss       before the loss broadcast (rank 1 holds the last stage: the
                others wait for its loss)
     tie        before the tie sum (the first and last layer share a weight)
     dp         before the data-parallel gradient all-reduce (dp 2 x pp 2,
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from conveyor.runtime import Pipeline, PipelineConfig
-from conveyor.runtime.train import checkpoint_io, run
+from conveyor.runtime.train import checkpoint_io, stepend
 
 POINTS = ("between", "agreement", "loss", "tie", "dp", "save")
 HOWS = ("stop", "sleep")
@@ -40,9 +40,9 @@ AT = 2  # the step that freezes: after the first step, so timeout_s applies (not
 
 # What the hang table must name for each point: the collective the others wait in.
 WAITED_IN = {
-    "between": "the step agreement all-gather over ranks 0, 1",
-    "agreement": "the step agreement all-gather over ranks 0, 1",
-    "loss": "the loss all-reduce over ranks 0, 1",
+    "between": "the step agreement over ranks 0, 1",
+    "agreement": "the step agreement over ranks 0, 1",
+    "loss": "the loss broadcast over ranks 0, 1",
     "tie": "the tie sum all-reduce of ",
     "dp": "the data-parallel gradient all-reduce of stage 1 over ranks 1, 3",
     "save": "the checkpoint's name gather over ranks 0, 1",
@@ -108,9 +108,9 @@ def _at_step(pipe, fn, how: str, out_dir: str):
 
 def _plant(pipe, point: str, how: str, out_dir: str) -> None:
     if point == "agreement":
-        pipe._agreement.check = _at_step(pipe, pipe._agreement.check, how, out_dir)
+        pipe._agreement.begin = _at_step(pipe, pipe._agreement.begin, how, out_dir)
     elif point == "loss":
-        run.share = _at_step(pipe, run.share, how, out_dir)
+        stepend.StepEnd.share = _at_step(pipe, stepend.StepEnd.share, how, out_dir)
     elif point == "tie":
         # Tie sums and the dp all-reduce run as a step's gradients are finished,
         # inside the step: this freezes in step AT + 1's (the others wait there).

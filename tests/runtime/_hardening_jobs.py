@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from conveyor.runtime import AgreementError, Pipeline, PipelineConfig
-from tests.runtime import _models
 
 
 def _loss(o, t):
@@ -87,6 +86,15 @@ def tensor_job(ctx) -> dict:
     return {"rank": ctx.rank, "t": torch.arange(4) + ctx.rank, "nested": [(w * 2,)], "w": w}
 
 
+class _FailsOnRank0(torch.nn.Linear):
+    """A linear layer whose forward raises on rank 0 only."""
+
+    def forward(self, x):
+        if torch.distributed.get_rank() == 0:
+            raise RuntimeError("the first stage's forward fails")
+        return super().forward(x)
+
+
 def _case(ctx, name, build, run) -> dict:
     """Build and run one case on every rank; every rank must fail alike."""
     try:
@@ -127,6 +135,10 @@ def agreement_job(ctx, out: str) -> int:
         _case(ctx, "seed, unchecked", lambda: pipe(_mlp(seed=r)), steps(x8)),
         _case(ctx, "step vs predict", lambda: pipe(),
               lambda p: p.step(x8, x8) if r == 0 else p.predict(x8)),
+        # The first stage computes before the agreement completes: its failure
+        # there still completes it, and the disagreement is what every rank reports.
+        _case(ctx, "batch, first forward fails", lambda: pipe(torch.nn.Sequential(
+            _FailsOnRank0(4, 4), *_mlp(3))), steps(x8 if r == 0 else x6)),
     ]
     if r == 0:
         Path(out).write_text(json.dumps(rows))

@@ -19,13 +19,30 @@ from tests.runtime import _models
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
+def exchange_bytes(P: int) -> int:
+    """Bytes every step sends, over all P ranks, outside the pipeline's own
+    messages: the step agreement (each rank's record of 10 int64 to the last rank,
+    which sends the table of P records back to each; procs/agree.py) and the
+    step's end (each rank's loss, flags and auxiliary loss, 4 float64, to
+    the rank that finishes last, which sends the sums back to each;
+    train/stepend.py). Point-to-point over gloo, whatever the transport."""
+    from conveyor.runtime.train.stepend import WIDTH
+
+    agreement = (P - 1) * 80 + (P - 1) * 80 * P
+    return agreement + 2 * (P - 1) * WIDTH * 8
+
+
 @contextmanager
 def count_traffic():
     """Count what this process hands to torch.distributed while the body runs:
-    point-to-point payload bytes and calls, and collective bytes."""
+    point-to-point payload bytes and calls (the step's own exchanges, which
+    post to the process group directly, included), and collective bytes."""
+    from conveyor.runtime.procs import star
+
     counts = {"p2p_bytes": 0, "p2p_sends": 0, "collective_bytes": 0}
     saved = {name: getattr(dist, name) for name in
              ("isend", "send", "broadcast", "all_reduce", "all_gather", "gather", "scatter")}
+    star_send = star.send
 
     def p2p(fn):
         def wrapped(tensor, *args, **kwargs):
@@ -41,15 +58,22 @@ def count_traffic():
             return fn(tensor, *args, **kwargs)
         return wrapped
 
+    def star_wrapped(group, tensor, *args):
+        counts["p2p_bytes"] += tensor.numel() * tensor.element_size()
+        counts["p2p_sends"] += 1
+        return star_send(group, tensor, *args)
+
     for name in ("isend", "send"):
         setattr(dist, name, p2p(saved[name]))
     for name in ("broadcast", "all_reduce", "all_gather", "gather", "scatter"):
         setattr(dist, name, coll(saved[name]))
+    star.send = star_wrapped
     try:
         yield counts
     finally:
         for name, fn in saved.items():
             setattr(dist, name, fn)
+        star.send = star_send
 
 
 def _build(cfg: dict):

@@ -41,6 +41,7 @@ def outcome(tmp_path_factory):
                         "rank 1: stage 0 layer 1: Linear ((5, 4), (5,))"]),
     ("seed, checked", "weights", ["the initial weights", "parameter 0", "torch.manual_seed"]),
     ("step vs predict", "kind", ["rank 0: starts step", "rank 1: starts predict"]),
+    ("batch, first forward fails", "batch", ["batch size", "rank 0: 8", "rank 1: 6"]),
 ])
 def test_a_disagreement_names_the_field_and_each_rank_value(outcome, case, field, words):
     rows, _, _ = outcome

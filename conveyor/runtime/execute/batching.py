@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from conveyor.runtime.errors import StageError
-from conveyor.runtime.execute.interpreter import StepData
+from conveyor.runtime.execute.stepdata import StepData
 
 __all__ = ["microbatch_sizes", "split_batch"]
 

@@ -24,7 +24,6 @@ buffer may be let go) is planned once, at construction (``plan.plan_rank``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -38,38 +37,12 @@ from conveyor.runtime.execute.precision import Policy
 from conveyor.runtime.execute.rankplan import plan_rank
 from conveyor.runtime.execute.recorder import ActivationMemory, Recorder
 from conveyor.runtime.execute.splitgrad import backward_input
+from conveyor.runtime.execute.stepdata import StepData
 from conveyor.runtime.transport.transfers import Transfers
 from conveyor.schedule.ir import B, F, I, RECV_B, RECV_F, SEND_B, SEND_F, W, Action, Schedule
 from conveyor.schedule.render import render_grid
 
 __all__ = ["StepData", "Interpreter"]
-
-
-@dataclass
-class StepData:
-    """One step's input to the interpreter.
-
-    sizes:    micro-batch sizes (every rank knows them).
-    inputs:   per micro-batch, the tuple of input tensors (first stage only).
-    targets:  per micro-batch, the target (last stage only).
-    weights:  per micro-batch, the factor on its loss (size/batch for a mean).
-    """
-
-    sizes: list[int]
-    inputs: list[tuple[torch.Tensor, ...]] | None = None
-    targets: list[Any] | None = None
-    weights: list[float] = field(default_factory=list)
-    side: list[dict[str, Any]] | None = None  # per micro-batch: keyword args of every stage
-    keys: list[Any] | None = None  # per micro-batch handshake key (default: its size)
-    aux_weights: list[float] | None = None  # per micro-batch: factor on auxiliary losses
-
-    def key(self, mb: int):
-        return self.sizes[mb] if self.keys is None else self.keys[mb]
-
-    def aux_weight(self, mb: int) -> float:
-        """The micro-batch's share of the batch (see ``execute.aux``)."""
-        return self.sizes[mb] / sum(self.sizes) if self.aux_weights is None \
-            else self.aux_weights[mb]
 
 
 def _as_tuple(obj, *, what: str, rank: int, stage: int, mb: int, action) -> tuple:
@@ -81,6 +54,17 @@ def _as_tuple(obj, *, what: str, rank: int, stage: int, mb: int, action) -> tupl
         f"rank {rank} (stage {stage}) {what} a {type(obj).__name__} for micro-batch {mb}; a "
         f"stage must return a tensor or a tuple of tensors (they cross the cut to the next "
         f"stage)", rank=rank, stage=stage, mb=mb, action=action)
+
+
+def _once(fn: Callable[[], None] | None) -> Callable[[], None]:
+    """A call of ``fn`` that runs it at most once (None: nothing)."""
+    done = [fn is None]
+
+    def call() -> None:
+        if not done[0]:
+            done[0] = True
+            fn()
+    return call
 
 
 def _cut(t: torch.Tensor) -> torch.Tensor:
@@ -159,9 +143,16 @@ class Interpreter(Transfers):
 
     # -- the loop ------------------------------------------------------------------
     def run(self, data: StepData, *, recorder: Recorder | None = None,
-            memory: ActivationMemory | None = None) -> tuple[torch.Tensor | None, dict]:
+            memory: ActivationMemory | None = None, gate: Callable[[], None] | None = None,
+            idle: Callable[[], None] | None = None) -> tuple[torch.Tensor | None, dict]:
         """Run the step. Returns (sum of weighted losses or None if this rank
-        has no last stage, {mb: last-stage output} for forward-only steps)."""
+        has no last stage, {mb: last-stage output} for forward-only steps).
+        ``gate()``, if given, is called once before this rank's first send or
+        receive (``plan.first_transfer``), and before leaving when an action
+        failed first: the step's agreement (``procs.agree``), which its
+        peers wait in. ``idle()`` is called once after it, at the first
+        receive (``plan.first_recv``), where the rank is likely to wait,
+        once the receives due there are posted."""
         self.data, self.memory = data, memory
         self.inp, self.out, self.gout, self.gin, self.wpend = {}, {}, {}, {}, {}
         self.aux, self.aux_values = {}, {}  # backward roots per (s, mb); values by name
@@ -172,10 +163,17 @@ class Interpreter(Transfers):
         self._start_transfers()
         clock = time.perf_counter
         limit, release, row = self.plan.post_limit, self.plan.release_after, self.row
+        at = self.plan.first_transfer if gate is not None else -1
+        at_idle = self.plan.first_recv if idle is not None else -1
+        gate = _once(gate)
         try:
             for i, handler in enumerate(self._dispatch):
+                if i == at:  # before the first send or receive: the agreement
+                    gate()
                 self.step_index = i
                 self._post_upto(limit[i])
+                if i == at_idle:  # after the pipeline's receives: they come first
+                    idle()
                 if recorder is None:
                     handler(row[i])
                 else:
@@ -183,9 +181,15 @@ class Interpreter(Transfers):
                     handler(row[i])
                     recorder.add(row[i], t0, clock())
                 if release[i]:
-                    self._release_sends(release[i])
+                    self._release_sends(release[i], proven=True)
+            gate()  # a rank without transfers
             # Sends without an earlier proof of delivery: wait for them now.
             self._release_sends(list(self.sends))
+        except Exception:
+            # The peers wait in the agreement: complete it. Where the ranks
+            # disagree, its error (raised from here) is the cause of this one.
+            gate()
+            raise
         finally:
             # Drop this step's tensors (the batch, unsent buffers) between steps.
             self._end_transfers()

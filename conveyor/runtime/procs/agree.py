@@ -1,10 +1,12 @@
-"""Ranks that must agree, checked at every step with one tiny all-gather.
+"""Ranks that must agree, checked at every step with one tiny exchange.
 
 Every rank runs the same script, but nothing stops one rank from calling
 ``step`` once more, building its model with another layer, or cutting its
 batch differently. Without a check such a run hangs until the process-group
-timeout, and then each rank blames its peer. So each step opens with one
-all-gather of a fixed record of 10 integers (80 bytes per rank):
+timeout, and then each rank blames its peer. So each step opens with an
+exchange of a fixed record of 10 integers (80 bytes per rank), sent to the
+last pipeline rank, which sends the table of them back, so every rank sees
+every record:
 
     kind    what the rank is doing: a training step, a predict, a generate,
             or leaving (its function returned; the launcher sends this record)
@@ -22,7 +24,13 @@ rank's value. Where a digest differs, one more gather of the descriptions
 (done by every rank, because every rank saw the difference) names the first
 layer or parameter that differs.
 
-A rank whose function returned takes part in the same all-gather with kind
+The exchange starts with the step and completes before the rank's first
+send or receive (``Agreement.begin``): a mismatch is caught before any
+message whose size or tag depends on it, while the first stage's leading
+forwards run, so the exchange costs the step about nothing where it used to
+open it.
+
+A rank whose function returned takes part in the same exchange with kind
 "leaving", so a peer that is still starting a step meets it at once: "rank 1
 finished its function after 2 steps while rank 0 starts step 3".
 """
@@ -30,13 +38,14 @@ finished its function after 2 steps while rank 0 starts step 3".
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
 from conveyor.runtime.errors import AgreementError
 from conveyor.runtime.procs.deadline import bounded
+from conveyor.runtime.procs.star import Star, usable
 
 __all__ = ["Agreement", "finish", "fingerprint", "weights_digest"]
 
@@ -96,8 +105,9 @@ class Agreement:
 
     def __init__(self, schedule, stages: Sequence[torch.nn.Module] | None, *, rank: int,
                  world_size: int, device: torch.device, check_weights: bool = False,
-                 group=None, settings: str = ""):
+                 group=None, settings: str = "", backend: str = "gloo"):
         self.rank, self.world_size, self.device = rank, world_size, device
+        self.backend = backend  # "nccl": collectives; else point-to-point (``star``)
         self.group = group  # the pipeline's process group (None: the whole world)
         self.P, self.M = schedule.P, schedule.M
         self.schedule_text = [f"{schedule.name} (P={schedule.P}, M={schedule.M}, S="
@@ -112,16 +122,28 @@ class Agreement:
 
     def check(self, *, kind: int, step: int, batch: int) -> None:
         """Gather every rank's record and raise AgreementError on any difference."""
+        self.begin(kind=kind, step=step, batch=batch)()
+
+    def begin(self, *, kind: int, step: int, batch: int) -> Callable[[], None]:
+        """Start the step's exchange without waiting; returns ``gate()``,
+        which completes it and raises AgreementError on any difference.
+
+        Between the two this rank may compute, but must neither send nor
+        post a receive: what its peers send or expect may differ until the
+        gate has passed (the interpreter calls it before its first transfer,
+        ``RankPlan.first_transfer``). So the first stage's forwards overlap
+        the exchange, which the other ranks, whose first action is a
+        receive, would spend waiting for them anyway. Every rank must call
+        the gate (it is collective), also when its own work failed first."""
         started = _started["n"]
         _started["n"] += 1
         if self.world_size == 1:
-            return
+            return _passed
         weights = self.digests["weights"] if step == 0 else 0
         record = [kind, started, step, self.P, self.M, batch, self.digests["schedule"],
                   self.digests["model"], weights]
-        rows = _gather(record, self.device, self.world_size, self.group,
-                       what="the step agreement all-gather")
-        _compare(rows, self.rank, describe=self._describe, group=self.group)
+        return _Exchange(record, self.device, self.world_size, self.group, self.rank,
+                         "the step agreement", self._describe, self.backend)
 
     def _describe(self, name: str) -> list[str]:
         return {"schedule": self.schedule_text, "model": self.layers,
@@ -134,26 +156,91 @@ def finish(ctx) -> None:
     still starting a step instead."""
     if ctx.world_size == 1:
         return
-    rows = _gather([LEAVING, _started["n"], 0, 0, 0, 0, 0, 0, 0], ctx.device, ctx.world_size,
-                   ctx.pp_group, what="the end-of-function agreement all-gather")
-    _compare(rows, ctx.rank, describe=None, group=ctx.pp_group)
+    _Exchange([LEAVING, _started["n"], 0, 0, 0, 0, 0, 0, 0], ctx.device, ctx.world_size,
+              ctx.pp_group, ctx.rank, "the end-of-function agreement", None, ctx.backend)()
 
 
-def _gather(record: list[int], device: torch.device, world_size: int,
-            group=None, *, what: str) -> list[list[int]]:
-    mine = torch.tensor([_MAGIC] + record, dtype=torch.int64, device=device)
-    parts = [torch.empty_like(mine) for _ in range(world_size)]
-    try:
-        with bounded(what, group):  # .tolist() inside: on NCCL the host waits there
-            dist.all_gather(parts, mine, group=group)
-            return [p.tolist() for p in parts]
-    except RuntimeError as e:
-        from conveyor.runtime.errors import PeerFailedError
+def _passed() -> None:
+    """The gate of a one-rank pipeline: nothing to compare."""
 
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise PeerFailedError(f"rank {dist.get_rank()} lost a peer while the ranks compared "
-                              f"their steps ({first}); the failing rank reports the cause",
-                              rank=dist.get_rank()) from e
+
+# Point-to-point tags of the exchange (``star``): above every tag of the
+# pipeline's own messages and of the step's end exchange (train.stepend).
+UP_TAG, DOWN_TAG = 2**31 - 1, 2**31 - 2
+
+
+class _Exchange:
+    """One agreement exchange in flight: every record goes to the last
+    pipeline rank, which sends the table of them back to every rank;
+    calling the object completes it and compares.
+
+    The last rank: it waits at the start of a step anyway (its first action
+    receives what every stage before it computed), and its place is known
+    without a schedule, to a leaving rank too. Over gloo the exchange is a
+    ``star`` of point-to-point messages, every receive posted at once, so
+    the records travel while the first stage computes and the table goes
+    out the moment it is complete: one hop each way, where gloo's ring
+    all-gather took 2 (P - 1) dependent steps (12 ms at P = 8 on a loaded
+    2-core machine; benchmarks/SCHEDULES.md). Over NCCL a gather and a
+    broadcast."""
+
+    def __init__(self, record: list[int], device, world_size: int, group, rank: int,
+                 what: str, describe, backend: str):
+        self.world_size, self.group, self.rank = world_size, group, rank
+        self.what, self.describe = what, describe
+        self.root = root = world_size - 1
+        self.star = None
+        try:
+            if usable(backend, world_size):
+                self.mine = torch.tensor([_MAGIC] + record, dtype=torch.int64)
+                self.star = Star(group=group, rank=rank, size=world_size, root=root,
+                                 up_tag=UP_TAG, down_tag=DOWN_TAG, up_shape=(_LEN,),
+                                 down_shape=(world_size, _LEN), dtype=torch.int64)
+                self.star.post()
+                if rank != root:
+                    self.star.send(self.mine)
+                return
+            mine = torch.tensor([_MAGIC] + record, dtype=torch.int64, device=device)
+            self.table = torch.empty((world_size, len(mine)), dtype=torch.int64, device=device)
+            self.mine = mine  # kept alive until the gather is done
+            self.works = [dist.gather(mine, list(self.table.unbind(0)) if rank == root else None,
+                                      group=group, group_dst=root, async_op=True)]
+            if rank != root:
+                self.works.append(dist.broadcast(self.table, group=group, group_src=root,
+                                                 async_op=True))
+        except RuntimeError as e:
+            raise _lost(e) from e
+
+    def __call__(self) -> None:
+        try:
+            rows = self._finish()
+        except RuntimeError as e:
+            raise _lost(e) from e
+        _compare(rows, self.rank, describe=self.describe, group=self.group)
+
+    def _finish(self) -> list[list[int]]:
+        """Every record, on this rank (after waiting for them)."""
+        with bounded(self.what, self.group):  # .tolist() inside: on NCCL the host waits there
+            if self.star is not None:
+                if self.rank == self.root:
+                    table = torch.stack(self.star.collect(self.mine))
+                    self.star.reply(table)
+                    return table.tolist()
+                return self.star.answer().tolist()
+            for w in self.works:
+                w.wait()
+            if self.rank == self.root:
+                dist.broadcast(self.table, group=self.group, group_src=self.root)
+            return self.table.tolist()
+
+
+def _lost(e: RuntimeError):
+    from conveyor.runtime.errors import PeerFailedError
+
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    return PeerFailedError(f"rank {dist.get_rank()} lost a peer while the ranks compared "
+                           f"their steps ({first}); the failing rank reports the cause",
+                           rank=dist.get_rank())
 
 
 def _compare(rows: list[list[int]], rank: int, *, describe, group=None) -> None:

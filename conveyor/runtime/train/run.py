@@ -20,8 +20,10 @@ from conveyor.runtime.procs.deadline import bounded
 from conveyor.runtime.train import dataparallel
 from conveyor.runtime.train.config import StepResult
 from conveyor.runtime.train.grads import finish_local
+from conveyor.runtime.train.stepend import StepEnd, share
 from conveyor.runtime.transport.comm import Comm
 from conveyor.schedule import Schedule, add_comms, build_schedule, validate
+from conveyor.schedule.rankplan import finishing_rank
 
 __all__ = ["run_step", "share_loss", "share", "resolve_schedule"]
 
@@ -52,8 +54,6 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
         data.aux_weights = [n / total for n in data.sizes]
         if pipe.config.loss_reduction == "mean":
             data.weights = list(data.aux_weights)
-    pipe._agreement.check(kind=agree.PREDICT if interp.forward_only else agree.STEP,
-                          step=pipe.steps, batch=sum(data.sizes))
     pipe.loop.prepare(data, targets_all, normalizer, side)
     comm.reset_counts()
     track = pipe.config.track_memory if pipe.config.track_memory is not None else record
@@ -76,7 +76,14 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
         compiled.set_dynamic(pipe.config.varying_shapes or bool(data.side)
                              or len(set(data.sizes)) > 1)
         graphs0, compile0 = compiled.totals()
-    loss, outputs = interp.run(data, recorder=recorder, memory=memory)
+    # The agreement overlaps this rank's compute before its first transfer;
+    # the receives of the step's end exchange are posted after it, where the
+    # rank first waits.
+    gate = pipe._agreement.begin(kind=agree.PREDICT if interp.forward_only else agree.STEP,
+                                 step=pipe.steps, batch=sum(data.sizes))
+    ending = None if interp.forward_only else StepEnd(pipe.ctx, finishing_rank(pipe.schedule))
+    loss, outputs = interp.run(data, recorder=recorder, memory=memory, gate=gate,
+                               idle=ending.post if ending is not None else None)
     stats = comm.counts()
     if compiled:  # compile time apart from the step's compute
         graphs1, compile1 = compiled.totals()
@@ -92,8 +99,8 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
         bad_aux = [k for k, v in aux.items() if not math.isfinite(v)]
         loss_bad = int(finish and pipe.loop.guarding and (
             bool(bad_aux) or (loss is not None and not bool(torch.isfinite(loss)))))
-        loss_value, (loss_bads, grad_bads, aux_total) = share(
-            pipe.ctx, loss, (loss_bad, grad_bad, sum(aux.values())))
+        loss_value, (loss_bads, grad_bads, aux_total) = ending.share(
+            loss, (loss_bad, grad_bad, sum(aux.values())))
         if finish:
             finite = loss_bads == 0 and grad_bads == 0
             note = (f"the auxiliary loss {bad_aux[0]!r} is {aux[bad_aux[0]]!r}" if bad_aux
@@ -119,34 +126,11 @@ def run_step(pipe, interp: Interpreter, comm: Comm, inputs, targets, batch_size,
                       aux_loss=aux_total, aux=aux)
 
 
-def share(ctx, loss, flags: tuple = ()) -> tuple[float, list[float]]:
-    """The step's loss on every rank, and ``flags`` summed over every rank:
-    one all-reduce over the pipeline (only the last stage's rank holds a
-    loss, the others add 0, which is exact) and one over the replicas (each
-    replica's loss is its share of the global batch's)."""
-    if ctx.world_size == 1 and ctx.dp_size == 1:
-        return float(loss), [float(f) for f in flags]
-    buf = torch.zeros(1 + len(flags), dtype=torch.float64, device=ctx.device)
-    if loss is not None:
-        buf[0] = loss.to(ctx.device)
-    if flags:
-        buf[1:] = torch.tensor(flags, dtype=torch.float64)
-    # Each wait includes reading the values: on NCCL the call only enqueues
-    # the collective and the host blocks in .tolist().
-    if ctx.world_size > 1:
-        with bounded("the loss all-reduce", ctx.pp_group):
-            dist.all_reduce(buf, group=ctx.pp_group)
-            values = buf.tolist()
-    if ctx.dp_size > 1:  # each replica's loss is its share of the global batch's
-        with bounded("the loss all-reduce over replicas", ctx.dp_group):
-            dist.all_reduce(buf, group=ctx.dp_group)
-            values = buf.tolist()
-    return values[0], values[1:]
-
-
-def share_loss(ctx, loss, last_rank: int = -1) -> float:
-    """The loss of the last stage's rank on every rank (``share`` without flags)."""
-    return share(ctx, loss)[0]
+def share_loss(ctx, loss, last_rank: int = 0) -> float:
+    """The loss of the last stage's rank (``last_rank``) on every rank: the
+    step's end exchange rooted there, since in a forward-only pass that
+    rank finishes last."""
+    return StepEnd(ctx, max(last_rank, 0)).share(loss, ())[0]
 
 
 def resolve_schedule(schedule, P: int, microbatches: int | None) -> Schedule:

@@ -43,7 +43,7 @@ def wire(pipe, stages, sched, ctx, loss_fn, optimizer, config, extras=None) -> N
     pipe._agreement = agree.Agreement(
         sched, stages if isinstance(stages, list) else None, rank=ctx.rank,
         world_size=ctx.world_size, device=ctx.device, check_weights=config.check_weights,
-        group=ctx.pp_group, settings=settings_line(config))
+        group=ctx.pp_group, settings=settings_line(config), backend=ctx.backend)
     # ``stages`` is a list of all S stages or a dict of this rank's.
     pipe.stages = {s: stages[s].to(ctx.device) for s in sched.stages_of(ctx.rank)}
     pipe.policy = resolve(config.precision, config.boundary_dtype, ctx.device)

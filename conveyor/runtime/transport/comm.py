@@ -254,8 +254,17 @@ class Comm:
         ``end()`` after it, also when it fails (e.g. to watch for hangs)."""
         self._wait_hooks.append((begin, end))
 
-    def wait(self, works, *, peer: int, action) -> None:
-        """Wait for transfers with ``peer``; PeerFailedError when it is gone."""
+    def wait(self, works, *, peer: int, action, watched: bool = True) -> None:
+        """Wait for transfers with ``peer``; PeerFailedError when it is gone.
+        ``watched=False`` skips the wait hooks, for sends already proven
+        delivered (their wait returns at once: nothing to watch)."""
+        if not watched:
+            for w in works:
+                try:
+                    w.wait(self.timeout)
+                except RuntimeError as e:
+                    raise self._lost(peer, action, e) from e
+            return
         for begin, _ in self._wait_hooks:
             begin(peer, action)
         try:

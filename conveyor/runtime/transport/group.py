@@ -11,7 +11,9 @@ bound for the whole run and two runs never collide.
 Backend and device: NCCL with ``cuda:LOCAL_RANK`` when CUDA is present (and
 every local rank can have its own GPU), gloo with the CPU otherwise. Nothing
 else in the runtime branches on the backend, except that receives are posted
-in schedule order on NCCL (see ``interpreter``).
+in schedule order on NCCL (see ``interpreter``), and that the step's two
+small exchanges are collectives there, point-to-point elsewhere
+(``procs.star``).
 """
 
 from __future__ import annotations

@@ -120,15 +120,16 @@ class Transfers:
         if self.memory is not None:
             self.memory.hold(a, [t for _, t in data])
 
-    def _release_sends(self, actions) -> None:
-        """Wait on these sends (the plan proved them delivered, or the step is
-        over) and let go of their buffers."""
+    def _release_sends(self, actions, proven: bool = False) -> None:
+        """Wait on these sends (``proven``: the plan proved them delivered, so
+        the wait returns at once and the hang watch need not see it; else the
+        step is over) and let go of their buffers."""
         for a in actions:
             entry = self.sends.pop(a, None)
             if entry is None:
                 continue
             held, peer = entry
-            self.comm.wait([w for w, _ in held], peer=peer, action=a)
+            self.comm.wait([w for w, _ in held], peer=peer, action=a, watched=not proven)
             if self.memory is not None:
                 self.memory.release(a)
 
