@@ -23,7 +23,7 @@ the loss on every rank, a guard) is not needed to get through the step:
     all        every one of the above
 
 Every switch works on the code before issue 32 too (its one blocking
-agreement exchange, its step-end exchange in train.stepend), so the same benchmark
+agreement check, its loss all-reduce in run.share), so the same benchmark
 gives the breakdown before and after.
 """
 
