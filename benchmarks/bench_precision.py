@@ -108,7 +108,8 @@ def _run(ctx, workload: str, steps: int, warmup: int) -> dict:
         b = torch.tensor([float(sent[name])])
         torch.distributed.all_reduce(b)
         totals[name] = int(b.item())
-    return {name: {"median_s": statistics.median(ts), "steps": len(ts),
+    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+                   "steps": len(ts),
                    "sent_bytes_per_step": totals[name]} for name, ts in times.items()}
 
 
