@@ -137,7 +137,7 @@ def short_md(folder: Path) -> list[str]:
              "Written by `python benchmarks/bench_schedules.py --short` and `--breakdown`; "
              "raw numbers in `schedules_short.json` and `overhead.json` (and "
              "`*_before.json`: the same commands on the code before issue 32's changes, "
-             "commit 104316d).", ""]
+             "commit 5a99b98, run with this harness).", ""]
     if data is not None:
         lines += short.markdown_short(data, _load(folder / "schedules_short_before.json"))
     if parts is not None:
@@ -217,13 +217,13 @@ def run_issue32(args, out: Path, argv) -> int:
     jobs = []
     if args.short:
         Ms = [int(x) for x in args.Ms.split(",")] if args.Ms else [8, 16]
-        jobs.append(("schedules_short", lambda bar: short.run_short(
+        jobs.append(("schedules_short", lambda bar, Ms=Ms: short.run_short(
             Ps=Ps, Ms=Ms, repeats=1 if args.smoke else max(args.repeats, 9),
             warmup=1 if args.smoke else args.warmup, on_progress=bar.advance, **small),
             len(Ps) * len(Ms) * len(short.LENGTHS_MS) * len(short.SCHEDULES)))
     if args.breakdown:
         Ms = [int(x) for x in args.Ms.split(",")] if args.Ms else [8]
-        jobs.append(("overhead", lambda bar: short.run_breakdown(
+        jobs.append(("overhead", lambda bar, Ms=Ms: short.run_breakdown(
             Ps=Ps, Ms=Ms, repeats=1 if args.smoke else max(args.repeats, 15),
             warmup=1 if args.smoke else args.warmup, on_progress=bar.advance, **small),
             len(Ps) * len(Ms) * len(short.LENGTHS_MS)))
