@@ -137,8 +137,10 @@ def main() -> int:
         f"- machine: {_cpu()}, {os.cpu_count()} cores, no GPU; headless Chromium {version} "
         f"(Debian)",
         f"- load average (1, 5, 15 min) at the start {_load(load_start)}, at the end "
-        f"{_load(load)}: the machine was shared with other jobs, so these are not quiet "
-        f"figures; rerun on a quiet machine",
+        f"{_load(load)}" + (": the machine was shared with other jobs, so these are not "
+                           "quiet figures; rerun on a quiet machine"
+                           if load_start[0] > os.cpu_count() else
+                           " (no other job: the build and the browser's own load)"),
         f"- git: {_git()}",
         "",
         "## Cold build",
