@@ -27,17 +27,23 @@ class FailAt(torch.nn.Module):
         return x
 
 
-def fail_job(ctx, pid_dir: str) -> None:
-    """P = 2, one lane: stage 1 raises in round 3 (its third forward)."""
+def _tiny_gpt_with(ctx, pid_dir: str, name: str, layer, **kw) -> None:
+    """P = 2, one lane: a tiny GPT whose stage 1 holds ``layer`` after its
+    first block; writes this rank's pid, then generates 8 tokens."""
     with open(os.path.join(pid_dir, f"rank{ctx.rank}.pid"), "w") as f:
         f.write(str(os.getpid()))
     torch.set_num_threads(1)
     torch.manual_seed(0)
     pieces = chain_pieces(GPT(GPTConfig(vocab=17, context=16, layers=2, heads=2, width=8)))
-    stages = [Chain(pieces[:2]), Chain([pieces[2], ("fail", FailAt(3)), pieces[3]])]
+    stages = [Chain(pieces[:2]), Chain([pieces[2], (name, layer), pieces[3]])]
     pipe = Pipeline.from_stages(stages, loss_fn=torch.nn.functional.mse_loss, optimizer=None,
-                                ctx=ctx)
+                                ctx=ctx, **kw)
     pipe.generate([[1, 2, 3], [4, 5]], 8, lanes=1)
+
+
+def fail_job(ctx, pid_dir: str) -> None:
+    """P = 2, one lane: stage 1 raises in round 3 (its third forward)."""
+    _tiny_gpt_with(ctx, pid_dir, "fail", FailAt(3))
 
 
 class SleepAt(FailAt):
@@ -52,15 +58,8 @@ class SleepAt(FailAt):
 
 
 def hang_job(ctx, pid_dir: str, timeout_s: float) -> None:
-    """P = 2, one lane: stage 1 sleeps in round 2; rank 0 waits for the token."""
+    """P = 2, one lane: stage 1 sleeps in round 3 (its third forward); rank 0
+    waits for the token."""
     from conveyor.runtime import PipelineConfig
 
-    with open(os.path.join(pid_dir, f"rank{ctx.rank}.pid"), "w") as f:
-        f.write(str(os.getpid()))
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    pieces = chain_pieces(GPT(GPTConfig(vocab=17, context=16, layers=2, heads=2, width=8)))
-    stages = [Chain(pieces[:2]), Chain([pieces[2], ("sleep", SleepAt(3)), pieces[3]])]
-    pipe = Pipeline.from_stages(stages, loss_fn=torch.nn.functional.mse_loss, optimizer=None,
-                                ctx=ctx, config=PipelineConfig(timeout_s=timeout_s))
-    pipe.generate([[1, 2, 3], [4, 5]], 8, lanes=1)
+    _tiny_gpt_with(ctx, pid_dir, "sleep", SleepAt(3), config=PipelineConfig(timeout_s=timeout_s))

@@ -35,7 +35,8 @@ from conveyor.runtime.execute.batching import microbatch_sizes
 from conveyor.runtime.procs.deadline import bounded
 from conveyor.schedule.ir import B, I, W
 
-__all__ = ["replica_rows", "take_rows", "replica_batch", "GradSync", "broadcast_from_replica0"]
+__all__ = ["replica_rows", "take_rows", "replica_batch", "GradSync", "broadcast_from_replica0",
+           "stage_buckets"]
 
 
 def replica_rows(batch: int, dp: int, d: int) -> slice:
@@ -85,6 +86,22 @@ def broadcast_from_replica0(modules, ctx) -> None:
                 dist.broadcast(t.data, group=ctx.dp_group, group_src=0)
 
 
+def stage_buckets(row, stages: dict) -> tuple[dict[int, int], dict[int, list]]:
+    """For each of this rank's stages, the index in ``row`` of its last
+    backward action (B, I or W; -1 if none), and the trainable parameters
+    whose gradients are final once it has run: a parameter shared by
+    several local stages joins the one that finishes last."""
+    last = {s: max((i for i, a in enumerate(row) if a.stage == s and a.kind in (B, I, W)),
+                   default=-1) for s in stages}
+    owner: dict[int, int] = {}
+    params: dict[int, torch.nn.Parameter] = {}
+    for s in sorted(stages, key=lambda s: last[s]):
+        for p in stages[s].parameters():
+            if p.requires_grad:
+                owner[id(p)], params[id(p)] = s, p
+    return last, {s: [params[k] for k in params if owner[k] == s] for s in stages}
+
+
 class GradSync:
     """The dp gradient all-reduce of one rank's stages.
 
@@ -100,17 +117,7 @@ class GradSync:
         self.pending: dict[int, list] = {}
         self.early = 0  # buckets started during the last armed step's backward
         self._flat: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # reused each step
-        row = interp.row
-        last = {s: max((i for i, a in enumerate(row) if a.stage == s and a.kind in (B, I, W)),
-                       default=-1) for s in stages}
-        # Each parameter joins the bucket of its last-finishing local stage.
-        owner: dict[int, int] = {}
-        params: dict[int, torch.nn.Parameter] = {}
-        for s in sorted(stages, key=lambda s: last[s]):
-            for p in stages[s].parameters():
-                if p.requires_grad:
-                    owner[id(p)], params[id(p)] = s, p
-        self.buckets = {s: [params[k] for k in params if owner[k] == s] for s in stages}
+        last, self.buckets = stage_buckets(interp.row, stages)
         self.order = sorted(stages, key=lambda s: last[s])
         if overlap:
             for s in stages:

@@ -49,7 +49,8 @@ import torch.distributed as dist
 
 from conveyor.errors import PipelineError
 from conveyor.runtime.procs.deadline import bounded
-from conveyor.schedule.ir import B, F, I, W
+from conveyor.runtime.train.dataparallel import stage_buckets
+from conveyor.schedule.ir import F
 
 __all__ = ["ShardedOptimizer", "optimizer_state_bytes", "check_sharding"]
 
@@ -137,21 +138,12 @@ class ShardedOptimizer:
         self.pending: dict[int, list] = {}   # stage -> reduce-scatters under way
         self.gathers: dict[int, list] = {}   # stage -> all-gathers under way
         interp, stages, tied = pipe.interp, pipe.stages, pipe.loop.tied
-        row = interp.row
-        last = {s: max((i for i, a in enumerate(row) if a.stage == s and a.kind in (B, I, W)),
-                       default=-1) for s in stages}
+        last, per_stage = stage_buckets(interp.row, stages)
         tied_ids = {id(p) for tie in tied.mine for p in tie.local}
-        owner: dict[int, int] = {}
-        params: dict[int, torch.nn.Parameter] = {}
-        for s in sorted(stages, key=lambda s: last[s]):
-            for p in stages[s].parameters():
-                if p.requires_grad:
-                    owner[id(p)], params[id(p)] = s, p
         self.buckets: list[_Bucket] = []
         for s in sorted(stages, key=lambda s: last[s]):
-            mine = [p for k, p in params.items() if owner[k] == s]
             by_dtype: dict = {}
-            for p in mine:
+            for p in per_stage[s]:
                 if id(p) in tied_ids:  # scattered after the tie sum: a bucket of its own
                     self.buckets.append(_Bucket(s, [p], self.dp, self.d, late=True))
                 else:
